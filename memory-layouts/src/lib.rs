@@ -1,0 +1,302 @@
+//! One source of truth for memory: a `const` table per board.
+//!
+//! Every board has the same regions, in flash order:
+//!
+//! ```text
+//!  flash origin
+//!  +--------------+ BOOTLOADER   the bootloader, flashed once
+//!  +--------------+ BOOT_RECORD  bootloader-owned: security counter, swap size, last refusal
+//!  +--------------+ STATE        embassy-boot's state (magic + swap/revert progress words)
+//!  +--------------+ ACTIVE       the running image: header (hdr_size) | app | TLVs
+//!  +--------------+ DFU          the download slot, ACTIVE + at least one page
+//!  +--------------+ ...unused...
+//!  +--------------+ PROVISION    device credentials, written by `cargo xtask provision`
+//! ```
+//!
+//! The bootloader links into BOOTLOADER; the app links at `ACTIVE.origin + image_header_size`.
+//! Both linker scripts are rendered from the table by [`render_memory_x`] (feature `render`), called
+//! from the firmware build scripts; `xtask` and the flash simulator read the same table for
+//! packaging offsets and geometry. Const asserts below enforce embassy-boot's rules at compile time.
+#![cfg_attr(not(feature = "render"), no_std)]
+#![warn(missing_docs)]
+
+/// A contiguous address range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// First address.
+    pub origin: u32,
+    /// Length in bytes.
+    pub length: u32,
+}
+
+impl Region {
+    /// One past the last address.
+    pub const fn end(&self) -> u32 {
+        self.origin + self.length
+    }
+    /// This region as an offset range inside a flash device that starts at `base`.
+    pub const fn offset_in(&self, base: u32) -> core::ops::Range<u32> {
+        (self.origin - base)..(self.end() - base)
+    }
+}
+
+/// How the flash device behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Smallest erasable unit, and embassy-boot's swap page.
+    pub erase_size: u32,
+    /// Smallest programmable unit; writes are aligned to it.
+    pub write_size: u32,
+    /// Value read back from erased flash.
+    pub erased: u8,
+}
+
+/// The boards this project runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Board {
+    /// The device simulated on Linux (flash is a file with strict NOR semantics).
+    Host,
+    /// Cortex-M4 under `qemu-system-arm -M mps2-an386`, flash in `mps.ram`.
+    QemuAn386,
+    /// Nordic nRF52840-DK with a Quectel modem.
+    Nrf52840Dk,
+}
+
+impl Board {
+    /// Every board, in a fixed order.
+    pub const ALL: [Board; 3] = [Board::Host, Board::QemuAn386, Board::Nrf52840Dk];
+
+    /// The name used on the command line and in release folders.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Board::Host => "host",
+            Board::QemuAn386 => "qemu-an386",
+            Board::Nrf52840Dk => "nrf52840-dk",
+        }
+    }
+
+    /// Looks a board up by [`Board::name`].
+    pub fn from_name(name: &str) -> Option<Board> {
+        Board::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// This board's table.
+    pub const fn layout(self) -> &'static Layout {
+        match self {
+            Board::Host => &HOST,
+            Board::QemuAn386 => &QEMU_AN386,
+            Board::Nrf52840Dk => &NRF52840_DK,
+        }
+    }
+
+    /// The Rust target the firmware is built for, if this board runs firmware.
+    pub const fn target(self) -> Option<&'static str> {
+        match self {
+            Board::Host => None,
+            Board::QemuAn386 | Board::Nrf52840Dk => Some("thumbv7em-none-eabihf"),
+        }
+    }
+}
+
+/// A board's memory table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Which board this is.
+    pub board: Board,
+    /// The whole flash device (partition offsets are relative to its origin).
+    pub flash: Region,
+    /// Erase / write sizes and erased value of the flash device.
+    pub geometry: Geometry,
+    /// The bootloader's code.
+    pub bootloader: Region,
+    /// Bootloader-owned record (two alternating copies, one per half).
+    pub boot_record: Region,
+    /// embassy-boot's state partition.
+    pub state: Region,
+    /// The slot the device boots from.
+    pub active: Region,
+    /// The slot updates are downloaded into.
+    pub dfu: Region,
+    /// Device credentials (product key, device name, secret), outside both slots.
+    pub provision: Region,
+    /// RAM available to the bootloader and to the app (they never run at once). Empty on `host`.
+    pub ram: Region,
+    /// Bytes reserved before the app's vector table in an image (MCUboot `hdr_size`).
+    pub image_header_size: u32,
+}
+
+/// Bytes reserved after the app in ACTIVE for the TLV areas (hashes, keys, signature, version).
+pub const TLV_RESERVE: u32 = 1024;
+
+impl Layout {
+    /// The flash regions in address order, with their names.
+    pub const fn flash_regions(&self) -> [(&'static str, Region); 6] {
+        [
+            ("BOOTLOADER", self.bootloader),
+            ("BOOT_RECORD", self.boot_record),
+            ("STATE", self.state),
+            ("ACTIVE", self.active),
+            ("DFU", self.dfu),
+            ("PROVISION", self.provision),
+        ]
+    }
+
+    /// Number of swap pages in ACTIVE.
+    pub const fn active_pages(&self) -> u32 {
+        self.active.length / self.geometry.erase_size
+    }
+
+    /// State words embassy-boot needs for this ACTIVE: magic, progress validity, then two words
+    /// per page for the swap and two per page for the revert.
+    pub const fn state_words_needed(&self) -> u32 {
+        2 + 4 * self.active_pages()
+    }
+
+    /// Where the app's code starts (its vector table).
+    pub const fn app_origin(&self) -> u32 {
+        self.active.origin + self.image_header_size
+    }
+
+    /// The largest app binary that still leaves room for the header and TLVs in ACTIVE.
+    pub const fn app_max_len(&self) -> u32 {
+        self.active.length - self.image_header_size - TLV_RESERVE
+    }
+
+    /// Checks the table; panics (at compile time, from the `const _` items below) with the broken
+    /// rule.
+    pub const fn check(&self) {
+        let g = self.geometry;
+        assert!(g.erase_size.is_power_of_two() && g.write_size.is_power_of_two());
+        assert!(g.erase_size % g.write_size == 0, "erase size must be a multiple of write size");
+        assert!(g.erased == 0xFF || g.erased == 0x00, "erased value must be 0xFF or 0x00");
+        let regions = self.flash_regions();
+        let mut i = 0;
+        while i < regions.len() {
+            let r = regions[i].1;
+            assert!(r.length > 0, "every flash region must be non-empty");
+            assert!((r.origin - self.flash.origin) % g.erase_size == 0, "regions must be page aligned");
+            assert!(r.length % g.erase_size == 0, "region lengths must be whole pages");
+            assert!(r.origin >= self.flash.origin && r.end() <= self.flash.end(), "region outside flash");
+            if i > 0 {
+                assert!(regions[i - 1].1.end() <= r.origin, "regions must be in order and not overlap");
+            }
+            i += 1;
+        }
+        // embassy-boot: DFU must be at least ACTIVE + one page (the swap scratch page).
+        assert!(self.dfu.length >= self.active.length + g.erase_size, "DFU must be >= ACTIVE + 1 page");
+        // embassy-boot: STATE holds 2 + 4*N words; we want at least twice that, never the minimum.
+        assert!(
+            self.state.length / g.write_size >= 2 * self.state_words_needed(),
+            "STATE must hold 2 * (2 + 4*N) words"
+        );
+        // BOOT_RECORD: two copies, each on its own page(s).
+        assert!(self.boot_record.length >= 2 * g.erase_size, "BOOT_RECORD needs two pages");
+        assert!((self.boot_record.length / g.erase_size) % 2 == 0, "BOOT_RECORD halves must be whole pages");
+        // The vector table must be aligned (VTOR needs 128-byte alignment at least, 512 for 112 IRQs).
+        assert!(self.image_header_size >= 32 && self.image_header_size % 512 == 0, "header size must be n*0x200");
+        assert!(self.app_max_len() > 0);
+    }
+}
+
+/// The host-simulated device: a flash file shaped like an nRF52840's internal flash.
+pub const HOST: Layout = Layout {
+    board: Board::Host,
+    flash: Region { origin: 0, length: 0x10_0000 },
+    geometry: Geometry { erase_size: 4096, write_size: 4, erased: 0xFF },
+    bootloader: Region { origin: 0x0_0000, length: 0xC000 },
+    boot_record: Region { origin: 0x0_C000, length: 0x2000 },
+    state: Region { origin: 0x0_E000, length: 0x2000 },
+    active: Region { origin: 0x1_0000, length: 0x7_6000 },
+    dfu: Region { origin: 0x8_6000, length: 0x7_7000 },
+    provision: Region { origin: 0xF_F000, length: 0x1000 },
+    ram: Region { origin: 0, length: 0 },
+    image_header_size: 0x200,
+};
+
+/// qemu-an386: flash is the 16 MiB `mps.ram` at 0x2100_0000, booted with
+/// `-global armv7m.init-nsvtor=0x21000000`. The firmware's NOR driver uses 8 KiB pages and 16-byte
+/// writes (an ECC-flash-like geometry, unlike the nRF52840's), RAM is SSRAM2 at 0x2000_0000.
+pub const QEMU_AN386: Layout = Layout {
+    board: Board::QemuAn386,
+    flash: Region { origin: 0x2100_0000, length: 0x100_0000 },
+    geometry: Geometry { erase_size: 8192, write_size: 16, erased: 0xFF },
+    bootloader: Region { origin: 0x2100_0000, length: 0x1_0000 },
+    boot_record: Region { origin: 0x2101_0000, length: 0x4000 },
+    state: Region { origin: 0x2101_4000, length: 0x8000 },
+    active: Region { origin: 0x2101_C000, length: 0x10_0000 },
+    dfu: Region { origin: 0x2111_C000, length: 0x10_2000 },
+    provision: Region { origin: 0x21FF_E000, length: 0x2000 },
+    ram: Region { origin: 0x2000_0000, length: 0x4_0000 },
+    image_header_size: 0x200,
+};
+
+/// nRF52840-DK: 1 MiB internal NOR (4 KiB pages, 4-byte writes), 256 KiB RAM. The bootloader gets
+/// 48 KiB like MCUboot's nRF default, so it can grow without moving the slots of fielded devices.
+pub const NRF52840_DK: Layout = Layout {
+    board: Board::Nrf52840Dk,
+    flash: Region { origin: 0, length: 0x10_0000 },
+    geometry: Geometry { erase_size: 4096, write_size: 4, erased: 0xFF },
+    bootloader: Region { origin: 0x0_0000, length: 0xC000 },
+    boot_record: Region { origin: 0x0_C000, length: 0x2000 },
+    state: Region { origin: 0x0_E000, length: 0x2000 },
+    active: Region { origin: 0x1_0000, length: 0x7_6000 },
+    dfu: Region { origin: 0x8_6000, length: 0x7_7000 },
+    provision: Region { origin: 0xF_F000, length: 0x1000 },
+    ram: Region { origin: 0x2000_0000, length: 0x4_0000 },
+    image_header_size: 0x200,
+};
+
+const _: () = HOST.check();
+const _: () = QEMU_AN386.check();
+const _: () = NRF52840_DK.check();
+
+#[cfg(feature = "render")]
+mod render;
+#[cfg(feature = "render")]
+pub use render::{render_memory_x, Role};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_board_finds_itself_by_name() {
+        for b in Board::ALL {
+            assert_eq!(Board::from_name(b.name()), Some(b));
+            assert_eq!(b.layout().board, b);
+        }
+        assert_eq!(Board::from_name("stm32"), None);
+    }
+
+    #[test]
+    fn nrf52840_state_holds_its_words_with_margin() {
+        let l = &NRF52840_DK;
+        assert_eq!(l.active_pages(), 118);
+        assert_eq!(l.state_words_needed(), 2 + 4 * 118);
+        assert!(l.state.length / 4 >= 2 * l.state_words_needed());
+    }
+
+    #[test]
+    #[should_panic(expected = "DFU must be >= ACTIVE + 1 page")]
+    fn a_dfu_as_small_as_active_is_refused() {
+        let mut l = NRF52840_DK;
+        l.dfu.length = l.active.length;
+        l.check();
+    }
+
+    #[test]
+    #[should_panic(expected = "STATE must hold")]
+    fn a_state_sized_to_the_minimum_is_refused() {
+        let mut l = QEMU_AN386;
+        l.state.length = 0x4000; // holds 1024 words, needs 2 * 514
+        l.check();
+    }
+
+    #[test]
+    #[should_panic(expected = "regions must be in order and not overlap")]
+    fn overlapping_slots_are_refused() {
+        let mut l = HOST;
+        l.dfu.origin -= 0x1000;
+        l.check();
+    }
+}

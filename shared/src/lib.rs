@@ -1,0 +1,13 @@
+//! The no_std core shared by the bootloader, the app and the host tools.
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | [`image`] | the MCUboot-compatible image format: zero-copy views, emit, streaming `verify` |
+//!
+//! Features: `std` (image signing, std error impls), `sim` (flash simulator, implies `std`),
+//! `defmt` (`defmt::Format` on public types).
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod image;
