@@ -62,7 +62,7 @@ mod tests {
     #[test]
     fn the_app_links_after_the_image_header() {
         let x = render_memory_x(&QEMU_AN386, Role::App);
-        assert!(x.contains("FLASH        : ORIGIN = 0x2101c200, LENGTH = 0xffa00"), "{x}");
+        assert!(x.contains("FLASH        : ORIGIN = 0x2101c400, LENGTH = 0xff800"), "{x}");
         assert!(x.contains("__bootloader_dfu_start = 0x11c000;"), "{x}");
     }
 

@@ -1,0 +1,3 @@
+fn main() {
+    memory_layouts::build::firmware(memory_layouts::Role::Bootloader);
+}

@@ -1,0 +1,157 @@
+//! `release`: build the app for a board, sign it, and write a release folder.
+//!
+//! ```text
+//! <out>/
+//!   firmware-<version>.bin   the signed image: upload this to the Aliyun console as the package
+//!   manifest.json            board, module, version, size, md5, sha256, sec_cnt, key hash
+//!   factory.bin              (thumb boards) bootloader + signed app + erased state, flashed once
+//! ```
+
+use crate::build::{elf_to_bin, firmware, Crate};
+use crate::sign::{check_aliyun_string, make_image};
+use crate::{keys, BoardArg};
+use anyhow::{ensure, Context, Result};
+use md5::Md5;
+use memory_layouts::{Board, Layout};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use shared::image::{ImageVersion, PublicKey, SignParams};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Board to release for.
+    #[arg(long, value_enum)]
+    board: BoardArg,
+    /// The version string devices report to Aliyun (1-64 of A-Z a-z 0-9 . _ -), e.g. 1.4 or V1.4.
+    #[arg(long)]
+    version: String,
+    /// Aliyun OTA module.
+    #[arg(long, default_value = "default")]
+    module: String,
+    /// Security counter: once a device confirms this image it refuses images with a lower one.
+    #[arg(long, default_value_t = 0)]
+    sec_cnt: u32,
+    /// Signing key (default: the public development key, with a warning).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// MCUboot header version when --version does not read as one (MAJOR[.MINOR[.REVISION]][+BUILD]).
+    #[arg(long)]
+    image_version: Option<String>,
+    /// Output folder (default: target/releases/<board>/<module>-<version>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// `manifest.json`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Manifest {
+    pub board: String,
+    pub module: String,
+    pub version: String,
+    pub image_version: String,
+    pub file: String,
+    pub size: u64,
+    pub md5: String,
+    pub sha256: String,
+    pub sec_cnt: u32,
+    pub key_hash: String,
+    pub factory: Option<String>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let board = Board::from(a.board);
+    check_aliyun_string("version", &a.version)?;
+    check_aliyun_string("module", &a.module)?;
+    let iv = a.image_version.as_deref().unwrap_or(&a.version);
+    let image_version = ImageVersion::parse(iv).with_context(|| {
+        format!("version {iv:?} does not read as MAJOR[.MINOR[.REVISION]][+BUILD]; pass --image-version, e.g. 1.4.0")
+    })?;
+    let (key, key_path) = keys::signing_key_or_dev(a.key.as_deref())?;
+    let public = PublicKey(key.verifying_key().to_bytes());
+    let layout = board.layout();
+    let out = a
+        .out
+        .unwrap_or_else(|| crate::root().join("target/releases").join(board.name()).join(format!("{}-{}", a.module, a.version)));
+
+    let app_elf = firmware(board, Crate::App, &[public])?;
+    let body = elf_to_bin(&read(&app_elf)?, layout.app_origin())?;
+    ensure!(
+        body.len() as u32 <= layout.app_max_len(),
+        "the app is {} bytes; {} has room for {} in ACTIVE",
+        body.len(),
+        board.name(),
+        layout.app_max_len()
+    );
+    let params = SignParams {
+        header_size: layout.image_header_size as u16,
+        version: image_version,
+        sec_cnt: a.sec_cnt,
+        module: Some(&a.module),
+        aliyun_version: Some(&a.version),
+    };
+    let image = make_image(&body, &params, &key, Some(layout.active.length))?;
+
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let file = format!("firmware-{}.bin", a.version);
+    write(&out.join(&file), &image)?;
+    let factory = match board.target() {
+        Some(_) => {
+            let bl_elf = firmware(board, Crate::Bootloader, &[public])?;
+            let bl = elf_to_bin(&read(&bl_elf)?, layout.bootloader.origin)?;
+            write(&out.join("factory.bin"), &factory_image(layout, &bl, &image)?)?;
+            Some("factory.bin".to_string())
+        }
+        None => None,
+    };
+    let manifest = Manifest {
+        board: board.name().into(),
+        module: a.module.clone(),
+        version: a.version.clone(),
+        image_version: image_version.to_string(),
+        file: file.clone(),
+        size: image.len() as u64,
+        md5: hex::encode(Md5::digest(&image)),
+        sha256: hex::encode(Sha256::digest(&image)),
+        sec_cnt: a.sec_cnt,
+        key_hash: hex::encode(public.key_hash()),
+        factory,
+    };
+    write(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    println!("release {} {} {} -> {}", board.name(), a.module, a.version, out.display());
+    println!("  {file}: {} bytes, md5 {}, signed with {}", image.len(), manifest.md5, key_path.display());
+    if let Some(f) = &manifest.factory {
+        println!("  {f}: flash once at {:#010x}", layout.flash.origin);
+    }
+    Ok(())
+}
+
+/// Bootloader + signed app + erased BOOT_RECORD/STATE, from the flash origin. On qemu-an386 it is
+/// the whole 16 MiB `mps.ram` backing file; elsewhere it ends with the image.
+pub fn factory_image(layout: &Layout, bootloader: &[u8], image: &[u8]) -> Result<Vec<u8>> {
+    ensure!(
+        bootloader.len() as u32 <= layout.bootloader.length,
+        "the bootloader is {} bytes but its region holds {}",
+        bootloader.len(),
+        layout.bootloader.length
+    );
+    let base = layout.flash.origin;
+    let active = (layout.active.origin - base) as usize;
+    let len = match layout.board {
+        Board::QemuAn386 => layout.flash.length as usize,
+        _ => active + image.len(),
+    };
+    let mut f = vec![layout.geometry.erased; len];
+    let bl = (layout.bootloader.origin - base) as usize;
+    f[bl..bl + bootloader.len()].copy_from_slice(bootloader);
+    f[active..active + image.len()].copy_from_slice(image);
+    Ok(f)
+}
+
+fn read(p: &Path) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+}
+
+fn write(p: &Path, b: &[u8]) -> Result<()> {
+    std::fs::write(p, b).with_context(|| format!("writing {}", p.display()))
+}

@@ -1,0 +1,52 @@
+//! `cargo xtask test`: everything, on a fresh machine. Installs what the tests need, runs the host
+//! tests (unit, property, interop with imgtool and openssl, releases), then builds the firmware
+//! for every thumb board.
+
+use crate::build::{firmware, Crate};
+use crate::{keys, tools};
+use anyhow::{ensure, Context, Result};
+use memory_layouts::Board;
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run every case of the slow sweeps (CI runs a sample).
+    #[arg(long)]
+    full: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let t0 = Instant::now();
+    let mut steps: Vec<(String, bool)> = Vec::new();
+    let imgtool = tools::imgtool()?;
+    let openssl = tools::openssl()?;
+
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(crate::root())
+        .args(["test", "--workspace", "--exclude", "app", "--exclude", "bootloader", "--all-features"])
+        .env("IMGTOOL", &imgtool)
+        .env("OPENSSL", &openssl);
+    if a.full {
+        cmd.env("ALIYUN_OTA_FULL", "1");
+    }
+    let ok = cmd.status().context("running cargo test")?.success();
+    steps.push(("host tests (unit, property, interop, release)".into(), ok));
+
+    let key = keys::load_public_key(&keys::dev_key())?;
+    for board in Board::ALL.into_iter().filter(|b| b.target().is_some()) {
+        for c in [Crate::Bootloader, Crate::App] {
+            let ok = firmware(board, c, &[key]).is_ok();
+            steps.push((format!("build {c:?} for {}", board.name()), ok));
+        }
+    }
+
+    println!("\n== cargo xtask test ({:.0} s) ==", t0.elapsed().as_secs_f64());
+    for (name, ok) in &steps {
+        println!("  {} {name}", if *ok { "ok  " } else { "FAIL" });
+    }
+    let failed = steps.iter().filter(|s| !s.1).count();
+    println!("steps: {} passed, {failed} failed", steps.len() - failed);
+    ensure!(failed == 0, "{failed} step(s) failed");
+    Ok(())
+}
