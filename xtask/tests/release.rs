@@ -1,0 +1,81 @@
+//! `cargo xtask release` for the thumb boards: the folder, the manifest, the factory image.
+
+mod common;
+use common::*;
+use md5::{Digest as _, Md5};
+use memory_layouts::Board;
+use serde_json::Value;
+use sha2::Sha256;
+
+fn release(board: Board) {
+    let d = scratch(&format!("release_{}", board.name()));
+    let key = d.join("k.pem");
+    xtask_ok(&["keygen", "--out", s(&key)]);
+    let out = d.join("rel");
+    xtask_ok(&[
+        "release", "--board", board.name(), "--version", "V1.4", "--module", "MCU", "--sec-cnt", "5",
+        "--key", s(&key), "--out", s(&out),
+    ]);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let bin = std::fs::read(out.join("firmware-V1.4.bin")).unwrap();
+    assert_eq!(manifest["file"], "firmware-V1.4.bin");
+    assert_eq!(manifest["board"], board.name());
+    assert_eq!(manifest["module"], "MCU");
+    assert_eq!(manifest["version"], "V1.4");
+    assert_eq!(manifest["image_version"], "1.4.0+0");
+    assert_eq!(manifest["sec_cnt"], 5);
+    assert_eq!(manifest["size"], bin.len());
+    assert_eq!(manifest["md5"], hex::encode(Md5::digest(&bin)));
+    assert_eq!(manifest["sha256"], hex::encode(Sha256::digest(&bin)));
+
+    // The .bin is what imgtool and we accept, and it fits ACTIVE.
+    let o = run(imgtool(), &["verify", "-k", s(&key), s(&out.join("firmware-V1.4.bin"))]);
+    assert!(o.status.success(), "imgtool verify: {}", text(&o.stdout));
+    let v = xtask_ok(&["verify", s(&out.join("firmware-V1.4.bin")), "--key", s(&key), "--board", board.name()]);
+    assert!(v.contains("AliyunModule   \"MCU\"") && v.contains("AliyunVersion  \"V1.4\""), "{v}");
+
+    // Factory: bootloader at the flash origin, the very same image in ACTIVE, erased state.
+    let l = board.layout();
+    let f = std::fs::read(out.join("factory.bin")).unwrap();
+    assert_eq!(manifest["factory"], "factory.bin");
+    let at = |r: memory_layouts::Region| (r.origin - l.flash.origin) as usize;
+    let active = at(l.active);
+    assert_eq!(&f[active..active + bin.len()], &bin[..]);
+    // The bootloader's vector table: initial SP inside RAM, reset vector inside BOOTLOADER (thumb bit).
+    let sp = u32::from_le_bytes(f[0..4].try_into().unwrap());
+    let reset = u32::from_le_bytes(f[4..8].try_into().unwrap());
+    assert!(sp > l.ram.origin && sp <= l.ram.end(), "initial SP {sp:#x}");
+    assert!(reset & 1 == 1 && (l.bootloader.origin..l.bootloader.end()).contains(&(reset & !1)), "reset {reset:#x}");
+    for r in [l.boot_record, l.state] {
+        assert!(f[at(r)..at(r) + r.length as usize].iter().all(|&b| b == l.geometry.erased), "{r:?} not erased");
+    }
+    if board == Board::QemuAn386 {
+        assert_eq!(f.len() as u32, l.flash.length, "QEMU's mps.ram backing file is exactly 16 MiB");
+    }
+    // The app inside the image links at ACTIVE + header size: its vector table is there.
+    let hdr = l.image_header_size as usize;
+    let app_reset = u32::from_le_bytes(bin[hdr + 4..hdr + 8].try_into().unwrap());
+    assert!((l.app_origin()..l.active.end()).contains(&(app_reset & !1)), "app reset {app_reset:#x}");
+}
+
+#[test]
+fn release_for_qemu_an386_makes_the_folder() {
+    release(Board::QemuAn386);
+}
+
+#[test]
+fn release_for_nrf52840_dk_makes_the_folder() {
+    release(Board::Nrf52840Dk);
+}
+
+#[test]
+fn release_refuses_a_version_aliyun_would_refuse() {
+    let d = scratch("release_bad_version");
+    for v in ["1.4 beta", "版本1", ""] {
+        let err = xtask_err(&["release", "--board", "qemu-an386", "--version", v, "--out", s(&d)]);
+        assert!(err.contains("would be refused by Aliyun"), "{v:?}: {err}");
+    }
+    let err = xtask_err(&["release", "--board", "qemu-an386", "--version", "release-candidate", "--out", s(&d)]);
+    assert!(err.contains("--image-version"), "{err}");
+    assert!(std::fs::read_dir(&d).unwrap().next().is_none(), "nothing is written on refusal");
+}
