@@ -33,6 +33,19 @@ pub fn run(a: Args) -> Result<()> {
     let ok = cmd.status().context("running cargo test")?.success();
     steps.push(("host tests (unit, property, interop, release)".into(), ok));
 
+    // shared is no_std: it must build for the thumb target bare and with defmt.
+    tools::ensure_rust_target("thumbv7em-none-eabihf")?;
+    for features in ["", "defmt"] {
+        let ok = Command::new(env!("CARGO"))
+            .current_dir(crate::root())
+            .args(["build", "-p", "shared", "--no-default-features", "--target", "thumbv7em-none-eabihf"])
+            .args(["--features", features])
+            .env("CARGO_TARGET_DIR", crate::build::target_dir())
+            .status()?
+            .success();
+        steps.push((format!("shared no_std for thumbv7em (features: {:?})", features), ok));
+    }
+
     let key = keys::load_public_key(&keys::dev_key())?;
     for board in Board::ALL.into_iter().filter(|b| b.target().is_some()) {
         for c in [Crate::Bootloader, Crate::App] {
