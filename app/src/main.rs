@@ -9,10 +9,10 @@ mod keys {
 
 #[cfg(target_os = "none")]
 mod firmware {
-    #[cfg(feature = "nrf52840-dk")]
-    use nrf_pac as _; // links the device vector table
     use core::panic::PanicInfo;
     use cortex_m_rt::{entry, exception, ExceptionFrame};
+    #[cfg(feature = "nrf52840-dk")]
+    use nrf_pac as _; // links the device vector table
 
     #[entry]
     fn main() -> ! {

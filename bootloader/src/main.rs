@@ -10,13 +10,13 @@ mod keys {
 
 #[cfg(target_os = "none")]
 mod firmware {
-    #[cfg(feature = "nrf52840-dk")]
-    use nrf_pac as _; // links the device vector table
     use crate::keys::TRUSTED_KEYS;
     use core::panic::PanicInfo;
     use cortex_m_rt::{entry, exception, ExceptionFrame};
     use embedded_storage::nor_flash::{ErrorType, NorFlashErrorKind, ReadNorFlash};
     use memory_layouts::Board;
+    #[cfg(feature = "nrf52840-dk")]
+    use nrf_pac as _; // links the device vector table
     use shared::image::{verify, PublicKey, VerifyOptions};
 
     #[cfg(feature = "qemu-an386")]

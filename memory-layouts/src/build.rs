@@ -53,7 +53,10 @@ fn keys_rs() -> String {
         .split(',')
         .map(|h| {
             let h = h.trim();
-            assert!(h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()), "{PUBKEY_ENV}: {h:?} is not 64 hex digits");
+            assert!(
+                h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()),
+                "{PUBKEY_ENV}: {h:?} is not 64 hex digits"
+            );
             let bytes: Vec<String> = (0..32).map(|i| format!("0x{}", &h[2 * i..2 * i + 2])).collect();
             format!("    [{}],\n", bytes.join(", "))
         })

@@ -3,6 +3,7 @@
 //! | module | what it owns |
 //! |---|---|
 //! | [`image`] | the MCUboot-compatible image format: zero-copy views, emit, streaming `verify` |
+//! | `sim` | (feature `sim`) strict NOR flash model and power-cut injection for host tests |
 //!
 //! Features: `std` (image signing, std error impls), `sim` (flash simulator, implies `std`),
 //! `defmt` (`defmt::Format` on public types).
@@ -11,3 +12,5 @@
 #![warn(missing_docs)]
 
 pub mod image;
+#[cfg(feature = "sim")]
+pub mod sim;

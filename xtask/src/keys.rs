@@ -3,7 +3,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, DecodePrivateKey, DecodePublicKey, EncodePrivateKey, KeypairBytes};
+use ed25519_dalek::pkcs8::{
+    spki::der::pem::LineEnding, DecodePrivateKey, DecodePublicKey, EncodePrivateKey, KeypairBytes,
+};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use shared::image::PublicKey;
 use std::path::{Path, PathBuf};

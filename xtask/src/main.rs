@@ -12,7 +12,12 @@ use memory_layouts::Board;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Build, sign, release and test Aliyun OTA firmware", version)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, sign, release and test Aliyun OTA firmware",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

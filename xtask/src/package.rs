@@ -70,9 +70,9 @@ pub fn run(a: Args) -> Result<()> {
     let (key, key_path) = keys::signing_key_or_dev(a.key.as_deref())?;
     let public = PublicKey(key.verifying_key().to_bytes());
     let layout = board.layout();
-    let out = a
-        .out
-        .unwrap_or_else(|| crate::root().join("target/releases").join(board.name()).join(format!("{}-{}", a.module, a.version)));
+    let out = a.out.unwrap_or_else(|| {
+        crate::root().join("target/releases").join(board.name()).join(format!("{}-{}", a.module, a.version))
+    });
 
     let app_elf = firmware(board, Crate::App, &[public])?;
     let body = elf_to_bin(&read(&app_elf)?, layout.app_origin())?;

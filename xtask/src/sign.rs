@@ -52,7 +52,12 @@ pub fn check_aliyun_string(what: &str, s: &str) -> Result<()> {
 }
 
 /// Signs `body`, refusing anything the device would refuse, and checks the result with `verify`.
-pub fn make_image(body: &[u8], p: &SignParams<'_>, key: &ed25519_dalek::SigningKey, slot: Option<u32>) -> Result<Vec<u8>> {
+pub fn make_image(
+    body: &[u8],
+    p: &SignParams<'_>,
+    key: &ed25519_dalek::SigningKey,
+    slot: Option<u32>,
+) -> Result<Vec<u8>> {
     for (what, s) in [("module", p.module), ("version", p.aliyun_version)] {
         check_aliyun_string(what, s.unwrap_or("default"))?;
     }
@@ -132,7 +137,12 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     let opts = VerifyOptions { keys: &keys, min_sec_cnt: a.min_sec_cnt, slot_size: slot };
     match image::verify(&mut SliceFlash(&bytes), &opts, &mut [0; 4096]) {
         Ok(info) => {
-            println!("OK: {} verifies (SHA-256 {}, key hash {})", a.image.display(), hex::encode(info.digest), hex::encode(info.key_hash));
+            println!(
+                "OK: {} verifies (SHA-256 {}, key hash {})",
+                a.image.display(),
+                hex::encode(info.digest),
+                hex::encode(info.key_hash)
+            );
             Ok(())
         }
         Err(e) => bail!("{} does not verify: {e}", a.image.display()),
@@ -145,8 +155,10 @@ fn print_image(b: &[u8]) {
         println!("no MCUboot header");
         return;
     };
-    println!("header: version {}, hdr_size {:#x}, img_size {} bytes, protected TLVs {} bytes, flags {:#x}",
-        h.version, h.hdr_size, h.img_size, h.protect_tlv_size, h.flags);
+    println!(
+        "header: version {}, hdr_size {:#x}, img_size {} bytes, protected TLVs {} bytes, flags {:#x}",
+        h.version, h.hdr_size, h.img_size, h.protect_tlv_size, h.flags
+    );
     let (Some(prot), Some(tlv)) = (h.body_end(), h.tlv_offset()) else { return };
     let areas = [(prot as usize, TLV_PROT_INFO_MAGIC, "protected"), (tlv as usize, TLV_INFO_MAGIC, "TLVs")];
     for (off, magic, name) in areas {

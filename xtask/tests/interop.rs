@@ -38,11 +38,8 @@ fn our_keygen_key_is_read_by_openssl_and_imgtool() {
     let der = o.stdout;
     let o = run(imgtool(), &["getpub", "-k", s(&k)]);
     assert!(o.status.success(), "imgtool getpub refused our key: {}", text(&o.stderr));
-    let hex_bytes: Vec<u8> = text(&o.stdout)
-        .split("0x")
-        .skip(1)
-        .filter_map(|h| u8::from_str_radix(&h[..2], 16).ok())
-        .collect();
+    let hex_bytes: Vec<u8> =
+        text(&o.stdout).split("0x").skip(1).filter_map(|h| u8::from_str_radix(&h[..2], 16).ok()).collect();
     assert_eq!(hex_bytes, der, "imgtool and openssl disagree on our key's public half");
 }
 
@@ -78,8 +75,19 @@ fn every_image_we_sign_passes_imgtool_verify() {
         let img = d.join(format!("img{i}.bin"));
         let sec = (i * 3).to_string();
         xtask_ok(&[
-            "sign", s(&body), s(&img), "--key", s(&k), "--version", "2.1.3+9", "--sec-cnt", &sec,
-            "--module", "MCU", "--aliyun-version", "V2.1.3",
+            "sign",
+            s(&body),
+            s(&img),
+            "--key",
+            s(&k),
+            "--version",
+            "2.1.3+9",
+            "--sec-cnt",
+            &sec,
+            "--module",
+            "MCU",
+            "--aliyun-version",
+            "V2.1.3",
         ]);
         assert!(imgtool_verify(&k, &img), "imgtool refused our image of {len} bytes");
         assert!(our_verify(&k, &img));
@@ -98,7 +106,20 @@ fn image_signed_by_imgtool_passes_our_verify() {
     let img = d.join("img.bin");
     let o = run(
         imgtool(),
-        &["sign", "--key", s(&k), "--header-size", "0x200", "--pad-header", "--version", "1.2.3", "-S", "0x20000", s(&body), s(&img)],
+        &[
+            "sign",
+            "--key",
+            s(&k),
+            "--header-size",
+            "0x200",
+            "--pad-header",
+            "--version",
+            "1.2.3",
+            "-S",
+            "0x20000",
+            s(&body),
+            s(&img),
+        ],
     );
     assert!(o.status.success(), "imgtool sign: {}", text(&o.stderr));
     let out = xtask_ok(&["verify", s(&img), "--key", s(&k)]);
@@ -162,7 +183,17 @@ fn sign_refuses_an_image_larger_than_the_slot() {
     let k = our_key(&d);
     let body = d.join("body.bin");
     std::fs::write(&body, bytes(0x76000, 1)).unwrap(); // nrf52840-dk ACTIVE is 0x76000
-    let err = xtask_err(&["sign", s(&body), s(&d.join("img.bin")), "--key", s(&k), "--version", "1.0", "--board", "nrf52840-dk"]);
+    let err = xtask_err(&[
+        "sign",
+        s(&body),
+        s(&d.join("img.bin")),
+        "--key",
+        s(&k),
+        "--version",
+        "1.0",
+        "--board",
+        "nrf52840-dk",
+    ]);
     assert!(err.contains("slot holds 483328"), "{err}");
     assert!(!d.join("img.bin").exists());
 }
@@ -175,7 +206,17 @@ fn sign_refuses_versions_aliyun_would_refuse() {
     std::fs::write(&body, [1, 2, 3]).unwrap();
     let long = "1".repeat(65);
     for v in ["1.0 beta", long.as_str(), "1.0/2"] {
-        let err = xtask_err(&["sign", s(&body), s(&d.join("i.bin")), "--key", s(&k), "--version", "1.0", "--aliyun-version", v]);
+        let err = xtask_err(&[
+            "sign",
+            s(&body),
+            s(&d.join("i.bin")),
+            "--key",
+            s(&k),
+            "--version",
+            "1.0",
+            "--aliyun-version",
+            v,
+        ]);
         assert!(err.contains("would be refused by Aliyun"), "{err}");
     }
 }

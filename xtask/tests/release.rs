@@ -13,8 +13,19 @@ fn release(board: Board) {
     xtask_ok(&["keygen", "--out", s(&key)]);
     let out = d.join("rel");
     xtask_ok(&[
-        "release", "--board", board.name(), "--version", "V1.4", "--module", "MCU", "--sec-cnt", "5",
-        "--key", s(&key), "--out", s(&out),
+        "release",
+        "--board",
+        board.name(),
+        "--version",
+        "V1.4",
+        "--module",
+        "MCU",
+        "--sec-cnt",
+        "5",
+        "--key",
+        s(&key),
+        "--out",
+        s(&out),
     ]);
     let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let bin = std::fs::read(out.join("firmware-V1.4.bin")).unwrap();

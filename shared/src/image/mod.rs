@@ -23,18 +23,16 @@
 //! bad input; [`Header`] and [`TlvIter`] are zero-copy views over bytes already in memory.
 
 mod header;
-mod tlv;
-mod verify;
 #[cfg(any(test, feature = "std"))]
 mod sign;
+mod tlv;
+mod verify;
 
 pub use header::{flags, Header, HeaderRepr, ImageVersion, HEADER_LEN, IMAGE_MAGIC};
-pub use tlv::{
-    Tlv, TlvAreaWriter, TlvInfo, TlvIter, TlvKind, TLV_INFO_LEN, TLV_INFO_MAGIC, TLV_PROT_INFO_MAGIC,
-};
-pub use verify::{verify, ImageInfo, PublicKey, SliceFlash, VerifyOptions, ED25519_SPKI_PREFIX};
 #[cfg(any(test, feature = "std"))]
 pub use sign::{sign_image, SignParams};
+pub use tlv::{Tlv, TlvAreaWriter, TlvInfo, TlvIter, TlvKind, TLV_INFO_LEN, TLV_INFO_MAGIC, TLV_PROT_INFO_MAGIC};
+pub use verify::{verify, ImageInfo, PublicKey, SliceFlash, VerifyOptions, ED25519_SPKI_PREFIX};
 
 use embedded_storage::nor_flash::{NorFlashError, NorFlashErrorKind};
 

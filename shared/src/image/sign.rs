@@ -1,8 +1,8 @@
 //! Building and signing images on the host (xtask, tests).
 
 use super::{
-    Header, HeaderRepr, ImageVersion, PublicKey, TlvAreaWriter, TlvKind, HEADER_LEN, MAX_ALIYUN_STR,
-    TLV_INFO_MAGIC, TLV_PROT_INFO_MAGIC,
+    Header, HeaderRepr, ImageVersion, PublicKey, TlvAreaWriter, TlvKind, HEADER_LEN, MAX_ALIYUN_STR, TLV_INFO_MAGIC,
+    TLV_PROT_INFO_MAGIC,
 };
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};

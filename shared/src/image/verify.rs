@@ -2,8 +2,8 @@
 
 use super::tlv::parse_entry_header;
 use super::{
-    flags, Header, HeaderRepr, ImageError, TlvInfo, TlvKind, HEADER_LEN, MAX_ALIYUN_STR, TLV_INFO_LEN,
-    TLV_INFO_MAGIC, TLV_PROT_INFO_MAGIC,
+    flags, Header, HeaderRepr, ImageError, TlvInfo, TlvKind, HEADER_LEN, MAX_ALIYUN_STR, TLV_INFO_LEN, TLV_INFO_MAGIC,
+    TLV_PROT_INFO_MAGIC,
 };
 use ed25519_dalek::{Signature, VerifyingKey};
 use embedded_storage::nor_flash::{ErrorType, NorFlashErrorKind, ReadNorFlash};
@@ -262,11 +262,8 @@ impl ErrorType for SliceFlash<'_> {
 impl ReadNorFlash for SliceFlash<'_> {
     const READ_SIZE: usize = 1;
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        let src = self
-            .0
-            .get(offset as usize..)
-            .and_then(|s| s.get(..bytes.len()))
-            .ok_or(NorFlashErrorKind::OutOfBounds)?;
+        let src =
+            self.0.get(offset as usize..).and_then(|s| s.get(..bytes.len())).ok_or(NorFlashErrorKind::OutOfBounds)?;
         bytes.copy_from_slice(src);
         Ok(())
     }
