@@ -3,6 +3,7 @@
 //! | module | what it owns |
 //! |---|---|
 //! | [`image`] | the MCUboot-compatible image format: zero-copy views, emit, streaming `verify` |
+//! | [`boot`] | the boot policy: validate DFU, swap only the pages in use, revert, counter, BOOT_RECORD |
 //! | `sim` | (feature `sim`) strict NOR flash model and power-cut injection for host tests |
 //!
 //! Features: `std` (image signing, std error impls), `sim` (flash simulator, implies `std`),
@@ -11,6 +12,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod boot;
 pub mod image;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -32,7 +32,7 @@ pub use header::{flags, Header, HeaderRepr, ImageVersion, HEADER_LEN, IMAGE_MAGI
 #[cfg(any(test, feature = "std"))]
 pub use sign::{sign_image, SignParams};
 pub use tlv::{Tlv, TlvAreaWriter, TlvInfo, TlvIter, TlvKind, TLV_INFO_LEN, TLV_INFO_MAGIC, TLV_PROT_INFO_MAGIC};
-pub use verify::{verify, ImageInfo, PublicKey, SliceFlash, VerifyOptions, ED25519_SPKI_PREFIX};
+pub use verify::{extent, verify, ImageInfo, PublicKey, SliceFlash, VerifyOptions, ED25519_SPKI_PREFIX};
 
 use embedded_storage::nor_flash::{NorFlashError, NorFlashErrorKind};
 

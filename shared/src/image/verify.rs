@@ -125,18 +125,16 @@ fn read_str<F: ReadNorFlash>(flash: &mut F, off: u32, len: usize) -> Result<Stri
     String::try_from(s).map_err(|_| ImageError::BadTlv)
 }
 
-/// Verifies the image at offset 0 of `flash`, reading through `buf` (any length >= 1; 256 bytes
-/// or more hashes faster). Never panics on bad flash contents.
-///
-/// Checks, in order: header and layout (magic, flags, the TLV areas where the header says),
-/// the image fits `slot_size`, SHA-256, the signing key is one of `keys`, the Ed25519 signature,
-/// and `SEC_CNT >= min_sec_cnt`.
-pub fn verify<F: ReadNorFlash>(
-    flash: &mut F,
-    opts: &VerifyOptions<'_>,
-    buf: &mut [u8],
-) -> Result<ImageInfo, ImageError> {
-    assert!(!buf.is_empty(), "verify needs a buffer");
+/// Where an image's parts lie, checked against the flash and the slot (no hashing).
+struct Layout {
+    header: HeaderRepr,
+    prot_off: u32,
+    tlv_off: u32,
+    tlv: TlvInfo,
+    total_len: u32,
+}
+
+fn layout<F: ReadNorFlash>(flash: &mut F, slot_size: Option<u32>) -> Result<Layout, ImageError> {
     let mut hb = [0u8; HEADER_LEN];
     read(flash, 0, &mut hb)?;
     let header = HeaderRepr::parse(&Header::new_unchecked(&hb[..]))?;
@@ -146,7 +144,7 @@ pub fn verify<F: ReadNorFlash>(
     // parse() checked that these do not overflow.
     let prot_off = header.body_end().ok_or(ImageError::BadHeader)?;
     let tlv_off = header.tlv_offset().ok_or(ImageError::BadHeader)?;
-    let slot = opts.slot_size.unwrap_or(u32::MAX);
+    let slot = slot_size.unwrap_or(u32::MAX);
     let too_large = |need: u32| ImageError::TooLargeForSlot { need, slot };
     let info_end = tlv_off.checked_add(TLV_INFO_LEN as u32).ok_or(ImageError::BadHeader)?;
     if info_end > slot {
@@ -166,6 +164,28 @@ pub fn verify<F: ReadNorFlash>(
     if total_len as usize > flash.capacity() {
         return Err(ImageError::Truncated);
     }
+    Ok(Layout { header, prot_off, tlv_off, tlv, total_len })
+}
+
+/// Bytes the image at offset 0 occupies, from its header and TLV info alone (nothing is hashed
+/// or checked for authenticity: use [`verify`] before trusting it).
+pub fn extent<F: ReadNorFlash>(flash: &mut F) -> Result<u32, ImageError> {
+    Ok(layout(flash, None)?.total_len)
+}
+
+/// Verifies the image at offset 0 of `flash`, reading through `buf` (any length >= 1; 256 bytes
+/// or more hashes faster). Never panics on bad flash contents.
+///
+/// Checks, in order: header and layout (magic, flags, the TLV areas where the header says),
+/// the image fits `slot_size`, SHA-256, the signing key is one of `keys`, the Ed25519 signature,
+/// and `SEC_CNT >= min_sec_cnt`.
+pub fn verify<F: ReadNorFlash>(
+    flash: &mut F,
+    opts: &VerifyOptions<'_>,
+    buf: &mut [u8],
+) -> Result<ImageInfo, ImageError> {
+    assert!(!buf.is_empty(), "verify needs a buffer");
+    let Layout { header, prot_off, tlv_off, tlv, total_len } = layout(flash, opts.slot_size)?;
 
     // SHA-256 over header, body and protected TLVs, streamed through the caller's buffer.
     let mut sha = Sha256::new();
