@@ -300,6 +300,7 @@ pub struct FaultyFlash<const ERASE: usize, const WRITE: usize> {
     ops: u64,
     cut: Option<(u64, CutMode)>,
     dead: bool,
+    cuts: u32,
     rng: Rng,
     seed: u64,
 }
@@ -307,7 +308,7 @@ pub struct FaultyFlash<const ERASE: usize, const WRITE: usize> {
 impl<const ERASE: usize, const WRITE: usize> FaultyFlash<ERASE, WRITE> {
     /// Wraps `inner`; no cut planned.
     pub fn new(inner: SimFlash<ERASE, WRITE>, seed: u64) -> Self {
-        FaultyFlash { inner, ops: 0, cut: None, dead: false, rng: Rng::new(seed), seed }
+        FaultyFlash { inner, ops: 0, cut: None, dead: false, cuts: 0, rng: Rng::new(seed), seed }
     }
     /// Cuts the power at mutating operation `at` (counted from now), in `mode`.
     pub fn cut_at(&mut self, at: u64, mode: CutMode) {
@@ -320,6 +321,10 @@ impl<const ERASE: usize, const WRITE: usize> FaultyFlash<ERASE, WRITE> {
     /// Whether the planned cut has happened.
     pub fn is_dead(&self) -> bool {
         self.dead
+    }
+    /// How many cuts have happened.
+    pub fn cuts(&self) -> u32 {
+        self.cuts
     }
     /// The seed of this run.
     pub fn seed(&self) -> u64 {
@@ -352,6 +357,7 @@ impl<const ERASE: usize, const WRITE: usize> FaultyFlash<ERASE, WRITE> {
         match self.cut {
             Some((at, mode)) if at == n => {
                 self.dead = true;
+                self.cuts += 1;
                 match mode {
                     CutMode::Before => {}
                     CutMode::After => op(&mut self.inner)?,

@@ -64,7 +64,9 @@ impl<F: NorFlash> NorFlash for Window<'_, F> {
 /// A progress word is written only after its page copy completed, so a progress word with any
 /// bit programmed (even torn by a power cut) means "step done". embassy-boot counts a word with
 /// an erased byte as not done and re-programs it, which fails on ECC flash and would leave the
-/// device stuck mid-swap. This adapter reads such words as done and skips writes to them.
+/// device stuck mid-swap. This adapter reads such words as done and skips writes to them; it also
+/// skips re-writing a validity word that is already programmed (embassy-boot does that when a
+/// revert resumes after a cut between its "invalidate progress" write and its erase).
 pub struct StateGuard<'a, F> {
     flash: &'a mut F,
     erased: u8,
@@ -73,12 +75,14 @@ pub struct StateGuard<'a, F> {
 impl<'a, F: NorFlash> StateGuard<'a, F> {
     /// Wraps the STATE partition; `erased` is the flash's erased value.
     pub fn new(flash: &'a mut F, erased: u8) -> Self {
+        const { assert!(F::WRITE_SIZE <= 64, "state words up to 64 bytes") };
         StateGuard { flash, erased }
     }
 
-    fn is_progress_word(off: u32, len: usize) -> bool {
+    /// Word `index` or later, read or written alone.
+    fn is_word_from(index: u32, off: u32, len: usize) -> bool {
         let w = F::WRITE_SIZE as u32;
-        off >= 2 * w && off % w == 0 && len == F::WRITE_SIZE
+        off >= index * w && off % w == 0 && len == F::WRITE_SIZE
     }
 
     /// The magic in word 0.
@@ -111,7 +115,7 @@ impl<F: NorFlash> ReadNorFlash for StateGuard<'_, F> {
     const READ_SIZE: usize = F::READ_SIZE;
     fn read(&mut self, off: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
         self.flash.read(off, bytes).map_err(|e| e.kind())?;
-        if Self::is_progress_word(off, bytes.len()) && bytes.iter().any(|&b| b != self.erased) {
+        if Self::is_word_from(2, off, bytes.len()) && bytes.iter().any(|&b| b != self.erased) {
             bytes.fill(!self.erased);
         }
         Ok(())
@@ -128,7 +132,10 @@ impl<F: NorFlash> NorFlash for StateGuard<'_, F> {
         self.flash.erase(from, to).map_err(|e| e.kind())
     }
     fn write(&mut self, off: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        if Self::is_progress_word(off, bytes.len()) {
+        // Validity and progress words only ever go from erased to programmed: one that is already
+        // (partly) programmed has said what it says, and re-programming it may fail (ECC) or trip
+        // a strict flash. embassy-boot re-writes the validity word when a revert resumes.
+        if Self::is_word_from(1, off, bytes.len()) {
             let mut cur = [0u8; 64];
             let cur = &mut cur[..bytes.len()];
             self.flash.read(off, cur).map_err(|e| e.kind())?;

@@ -16,9 +16,11 @@
 
 mod flash;
 pub mod record;
+pub mod updater;
 
 pub use flash::{StateGuard, Window};
 pub use record::{BootRecord, LastBoot, Phase};
+pub use updater::{boot_info, confirm, BootInfo, UpdateError, Updater};
 
 use crate::image::{self, ImageError, ImageInfo, PublicKey, VerifyOptions};
 use embassy_boot::{BlockingFirmwareState, BootLoader, BootLoaderConfig, State};

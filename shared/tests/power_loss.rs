@@ -1,0 +1,356 @@
+//! Boot scenarios and power-cut sweeps on the strict NOR simulator (MCUboot sim style).
+//!
+//! Each scenario runs the real code of both halves over one simulated flash: the app's
+//! `Updater` writes the download and marks it, `shared::boot::boot` (embassy-boot underneath)
+//! swaps, reverts and keeps BOOT_RECORD, the app confirms or does not. A sweep counts the
+//! mutating flash operations of a clean run, then for every operation and every cut mode
+//! (before, after, torn) cuts the power there, powers up again and lets the device carry on
+//! (bootloader, then app), checking after every boot that:
+//! - the bootloader found a verifying image, and ACTIVE holds exactly the old or the new image;
+//! - the image it verified is the one in ACTIVE;
+//! - what the app reads about the boot is true.
+//!
+//! `ALIYUN_OTA_FULL=1` runs every cut; otherwise every 4th operation is cut (all three modes).
+
+use core::cell::RefCell;
+use ed25519_dalek::SigningKey;
+use embassy_embedded_hal::flash::partition::BlockingPartition;
+use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
+use shared::boot::{self, boot_info, confirm, BootInfo, LastBoot, Slots, UpdateError, Updater};
+use shared::image::{sign_image, ImageVersion, PublicKey, SignParams, VerifyOptions};
+use shared::sim::{CutMode, FaultyFlash, SimFlash};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static CASES: AtomicU64 = AtomicU64::new(0);
+
+/// Test layout in pages: BOOT_RECORD 2, STATE 1, ACTIVE 16, DFU 17.
+const ACTIVE_PAGES: usize = 16;
+const REGIONS: [usize; 4] = [2, 1, ACTIVE_PAGES, ACTIVE_PAGES + 1];
+
+fn full() -> bool {
+    std::env::var_os("ALIYUN_OTA_FULL").is_some()
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+fn keys() -> [PublicKey; 1] {
+    [PublicKey(key().verifying_key().to_bytes())]
+}
+
+/// A signed image of exactly `total` bytes (header 0x200, TLVs included), version `v`.
+fn image(total: usize, v: u8, sec_cnt: u32) -> Vec<u8> {
+    let tlvs = 4 + 8 + 4 + 7 + 4 + 3 + 4 + 36 + 36 + 68; // SEC_CNT, module "default", version "1.x"
+    let body: Vec<u8> = (0..total - 0x200 - tlvs).map(|i| (i as u8).wrapping_mul(31).wrapping_add(v)).collect();
+    let vs = format!("1.{v}");
+    let p = SignParams {
+        header_size: 0x200,
+        version: ImageVersion { major: 1, minor: v, revision: 0, build: 0 },
+        sec_cnt,
+        module: Some("default"),
+        aliyun_version: Some(&vs),
+    };
+    let img = sign_image(&body, &p, &key());
+    assert_eq!(img.len(), total);
+    img
+}
+
+/// The simulated device: one flash, partitioned like a board.
+#[derive(Clone)]
+struct Device<const E: usize, const W: usize> {
+    flash: FaultyFlash<E, W>,
+}
+
+struct Parts<'a, const E: usize, const W: usize> {
+    boot_record: BlockingPartition<'a, NoopRawMutex, FaultyFlash<E, W>>,
+    state: BlockingPartition<'a, NoopRawMutex, FaultyFlash<E, W>>,
+    active: BlockingPartition<'a, NoopRawMutex, FaultyFlash<E, W>>,
+    dfu: BlockingPartition<'a, NoopRawMutex, FaultyFlash<E, W>>,
+}
+
+fn parts<const E: usize, const W: usize>(m: &Mutex<NoopRawMutex, RefCell<FaultyFlash<E, W>>>) -> Parts<'_, E, W> {
+    let mut off = 0u32;
+    let mut next = |pages: usize| {
+        let p = BlockingPartition::new(m, off, (pages * E) as u32);
+        off += (pages * E) as u32;
+        p
+    };
+    Parts { boot_record: next(REGIONS[0]), state: next(REGIONS[1]), active: next(REGIONS[2]), dfu: next(REGIONS[3]) }
+}
+
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Fail {
+    Power,
+    Boot(boot::BootError),
+    Update(UpdateError),
+}
+
+fn is_power(e: &Fail) -> bool {
+    match e {
+        Fail::Power => true,
+        Fail::Boot(boot::BootError::Flash(_)) | Fail::Update(UpdateError::Flash(_)) => true,
+        _ => false,
+    }
+}
+
+impl<const E: usize, const W: usize> Device<E, W> {
+    fn new(factory: &[u8], ecc: bool, seed: u64) -> Self {
+        let pages: usize = REGIONS.iter().sum();
+        let mut sim = SimFlash::<E, W>::new(pages * E, 0xFF).with_ecc(ecc);
+        sim.load((REGIONS[0] + REGIONS[1]) * E, factory);
+        Device { flash: FaultyFlash::new(sim, seed) }
+    }
+
+    fn with<T>(&mut self, f: impl FnOnce(&mut Parts<'_, E, W>) -> T) -> T {
+        let flash = std::mem::replace(&mut self.flash, FaultyFlash::new(SimFlash::new(E, 0xFF), 0));
+        let m = Mutex::<NoopRawMutex, _>::new(RefCell::new(flash));
+        let r = f(&mut parts(&m));
+        self.flash = m.into_inner().into_inner();
+        r
+    }
+
+    fn dead(&self) -> bool {
+        self.flash.is_dead()
+    }
+
+    /// Bootloader: the policy, returning the verified ACTIVE image.
+    fn boot(&mut self) -> Result<boot::Boot, Fail> {
+        let r = self.with(|p| {
+            let mut slots =
+                Slots { active: &mut p.active, dfu: &mut p.dfu, state: &mut p.state, boot_record: &mut p.boot_record };
+            boot::boot(&mut slots, &keys(), 0xFF, &mut [0u8; 1024])
+        });
+        if self.dead() {
+            return Err(Fail::Power);
+        }
+        r.map_err(Fail::Boot)
+    }
+
+    /// App: download `img` into DFU in 1 KiB blocks and mark it.
+    fn download(&mut self, img: &[u8]) -> Result<(), Fail> {
+        let r = self.with(|p| {
+            let mut u = Updater::new(&mut p.dfu, &mut p.state, 0xFF, 0);
+            for (i, chunk) in img.chunks(1024).enumerate() {
+                u.write((i * 1024) as u32, chunk)?;
+            }
+            let opts = VerifyOptions { keys: &keys(), min_sec_cnt: 0, slot_size: Some((ACTIVE_PAGES * E) as u32) };
+            u.finish(&opts, &mut [0u8; 512]).map(|_| ())
+        });
+        if self.dead() {
+            return Err(Fail::Power);
+        }
+        r.map_err(Fail::Update)
+    }
+
+    fn info(&mut self) -> Result<BootInfo, Fail> {
+        let r =
+            self.with(|p| boot_info(&mut p.active, &mut p.boot_record, &mut p.state, &keys(), 0xFF, &mut [0u8; 512]));
+        if self.dead() {
+            return Err(Fail::Power);
+        }
+        r.map_err(Fail::Update)
+    }
+
+    fn confirm(&mut self) -> Result<(), Fail> {
+        let r = self.with(|p| confirm(&mut p.state, 0xFF, &mut [0u8; 64]));
+        if self.dead() {
+            return Err(Fail::Power);
+        }
+        r.map_err(Fail::Update)
+    }
+
+    fn active(&self) -> &[u8] {
+        let at = (REGIONS[0] + REGIONS[1]) * E;
+        &self.flash.inner().bytes()[at..at + ACTIVE_PAGES * E]
+    }
+}
+
+/// What the app does with a new image once it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SelfTest {
+    Passes,
+    Fails,
+}
+
+/// The outcome a scenario must reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// The new image runs, confirmed.
+    New,
+    /// The old image runs; the boot record says why.
+    Old(LastBoot),
+}
+
+struct Scenario<'a> {
+    old: &'a [u8],
+    new: &'a [u8],
+    test: SelfTest,
+    expect: Expect,
+}
+
+/// Runs the device (boot, app, boot, ...) until the scenario settles, checking every boot.
+/// Returns Err(what) on an invariant broken; Ok(()) once settled. Power cuts inside are
+/// recovered by power-cycling and carrying on.
+fn drive<const E: usize, const W: usize>(d: &mut Device<E, W>, s: &Scenario<'_>) -> Result<(), String> {
+    let mut downloaded = false;
+    let start_seq = d.info().map(|i| i.record_seq).unwrap_or(0);
+    for _round in 0..12 {
+        let booted = match d.boot() {
+            Ok(b) => b,
+            Err(e) if is_power(&e) => {
+                d.flash.power_cycle();
+                continue;
+            }
+            Err(e) => return Err(format!("bootloader failed: {e:?}")),
+        };
+        // ACTIVE holds exactly one of the two images, and that is the one verified.
+        let act = d.active();
+        let running_new = act[..s.new.len()] == *s.new;
+        let running_old = act[..s.old.len()] == *s.old;
+        if !running_new && !running_old {
+            return Err("ACTIVE holds neither the old nor the new image".into());
+        }
+        let expect_digest = if running_new { &s.new } else { &s.old };
+        if booted.image.total_len as usize != expect_digest.len() {
+            return Err("the verified image is not the one in ACTIVE".into());
+        }
+        let info = match d.info() {
+            Ok(i) => i,
+            Err(e) if is_power(&e) => {
+                d.flash.power_cycle();
+                continue;
+            }
+            Err(e) => return Err(format!("app cannot read its boot info: {e:?}")),
+        };
+        if info.running.digest != booted.image.digest {
+            return Err("the app reads another image than the one booted".into());
+        }
+        if info.awaiting_confirm && !running_new {
+            return Err("the app is asked to confirm the old image".into());
+        }
+        if running_old && info.last == LastBoot::SwappedIn {
+            return Err("the record says swapped in while the old image runs".into());
+        }
+        let this_cycle = info.record_seq > start_seq;
+        if std::env::var_os("SIM_TRACE").is_some() {
+            eprintln!(
+                "boot: new {running_new} info {:?} {:?} seq {} sec {}",
+                info.awaiting_confirm, info.last, info.record_seq, info.sec_cnt
+            );
+        }
+        // Settled?
+        match s.expect {
+            Expect::New if running_new && !info.awaiting_confirm => {
+                if info.sec_cnt < booted.image.sec_cnt {
+                    // Raised at the next boot at the latest.
+                    continue;
+                }
+                return Ok(());
+            }
+            // A cut between the swap and the confirm means the new image booted without
+            // confirming: reverting it is right, and reported.
+            Expect::New if running_old && this_cycle && info.last == LastBoot::Reverted && d.flash.cuts() > 0 => {
+                return Ok(())
+            }
+            Expect::Old(last) if running_old && this_cycle && info.last == last && downloaded => return Ok(()),
+            _ => {}
+        }
+        // The app's turn.
+        let r = if info.awaiting_confirm {
+            match s.test {
+                SelfTest::Passes => d.confirm(),
+                SelfTest::Fails => Ok(()), // it hangs or resets: the watchdog reboots it
+            }
+        } else if running_old && !(this_cycle && matches!(info.last, LastBoot::Reverted | LastBoot::Refused(_))) {
+            match d.download(s.new) {
+                Err(Fail::Update(UpdateError::Image(e))) => {
+                    // The app's own verify refused it: nothing marked, the old image stays.
+                    if let Expect::Old(LastBoot::Refused(want)) = s.expect {
+                        if e == want {
+                            return Ok(());
+                        }
+                    }
+                    return Err(format!("the app refused the download: {e:?}"));
+                }
+                r => {
+                    downloaded |= r.is_ok();
+                    r
+                }
+            }
+        } else {
+            Ok(())
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if is_power(&e) => d.flash.power_cycle(),
+            Err(e) => return Err(format!("app step failed: {e:?}")),
+        }
+    }
+    Err("did not settle in 12 boots".into())
+}
+
+/// Sweeps every cut of a scenario; returns the number of cases run.
+fn sweep<const E: usize, const W: usize>(name: &str, s: &Scenario<'_>, ecc: bool) -> u64 {
+    let fresh = || Device::<E, W>::new(s.old, ecc, 1);
+    // Count the operations of a clean run.
+    let mut clean = fresh();
+    drive(&mut clean, s).unwrap_or_else(|e| panic!("{name}: clean run: {e}"));
+    let total = clean.flash.ops();
+    let step = if full() { 1 } else { 4 };
+    let mut cases = 0;
+    for n in (0..total).step_by(step) {
+        for mode in CutMode::ALL {
+            let seed = n * 3 + mode as u64;
+            let mut d = Device::<E, W>::new(s.old, ecc, seed);
+            d.flash.cut_at(n, mode);
+            if let Err(e) = drive(&mut d, s) {
+                panic!("{name} ({E}/{W}, ecc {ecc}): cut {mode:?} at op {n} of {total}, seed {seed}: {e}");
+            }
+            cases += 1;
+        }
+    }
+    CASES.fetch_add(cases, Ordering::Relaxed);
+    eprintln!("{name} ({E}/{W}, ecc {ecc}): {total} operations, {cases} cut cases");
+    cases
+}
+
+macro_rules! for_each_geometry {
+    ($f:ident($($arg:expr),*)) => {{
+        let mut n = 0;
+        for ecc in [false, true] {
+            n += $f::<4096, 4>($($arg,)* ecc);
+            n += $f::<8192, 16>($($arg,)* ecc);
+        }
+        n
+    }};
+}
+
+fn update_confirm<const E: usize, const W: usize>(pages_old: usize, pages_new: usize, ecc: bool) -> u64 {
+    let old = image(pages_old * E - 100, 3, 1);
+    let new = image(pages_new * E - 7, 4, 2);
+    let s = Scenario { old: &old, new: &new, test: SelfTest::Passes, expect: Expect::New };
+    sweep::<E, W>(&format!("update->confirm {pages_old}->{pages_new} pages"), &s, ecc)
+}
+
+fn update_revert<const E: usize, const W: usize>(pages_old: usize, pages_new: usize, ecc: bool) -> u64 {
+    let old = image(pages_old * E - 100, 3, 1);
+    let new = image(pages_new * E - 7, 4, 2);
+    let s = Scenario { old: &old, new: &new, test: SelfTest::Fails, expect: Expect::Old(LastBoot::Reverted) };
+    sweep::<E, W>(&format!("update->no confirm->revert {pages_old}->{pages_new} pages"), &s, ecc)
+}
+
+#[test]
+fn power_cuts_during_update_and_confirm() {
+    let mut n = for_each_geometry!(update_confirm(2, 5));
+    n += for_each_geometry!(update_confirm(ACTIVE_PAGES, 1));
+    eprintln!("update->confirm sweeps: {n} cases");
+}
+
+#[test]
+fn power_cuts_during_update_and_revert() {
+    let mut n = for_each_geometry!(update_revert(3, 2));
+    n += for_each_geometry!(update_revert(1, ACTIVE_PAGES));
+    eprintln!("update->revert sweeps: {n} cases");
+}
