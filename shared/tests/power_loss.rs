@@ -14,11 +14,14 @@
 
 use core::cell::RefCell;
 use ed25519_dalek::SigningKey;
+use embassy_boot::BlockingFirmwareState;
 use embassy_embedded_hal::flash::partition::BlockingPartition;
 use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
+use embedded_storage::nor_flash::NorFlashErrorKind;
 use shared::boot::{self, boot_info, confirm, BootInfo, LastBoot, Slots, UpdateError, Updater};
+use shared::image::ImageError;
 use shared::image::{sign_image, ImageVersion, PublicKey, SignParams, VerifyOptions};
-use shared::sim::{CutMode, FaultyFlash, SimFlash};
+use shared::sim::{CutMode, FaultyFlash, Rng, SimFlash};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static CASES: AtomicU64 = AtomicU64::new(0);
@@ -144,6 +147,24 @@ impl<const E: usize, const W: usize> Device<E, W> {
         r.map_err(Fail::Update)
     }
 
+    /// App with a bug: marks the download for swap without verifying it.
+    fn download_unchecked(&mut self, img: &[u8]) -> Result<(), Fail> {
+        let r = self.with(|p| {
+            let mut u = Updater::new(&mut p.dfu, &mut p.state, 0xFF, 0);
+            for (i, chunk) in img.chunks(1024).enumerate() {
+                u.write((i * 1024) as u32, chunk)?;
+            }
+            let mut word = [0u8; W];
+            BlockingFirmwareState::new(&mut p.state, &mut word)
+                .mark_updated()
+                .map_err(|_| UpdateError::Flash(NorFlashErrorKind::Other))
+        });
+        if self.dead() {
+            return Err(Fail::Power);
+        }
+        r.map_err(Fail::Update)
+    }
+
     fn info(&mut self) -> Result<BootInfo, Fail> {
         let r =
             self.with(|p| boot_info(&mut p.active, &mut p.boot_record, &mut p.state, &keys(), 0xFF, &mut [0u8; 512]));
@@ -188,27 +209,51 @@ struct Scenario<'a> {
     new: &'a [u8],
     test: SelfTest,
     expect: Expect,
+    /// false: the app marks the download without verifying it (a bug, or DFU corrupted after
+    /// the check), so the bootloader's own check is what stands.
+    app_verifies: bool,
+}
+
+/// Plans further random cuts after each power-up (multi-cut runs).
+struct MoreCuts {
+    rng: Rng,
+    left: u32,
 }
 
 /// Runs the device (boot, app, boot, ...) until the scenario settles, checking every boot.
 /// Returns Err(what) on an invariant broken; Ok(()) once settled. Power cuts inside are
 /// recovered by power-cycling and carrying on.
 fn drive<const E: usize, const W: usize>(d: &mut Device<E, W>, s: &Scenario<'_>) -> Result<(), String> {
-    let mut downloaded = false;
+    drive_cuts(d, s, None)
+}
+
+fn drive_cuts<const E: usize, const W: usize>(
+    d: &mut Device<E, W>,
+    s: &Scenario<'_>,
+    mut more: Option<MoreCuts>,
+) -> Result<(), String> {
     let start_seq = d.info().map(|i| i.record_seq).unwrap_or(0);
-    for _round in 0..12 {
+    let mut power_up = |d: &mut Device<E, W>| {
+        d.flash.power_cycle();
+        if let Some(m) = more.as_mut().filter(|m| m.left > 0) {
+            m.left -= 1;
+            let mode = CutMode::ALL[m.rng.below(3) as usize];
+            d.flash.cut_at(m.rng.below(400), mode);
+        }
+    };
+    for _round in 0..24 {
         let booted = match d.boot() {
             Ok(b) => b,
             Err(e) if is_power(&e) => {
-                d.flash.power_cycle();
+                power_up(d);
                 continue;
             }
             Err(e) => return Err(format!("bootloader failed: {e:?}")),
         };
         // ACTIVE holds exactly one of the two images, and that is the one verified.
         let act = d.active();
-        let running_new = act[..s.new.len()] == *s.new;
-        let running_old = act[..s.old.len()] == *s.old;
+        let running_new = act.get(..s.new.len()).is_some_and(|a| a == s.new);
+        let running_old = act.get(..s.old.len()).is_some_and(|a| a == s.old);
         if !running_new && !running_old {
             return Err("ACTIVE holds neither the old nor the new image".into());
         }
@@ -219,7 +264,7 @@ fn drive<const E: usize, const W: usize>(d: &mut Device<E, W>, s: &Scenario<'_>)
         let info = match d.info() {
             Ok(i) => i,
             Err(e) if is_power(&e) => {
-                d.flash.power_cycle();
+                power_up(d);
                 continue;
             }
             Err(e) => return Err(format!("app cannot read its boot info: {e:?}")),
@@ -254,7 +299,7 @@ fn drive<const E: usize, const W: usize>(d: &mut Device<E, W>, s: &Scenario<'_>)
             Expect::New if running_old && this_cycle && info.last == LastBoot::Reverted && d.flash.cuts() > 0 => {
                 return Ok(())
             }
-            Expect::Old(last) if running_old && this_cycle && info.last == last && downloaded => return Ok(()),
+            Expect::Old(last) if running_old && this_cycle && info.last == last => return Ok(()),
             _ => {}
         }
         // The app's turn.
@@ -264,7 +309,8 @@ fn drive<const E: usize, const W: usize>(d: &mut Device<E, W>, s: &Scenario<'_>)
                 SelfTest::Fails => Ok(()), // it hangs or resets: the watchdog reboots it
             }
         } else if running_old && !(this_cycle && matches!(info.last, LastBoot::Reverted | LastBoot::Refused(_))) {
-            match d.download(s.new) {
+            let r = if s.app_verifies { d.download(s.new) } else { d.download_unchecked(s.new) };
+            match r {
                 Err(Fail::Update(UpdateError::Image(e))) => {
                     // The app's own verify refused it: nothing marked, the old image stays.
                     if let Expect::Old(LastBoot::Refused(want)) = s.expect {
@@ -274,21 +320,18 @@ fn drive<const E: usize, const W: usize>(d: &mut Device<E, W>, s: &Scenario<'_>)
                     }
                     return Err(format!("the app refused the download: {e:?}"));
                 }
-                r => {
-                    downloaded |= r.is_ok();
-                    r
-                }
+                r => r,
             }
         } else {
             Ok(())
         };
         match r {
             Ok(()) => {}
-            Err(e) if is_power(&e) => d.flash.power_cycle(),
+            Err(e) if is_power(&e) => power_up(d),
             Err(e) => return Err(format!("app step failed: {e:?}")),
         }
     }
-    Err("did not settle in 12 boots".into())
+    Err("did not settle in 24 boots".into())
 }
 
 /// Sweeps every cut of a scenario; returns the number of cases run.
@@ -330,14 +373,20 @@ macro_rules! for_each_geometry {
 fn update_confirm<const E: usize, const W: usize>(pages_old: usize, pages_new: usize, ecc: bool) -> u64 {
     let old = image(pages_old * E - 100, 3, 1);
     let new = image(pages_new * E - 7, 4, 2);
-    let s = Scenario { old: &old, new: &new, test: SelfTest::Passes, expect: Expect::New };
+    let s = Scenario { old: &old, new: &new, test: SelfTest::Passes, expect: Expect::New, app_verifies: true };
     sweep::<E, W>(&format!("update->confirm {pages_old}->{pages_new} pages"), &s, ecc)
 }
 
 fn update_revert<const E: usize, const W: usize>(pages_old: usize, pages_new: usize, ecc: bool) -> u64 {
     let old = image(pages_old * E - 100, 3, 1);
     let new = image(pages_new * E - 7, 4, 2);
-    let s = Scenario { old: &old, new: &new, test: SelfTest::Fails, expect: Expect::Old(LastBoot::Reverted) };
+    let s = Scenario {
+        old: &old,
+        new: &new,
+        test: SelfTest::Fails,
+        expect: Expect::Old(LastBoot::Reverted),
+        app_verifies: true,
+    };
     sweep::<E, W>(&format!("update->no confirm->revert {pages_old}->{pages_new} pages"), &s, ecc)
 }
 
@@ -353,4 +402,116 @@ fn power_cuts_during_update_and_revert() {
     let mut n = for_each_geometry!(update_revert(3, 2));
     n += for_each_geometry!(update_revert(1, ACTIVE_PAGES));
     eprintln!("update->revert sweeps: {n} cases");
+}
+
+/// The bootloader refuses `new` before any page moves; the old image keeps running.
+fn refused<const E: usize, const W: usize>(new: &[u8], old_sec: u32, why: ImageError, ecc: bool) -> u64 {
+    let old = image(3 * E - 100, 3, old_sec);
+    let s = Scenario {
+        old: &old,
+        new,
+        test: SelfTest::Passes,
+        expect: Expect::Old(LastBoot::Refused(why)),
+        app_verifies: false,
+    };
+    let n = sweep::<E, W>(&format!("refused ({why})"), &s, ecc);
+    // The app's own verify refuses it too, before anything is marked.
+    let s = Scenario { app_verifies: true, ..s };
+    drive(&mut Device::<E, W>::new(&old, ecc, 9), &s).unwrap_or_else(|e| panic!("app-side refusal of {why}: {e}"));
+    n
+}
+
+fn refusals<const E: usize, const W: usize>(ecc: bool) -> u64 {
+    let good = image(4 * E, 4, 2);
+    let mut bad_sig = good.clone();
+    *bad_sig.last_mut().unwrap() ^= 1;
+    let other_key = {
+        let p = SignParams {
+            header_size: 0x200,
+            version: ImageVersion { major: 1, minor: 4, revision: 0, build: 0 },
+            sec_cnt: 2,
+            module: Some("default"),
+            aliyun_version: Some("1.4"),
+        };
+        sign_image(&good[0x200..good.len() - 200], &p, &SigningKey::from_bytes(&[7; 32]))
+    };
+    let truncated = good[..good.len() - 150].to_vec();
+    let too_large = image(ACTIVE_PAGES * E + 16, 4, 2);
+    let low = image(2 * E, 4, 1);
+    let slot = (ACTIVE_PAGES * E) as u32;
+    let mut n = refused::<E, W>(&bad_sig, 1, ImageError::BadSignature, ecc);
+    n += refused::<E, W>(&other_key, 1, ImageError::UnknownKey, ecc);
+    n += refused::<E, W>(&truncated, 1, ImageError::Truncated, ecc);
+    n += refused::<E, W>(&too_large, 1, ImageError::TooLargeForSlot { need: too_large.len() as u32, slot }, ecc);
+    n += refused::<E, W>(&low, 5, ImageError::CounterTooLow { image: 1, stored: 5 }, ecc);
+    n
+}
+
+#[test]
+fn invalid_updates_are_refused_before_any_page_moves() {
+    let n = for_each_geometry!(refusals());
+    eprintln!("refusal sweeps: {n} cases");
+}
+
+#[test]
+fn a_second_update_after_a_revert_succeeds() {
+    for ecc in [false, true] {
+        let v3 = image(2 * 4096 + 11, 3, 1);
+        let v4 = image(5 * 4096, 4, 1);
+        let v5 = image(4 * 4096 - 3, 5, 2);
+        let mut d = Device::<4096, 4>::new(&v3, ecc, 5);
+        let revert = Scenario {
+            old: &v3,
+            new: &v4,
+            test: SelfTest::Fails,
+            expect: Expect::Old(LastBoot::Reverted),
+            app_verifies: true,
+        };
+        drive(&mut d, &revert).unwrap();
+        let update = Scenario { old: &v3, new: &v5, test: SelfTest::Passes, expect: Expect::New, app_verifies: true };
+        drive(&mut d, &update).unwrap();
+        let info = d.info().unwrap();
+        assert_eq!(info.running.aliyun_version.as_deref(), Some("1.5"));
+        assert_eq!((info.last, info.sec_cnt), (LastBoot::Confirmed, 2));
+    }
+}
+
+#[test]
+fn image_sizes_from_one_page_to_the_whole_slot_update_and_revert() {
+    for pages in [1, 2, 7, ACTIVE_PAGES] {
+        for (test, expect) in [(SelfTest::Passes, Expect::New), (SelfTest::Fails, Expect::Old(LastBoot::Reverted))] {
+            let old = image(ACTIVE_PAGES * 4096 - 5000, 3, 0);
+            let new = image(pages * 4096, 4, 0);
+            let s = Scenario { old: &old, new: &new, test, expect, app_verifies: true };
+            let mut d = Device::<4096, 4>::new(&old, false, 1);
+            drive(&mut d, &s).unwrap_or_else(|e| panic!("{pages} pages, {test:?}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn random_multi_cut_runs() {
+    let runs = if full() { 10_000 } else { 1_000 };
+    let old = image(3 * 4096 + 500, 3, 1);
+    let new = image(6 * 4096 - 40, 4, 2);
+    for seed in 0..runs {
+        let mut rng = Rng::new(seed);
+        let test = if rng.below(2) == 0 { SelfTest::Passes } else { SelfTest::Fails };
+        let expect = match test {
+            SelfTest::Passes => Expect::New,
+            SelfTest::Fails => Expect::Old(LastBoot::Reverted),
+        };
+        let s = Scenario { old: &old, new: &new, test, expect, app_verifies: true };
+        let ecc = rng.below(2) == 0;
+        let cuts = 1 + rng.below(4) as u32;
+        let mut d = Device::<4096, 4>::new(&old, ecc, seed);
+        let mode = CutMode::ALL[rng.below(3) as usize];
+        d.flash.cut_at(rng.below(250), mode);
+        let more = MoreCuts { rng: Rng::new(seed ^ 0xC0FFEE), left: cuts - 1 };
+        if let Err(e) = drive_cuts(&mut d, &s, Some(more)) {
+            panic!("multi-cut run seed {seed} (ecc {ecc}, {cuts} cuts, {test:?}): {e}");
+        }
+    }
+    CASES.fetch_add(runs, Ordering::Relaxed);
+    eprintln!("random multi-cut runs: {runs}");
 }
