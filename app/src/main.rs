@@ -2,7 +2,7 @@
 //! client (see DESIGN.md "OTA flow").
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[allow(dead_code)]
+#[cfg_attr(not(feature = "qemu-an386"), allow(dead_code))]
 mod keys {
     include!(concat!(env!("OUT_DIR"), "/keys.rs"));
 }
@@ -16,8 +16,25 @@ mod firmware {
 
     #[entry]
     fn main() -> ! {
+        #[cfg(feature = "qemu-an386")]
+        announce();
         loop {
             cortex_m::asm::wfi();
+        }
+    }
+
+    /// Says which image runs, read from its own header and TLVs in ACTIVE (semihosting).
+    #[cfg(feature = "qemu-an386")]
+    fn announce() {
+        use shared::image::{verify, PublicKey, SliceFlash, VerifyOptions};
+        let active = memory_layouts::Board::QemuAn386.layout().active;
+        // SAFETY: ACTIVE is mapped memory holding this very image; it is only read.
+        let image = unsafe { core::slice::from_raw_parts(active.origin as *const u8, active.length as usize) };
+        let keys = crate::keys::TRUSTED_KEYS.map(PublicKey);
+        let opts = VerifyOptions { keys: &keys, min_sec_cnt: 0, slot_size: None };
+        match verify(&mut SliceFlash(image), &opts, &mut [0u8; 256]) {
+            Ok(i) => cortex_m_semihosting::hprintln!("app: running {}", i.aliyun_version.as_deref().unwrap_or("?")),
+            Err(e) => cortex_m_semihosting::hprintln!("app: own image does not verify: {}", e),
         }
     }
 

@@ -1,7 +1,7 @@
-//! The bootloader: verify the image in ACTIVE with the trusted keys, then jump to it.
-//!
-//! Swap and rollback come with `shared::boot` (see DESIGN.md "Boot flow"); what is here already
-//! never jumps to an image that fails `shared::image::verify`.
+//! The bootloader: `shared::boot` decides (validate DFU, swap only the pages in use, revert,
+//! raise the counter), then we jump to ACTIVE + header size. It never jumps to an image that
+//! fails `shared::image::verify`. Per-board code (flash driver, watchdog, reporting) is in
+//! `board/`.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 mod keys {
@@ -9,65 +9,51 @@ mod keys {
 }
 
 #[cfg(target_os = "none")]
+#[cfg_attr(feature = "qemu-an386", path = "board/qemu_an386.rs")]
+#[cfg_attr(feature = "nrf52840-dk", path = "board/nrf52840_dk.rs")]
+mod board;
+
+#[cfg(target_os = "none")]
 mod firmware {
-    use crate::keys::TRUSTED_KEYS;
-    use core::panic::PanicInfo;
+    use crate::{board, keys::TRUSTED_KEYS};
+    use core::cell::RefCell;
     use cortex_m_rt::{entry, exception, ExceptionFrame};
-    use embedded_storage::nor_flash::{ErrorType, NorFlashErrorKind, ReadNorFlash};
-    use memory_layouts::Board;
-    #[cfg(feature = "nrf52840-dk")]
-    use nrf_pac as _; // links the device vector table
-    use shared::image::{verify, PublicKey, VerifyOptions};
-
-    #[cfg(feature = "qemu-an386")]
-    const BOARD: Board = Board::QemuAn386;
-    #[cfg(feature = "nrf52840-dk")]
-    const BOARD: Board = Board::Nrf52840Dk;
-
-    /// A memory-mapped flash region, read with volatile loads.
-    struct Mapped {
-        origin: u32,
-        len: u32,
-    }
-    impl ErrorType for Mapped {
-        type Error = NorFlashErrorKind;
-    }
-    impl ReadNorFlash for Mapped {
-        const READ_SIZE: usize = 1;
-        fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-            if offset as usize + bytes.len() > self.len as usize {
-                return Err(NorFlashErrorKind::OutOfBounds);
-            }
-            for (i, b) in bytes.iter_mut().enumerate() {
-                // SAFETY: inside the ACTIVE region of this board's memory map, always readable.
-                *b = unsafe { core::ptr::read_volatile((self.origin + offset + i as u32) as *const u8) };
-            }
-            Ok(())
-        }
-        fn capacity(&self) -> usize {
-            self.len as usize
-        }
-    }
+    use embassy_boot::AlignedBuffer;
+    use embassy_embedded_hal::flash::partition::BlockingPartition;
+    use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
+    use memory_layouts::Region;
+    use shared::boot::{boot, BootError, Slots};
+    use shared::image::PublicKey;
 
     #[entry]
     fn main() -> ! {
-        let layout = BOARD.layout();
+        let layout = board::BOARD.layout();
+        // The flash driver covers BOOT_RECORD to the end of flash: never the bootloader itself.
+        let base = layout.boot_record.origin;
+        let flash = Mutex::<NoopRawMutex, _>::new(RefCell::new(board::init()));
+        let part = |r: Region| BlockingPartition::new(&flash, r.origin - base, r.length);
+        let mut slots = Slots {
+            active: part(layout.active),
+            dfu: part(layout.dfu),
+            state: part(layout.state),
+            boot_record: part(layout.boot_record),
+        };
         let keys = TRUSTED_KEYS.map(PublicKey);
-        let opts = VerifyOptions { keys: &keys, min_sec_cnt: 0, slot_size: Some(layout.active.length) };
-        let mut active = Mapped { origin: layout.active.origin, len: layout.active.length };
-        let mut buf = [0u8; 256];
-        match verify(&mut active, &opts, &mut buf) {
-            Ok(info) => {
-                let vt = layout.active.origin + info.header.hdr_size as u32;
-                // SAFETY: the image verified, its vector table is at ACTIVE + hdr_size.
+        let mut buf = AlignedBuffer([0u8; 1024]);
+        match boot(&mut slots, &keys, layout.geometry.erased, &mut buf.0) {
+            Ok(b) => {
+                board::report_boot(&b);
+                let vt = layout.active.origin + b.image.header.hdr_size as u32;
+                // SAFETY: the image at ACTIVE verified; its vector table is at ACTIVE + hdr_size.
                 unsafe {
-                    (*cortex_m::peripheral::SCB::PTR).vtor.write(vt);
+                    let p = cortex_m::Peripherals::steal();
+                    p.SCB.vtor.write(vt);
                     cortex_m::asm::bootload(vt as *const u32)
                 }
             }
-            Err(_) => loop {
-                cortex_m::asm::wfi();
-            },
+            // A flash error: start over (the policy resumes from what is in flash).
+            Err(BootError::Flash(_)) => cortex_m::peripheral::SCB::sys_reset(),
+            Err(e @ BootError::NoBootableImage(_)) => board::halt(e),
         }
     }
 
@@ -77,7 +63,7 @@ mod firmware {
     }
 
     #[panic_handler]
-    fn panic(_: &PanicInfo) -> ! {
+    fn panic(_: &core::panic::PanicInfo) -> ! {
         cortex_m::asm::udf()
     }
 }

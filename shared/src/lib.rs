@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`image`] | the MCUboot-compatible image format: zero-copy views, emit, streaming `verify` |
 //! | [`boot`] | the boot policy: validate DFU, swap only the pages in use, revert, counter, BOOT_RECORD |
+//! | [`flash`] | NOR semantics over plain memory (the qemu-an386 flash driver) |
 //! | `sim` | (feature `sim`) strict NOR flash model and power-cut injection for host tests |
 //!
 //! Features: `std` (image signing, std error impls), `sim` (flash simulator, implies `std`),
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod boot;
+pub mod flash;
 pub mod image;
 #[cfg(feature = "sim")]
 pub mod sim;
