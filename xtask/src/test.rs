@@ -21,12 +21,14 @@ pub fn run(a: Args) -> Result<()> {
     let mut steps: Vec<(String, bool)> = Vec::new();
     let imgtool = tools::imgtool()?;
     let openssl = tools::openssl()?;
+    let qemu = tools::qemu()?;
 
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(crate::root())
         .args(["test", "--workspace", "--exclude", "app", "--exclude", "bootloader", "--all-features"])
         .env("IMGTOOL", &imgtool)
-        .env("OPENSSL", &openssl);
+        .env("OPENSSL", &openssl)
+        .env("QEMU", &qemu);
     if a.full {
         cmd.env("ALIYUN_OTA_FULL", "1");
     }

@@ -1,5 +1,6 @@
 //! What the tests need beyond the toolchain, installed on first use by the project itself:
-//! the thumb target (rustup), imgtool (PyPI, in a virtualenv under target/), openssl (apt).
+//! the thumb target (rustup), imgtool (PyPI, in a virtualenv under target/), openssl and
+//! qemu-system-arm (apt).
 
 use anyhow::{bail, ensure, Context, Result};
 use std::path::PathBuf;
@@ -11,14 +12,15 @@ pub const IMGTOOL_VERSION: &str = "2.5.0";
 #[derive(clap::Args)]
 pub struct Args {
     /// Tool to install if needed and print the path of.
-    #[arg(value_parser = ["imgtool", "openssl"])]
+    #[arg(value_parser = ["imgtool", "openssl", "qemu-system-arm"])]
     tool: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let path = match a.tool.as_str() {
         "imgtool" => imgtool()?,
-        _ => openssl()?,
+        "openssl" => openssl()?,
+        _ => qemu()?,
     };
     println!("{}", path.display());
     Ok(())
@@ -74,6 +76,14 @@ pub fn openssl() -> Result<PathBuf> {
         apt_install(&["openssl"])?;
     }
     Ok(PathBuf::from("openssl"))
+}
+
+/// `qemu-system-arm` (Debian's, 7.2 on bookworm), from apt when missing.
+pub fn qemu() -> Result<PathBuf> {
+    if !found("qemu-system-arm") {
+        apt_install(&["qemu-system-arm"])?;
+    }
+    Ok(PathBuf::from("qemu-system-arm"))
 }
 
 /// imgtool from PyPI in `target/tools/venv`, created on first use.

@@ -45,6 +45,14 @@ pub fn openssl() -> &'static Path {
     })
 }
 
+pub fn qemu() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| match std::env::var_os("QEMU") {
+        Some(p) => p.into(),
+        None => PathBuf::from(xtask_ok(&["tools", "qemu-system-arm"]).trim()),
+    })
+}
+
 pub fn run(cmd: &Path, args: &[&str]) -> Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {}: {e}", cmd.display()))
 }
