@@ -62,8 +62,8 @@ mod tests {
     #[test]
     fn the_app_links_after_the_image_header() {
         let x = render_memory_x(&QEMU_AN386, Role::App);
-        assert!(x.contains("FLASH        : ORIGIN = 0x2101c400, LENGTH = 0xff800"), "{x}");
-        assert!(x.contains("__bootloader_dfu_start = 0x11c000;"), "{x}");
+        assert!(x.contains("FLASH        : ORIGIN = 0x21018400, LENGTH = 0xff800"), "{x}");
+        assert!(x.contains("__bootloader_dfu_start = 0x118000;"), "{x}");
     }
 
     #[test]
@@ -71,6 +71,6 @@ mod tests {
         let x = render_memory_x(&NRF52840_DK, Role::Bootloader);
         assert!(x.contains("FLASH        : ORIGIN = 0x00000000, LENGTH = 0xc000"), "{x}");
         assert!(x.contains("RAM          : ORIGIN = 0x20000000, LENGTH = 0x40000"), "{x}");
-        assert!(x.contains("__bootloader_state_start = 0xe000;\n__bootloader_state_end = 0x10000;"), "{x}");
+        assert!(x.contains("__bootloader_state_start = 0xe000;\n__bootloader_state_end = 0xf000;"), "{x}");
     }
 }

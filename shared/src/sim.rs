@@ -5,7 +5,8 @@
 //! is already programmed, or a misaligned write or erase, **panics**, because it is a bug in the
 //! code under test. A word left half-programmed by a power cut is *torn*: re-programming it works
 //! on plain NOR (bits only move one way) but fails with an error in ECC mode, as on STM32
-//! L4/G4/H7/U5. A page left half-erased holds *garbage*: writing there without an erase panics.
+//! L4/G4/H7/U5. A page left half-erased holds *garbage*, which behaves the same way: programmable
+//! on plain NOR (bits only move one way, whatever they were), an error with ECC.
 //!
 //! [`FaultyFlash`] wraps a flash and cuts the power at mutating operation N: before it, after it,
 //! or torn in the middle. From then on every operation fails with [`SimError::PowerLoss`] until
@@ -219,8 +220,8 @@ impl<const ERASE: usize, const WRITE: usize> SimFlash<ERASE, WRITE> {
     fn write_word(&mut self, at: usize, word: &[u8]) -> Result<(), SimError> {
         match self.words[at / WRITE] {
             Word::Erased => self.program(at, word),
-            Word::Torn if self.ecc => return Err(SimError::EccReprogram { offset: at as u32 }),
-            Word::Torn => self.program(at, word),
+            Word::Torn | Word::Garbage if self.ecc => return Err(SimError::EccReprogram { offset: at as u32 }),
+            Word::Torn | Word::Garbage => self.program(at, word),
             state => panic!(
                 "write to a {state:?} word at {at:#x} ({:02x?}): NOR can only program erased words; erase first",
                 &self.data[at..at + WRITE]
@@ -492,13 +493,14 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "Garbage")]
-    fn writing_into_a_torn_erase_without_erasing_panics() {
-        let mut f = FaultyFlash::new(Nrf::new(4096, 0xFF), 3);
+    fn writing_into_a_torn_erase_fails_with_ecc() {
+        let mut f = FaultyFlash::new(Nrf::new(4096, 0xFF).with_ecc(true), 3);
         f.cut_at(0, CutMode::Torn);
         let _ = f.erase(0, 4096);
         f.power_cycle();
-        let _ = f.write(0, &[0; 4096]);
+        assert!(matches!(f.write(0, &[0; 4096]), Err(SimError::EccReprogram { .. })));
+        f.erase(0, 4096).unwrap();
+        f.write(0, &[0; 4096]).unwrap();
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! `cargo xtask`: the project's host CLI. One module per subcommand; this file only dispatches.
 
+mod bench;
 mod build;
 mod keys;
 mod package;
 mod sign;
+mod size;
 mod test;
 mod tools;
 
@@ -35,6 +37,10 @@ enum Cmd {
     Verify(sign::VerifyArgs),
     /// Build, sign and package a release: the .bin for the Aliyun console, manifest, factory image.
     Release(package::Args),
+    /// Benchmarks: `boot` = flash wear of one update, ours vs embassy-boot's whole-slot swap.
+    Bench(bench::Args),
+    /// Code size of bootloader and app per board (text/data/bss, release profile).
+    Size(size::Args),
     /// Run every test: host unit tests, interop with imgtool/openssl, firmware builds.
     Test(test::Args),
     /// Install (if needed) and print the path of a tool the tests use.
@@ -86,6 +92,8 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Sign(a) => sign::sign(a),
         Cmd::Verify(a) => sign::verify(a),
         Cmd::Release(a) => package::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Size(a) => size::run(a),
         Cmd::Test(a) => test::run(a),
         Cmd::Tools(a) => tools::run(a),
     }

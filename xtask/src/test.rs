@@ -1,6 +1,7 @@
-//! `cargo xtask test`: everything, on a fresh machine. Installs what the tests need, runs the host
-//! tests (unit, property, interop with imgtool and openssl, releases), then builds the firmware
-//! for every thumb board.
+//! `cargo xtask test`: everything, on a fresh machine. Installs what the tests need (thumb target,
+//! imgtool, openssl, qemu-system-arm), runs the host tests (unit, property, power-cut sweeps,
+//! interop with imgtool and openssl, releases, the real bootloader under QEMU), then builds the
+//! firmware for every thumb board.
 
 use crate::build::{firmware, Crate};
 use crate::{keys, tools};
@@ -25,7 +26,9 @@ pub fn run(a: Args) -> Result<()> {
 
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(crate::root())
-        .args(["test", "--workspace", "--exclude", "app", "--exclude", "bootloader", "--all-features"])
+        .args(["test", "--workspace", "--exclude", "app", "--exclude", "bootloader"])
+        // Passing tests' output too: the power-cut sweeps print how many cases they ran.
+        .args(["--", "--show-output"])
         .env("IMGTOOL", &imgtool)
         .env("OPENSSL", &openssl)
         .env("QEMU", &qemu);
@@ -33,7 +36,15 @@ pub fn run(a: Args) -> Result<()> {
         cmd.env("ALIYUN_OTA_FULL", "1");
     }
     let ok = cmd.status().context("running cargo test")?.success();
-    steps.push(("host tests (unit, property, interop, release)".into(), ok));
+    steps.push(("host tests (unit, property, power-cut sweeps, interop, release, QEMU boot)".into(), ok));
+
+    // The firmware verifies signatures with salty: run the image tests with it too.
+    let ok = Command::new(env!("CARGO"))
+        .current_dir(crate::root())
+        .args(["test", "-p", "shared", "--lib", "--features", "ed25519-salty"])
+        .status()?
+        .success();
+    steps.push(("shared unit tests with the firmware's Ed25519 (salty)".into(), ok));
 
     // shared is no_std: it must build for the thumb target bare and with defmt.
     tools::ensure_rust_target("thumbv7em-none-eabihf")?;

@@ -182,7 +182,7 @@ fn sign_refuses_an_image_larger_than_the_slot() {
     let d = scratch("too_large");
     let k = our_key(&d);
     let body = d.join("body.bin");
-    std::fs::write(&body, bytes(0x76000, 1)).unwrap(); // nrf52840-dk ACTIVE is 0x76000
+    std::fs::write(&body, bytes(0x77000, 1)).unwrap(); // nrf52840-dk ACTIVE is 0x77000
     let err = xtask_err(&[
         "sign",
         s(&body),
@@ -194,7 +194,7 @@ fn sign_refuses_an_image_larger_than_the_slot() {
         "--board",
         "nrf52840-dk",
     ]);
-    assert!(err.contains("slot holds 483328"), "{err}");
+    assert!(err.contains("slot holds 487424"), "{err}");
     assert!(!d.join("img.bin").exists());
 }
 

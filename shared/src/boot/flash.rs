@@ -142,6 +142,13 @@ impl<F: NorFlash> NorFlash for StateGuard<'_, F> {
             if cur.iter().any(|&b| b != self.erased) {
                 return Ok(()); // already (partly) programmed: the step is done
             }
+            if off == F::WRITE_SIZE as u32 {
+                // The "invalidate progress" marker: embassy-boot erases all of STATE right after
+                // it. On ECC flash it can fail on a word a torn erase left reading as erased;
+                // the erase that follows fixes that word, so the failure must not stop it.
+                let _ = self.flash.write(off, bytes);
+                return Ok(());
+            }
         }
         self.flash.write(off, bytes).map_err(|e| e.kind())
     }

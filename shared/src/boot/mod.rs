@@ -81,6 +81,8 @@ impl core::fmt::Display for BootError {
     }
 }
 
+impl core::error::Error for BootError {}
+
 /// What the bootloader jumps to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Boot {

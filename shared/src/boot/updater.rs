@@ -31,6 +31,19 @@ impl<E: NorFlashError> From<E> for UpdateError {
     }
 }
 
+impl core::fmt::Display for UpdateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            UpdateError::Flash(k) => write!(f, "flash error: {k:?}"),
+            UpdateError::NotSequential { expected, got } => write!(f, "write at {got}, expected {expected}"),
+            UpdateError::Image(e) => write!(f, "downloaded image refused: {e}"),
+            UpdateError::BadState => f.write_str("an update is already pending: reboot first"),
+        }
+    }
+}
+
+impl core::error::Error for UpdateError {}
+
 /// Sequential writer into DFU plus the STATE marks.
 pub struct Updater<D, S> {
     dfu: D,

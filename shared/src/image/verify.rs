@@ -5,6 +5,7 @@ use super::{
     flags, Header, HeaderRepr, ImageError, TlvInfo, TlvKind, HEADER_LEN, MAX_ALIYUN_STR, TLV_INFO_LEN, TLV_INFO_MAGIC,
     TLV_PROT_INFO_MAGIC,
 };
+#[cfg(not(feature = "ed25519-salty"))]
 use ed25519_dalek::{Signature, VerifyingKey};
 use embedded_storage::nor_flash::{ErrorType, NorFlashErrorKind, ReadNorFlash};
 use heapless::String;
@@ -228,10 +229,7 @@ pub fn verify<F: ReadNorFlash>(
                 let sig: [u8; 64] = read_fixed(flash, at, len)?;
                 match current_key {
                     Some(Some(key)) => {
-                        let ok = VerifyingKey::from_bytes(&key.0)
-                            .map(|vk| vk.verify_strict(&digest, &Signature::from_bytes(&sig)).is_ok())
-                            .unwrap_or(false);
-                        if ok {
+                        if ed25519_verify(&key.0, &digest, &sig) {
                             signed_by = Some(current_hash);
                         } else {
                             sig_error = ImageError::BadSignature;
@@ -269,6 +267,37 @@ pub fn verify<F: ReadNorFlash>(
         return Err(ImageError::CounterTooLow { image: sec_cnt, stored: opts.min_sec_cnt });
     }
     Ok(ImageInfo { header, total_len, digest, key_hash, sec_cnt, module, aliyun_version })
+}
+
+/// The group order L, little-endian: a signature's `s` must be below it (no malleable variants),
+/// whichever implementation checks the rest.
+const ED25519_L: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+fn s_is_canonical(sig: &[u8; 64]) -> bool {
+    for i in (0..32).rev() {
+        let (s, l) = (sig[32 + i], ED25519_L[i]);
+        if s != l {
+            return s < l;
+        }
+    }
+    false
+}
+
+/// Ed25519 verification of `msg` (the image digest) under `key`.
+#[cfg(not(feature = "ed25519-salty"))]
+fn ed25519_verify(key: &[u8; 32], msg: &[u8; 32], sig: &[u8; 64]) -> bool {
+    s_is_canonical(sig)
+        && VerifyingKey::from_bytes(key).is_ok_and(|vk| vk.verify_strict(msg, &Signature::from_bytes(sig)).is_ok())
+}
+
+/// Ed25519 verification of `msg` (the image digest) under `key`.
+#[cfg(feature = "ed25519-salty")]
+fn ed25519_verify(key: &[u8; 32], msg: &[u8; 32], sig: &[u8; 64]) -> bool {
+    s_is_canonical(sig)
+        && salty::PublicKey::try_from(key).is_ok_and(|pk| pk.verify(msg, &salty::Signature::from(sig)).is_ok())
 }
 
 /// A byte slice as a read-only flash, to verify images already in memory (files, tests).
@@ -400,6 +429,20 @@ mod tests {
             out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
         }
         out
+    }
+
+    #[test]
+    fn a_malleated_signature_is_refused() {
+        // s + L verifies the same equation; it must still be refused.
+        let mut img = IMGTOOL_SIGNED.to_vec();
+        let n = img.len();
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = img[n - 32 + i] as u16 + ED25519_L[i] as u16 + carry;
+            img[n - 32 + i] = v as u8;
+            carry = v >> 8;
+        }
+        assert_eq!(check(&img, &opts(&[IMGTOOL_KEY])), Err(ImageError::BadSignature));
     }
 
     #[test]

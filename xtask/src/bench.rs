@@ -1,0 +1,124 @@
+//! `cargo xtask bench boot`: flash wear of one update, ours against embassy-boot's whole-slot
+//! swap, side by side in one run on the simulator with the qemu-an386 geometry.
+
+use anyhow::{bail, Result};
+use core::cell::RefCell;
+use ed25519_dalek::SigningKey;
+use embassy_embedded_hal::flash::partition::BlockingPartition;
+use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
+use memory_layouts::{Board, Region};
+use shared::boot::{self, confirm, Slots, Updater};
+use shared::image::{sign_image, ImageVersion, PublicKey, SignParams, VerifyOptions};
+use shared::sim::{SimFlash, Wear};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// What to measure.
+    #[arg(value_parser = ["boot"])]
+    what: String,
+    /// Image size in KiB.
+    #[arg(long, default_value_t = 64)]
+    image_kib: usize,
+}
+
+type Flash = SimFlash<8192, 16>;
+
+fn image(len: usize, minor: u8, key: &SigningKey) -> Vec<u8> {
+    let body: Vec<u8> = (0..len - 0x400 - 200).map(|i| (i as u8) ^ minor).collect();
+    let p = SignParams {
+        header_size: 0x400,
+        version: ImageVersion { major: 1, minor, revision: 0, build: 0 },
+        sec_cnt: 0,
+        module: None,
+        aliyun_version: None,
+    };
+    sign_image(&body, &p, key)
+}
+
+struct Run {
+    download: Wear,
+    swap: Wear,
+    confirm: Wear,
+}
+
+fn diff(a: Wear, b: Wear) -> Wear {
+    Wear { erases: b.erases - a.erases, writes: b.writes - a.writes, bytes_written: b.bytes_written - a.bytes_written }
+}
+
+/// One update on qemu-an386's layout; `whole_slot` swaps with embassy-boot over the full slots.
+fn update(kib: usize, whole_slot: bool) -> Result<Run> {
+    let l = Board::QemuAn386.layout();
+    let base = l.boot_record.origin;
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let keys = [PublicKey(key.verifying_key().to_bytes())];
+    let (old, new) = (image(kib * 1024, 3, &key), image(kib * 1024, 4, &key));
+    let mut sim = Flash::new((l.flash.end() - base) as usize, 0xFF);
+    sim.load((l.active.origin - base) as usize, &old);
+    let m = Mutex::<NoopRawMutex, _>::new(RefCell::new(sim));
+    let part = |r: Region| BlockingPartition::new(&m, r.origin - base, r.length);
+    let wear = || m.lock(|f| f.borrow().wear());
+    let mut slots =
+        Slots { active: part(l.active), dfu: part(l.dfu), state: part(l.state), boot_record: part(l.boot_record) };
+    let mut buf = [0u8; 1024];
+
+    let w0 = wear();
+    let mut u = Updater::new(&mut slots.dfu, &mut slots.state, 0xFF, 0);
+    for (i, c) in new.chunks(4096).enumerate() {
+        u.write((i * 4096) as u32, c)?;
+    }
+    let opts = VerifyOptions { keys: &keys, min_sec_cnt: 0, slot_size: Some(l.active.length) };
+    u.finish(&opts, &mut buf)?;
+    let w1 = wear();
+    if whole_slot {
+        let mut bl = embassy_boot::BootLoader::new(embassy_boot::BootLoaderConfig {
+            active: &mut slots.active,
+            dfu: &mut slots.dfu,
+            state: &mut slots.state,
+        });
+        bl.prepare_boot(&mut buf).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    } else {
+        let b = boot::boot(&mut slots, &keys, 0xFF, &mut buf)?;
+        if b.image.digest != shared::image::verify(&mut shared::image::SliceFlash(&new), &opts, &mut buf)?.digest {
+            bail!("the swap did not bring the new image in");
+        }
+    }
+    let w2 = wear();
+    confirm(&mut slots.state, 0xFF, &mut buf)?;
+    if !whole_slot {
+        boot::boot(&mut slots, &keys, 0xFF, &mut buf)?;
+    }
+    let w3 = wear();
+    Ok(Run { download: diff(w0, w1), swap: diff(w1, w2), confirm: diff(w2, w3) })
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let l = Board::QemuAn386.layout();
+    let page = l.geometry.erase_size as usize;
+    let pages = (a.image_kib * 1024).div_ceil(page);
+    println!(
+        "flash wear of one {} KiB update on qemu-an386 ({} KiB pages, {}-byte writes, ACTIVE {} KiB = {} pages); image = {pages} pages",
+        a.image_kib,
+        page / 1024,
+        l.geometry.write_size,
+        l.active.length / 1024,
+        l.active_pages()
+    );
+    let ours = update(a.image_kib, false)?;
+    let theirs = update(a.image_kib, true)?;
+    println!("{:<34} {:>8} {:>8} {:>12}", "", "erases", "writes", "bytes");
+    for (name, r) in [("ours", &ours), ("embassy-boot whole-slot swap", &theirs)] {
+        for (phase, w) in [("download", r.download), ("swap", r.swap), ("confirm", r.confirm)] {
+            println!("{:<34} {:>8} {:>8} {:>12}", format!("{name}: {phase}"), w.erases, w.writes, w.bytes_written);
+        }
+    }
+    let e = |r: &Run| r.swap.erases + r.confirm.erases;
+    println!(
+        "swap + confirm erases: ours {} vs whole-slot {} ({:.1}x fewer); goal <= 2 per image page + 2 = {}: {}",
+        e(&ours),
+        e(&theirs),
+        e(&theirs) as f64 / e(&ours) as f64,
+        2 * pages + 2,
+        if e(&ours) as usize <= 2 * pages + 2 { "met" } else { "NOT met" }
+    );
+    Ok(())
+}

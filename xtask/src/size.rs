@@ -1,0 +1,50 @@
+//! `cargo xtask size`: text/data/bss of bootloader and app for each thumb board, against the
+//! regions of the layout.
+
+use crate::build::{firmware, Crate};
+use crate::keys;
+use anyhow::{Context, Result};
+use memory_layouts::Board;
+use object::{Object, ObjectSection, SectionKind};
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+/// (flash bytes = text + rodata + data image, data, bss) of an ELF.
+pub fn sizes(elf: &[u8]) -> Result<(u64, u64, u64)> {
+    let file = object::File::parse(elf).context("parsing ELF")?;
+    let (mut text, mut data, mut bss) = (0, 0, 0);
+    for s in file.sections() {
+        match s.kind() {
+            SectionKind::Text | SectionKind::ReadOnlyData | SectionKind::ReadOnlyString => text += s.size(),
+            SectionKind::Data => data += s.size(),
+            SectionKind::UninitializedData => bss += s.size(),
+            _ => {}
+        }
+    }
+    Ok((text + data, data, bss))
+}
+
+pub fn run(_: Args) -> Result<()> {
+    let key = keys::load_public_key(&keys::dev_key())?;
+    println!("{:<12} {:<11} {:>9} {:>7} {:>7} {:>10}  region", "board", "binary", "flash", "data", "bss", "of region");
+    for board in Board::ALL.into_iter().filter(|b| b.target().is_some()) {
+        let l = board.layout();
+        for (c, region) in [(Crate::Bootloader, l.bootloader.length), (Crate::App, l.app_max_len())] {
+            let elf = std::fs::read(firmware(board, c, &[key])?)?;
+            let (flash, data, bss) = sizes(&elf)?;
+            println!(
+                "{:<12} {:<11} {:>9} {:>7} {:>7} {:>9.1}%  {} KiB",
+                board.name(),
+                format!("{c:?}").to_lowercase(),
+                flash,
+                data,
+                bss,
+                100.0 * flash as f64 / region as f64,
+                region / 1024
+            );
+        }
+    }
+    println!("goal: bootloader <= 24 KiB (24576 bytes) of flash on nrf52840-dk with signature verification in");
+    Ok(())
+}
