@@ -3,6 +3,7 @@
 //! | module | what it owns |
 //! |---|---|
 //! | [`image`] | the MCUboot-compatible image format: zero-copy views, emit, streaming `verify` |
+//! | [`alink`] | the Aliyun device protocol: topics, CONNECT credentials, OTA JSON, MQTT download frames |
 //! | [`boot`] | the boot policy: validate DFU, swap only the pages in use, revert, counter, BOOT_RECORD |
 //! | [`flash`] | NOR semantics over plain memory (the qemu-an386 flash driver) |
 //! | `sim` | (feature `sim`) strict NOR flash model and power-cut injection for host tests |
@@ -13,6 +14,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod alink;
 pub mod boot;
 pub mod flash;
 pub mod image;
