@@ -44,67 +44,88 @@ impl core::fmt::Display for UpdateError {
 
 impl core::error::Error for UpdateError {}
 
-/// Sequential writer into DFU plus the STATE marks.
+/// Sequential writer into DFU plus the STATE marks. Takes chunks of any length (network reads);
+/// whole words go to flash at once, a partial word waits for the next chunk or [`Updater::flush`].
 pub struct Updater<D, S> {
     dfu: D,
     state: S,
     erased: u8,
-    next: u32,
+    pos: u32,
+    carry: [u8; 64],
 }
 
 impl<D: NorFlash, S: NorFlash> Updater<D, S> {
     /// Starts writing at `resume_at`, which must be a page boundary of DFU (0 for a fresh
     /// download; after a reset, the last page boundary the download reached).
     pub fn new(dfu: D, state: S, erased: u8, resume_at: u32) -> Self {
+        const { assert!(D::WRITE_SIZE <= 64) };
         assert!(resume_at as usize % D::ERASE_SIZE == 0, "resume at a page boundary");
-        Updater { dfu, state, erased, next: resume_at }
+        Updater { dfu, state, erased, pos: resume_at, carry: [erased; 64] }
     }
 
-    /// Offset the next write must start at.
+    /// Offset the next write must start at (bytes accepted so far).
     pub fn position(&self) -> u32 {
-        self.next
+        self.pos
     }
 
-    /// Writes `data` at `offset` (= [`Self::position`]). Each page is erased when the write
-    /// enters it at its start. A final chunk that is not a multiple of the write size is padded.
-    pub fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), UpdateError> {
-        if offset != self.next || offset as usize % D::WRITE_SIZE != 0 {
-            return Err(UpdateError::NotSequential { expected: self.next, got: offset });
-        }
+    /// Programs whole words at `at` (word aligned), erasing each page as the writes enter it.
+    fn program(&mut self, mut at: u32, mut bytes: &[u8]) -> Result<(), UpdateError> {
         let page = D::ERASE_SIZE as u32;
-        let mut at = offset;
-        let mut rest = data;
-        while !rest.is_empty() {
+        while !bytes.is_empty() {
             if at % page == 0 {
                 self.dfu.erase(at, at + page)?;
             }
-            let n = rest.len().min((page - at % page) as usize);
-            let whole = n / D::WRITE_SIZE * D::WRITE_SIZE;
-            if whole > 0 {
-                self.dfu.write(at, &rest[..whole])?;
-            }
-            if whole < n {
-                let mut last = [self.erased; 64];
-                let last = &mut last[..D::WRITE_SIZE];
-                last[..n - whole].copy_from_slice(&rest[whole..n]);
-                self.dfu.write(at + whole as u32, last)?;
-                self.next = at + whole as u32 + D::WRITE_SIZE as u32;
-                return if n == rest.len() {
-                    Ok(())
-                } else {
-                    Err(UpdateError::NotSequential { expected: self.next, got: at })
-                };
-            }
+            let n = bytes.len().min((page - at % page) as usize);
+            self.dfu.write(at, &bytes[..n])?;
             at += n as u32;
-            rest = &rest[n..];
+            bytes = &bytes[n..];
         }
-        self.next = at;
+        Ok(())
+    }
+
+    /// Appends `data` at `offset` (= [`Self::position`]).
+    pub fn write(&mut self, offset: u32, mut data: &[u8]) -> Result<(), UpdateError> {
+        if offset != self.pos {
+            return Err(UpdateError::NotSequential { expected: self.pos, got: offset });
+        }
+        let w = D::WRITE_SIZE;
+        let partial = self.pos as usize % w;
+        if partial > 0 {
+            let take = (w - partial).min(data.len());
+            self.carry[partial..partial + take].copy_from_slice(&data[..take]);
+            self.pos += take as u32;
+            data = &data[take..];
+            if partial + take < w {
+                return Ok(());
+            }
+            let word = self.carry;
+            self.program(self.pos - w as u32, &word[..w])?;
+        }
+        let whole = data.len() / w * w;
+        self.program(self.pos, &data[..whole])?;
+        self.pos += whole as u32;
+        let rest = &data[whole..];
+        self.carry[..rest.len()].copy_from_slice(rest);
+        self.pos += rest.len() as u32;
+        Ok(())
+    }
+
+    /// Writes a pending partial word, padded with the erased value.
+    pub fn flush(&mut self) -> Result<(), UpdateError> {
+        let w = D::WRITE_SIZE;
+        let partial = self.pos as usize % w;
+        if partial > 0 {
+            let mut word = self.carry;
+            word[partial..w].fill(self.erased);
+            self.program(self.pos - partial as u32, &word[..w])?;
+        }
         Ok(())
     }
 
     /// Verifies the whole image in DFU with our own rules (signature, counter, fits ACTIVE),
     /// then marks it for swap. Nothing is marked if it does not verify.
     pub fn finish(&mut self, opts: &VerifyOptions<'_>, buf: &mut [u8]) -> Result<ImageInfo, UpdateError> {
+        self.flush()?;
         let info = image::verify(&mut self.dfu, opts, buf).map_err(UpdateError::Image)?;
         let mut guard = StateGuard::new(&mut self.state, self.erased);
         match guard.state(buf)? {
@@ -158,4 +179,48 @@ pub fn boot_info<A: ReadNorFlash, R: ReadNorFlash, S: NorFlash>(
     let magic = StateGuard::new(state, erased).state(buf)?;
     let awaiting_confirm = matches!(rec.phase, Phase::Testing { .. }) && magic == State::Swap;
     Ok(BootInfo { running, awaiting_confirm, last: rec.last, sec_cnt: rec.sec_cnt, record_seq: rec.seq })
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::*;
+    use crate::sim::SimFlash;
+
+    #[test]
+    fn chunks_of_any_length_land_in_order() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        for chunk in [1usize, 3, 15, 16, 17, 1000, 4096, 10_000] {
+            let mut dfu = SimFlash::<4096, 16>::new(16384, 0xFF);
+            let mut state = SimFlash::<4096, 16>::new(4096, 0xFF);
+            let mut u = Updater::new(&mut dfu, &mut state, 0xFF, 0);
+            for (i, c) in data.chunks(chunk).enumerate() {
+                u.write((i * chunk) as u32, c).unwrap();
+            }
+            u.flush().unwrap();
+            assert_eq!(u.position(), 10_000);
+            assert_eq!(&dfu.bytes()[..10_000], &data[..], "chunks of {chunk}");
+            assert!(dfu.bytes()[10_000..].iter().all(|&b| b == 0xFF));
+        }
+    }
+
+    #[test]
+    fn a_write_out_of_order_is_refused() {
+        let mut dfu = SimFlash::<4096, 4>::new(8192, 0xFF);
+        let mut state = SimFlash::<4096, 4>::new(4096, 0xFF);
+        let mut u = Updater::new(&mut dfu, &mut state, 0xFF, 0);
+        u.write(0, &[1; 10]).unwrap();
+        assert_eq!(u.write(20, &[1; 4]), Err(UpdateError::NotSequential { expected: 10, got: 20 }));
+    }
+
+    #[test]
+    fn a_resume_at_a_page_boundary_erases_that_page_first() {
+        let mut dfu = SimFlash::<4096, 4>::new(8192, 0xFF);
+        let mut state = SimFlash::<4096, 4>::new(4096, 0xFF);
+        dfu.load(4096, &[0x00; 100]); // what an interrupted download left
+        let mut u = Updater::new(&mut dfu, &mut state, 0xFF, 4096);
+        u.write(4096, &[0x5A; 8]).unwrap();
+        u.flush().unwrap();
+        assert_eq!(&dfu.bytes()[4096..4104], &[0x5A; 8]);
+        assert!(dfu.bytes()[4104..4196].iter().all(|&b| b == 0xFF));
+    }
 }
