@@ -6,6 +6,8 @@
 //! | [`alink`] | the Aliyun device protocol: topics, CONNECT credentials, OTA JSON, MQTT download frames |
 //! | [`boot`] | the boot policy: validate DFU, swap only the pages in use, revert, counter, BOOT_RECORD |
 //! | [`flash`] | NOR semantics over plain memory (the qemu-an386 flash driver) |
+//! | [`ota`] | `OtaMachine`, the sans-IO OTA client: every protocol decision |
+//! | [`time`] | `Instant` / `Duration` handed to the sans-IO core |
 //! | `sim` | (feature `sim`) strict NOR flash model and power-cut injection for host tests |
 //!
 //! Features: `std` (image signing, std error impls), `sim` (flash simulator, implies `std`),
@@ -18,5 +20,7 @@ pub mod alink;
 pub mod boot;
 pub mod flash;
 pub mod image;
+pub mod ota;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod time;

@@ -1,0 +1,56 @@
+//! What the machine asks the driver to do.
+
+use super::Resume;
+use core::ops::Range;
+
+/// An output of the machine. Borrowed data lives in the machine until the next call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// Publish `payload` on `topic` (QoS 0 is enough; Aliyun's SDKs use it).
+    Publish {
+        /// topic name
+        topic: &'a str,
+        /// JSON
+        payload: &'a [u8],
+    },
+    /// Run the new image's self-test, then report [`super::Event::SelfTest`].
+    RunSelfTest,
+    /// Confirm the running image (embassy-boot `mark_booted`), then report
+    /// [`super::Event::Confirmed`].
+    Confirm,
+    /// (Re)start the DFU writer at `at` (a page boundary; 0 for a fresh download).
+    BeginDownload {
+        /// offset in DFU
+        at: u32,
+    },
+    /// Write bytes `range` of the payload last handed in, at `offset` of DFU. Report
+    /// [`super::Event::FlashFailed`] if it fails; success needs no event.
+    Write {
+        /// offset in DFU
+        offset: u32,
+        /// bytes of the last `Message` payload or `HttpBody`
+        range: Range<usize>,
+    },
+    /// Read DFU `[0, len)` into [`super::OtaMachine::rehash`], then report
+    /// [`super::Event::Rehashed`].
+    Rehash {
+        /// bytes already in DFU
+        len: u32,
+    },
+    /// Persist this resume point (it survives resets; hand it back in `BootReport::resume`).
+    SaveProgress(Resume),
+    /// Forget the persisted resume point.
+    ClearProgress,
+    /// GET [`super::OtaMachine::url`] with `Range: bytes={from}-`; report the response.
+    HttpGet {
+        /// first byte wanted
+        from: u32,
+    },
+    /// Drop the HTTP connection.
+    HttpClose,
+    /// Verify the image in DFU with our keys and counter, mark it for swap, then report
+    /// [`super::Event::Marked`].
+    VerifyAndMark,
+    /// Reboot (the bootloader takes over).
+    Reset,
+}
