@@ -115,6 +115,8 @@ struct Request {
     tries: u8,
     /// The tail of the image, read early for its security counter; not written.
     peek: bool,
+    /// Its reply came before its turn and was dropped: ask again as soon as it is its turn.
+    early: bool,
 }
 
 #[derive(Clone)]
@@ -289,13 +291,15 @@ impl<'a> OtaMachine<'a> {
         let _ = write!(id, "{}", self.next_id);
         let module = self.running_module.as_str();
         let built: Result<(alink::Topic, usize), AlinkError> = match &o {
-            Out::Inform => t.inform().and_then(|tp| Ok((tp, alink::inform(&mut self.buf, &id, &self.version, module)?))),
+            Out::Inform => {
+                t.inform().and_then(|tp| Ok((tp, alink::inform(&mut self.buf, &id, &self.version, module)?)))
+            }
             Out::FirmwareGet => {
                 t.firmware_get().and_then(|tp| Ok((tp, alink::firmware_get(&mut self.buf, &id, self.cfg.module)?)))
             }
-            Out::Progress { step, desc } => t
-                .progress()
-                .and_then(|tp| Ok((tp, alink::progress(&mut self.buf, &id, *step, desc, self.cfg.module)?))),
+            Out::Progress { step, desc } => {
+                t.progress().and_then(|tp| Ok((tp, alink::progress(&mut self.buf, &id, *step, desc, self.cfg.module)?)))
+            }
             Out::BlockRequest { stream_id, file_id, offset, len } => t.file_download().and_then(|tp| {
                 Ok((tp, alink::download_request(&mut self.buf, &id, "ota", *stream_id, *file_id, *offset, *len)?))
             }),
@@ -346,7 +350,7 @@ impl<'a> OtaMachine<'a> {
                 if r.peek {
                     return false; // only an early check: the final verify still runs
                 }
-                failed = Some(r.offset);
+                failed = Some(failed.map_or(r.offset, |f: u32| f.min(r.offset)));
                 return true;
             }
             r.tries += 1;
@@ -356,10 +360,14 @@ impl<'a> OtaMachine<'a> {
         });
         if let Some(offset) = failed {
             let tries = self.cfg.retries as u32 + 1;
-            self.fail(alink::STEP_DOWNLOAD_FAILED, desc(format_args!("no reply for the block at {offset} after {tries} requests")));
+            self.fail(
+                alink::STEP_DOWNLOAD_FAILED,
+                desc(format_args!("no reply for the block at {offset} after {tries} requests")),
+            );
             return;
         }
         if self.connected {
+            resend.sort_unstable();
             for (offset, len) in resend {
                 self.push(Out::BlockRequest { stream_id, file_id, offset, len });
             }
@@ -377,7 +385,9 @@ impl<'a> OtaMachine<'a> {
             }
             Event::Disconnected => {
                 self.connected = false;
-                if let State::Downloading(Download { via: Via::Mqtt { in_flight, next, .. }, written, .. }) = &mut self.state {
+                if let State::Downloading(Download { via: Via::Mqtt { in_flight, next, .. }, written, .. }) =
+                    &mut self.state
+                {
                     // Requests and replies in flight are lost with the session.
                     in_flight.clear();
                     *next = *written;
@@ -479,7 +489,8 @@ impl<'a> OtaMachine<'a> {
             State::AwaitTask => {}
             State::Downloading(d) if d.key == key => {
                 // The same task again. An HTTPS download waiting for a fresh URL takes it.
-                if let (Via::Https { url, refreshed: true, from, .. }, Source::Https { .. }) = (&mut d.via, task.source) {
+                if let (Via::Https { url, refreshed: true, from, .. }, Source::Https { .. }) = (&mut d.via, task.source)
+                {
                     if let Ok(fresh) = unescape_url(&task) {
                         *url = fresh;
                         *from = d.written;
@@ -497,7 +508,10 @@ impl<'a> OtaMachine<'a> {
         }
         if task.size > self.cfg.slot_size {
             let (size, slot) = (task.size, self.cfg.slot_size);
-            self.progress(alink::STEP_UPGRADE_FAILED, desc(format_args!("image of {size} bytes does not fit the {slot}-byte slot")));
+            self.progress(
+                alink::STEP_UPGRADE_FAILED,
+                desc(format_args!("image of {size} bytes does not fit the {slot}-byte slot")),
+            );
             return;
         }
         let via = match task.source {
@@ -507,7 +521,10 @@ impl<'a> OtaMachine<'a> {
             Source::Https { .. } => match unescape_url(&task) {
                 Ok(url) => Via::Https { url, tries: 0, refreshed: false, from: 0 },
                 Err(_) => {
-                    self.progress(alink::STEP_DOWNLOAD_FAILED, desc(format_args!("download URL longer than {MAX_URL} bytes")));
+                    self.progress(
+                        alink::STEP_DOWNLOAD_FAILED,
+                        desc(format_args!("download URL longer than {MAX_URL} bytes")),
+                    );
                     return;
                 }
             },
@@ -572,10 +589,28 @@ impl<'a> OtaMachine<'a> {
                 if !connected {
                     return;
                 }
+                if let Some(r) = in_flight.iter_mut().find(|r| r.early && r.offset == d.written) {
+                    r.early = false;
+                    r.deadline = now + timeout;
+                    let _ = reqs.push(Out::BlockRequest {
+                        stream_id: *stream_id,
+                        file_id: *file_id,
+                        offset: r.offset,
+                        len: r.len,
+                    });
+                }
                 while in_flight.iter().filter(|r| !r.peek).count() < window && *next < size && !in_flight.is_full() {
                     let len = block.min(size - *next);
-                    let _ = in_flight.push(Request { offset: *next, len, deadline: now + timeout, tries: 0, peek: false });
-                    let _ = reqs.push(Out::BlockRequest { stream_id: *stream_id, file_id: *file_id, offset: *next, len });
+                    let _ = in_flight.push(Request {
+                        offset: *next,
+                        len,
+                        deadline: now + timeout,
+                        tries: 0,
+                        peek: false,
+                        early: false,
+                    });
+                    let _ =
+                        reqs.push(Out::BlockRequest { stream_id: *stream_id, file_id: *file_id, offset: *next, len });
                     *next += len;
                 }
             }
@@ -608,7 +643,7 @@ impl<'a> OtaMachine<'a> {
             return; // stale, duplicate or unasked-for
         };
         if in_flight[i].peek {
-            in_flight.swap_remove(i);
+            in_flight.remove(i);
             // The protected TLVs, read ahead: refuse a downgrade before downloading the body.
             if let Some(image) = protected_sec_cnt(b.data) {
                 if image < sec_cnt {
@@ -621,16 +656,24 @@ impl<'a> OtaMachine<'a> {
             return;
         }
         if b.offset != d.written {
-            return; // early: it is re-asked when its turn comes and its request times out
+            in_flight[i].early = true; // no room to keep it: asked again when its turn comes
+            return;
         }
-        in_flight.swap_remove(i);
+        in_flight.remove(i);
         // First block: the header says where the protected TLVs are; ask for them now.
         if b.offset == 0 && !*peeked {
             *peeked = true;
             if let Ok(h) = Header::new_checked(b.data).and_then(|h| HeaderRepr::parse(&h)) {
                 if let (Some(at), Some(end)) = (h.body_end(), h.tlv_offset()) {
                     if end > at && end <= d.size && at >= self.cfg.block_size && !in_flight.is_full() {
-                        let r = Request { offset: at, len: end - at, deadline: now + self.cfg.request_timeout, tries: 0, peek: true };
+                        let r = Request {
+                            offset: at,
+                            len: end - at,
+                            deadline: now + self.cfg.request_timeout,
+                            tries: 0,
+                            peek: true,
+                            early: false,
+                        };
                         let _ = in_flight.push(r);
                         self.out
                             .push_back(Out::BlockRequest { stream_id, file_id, offset: at, len: end - at })
@@ -658,6 +701,7 @@ impl<'a> OtaMachine<'a> {
             self.plain(Plain::SaveProgress(Resume { key, written: boundary }));
         }
         let State::Downloading(d) = &mut self.state else { return };
+        let mqtt = matches!(d.via, Via::Mqtt { .. });
         let pct = ((written as u64 * 100 / size as u64) as u8).clamp(1, 99);
         if pct >= d.last_pct.saturating_add(every) && now.since(d.last_report) >= interval {
             d.last_pct = pct;
@@ -667,8 +711,8 @@ impl<'a> OtaMachine<'a> {
         }
         if written >= size {
             self.finish();
-        } else {
-            self.fetch(now);
+        } else if mqtt {
+            self.fetch(now); // HTTPS: the body keeps coming on the GET in progress
         }
     }
 
@@ -701,7 +745,9 @@ impl<'a> OtaMachine<'a> {
                 self.state = State::AwaitReset;
                 self.plain(Plain::Reset);
             }
-            Err(MarkError::Flash) => self.fail(alink::STEP_FLASH_FAILED, desc(format_args!("marking {v} for install failed"))),
+            Err(MarkError::Flash) => {
+                self.fail(alink::STEP_FLASH_FAILED, desc(format_args!("marking {v} for install failed")))
+            }
             Err(MarkError::Image(e)) => {
                 self.plain(Plain::ClearProgress);
                 let step = match e {
@@ -745,7 +791,10 @@ impl<'a> OtaMachine<'a> {
         if let Some(len) = length {
             if d.written.checked_add(len) != Some(d.size) {
                 let (w, s) = (d.written, d.size);
-                self.fail(alink::STEP_DOWNLOAD_FAILED, desc(format_args!("server sends {len} bytes from {w}, task says {s} in all")));
+                self.fail(
+                    alink::STEP_DOWNLOAD_FAILED,
+                    desc(format_args!("server sends {len} bytes from {w}, task says {s} in all")),
+                );
             }
         }
     }
@@ -757,7 +806,10 @@ impl<'a> OtaMachine<'a> {
         }
         if d.written as u64 + data.len() as u64 > d.size as u64 {
             let s = d.size;
-            self.fail(alink::STEP_DOWNLOAD_FAILED, desc(format_args!("the server sent more than the task's {s} bytes")));
+            self.fail(
+                alink::STEP_DOWNLOAD_FAILED,
+                desc(format_args!("the server sent more than the task's {s} bytes")),
+            );
             return;
         }
         let offset = d.written;
@@ -776,7 +828,10 @@ impl<'a> OtaMachine<'a> {
         }
         if *tries >= retries {
             let w = d.written;
-            self.fail(alink::STEP_DOWNLOAD_FAILED, desc(format_args!("download broke off at {w} bytes, {retries} retries failed")));
+            self.fail(
+                alink::STEP_DOWNLOAD_FAILED,
+                desc(format_args!("download broke off at {w} bytes, {retries} retries failed")),
+            );
             return;
         }
         *tries += 1;
