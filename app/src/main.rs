@@ -1,11 +1,21 @@
-//! The application. Linked at ACTIVE + image header size; the OTA driver arrives with the OTA
-//! client (see DESIGN.md "OTA flow").
+//! The application. On the thumb boards it is linked at ACTIVE + image header size; on the
+//! `host` board it is a Linux program that simulates the device (see `host/`). The OTA driver
+//! (`driver.rs`, over `mqtt.rs`) is the same on every board: it runs `shared::ota::OtaMachine`
+//! and makes no protocol decision of its own.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-#[cfg_attr(not(feature = "qemu-an386"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "qemu-an386", feature = "host")), allow(dead_code))]
 mod keys {
     include!(concat!(env!("OUT_DIR"), "/keys.rs"));
 }
+
+#[cfg_attr(not(feature = "host"), allow(dead_code))]
+mod driver;
+#[cfg_attr(not(feature = "host"), allow(dead_code))]
+mod mqtt;
+
+#[cfg(feature = "host")]
+mod host;
 
 #[cfg(target_os = "none")]
 mod firmware {
@@ -49,8 +59,15 @@ mod firmware {
     }
 }
 
-#[cfg(not(target_os = "none"))]
+#[cfg(all(not(target_os = "none"), feature = "host"))]
 fn main() {
-    eprintln!("the app is firmware here: build it with `cargo xtask build --board <board>`");
+    host::main()
+}
+
+#[cfg(all(not(target_os = "none"), not(feature = "host")))]
+fn main() {
+    eprintln!(
+        "build the app with `cargo xtask build --board <board>`, or run the host device with `cargo xtask device`"
+    );
     std::process::exit(2);
 }

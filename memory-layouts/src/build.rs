@@ -19,7 +19,7 @@ pub fn board_from_features() -> Board {
     match on.as_slice() {
         [b] => *b,
         _ => panic!(
-            "enable exactly one board feature (qemu-an386, nrf52840-dk); got {on:?}. \
+            "enable exactly one board feature (host, qemu-an386, nrf52840-dk); got {on:?}. \
              Build firmware with `cargo xtask build --board <board>`."
         ),
     }

@@ -37,6 +37,10 @@ impl Crate {
 pub fn run(a: Args) -> Result<()> {
     let board = Board::from(a.board);
     let key = keys::load_public_key(&a.key.unwrap_or_else(keys::dev_key))?;
+    if board == Board::Host {
+        println!("{}", host_device(&[key])?.display());
+        return Ok(());
+    }
     for c in [Crate::Bootloader, Crate::App] {
         let elf = firmware(board, c, &[key])?;
         println!("{}", elf.display());
@@ -47,6 +51,20 @@ pub fn run(a: Args) -> Result<()> {
 /// Where firmware builds go (kept apart from host builds so neither invalidates the other).
 pub fn target_dir() -> PathBuf {
     crate::root().join("target/firmware")
+}
+
+/// Builds the host device (the app for the `host` board, a Linux program) trusting `keys`.
+pub fn host_device(keys: &[PublicKey]) -> Result<PathBuf> {
+    let hex_keys: Vec<String> = keys.iter().map(|k| hex::encode(k.0)).collect();
+    let status = Command::new(env!("CARGO"))
+        .current_dir(crate::root())
+        .args(["build", "-p", "app", "--features", "app/host"])
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env(PUBKEY_ENV, hex_keys.join(","))
+        .status()
+        .context("running cargo build")?;
+    ensure!(status.success(), "building the host device failed");
+    Ok(target_dir().join("debug/app"))
 }
 
 /// Builds `c` for `board` trusting `keys`; returns the ELF's path.

@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod device;
 mod keys;
 mod package;
 mod sign;
@@ -37,6 +38,8 @@ enum Cmd {
     Verify(sign::VerifyArgs),
     /// Build, sign and package a release: the .bin for the Aliyun console, manifest, factory image.
     Release(package::Args),
+    /// Run the host device (the app on Linux) with a device.toml, optionally from a factory image.
+    Device(device::Args),
     /// Benchmarks: `boot` = flash wear of one update, ours vs embassy-boot's whole-slot swap.
     Bench(bench::Args),
     /// Code size of bootloader and app per board (text/data/bss, release profile).
@@ -92,6 +95,7 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Sign(a) => sign::sign(a),
         Cmd::Verify(a) => sign::verify(a),
         Cmd::Release(a) => package::run(a),
+        Cmd::Device(a) => device::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Size(a) => size::run(a),
         Cmd::Test(a) => test::run(a),

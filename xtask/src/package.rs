@@ -4,7 +4,8 @@
 //! <out>/
 //!   firmware-<version>.bin   the signed image: upload this to the Aliyun console as the package
 //!   manifest.json            board, module, version, size, md5, sha256, sec_cnt, key hash
-//!   factory.bin              (thumb boards) bootloader + signed app + erased state, flashed once
+//!   factory.bin              bootloader + signed app + erased state, flashed once (host: the
+//!                            flash file for `cargo xtask device --factory`)
 //! ```
 
 use crate::build::{elf_to_bin, firmware, Crate};
@@ -41,6 +42,12 @@ pub struct Args {
     /// Output folder (default: target/releases/<board>/<module>-<version>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// host board only: the simulated firmware fails its self-test (it is rolled back).
+    #[arg(long)]
+    failing_self_test: bool,
+    /// host board only: pad the simulated firmware body to this many bytes.
+    #[arg(long, value_parser = crate::parse_u32, default_value = "4096")]
+    body_size: u32,
 }
 
 /// `manifest.json`.
@@ -74,8 +81,14 @@ pub fn run(a: Args) -> Result<()> {
         crate::root().join("target/releases").join(board.name()).join(format!("{}-{}", a.module, a.version))
     });
 
-    let app_elf = firmware(board, Crate::App, &[public])?;
-    let body = elf_to_bin(&read(&app_elf)?, layout.app_origin())?;
+    let body = match board {
+        // A host image cannot execute: its body describes the simulated firmware.
+        Board::Host => shared::image::host_body(!a.failing_self_test, a.body_size as usize),
+        _ => {
+            ensure!(!a.failing_self_test, "--failing-self-test is for the host board only");
+            elf_to_bin(&read(&firmware(board, Crate::App, &[public])?)?, layout.app_origin())?
+        }
+    };
     ensure!(
         body.len() as u32 <= layout.app_max_len(),
         "the app is {} bytes; {} has room for {} in ACTIVE",
@@ -95,15 +108,14 @@ pub fn run(a: Args) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let file = format!("firmware-{}.bin", a.version);
     write(&out.join(&file), &image)?;
-    let factory = match board.target() {
-        Some(_) => {
-            let bl_elf = firmware(board, Crate::Bootloader, &[public])?;
-            let bl = elf_to_bin(&read(&bl_elf)?, layout.bootloader.origin)?;
-            write(&out.join("factory.bin"), &factory_image(layout, &bl, &image)?)?;
-            Some("factory.bin".to_string())
-        }
-        None => None,
+    // The bootloader of the host board is the host device's own boot logic: its factory image
+    // is the flash file with the signed app in ACTIVE.
+    let bl = match board.target() {
+        Some(_) => elf_to_bin(&read(&firmware(board, Crate::Bootloader, &[public])?)?, layout.bootloader.origin)?,
+        None => Vec::new(),
     };
+    write(&out.join("factory.bin"), &factory_image(layout, &bl, &image)?)?;
+    let factory = Some("factory.bin".to_string());
     let manifest = Manifest {
         board: board.name().into(),
         module: a.module.clone(),
@@ -127,7 +139,8 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// Bootloader + signed app + erased BOOT_RECORD/STATE, from the flash origin. On qemu-an386 it is
-/// the whole 16 MiB `mps.ram` backing file; elsewhere it ends with the image.
+/// the whole 16 MiB `mps.ram` backing file and on host the whole flash file; on nrf52840-dk it
+/// ends with the image.
 pub fn factory_image(layout: &Layout, bootloader: &[u8], image: &[u8]) -> Result<Vec<u8>> {
     ensure!(
         bootloader.len() as u32 <= layout.bootloader.length,
@@ -138,7 +151,8 @@ pub fn factory_image(layout: &Layout, bootloader: &[u8], image: &[u8]) -> Result
     let base = layout.flash.origin;
     let active = (layout.active.origin - base) as usize;
     let len = match layout.board {
-        Board::QemuAn386 => layout.flash.length as usize,
+        // Files QEMU and the host device use as their flash: the whole device.
+        Board::QemuAn386 | Board::Host => layout.flash.length as usize,
         _ => active + image.len(),
     };
     let mut f = vec![layout.geometry.erased; len];

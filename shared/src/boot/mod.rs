@@ -15,6 +15,7 @@
 //! of exactly `pages` (ACTIVE) and `pages + 1` (DFU) pages.
 
 mod flash;
+pub mod progress;
 pub mod record;
 pub mod updater;
 

@@ -63,6 +63,22 @@ impl<D: NorFlash, S: NorFlash> Updater<D, S> {
         Updater { dfu, state, erased, pos: resume_at, carry: [erased; 64] }
     }
 
+    /// Starts over at `at` (a page boundary): a new download, or a resume.
+    pub fn restart(&mut self, at: u32) {
+        assert!(at as usize % D::ERASE_SIZE == 0, "resume at a page boundary");
+        self.pos = at;
+    }
+
+    /// The DFU partition (to re-hash it, or keep the resume record in its spare page).
+    pub fn dfu(&mut self) -> &mut D {
+        &mut self.dfu
+    }
+
+    /// The STATE partition (to confirm the running image).
+    pub fn state(&mut self) -> &mut S {
+        &mut self.state
+    }
+
     /// Offset the next write must start at (bytes accepted so far).
     pub fn position(&self) -> u32 {
         self.pos

@@ -23,12 +23,16 @@
 //! bad input; [`Header`] and [`TlvIter`] are zero-copy views over bytes already in memory.
 
 mod header;
+mod host;
 #[cfg(any(test, feature = "std"))]
 mod sign;
 mod tlv;
 mod verify;
 
 pub use header::{flags, Header, HeaderRepr, ImageVersion, HEADER_LEN, IMAGE_MAGIC};
+#[cfg(feature = "std")]
+pub use host::host_body;
+pub use host::{host_self_test, HOST_MAGIC};
 #[cfg(any(test, feature = "std"))]
 pub use sign::{sign_image, SignParams};
 pub use tlv::{Tlv, TlvAreaWriter, TlvInfo, TlvIter, TlvKind, TLV_INFO_LEN, TLV_INFO_MAGIC, TLV_PROT_INFO_MAGIC};

@@ -230,6 +230,11 @@ impl<'a> OtaMachine<'a> {
         }
     }
 
+    /// The device's topics.
+    pub fn topics(&self) -> &Topics<'a> {
+        &self.cfg.topics
+    }
+
     /// What the machine waits for.
     pub fn state(&self) -> StateName {
         match self.state {

@@ -20,4 +20,4 @@ mod machine;
 
 pub use action::Action;
 pub use event::{BootOutcome, BootReport, Event, MarkError, Resume, TaskKey};
-pub use machine::{OtaConfig, OtaMachine, StateName};
+pub use machine::{OtaConfig, OtaMachine, StateName, MAX_URL};

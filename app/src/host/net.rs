@@ -1,0 +1,157 @@
+//! The host board's transports: MQTT over TCP or TLS (rustls), downloads over HTTP(S) (ureq).
+
+use crate::driver::{Clock, Http};
+use shared::time::Instant;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Opens the MQTT byte stream.
+pub async fn connect(host: &str, port: u16, tls: bool, ca: Option<&std::path::Path>) -> Result<Box<dyn Io>, String> {
+    let tcp = TcpStream::connect((host, port)).await.map_err(|e| format!("cannot reach {host}:{port}: {e}"))?;
+    tcp.set_nodelay(true).ok();
+    if !tls {
+        return Ok(Box::new(tcp));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = ca {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("reading CA {}: {e}", ca.display()))?;
+        for c in certs {
+            let c = c.map_err(|e| format!("reading CA {}: {e}", ca.display()))?;
+            roots.add(c).map_err(|e| format!("CA {}: {e}", ca.display()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS to {host}:{port}: {e}"))?;
+    Ok(Box::new(tls))
+}
+
+pub struct TokioClock(pub tokio::time::Instant);
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.0.elapsed().as_millis() as u64)
+    }
+    async fn sleep_until(&self, t: Instant) {
+        tokio::time::sleep_until(self.0 + std::time::Duration::from_millis(t.as_millis())).await
+    }
+}
+
+enum Chunk {
+    Head(u16, Option<u32>),
+    Body(Vec<u8>),
+    End,
+    Fail(String),
+}
+
+/// HTTP(S) GET with Range, streamed from a blocking ureq call on a worker thread.
+#[derive(Default)]
+pub struct HostHttp {
+    rx: Option<mpsc::Receiver<Chunk>>,
+    left: Vec<u8>,
+}
+
+impl Http for HostHttp {
+    async fn get(&mut self, url: &str, from: u32) -> Result<(u16, Option<u32>), ()> {
+        let (tx, rx) = mpsc::channel(8);
+        let url = url.to_string();
+        tokio::task::spawn_blocking(move || {
+            let r = ureq::get(&url)
+                .set("Range", &format!("bytes={from}-"))
+                .timeout(std::time::Duration::from_secs(30))
+                .call();
+            let resp = match r {
+                Ok(r) => r,
+                Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => {
+                    let _ = tx.blocking_send(Chunk::Fail(e.to_string()));
+                    return;
+                }
+            };
+            let len = resp.header("Content-Length").and_then(|l| l.parse().ok());
+            let status = resp.status();
+            if tx.blocking_send(Chunk::Head(status, len)).is_err() || !(200..300).contains(&status) {
+                return;
+            }
+            let mut body = resp.into_reader();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match std::io::Read::read(&mut body, &mut buf) {
+                    Ok(0) => {
+                        let _ = tx.blocking_send(Chunk::End);
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx.blocking_send(Chunk::Body(buf[..n].to_vec())).is_err() {
+                            return; // closed by the device
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Chunk::Fail(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        self.left.clear();
+        let mut rx = rx;
+        match rx.recv().await {
+            Some(Chunk::Head(status, len)) => {
+                self.rx = Some(rx);
+                Ok((status, len))
+            }
+            Some(Chunk::Fail(e)) => {
+                log::warn!("HTTP: {e}");
+                Err(())
+            }
+            _ => Err(()),
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, ()> {
+        loop {
+            if !self.left.is_empty() {
+                let n = buf.len().min(self.left.len());
+                buf[..n].copy_from_slice(&self.left[..n]);
+                self.left.drain(..n);
+                return Ok(n);
+            }
+            let Some(rx) = self.rx.as_mut() else { return std::future::pending().await };
+            match rx.recv().await {
+                Some(Chunk::Body(b)) => self.left = b,
+                Some(Chunk::End) => {
+                    self.rx = None;
+                    return Ok(0);
+                }
+                Some(Chunk::Fail(e)) => {
+                    log::warn!("HTTP: {e}");
+                    self.rx = None;
+                    return Err(());
+                }
+                _ => {
+                    self.rx = None;
+                    return Err(());
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        self.rx = None;
+        self.left.clear();
+    }
+}
