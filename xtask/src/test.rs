@@ -23,6 +23,7 @@ pub fn run(a: Args) -> Result<()> {
     let imgtool = tools::imgtool()?;
     let openssl = tools::openssl()?;
     let qemu = tools::qemu()?;
+    let mosquitto = tools::mosquitto()?;
 
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(crate::root())
@@ -31,7 +32,8 @@ pub fn run(a: Args) -> Result<()> {
         .args(["--", "--show-output"])
         .env("IMGTOOL", &imgtool)
         .env("OPENSSL", &openssl)
-        .env("QEMU", &qemu);
+        .env("QEMU", &qemu)
+        .env("MOSQUITTO", &mosquitto);
     if a.full {
         cmd.env("ALIYUN_OTA_FULL", "1");
     }

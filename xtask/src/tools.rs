@@ -1,6 +1,6 @@
 //! What the tests need beyond the toolchain, installed on first use by the project itself:
-//! the thumb target (rustup), imgtool (PyPI, in a virtualenv under target/), openssl and
-//! qemu-system-arm (apt).
+//! the thumb target (rustup), imgtool (PyPI, in a virtualenv under target/), openssl,
+//! qemu-system-arm and mosquitto (apt).
 
 use anyhow::{bail, ensure, Context, Result};
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ pub const IMGTOOL_VERSION: &str = "2.5.0";
 #[derive(clap::Args)]
 pub struct Args {
     /// Tool to install if needed and print the path of.
-    #[arg(value_parser = ["imgtool", "openssl", "qemu-system-arm"])]
+    #[arg(value_parser = ["imgtool", "openssl", "qemu-system-arm", "mosquitto"])]
     tool: String,
 }
 
@@ -20,6 +20,7 @@ pub fn run(a: Args) -> Result<()> {
     let path = match a.tool.as_str() {
         "imgtool" => imgtool()?,
         "openssl" => openssl()?,
+        "mosquitto" => mosquitto()?,
         _ => qemu()?,
     };
     println!("{}", path.display());
@@ -84,6 +85,17 @@ pub fn qemu() -> Result<PathBuf> {
         apt_install(&["qemu-system-arm"])?;
     }
     Ok(PathBuf::from("qemu-system-arm"))
+}
+
+/// The mosquitto broker (the tests start their own on 127.0.0.1), from apt when missing.
+pub fn mosquitto() -> Result<PathBuf> {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if std::path::Path::new(p).exists() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    apt_install(&["mosquitto"])?;
+    Ok(PathBuf::from("/usr/sbin/mosquitto"))
 }
 
 /// imgtool from PyPI in `target/tools/venv`, created on first use.

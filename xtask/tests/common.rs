@@ -53,6 +53,14 @@ pub fn qemu() -> &'static Path {
     })
 }
 
+pub fn mosquitto() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| match std::env::var_os("MOSQUITTO") {
+        Some(p) => p.into(),
+        None => PathBuf::from(xtask_ok(&["tools", "mosquitto"]).trim()),
+    })
+}
+
 pub fn run(cmd: &Path, args: &[&str]) -> Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {}: {e}", cmd.display()))
 }

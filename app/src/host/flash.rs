@@ -12,6 +12,8 @@ pub const WRITE: usize = 4;
 pub struct FileFlash {
     file: File,
     len: usize,
+    /// `ALIYUN_OTA_HOST_FLASH_DELAY_MS`: slow flash, so tests can cut the power mid-swap.
+    delay: Option<std::time::Duration>,
 }
 
 impl FileFlash {
@@ -24,7 +26,17 @@ impl FileFlash {
                 path.display()
             )));
         }
-        Ok(FileFlash { file, len })
+        let delay = std::env::var("ALIYUN_OTA_HOST_FLASH_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis);
+        Ok(FileFlash { file, len, delay })
+    }
+
+    fn slow(&self) {
+        if let Some(d) = self.delay {
+            std::thread::sleep(d);
+        }
     }
 
     fn check(&self, off: u32, n: usize) -> Result<(), NorFlashErrorKind> {
@@ -59,6 +71,7 @@ impl NorFlash for FileFlash {
             return Err(NorFlashErrorKind::NotAligned);
         }
         self.check(from, (to - from) as usize)?;
+        self.slow();
         let page = [0xFFu8; ERASE];
         for at in (from..to).step_by(ERASE) {
             self.file.write_all_at(&page, at as u64).map_err(|_| NorFlashErrorKind::Other)?;
@@ -70,6 +83,7 @@ impl NorFlash for FileFlash {
             return Err(NorFlashErrorKind::NotAligned);
         }
         self.check(off, bytes.len())?;
+        self.slow();
         let mut cur = vec![0u8; bytes.len()];
         self.read(off, &mut cur)?;
         if cur.iter().any(|&b| b != 0xFF) {

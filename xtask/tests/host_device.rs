@@ -1,0 +1,430 @@
+//! The host device (the real app for the host board) against mosquitto started here on
+//! 127.0.0.1, with a scripted console in the test: upgrades over MQTT stream and over HTTP with
+//! Range, `kill -9` during the download (resume from a block boundary) and during the swap (a
+//! valid image boots and the device reports the truth).
+
+mod common;
+use common::*;
+use md5::{Digest as _, Md5};
+use serde_json::Value;
+use shared::alink::emit_download_reply;
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const PK: &str = "a1B2c3D4e5F";
+const DN: &str = "dev-001";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn broker(dir: &Path) -> (Killed, u16) {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n")).unwrap();
+    let child = Command::new(mosquitto())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Killed(child), port)
+}
+
+struct Releases {
+    key: PathBuf,
+    device: PathBuf,
+    v13: PathBuf,
+    v14: Vec<u8>,
+}
+
+fn releases() -> &'static Releases {
+    static R: OnceLock<Releases> = OnceLock::new();
+    R.get_or_init(|| {
+        let d = scratch("host_releases");
+        let key = d.join("k.pem");
+        xtask_ok(&["keygen", "--out", s(&key)]);
+        for (v, size) in [("1.3", "8192"), ("1.4", "40000")] {
+            xtask_ok(&[
+                "release",
+                "--board",
+                "host",
+                "--version",
+                v,
+                "--key",
+                s(&key),
+                "--body-size",
+                size,
+                "--out",
+                s(&d.join(v)),
+            ]);
+        }
+        let device =
+            PathBuf::from(xtask_ok(&["build", "--board", "host", "--key", s(&key)]).trim().lines().last().unwrap());
+        Releases { key, device, v13: d.join("1.3"), v14: std::fs::read(d.join("1.4/firmware-1.4.bin")).unwrap() }
+    })
+}
+
+struct Dev {
+    dir: PathBuf,
+    config: PathBuf,
+    flash: PathBuf,
+}
+
+impl Dev {
+    fn new(name: &str, port: u16) -> Dev {
+        let dir = scratch(name);
+        let flash = dir.join("flash.bin");
+        std::fs::copy(releases().v13.join("factory.bin"), &flash).unwrap();
+        let config = dir.join("device.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "product_key = \"{PK}\"\ndevice_name = \"{DN}\"\ndevice_secret = \"0123456789abcdef0123456789abcdef\"\n\
+                 host = \"127.0.0.1\"\nport = {port}\ntls = false\nflash = \"{}\"\nblock_size = 2048\n",
+                flash.display()
+            ),
+        )
+        .unwrap();
+        Dev { dir, config, flash }
+    }
+
+    fn start(&self, env: &[(&str, &str)]) -> Killed {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("device.log")).unwrap();
+        let mut c = Command::new(&releases().device);
+        c.arg("--config").arg(&self.config).stdout(log.try_clone().unwrap()).stderr(log);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Killed(c.spawn().expect("starting the host device"))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("device.log")).unwrap_or_default()
+    }
+
+    /// The Aliyun version of the image in ACTIVE, read from the flash file.
+    fn active_version(&self) -> String {
+        let f = std::fs::read(&self.flash).unwrap();
+        let l = memory_layouts::Board::Host.layout();
+        let active = &f[l.active.origin as usize..l.active.end() as usize];
+        let key = shared::image::PublicKey(load_pub(&releases().key));
+        let opts = shared::image::VerifyOptions { keys: &[key], min_sec_cnt: 0, slot_size: None };
+        let info = shared::image::verify(&mut shared::image::SliceFlash(active), &opts, &mut [0; 1024])
+            .expect("ACTIVE verifies");
+        info.aliyun_version.unwrap().to_string()
+    }
+}
+
+fn load_pub(key: &Path) -> [u8; 32] {
+    let o = run(openssl(), &["pkey", "-in", s(key), "-pubout", "-outform", "DER"]);
+    o.stdout[o.stdout.len() - 32..].try_into().unwrap()
+}
+
+/// The scripted console: an MQTT client on the broker that sees the device's uplinks.
+struct Console {
+    client: rumqttc::Client,
+    rx: mpsc::Receiver<(String, Vec<u8>)>,
+    seen: Vec<(String, Value)>,
+    image: Vec<u8>,
+    /// Answer block requests only below this offset.
+    serve_below: u32,
+    requests: Vec<u32>,
+}
+
+impl Console {
+    fn new(port: u16, image: Vec<u8>) -> Console {
+        let mut o = rumqttc::MqttOptions::new("console", "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut conn) = rumqttc::Client::new(o, 256);
+        for t in [
+            "/ota/device/inform/+/+",
+            "/ota/device/progress/+/+",
+            "/sys/+/+/thing/file/download",
+            "/sys/+/+/thing/ota/firmware/get",
+        ] {
+            client.subscribe(t, rumqttc::QoS::AtMostOnce).unwrap();
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        if tx.send((p.topic, p.payload.to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let mut c = Console { client, rx, seen: vec![], image, serve_below: u32::MAX, requests: vec![] };
+        std::thread::sleep(Duration::from_millis(300)); // subscriptions in place
+        c.seen.clear();
+        c
+    }
+
+    fn publish(&self, topic: String, payload: Vec<u8>) {
+        self.client.publish(topic, rumqttc::QoS::AtMostOnce, false, payload).unwrap();
+    }
+
+    fn task_json(&self, url: Option<&str>) -> String {
+        let md5 = hex::encode(Md5::digest(&self.image));
+        let size = self.image.len();
+        match url {
+            None => format!(
+                r#"{{"size":{size},"streamId":12332,"sign":"{md5}","dProtocol":"mqtt","version":"1.4","signMethod":"Md5","streamFileId":1,"md5":"{md5}"}}"#
+            ),
+            Some(u) => format!(
+                r#"{{"size":{size},"version":"1.4","url":"{u}","md5":"{md5}","sign":"{md5}","signMethod":"Md5"}}"#
+            ),
+        }
+    }
+
+    fn push(&self, url: Option<&str>) {
+        let j = format!(r#"{{"code":"1000","data":{},"id":1695281536874,"message":"success"}}"#, self.task_json(url));
+        self.publish(format!("/ota/device/upgrade/{PK}/{DN}"), j.into_bytes());
+    }
+
+    /// Handles uplinks (answering block requests and firmware/get with `task`) until `until`
+    /// accepts one; returns it.
+    fn run_until(
+        &mut self,
+        timeout: Duration,
+        task_url: Option<Option<&str>>,
+        mut until: impl FnMut(&str, &Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (topic, payload) = match self.rx.recv_timeout(left) {
+                Ok(m) => m,
+                Err(_) => panic!("console: timed out; saw {:#?}", self.seen),
+            };
+            let v: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
+            if topic.ends_with("/thing/file/download") {
+                let off = v["params"]["fileBlock"]["offset"].as_u64().unwrap() as u32;
+                let len = v["params"]["fileBlock"]["size"].as_u64().unwrap() as usize;
+                self.requests.push(off);
+                if off < self.serve_below {
+                    let data = &self.image[off as usize..off as usize + len];
+                    let mut out = vec![0u8; len + 300];
+                    let n = emit_download_reply(
+                        &mut out,
+                        v["id"].as_str().unwrap_or("1"),
+                        Some("ota"),
+                        self.image.len() as u32,
+                        off,
+                        data,
+                    )
+                    .unwrap();
+                    out.truncate(n);
+                    self.publish(format!("/sys/{PK}/{DN}/thing/file/download_reply"), out);
+                }
+            } else if topic.ends_with("/firmware/get") {
+                let data = task_url.map_or("{}".to_string(), |u| self.task_json(u));
+                let j = format!(r#"{{"id":"{}","code":200,"data":{data}}}"#, v["id"].as_str().unwrap_or("1"));
+                self.publish(format!("/sys/{PK}/{DN}/thing/ota/firmware/get_reply"), j.into_bytes());
+            }
+            let done = until(&topic, &v);
+            self.seen.push((topic, v.clone()));
+            if done {
+                return v;
+            }
+        }
+    }
+
+    fn steps(&self) -> Vec<i64> {
+        self.seen
+            .iter()
+            .filter(|(t, _)| t.contains("/progress/"))
+            .map(|(_, v)| v["params"]["step"].as_str().unwrap().parse().unwrap())
+            .collect()
+    }
+}
+
+fn is_inform(t: &str, v: &Value, version: &str) -> bool {
+    t.contains("/inform/") && v["params"]["version"] == version
+}
+
+#[test]
+fn host_device_upgrades_over_mqtt_stream() {
+    let r = releases();
+    let dir = scratch("host_mqtt");
+    let (_broker, port) = broker(&dir);
+    let dev = Dev::new("host_mqtt_dev", port);
+    let mut console = Console::new(port, r.v14.clone());
+    let _d = dev.start(&[]);
+    console.run_until(Duration::from_secs(30), None, |t, v| is_inform(t, v, "1.3"));
+    console.push(None);
+    console.run_until(Duration::from_secs(60), None, |t, v| is_inform(t, v, "1.4"));
+    let steps = console.steps();
+    assert_eq!(steps.first(), Some(&1), "{steps:?}");
+    assert_eq!(steps.last(), Some(&100), "{steps:?}");
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    assert_eq!(dev.active_version(), "1.4");
+    let log = dev.log();
+    assert!(!log.contains("0123456789abcdef0123456789abcdef"), "the secret is in the log:\n{log}");
+    assert!(log.contains("verify: OK") && log.contains("reset") && log.contains("confirm: done"), "{log}");
+}
+
+#[test]
+fn host_device_upgrades_over_http_with_range() {
+    let r = releases();
+    let dir = scratch("host_http");
+    let (_broker, port) = broker(&dir);
+    let dev = Dev::new("host_http_dev", port);
+    // An HTTP server with Range, which breaks the first response off half way.
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let http_port = server.server_addr().to_ip().unwrap().port();
+    let ranges = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (image, seen) = (r.v14.clone(), ranges.clone());
+    std::thread::spawn(move || {
+        for (i, req) in server.incoming_requests().enumerate() {
+            let range =
+                req.headers().iter().find(|h| h.field.equiv("Range")).map(|h| h.value.to_string()).unwrap_or_default();
+            seen.lock().unwrap().push(range.clone());
+            let from: usize = range.trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap_or(0);
+            let body = image[from..].to_vec();
+            let len = body.len();
+            let send = if i == 0 { body[..len / 2].to_vec() } else { body };
+            let status = if from > 0 { 206 } else { 200 };
+            let resp = tiny_http::Response::new(
+                tiny_http::StatusCode(status),
+                vec![],
+                std::io::Cursor::new(send),
+                Some(len), // announces all, sends half the first time: the connection breaks
+                None,
+            );
+            let _ = req.respond(resp);
+        }
+    });
+    let mut console = Console::new(port, r.v14.clone());
+    let _d = dev.start(&[]);
+    console.run_until(Duration::from_secs(30), None, |t, v| is_inform(t, v, "1.3"));
+    let url = format!("http://127.0.0.1:{http_port}/ota/pkg.bin?Expires=1&Signature=x");
+    console.push(Some(&url));
+    console.run_until(Duration::from_secs(60), None, |t, v| is_inform(t, v, "1.4"));
+    let ranges = ranges.lock().unwrap().clone();
+    assert_eq!(ranges.first().map(String::as_str), Some("bytes=0-"), "{ranges:?}");
+    assert!(ranges.len() >= 2 && ranges[1] != "bytes=0-", "resumed with Range: {ranges:?}");
+    assert_eq!(dev.active_version(), "1.4");
+    assert!(!dev.log().contains("Signature=x"), "pre-signed URL credentials are not logged");
+}
+
+#[test]
+fn kill_9_during_download_resumes_from_a_block_boundary() {
+    let r = releases();
+    let dir = scratch("host_kill_download");
+    let (_broker, port) = broker(&dir);
+    let dev = Dev::new("host_kill_download_dev", port);
+    let mut console = Console::new(port, r.v14.clone());
+    console.serve_below = 20 * 1024; // then the network stalls
+    let d = dev.start(&[]);
+    console.run_until(Duration::from_secs(30), None, |t, v| is_inform(t, v, "1.3"));
+    console.push(None);
+    console.run_until(Duration::from_secs(30), None, |t, v| {
+        t.ends_with("/file/download") && v["params"]["fileBlock"]["offset"].as_u64() >= Some(20 * 1024)
+    });
+    std::thread::sleep(Duration::from_millis(300)); // the last blocks written and their page saved
+    drop(d); // kill -9
+    console.requests.clear();
+    console.serve_below = u32::MAX;
+    let _d = dev.start(&[]);
+    // After the restart the platform still has the task: it comes back through firmware/get.
+    console.run_until(Duration::from_secs(60), Some(None), |t, v| is_inform(t, v, "1.4"));
+    let first = console.requests[0];
+    assert!(first >= 4096 && first % 4096 == 0, "resumed at {first}, not from zero: {:?}", console.requests);
+    assert!(dev.log().contains("resume: re-hashing"), "{}", dev.log());
+    assert_eq!(dev.active_version(), "1.4");
+}
+
+#[test]
+fn kill_9_during_the_swap_boots_a_valid_image_and_reports_the_truth() {
+    let r = releases();
+    for (i, cut_ms) in [150u64, 400, 900].into_iter().enumerate() {
+        let dir = scratch(&format!("host_kill_swap_{i}"));
+        let (_broker, port) = broker(&dir);
+        let dev = Dev::new(&format!("host_kill_swap_dev_{i}"), port);
+        let mut console = Console::new(port, r.v14.clone());
+        let d = dev.start(&[("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "20")]);
+        console.run_until(Duration::from_secs(30), None, |t, v| is_inform(t, v, "1.3"));
+        console.push(None);
+        console
+            .run_until(Duration::from_secs(120), None, |t, v| t.contains("/progress/") && v["params"]["step"] == "100");
+        std::thread::sleep(Duration::from_millis(cut_ms)); // the device resets and swaps: cut it
+        drop(d);
+        let _d = dev.start(&[]);
+        let v = console.run_until(Duration::from_secs(60), None, |t, _| t.contains("/inform/"));
+        let reported = v["params"]["version"].as_str().unwrap().to_string();
+        assert_eq!(
+            reported,
+            dev.active_version(),
+            "cut after {cut_ms} ms: the device reports what runs\n{}",
+            dev.log()
+        );
+        if reported == "1.3" {
+            let steps = console.steps();
+            assert_eq!(steps.last(), Some(&-1), "a revert is reported as -1: {steps:?}");
+        }
+    }
+}
+
+#[test]
+fn a_wrong_secret_is_refused_and_said_clearly() {
+    let dir = scratch("host_wrong_secret");
+    // mosquitto with a password file stands in for Aliyun's credential check here.
+    let port = free_port();
+    let pw = dir.join("passwd");
+    std::fs::write(&pw, "").unwrap();
+    let o =
+        Command::new("mosquitto_passwd").arg("-b").arg(&pw).arg(format!("{DN}&{PK}")).arg("not-the-password").output();
+    if o.map(|o| !o.status.success()).unwrap_or(true) {
+        // mosquitto_passwd ships with mosquitto; without it, deny everyone by an empty password file.
+        std::fs::write(&pw, "").unwrap();
+    }
+    let conf = dir.join("m.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n", pw.display()),
+    )
+    .unwrap();
+    let _b = Killed(
+        Command::new(mosquitto()).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let dev = Dev::new("host_wrong_secret_dev", port);
+    let mut d = dev.start(&[]);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = d.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the device should stop on a refused login:\n{}", dev.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = dev.log();
+    assert!(log.contains("bad username or password"), "{log}");
+    let _ = d.0.stdout.take().map(|mut s| s.read_to_end(&mut vec![]));
+}
