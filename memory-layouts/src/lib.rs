@@ -199,17 +199,18 @@ impl Layout {
     }
 }
 
-/// The host-simulated device: a flash file shaped like an nRF52840's internal flash.
+/// The host-simulated device: a 4 MiB flash file with an nRF52840's geometry (4 KiB pages, 4-byte
+/// writes) and slots large enough for the 1 MiB images of the benchmarks.
 pub const HOST: Layout = Layout {
     board: Board::Host,
-    flash: Region { origin: 0, length: 0x10_0000 },
+    flash: Region { origin: 0, length: 0x40_0000 },
     geometry: Geometry { erase_size: 4096, write_size: 4, erased: 0xFF },
     bootloader: Region { origin: 0x0_0000, length: 0xC000 },
     boot_record: Region { origin: 0x0_C000, length: 0x2000 },
-    state: Region { origin: 0x0_E000, length: 0x1000 },
-    active: Region { origin: 0x0_F000, length: 0x7_7000 },
-    dfu: Region { origin: 0x8_6000, length: 0x7_8000 },
-    provision: Region { origin: 0xF_F000, length: 0x1000 },
+    state: Region { origin: 0x0_E000, length: 0x2000 },
+    active: Region { origin: 0x1_0000, length: 0x18_0000 },
+    dfu: Region { origin: 0x19_0000, length: 0x18_1000 },
+    provision: Region { origin: 0x3F_F000, length: 0x1000 },
     ram: Region { origin: 0, length: 0 },
     image_header_size: 0x200,
 };

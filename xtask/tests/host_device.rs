@@ -428,3 +428,112 @@ fn a_wrong_secret_is_refused_and_said_clearly() {
     assert!(log.contains("bad username or password"), "{log}");
     let _ = d.0.stdout.take().map(|mut s| s.read_to_end(&mut vec![]));
 }
+
+/// A CA and a server certificate for 127.0.0.1, made by openssl.
+fn tls_files(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca, ca_key, srv, srv_key) = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}-ca.key")),
+        dir.join(format!("{name}-srv.pem")),
+        dir.join(format!("{name}-srv.key")),
+    );
+    let ok = |o: std::process::Output| assert!(o.status.success(), "openssl: {}", text(&o.stderr));
+    ok(run(
+        openssl(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            s(&ca_key),
+            "-out",
+            s(&ca),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} test CA"),
+        ],
+    ));
+    let csr = dir.join(format!("{name}.csr"));
+    ok(run(
+        openssl(),
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", s(&srv_key), "-out", s(&csr), "-subj", "/CN=127.0.0.1"],
+    ));
+    let ext = dir.join(format!("{name}.ext"));
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        .unwrap();
+    ok(run(
+        openssl(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            s(&csr),
+            "-CA",
+            s(&ca),
+            "-CAkey",
+            s(&ca_key),
+            "-CAcreateserial",
+            "-out",
+            s(&srv),
+            "-days",
+            "2",
+            "-extfile",
+            s(&ext),
+        ],
+    ));
+    // mosquitto started as root reads its files as the `mosquitto` user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&srv_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (ca, srv, srv_key)
+}
+
+#[test]
+fn host_device_connects_over_tls_and_checks_the_certificate() {
+    let r = releases();
+    let dir = scratch("host_tls");
+    let (ca, srv, srv_key) = tls_files(&dir, "good");
+    let (other_ca, _, _) = tls_files(&dir, "other");
+    let (plain, tls) = (free_port(), free_port());
+    let conf = dir.join("m.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings false\nallow_anonymous true\nlistener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            ca.display(),
+            srv.display(),
+            srv_key.display()
+        ),
+    )
+    .unwrap();
+    let _b = Killed(
+        Command::new(mosquitto()).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", plain)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut console = Console::new(plain, r.v14.clone());
+    for (name, ca_file, trusted) in [("host_tls_good", &ca, true), ("host_tls_other", &other_ca, false)] {
+        let dev = Dev::new(name, tls);
+        let cfg = std::fs::read_to_string(&dev.config)
+            .unwrap()
+            .replace("tls = false", &format!("tls = true\nca = \"{}\"", ca_file.display()));
+        std::fs::write(&dev.config, cfg).unwrap();
+        let _d = dev.start(&[]);
+        if trusted {
+            console.run_until(Duration::from_secs(30), None, |t, v| is_inform(t, v, "1.3"));
+            assert!(dev.log().contains("(TLS)"), "{}", dev.log());
+        } else {
+            std::thread::sleep(Duration::from_secs(3));
+            let log = dev.log();
+            assert!(
+                log.contains("TLS to 127.0.0.1") && !log.contains("connected to"),
+                "an unknown CA must not connect:\n{log}"
+            );
+        }
+    }
+}
