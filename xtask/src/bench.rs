@@ -1,5 +1,7 @@
 //! `cargo xtask bench boot`: flash wear of one update, ours against embassy-boot's whole-slot
 //! swap, side by side in one run on the simulator with the qemu-an386 geometry.
+//! `cargo xtask bench ota`: a 1 MiB image over MQTT stream on loopback, side by side: our client,
+//! stop-and-wait with 5 KiB blocks (the C LinkSDK default), and the broker's raw throughput.
 
 use anyhow::{bail, Result};
 use core::cell::RefCell;
@@ -14,14 +16,18 @@ use shared::sim::{SimFlash, Wear};
 #[derive(clap::Args)]
 pub struct Args {
     /// What to measure.
-    #[arg(value_parser = ["boot"])]
+    #[arg(value_parser = ["boot", "ota"])]
     what: String,
-    /// Image size in KiB.
-    #[arg(long, default_value_t = 64)]
-    image_kib: usize,
+    /// Image size in KiB (default: 64 for boot, 1024 for ota).
+    #[arg(long)]
+    image_kib: Option<usize>,
 }
 
 type Flash = SimFlash<8192, 16>;
+
+struct BootArgs {
+    image_kib: usize,
+}
 
 fn image(len: usize, minor: u8, key: &SigningKey) -> Vec<u8> {
     let body: Vec<u8> = (0..len - 0x400 - 200).map(|i| (i as u8) ^ minor).collect();
@@ -92,6 +98,14 @@ fn update(kib: usize, whole_slot: bool) -> Result<Run> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    match a.what.as_str() {
+        "ota" => crate::bench_ota::run(a.image_kib.unwrap_or(1024)),
+        _ => boot(a.image_kib.unwrap_or(64)),
+    }
+}
+
+fn boot(image_kib: usize) -> Result<()> {
+    let a = BootArgs { image_kib };
     let l = Board::QemuAn386.layout();
     let page = l.geometry.erase_size as usize;
     let pages = (a.image_kib * 1024).div_ceil(page);

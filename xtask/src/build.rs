@@ -55,16 +55,21 @@ pub fn target_dir() -> PathBuf {
 
 /// Builds the host device (the app for the `host` board, a Linux program) trusting `keys`.
 pub fn host_device(keys: &[PublicKey]) -> Result<PathBuf> {
+    host_device_profile(keys, "dev")
+}
+
+/// The same, in a cargo profile of choice (`dev`, or `host-bench` for measurements).
+pub fn host_device_profile(keys: &[PublicKey], profile: &str) -> Result<PathBuf> {
     let hex_keys: Vec<String> = keys.iter().map(|k| hex::encode(k.0)).collect();
     let status = Command::new(env!("CARGO"))
         .current_dir(crate::root())
-        .args(["build", "-p", "app", "--features", "app/host"])
+        .args(["build", "-p", "app", "--features", "app/host", "--profile", profile])
         .env("CARGO_TARGET_DIR", target_dir())
         .env(PUBKEY_ENV, hex_keys.join(","))
         .status()
         .context("running cargo build")?;
     ensure!(status.success(), "building the host device failed");
-    Ok(target_dir().join("debug/app"))
+    Ok(target_dir().join(if profile == "dev" { "debug" } else { profile }).join("app"))
 }
 
 /// Builds `c` for `board` trusting `keys`; returns the ELF's path.

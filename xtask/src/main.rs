@@ -1,9 +1,11 @@
 //! `cargo xtask`: the project's host CLI. One module per subcommand; this file only dispatches.
 
 mod bench;
+mod bench_ota;
 mod build;
 mod device;
 mod keys;
+mod mini_console;
 mod package;
 mod sign;
 mod size;
@@ -40,7 +42,8 @@ enum Cmd {
     Release(package::Args),
     /// Run the host device (the app on Linux) with a device.toml, optionally from a factory image.
     Device(device::Args),
-    /// Benchmarks: `boot` = flash wear of one update, ours vs embassy-boot's whole-slot swap.
+    /// Benchmarks: `boot` = flash wear of one update, ours vs embassy-boot's whole-slot swap;
+    /// `ota` = 1 MiB over MQTT stream, ours vs stop-and-wait vs the raw broker.
     Bench(bench::Args),
     /// Code size of bootloader and app per board (text/data/bss, release profile).
     Size(size::Args),

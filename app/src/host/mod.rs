@@ -94,7 +94,16 @@ pub fn main() {
     }
 }
 
+/// The MQTT receive buffer: the largest block Aliyun sends (128 KiB) plus its header and topic.
+const MQTT_RX: usize = 131_072 + 2048;
+
 async fn run(cfg: Config) -> Result<(), String> {
+    if !(256..=131_072).contains(&cfg.block_size) {
+        return Err(format!("block_size {} is outside Aliyun's 256..=131072", cfg.block_size));
+    }
+    if !(1..=8).contains(&cfg.window) {
+        return Err(format!("window {} is outside 1..=8", cfg.window));
+    }
     let method = SignMethod::from_name(&cfg.sign_method)
         .ok_or_else(|| format!("sign_method {:?}: use hmacsha256, hmacsha1 or hmacmd5", cfg.sign_method))?;
     let host = match (&cfg.host, &cfg.region) {
@@ -204,23 +213,18 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
             }
         };
         let io = embedded_io_adapters::tokio_1::FromTokio::new(io);
-        let mut mqtt = match Mqtt::<_, 8192>::connect(
-            io,
-            &creds.client_id,
-            &creds.username,
-            &creds.password,
-            cfg.keep_alive,
-        )
-        .await
-        {
-            Ok(s) => s,
-            Err(e @ MqttError::Refused(_)) => return Err(format!("{host}:{}: {e}", cfg.port)),
-            Err(e) => {
-                log::warn!("MQTT connect to {host}:{}: {e}; retrying in {backoff} s", cfg.port);
-                tokio::time::sleep(std::time::Duration::from_secs(backoff)).await;
-                continue;
-            }
-        };
+        let mut mqtt =
+            match Mqtt::<_, MQTT_RX>::connect(io, &creds.client_id, &creds.username, &creds.password, cfg.keep_alive)
+                .await
+            {
+                Ok(s) => Box::new(s),
+                Err(e @ MqttError::Refused(_)) => return Err(format!("{host}:{}: {e}", cfg.port)),
+                Err(e) => {
+                    log::warn!("MQTT connect to {host}:{}: {e}; retrying in {backoff} s", cfg.port);
+                    tokio::time::sleep(std::time::Duration::from_secs(backoff)).await;
+                    continue;
+                }
+            };
         let subs = driver::downlinks(&topics);
         let subs: Vec<&str> = subs.iter().map(|t| t.as_str()).collect();
         if let Err(e) = mqtt.subscribe(&subs).await {
@@ -237,7 +241,11 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
         );
         match driver::run(&mut mqtt, &mut http, clock, &mut machine, &mut updater, &ctx, &mut msg).await {
             Exit::Reset => return Ok(PowerOff::Reset),
-            Exit::Disconnected(e) => log::warn!("MQTT: {e}; reconnecting"),
+            Exit::Disconnected(e) => {
+                log::warn!("MQTT: {e}; reconnecting in {backoff} s");
+                tokio::time::sleep(std::time::Duration::from_secs(backoff)).await;
+                backoff = (backoff * 2).min(30);
+            }
         }
     }
 }

@@ -27,17 +27,33 @@ fn decode(e: &[u8; ENTRY]) -> Option<Resume> {
     Some(Resume { key: e[4..20].try_into().ok()?, written: u32::from_le_bytes(e[20..24].try_into().ok()?) })
 }
 
-/// The last valid resume point in DFU's spare page.
-pub fn load<D: NorFlash>(dfu: &mut D) -> Result<Option<Resume>, NorFlashErrorKind> {
+const CHUNK: usize = 16 * ENTRY;
+
+/// Calls `f(index, entry)` for every entry of the spare page, reading it in chunks.
+fn scan<D: NorFlash>(dfu: &mut D, mut f: impl FnMut(usize, &[u8; ENTRY]) -> bool) -> Result<(), NorFlashErrorKind> {
     let base = spare_page(dfu);
-    let mut last = None;
-    let mut e = [0u8; ENTRY];
-    for i in 0..D::ERASE_SIZE / ENTRY {
-        dfu.read(base + (i * ENTRY) as u32, &mut e).map_err(|x| x.kind())?;
-        if let Some(r) = decode(&e) {
-            last = Some(r);
+    let mut chunk = [0u8; CHUNK];
+    for c in (0..D::ERASE_SIZE).step_by(CHUNK) {
+        let n = CHUNK.min(D::ERASE_SIZE - c);
+        dfu.read(base + c as u32, &mut chunk[..n]).map_err(|x| x.kind())?;
+        for (i, e) in chunk[..n].chunks_exact(ENTRY).enumerate() {
+            if !f(c / ENTRY + i, e.try_into().unwrap()) {
+                return Ok(());
+            }
         }
     }
+    Ok(())
+}
+
+/// The last valid resume point in DFU's spare page.
+pub fn load<D: NorFlash>(dfu: &mut D) -> Result<Option<Resume>, NorFlashErrorKind> {
+    let mut last = None;
+    scan(dfu, |_, e| {
+        if let Some(r) = decode(e) {
+            last = Some(r);
+        }
+        true
+    })?;
     Ok(last)
 }
 
@@ -50,11 +66,16 @@ pub fn save<D: NorFlash>(dfu: &mut D, r: Resume, erased: u8) -> Result<(), NorFl
     e[20..24].copy_from_slice(&r.written.to_le_bytes());
     let crc = CRC.checksum(&e[..24]);
     e[24..28].copy_from_slice(&crc.to_le_bytes());
-    let mut cur = [0u8; ENTRY];
-    for i in 0..D::ERASE_SIZE / ENTRY {
-        let at = base + (i * ENTRY) as u32;
-        dfu.read(at, &mut cur).map_err(|x| x.kind())?;
-        if cur.iter().all(|&b| b == erased) && dfu.write(at, &e).is_ok() {
+    let mut free = heapless::Vec::<usize, 4>::new();
+    scan(dfu, |i, cur| {
+        if cur.iter().all(|&b| b == erased) {
+            let _ = free.push(i);
+        }
+        !free.is_full()
+    })?;
+    // A slot can read erased yet refuse programming (ECC after a cut write): try the next one.
+    for i in free {
+        if dfu.write(base + (i * ENTRY) as u32, &e).is_ok() {
             return Ok(());
         }
     }

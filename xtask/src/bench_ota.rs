@@ -1,0 +1,142 @@
+//! `cargo xtask bench ota`: the real host device downloading a 1 MiB image over MQTT stream
+//! through mosquitto on 127.0.0.1, our client against stop-and-wait, plus the broker's raw
+//! throughput for the same bytes, in one run.
+
+use crate::mini_console::{is_inform, Console};
+use crate::{build::host_device_profile, keys, tools};
+use anyhow::{ensure, Context, Result};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn xtask(args: &[&str]) -> Result<()> {
+    let st = Command::new(std::env::current_exe()?).args(args).stdout(Stdio::null()).status()?;
+    ensure!(st.success(), "cargo xtask {} failed", args.join(" "));
+    Ok(())
+}
+
+/// Time from the push to progress 100 (every byte received, hashed, written and verified).
+fn download(dir: &Path, device: &Path, port: u16, image: &[u8], block: u32, window: usize) -> Result<Duration> {
+    let flash = dir.join("flash.bin");
+    std::fs::copy(dir.join("1.3/factory.bin"), &flash)?;
+    let config = dir.join("device.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "product_key = \"{}\"\ndevice_name = \"{}\"\ndevice_secret = \"bench\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+             tls = false\nflash = \"{}\"\nblock_size = {block}\nwindow = {window}\n",
+            crate::mini_console::PK,
+            crate::mini_console::DN,
+            flash.display()
+        ),
+    )?;
+    let mut console = Console::new(port, image.to_vec());
+    let log = std::fs::File::create(dir.join(format!("device-{block}-{window}.log")))?;
+    let _d = Killed(
+        Command::new(device)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the host device")?,
+    );
+    console.run_until(Duration::from_secs(30), None, |t, v| is_inform(t, v, "1.3"));
+    let t0 = Instant::now();
+    console.push(None);
+    console.run_until(Duration::from_secs(600), None, |t, v| t.contains("/progress/") && v["params"]["step"] == "100");
+    Ok(t0.elapsed())
+}
+
+/// One PUBLISH of the image from one client to another through the broker.
+fn raw(port: u16, image: &[u8]) -> Result<Duration> {
+    let mut o = rumqttc::MqttOptions::new("bench-rx", "127.0.0.1", port);
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    let (rx_client, mut rx_conn) = rumqttc::Client::new(o, 16);
+    rx_client.subscribe("bench/raw", rumqttc::QoS::AtMostOnce)?;
+    let (tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in rx_conn.iter() {
+            match ev {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send((Instant::now(), p.payload.len()));
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut o = rumqttc::MqttOptions::new("bench-tx", "127.0.0.1", port);
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    let (tx_client, mut tx_conn) = rumqttc::Client::new(o, 16);
+    std::thread::spawn(move || for _ in tx_conn.iter() {});
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    tx_client.publish("bench/raw", rumqttc::QoS::AtMostOnce, false, image.to_vec())?;
+    let (t1, len) = done.recv_timeout(Duration::from_secs(60)).context("the raw message never arrived")?;
+    ensure!(len == image.len(), "raw message of {len} bytes");
+    Ok(t1 - t0)
+}
+
+pub fn run(image_kib: usize) -> Result<()> {
+    let dir = crate::root().join("target/bench-ota");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let key = keys::dev_key();
+    let body = (image_kib * 1024 - 0x200 - 200).to_string();
+    xtask(&["release", "--board", "host", "--version", "1.3", "--out", dir.join("1.3").to_str().unwrap()])?;
+    xtask(&[
+        "release",
+        "--board",
+        "host",
+        "--version",
+        "1.4",
+        "--body-size",
+        &body,
+        "--out",
+        dir.join("1.4").to_str().unwrap(),
+    ])?;
+    let image = std::fs::read(dir.join("1.4/firmware-1.4.bin"))?;
+    let device = host_device_profile(&[keys::load_public_key(&key)?], "host-bench")?;
+    let port = free_port()?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"))?;
+    let _broker = Killed(
+        Command::new(tools::mosquitto()?).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?,
+    );
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(t0.elapsed() < Duration::from_secs(10), "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mb = image.len() as f64 / (1024.0 * 1024.0);
+    let rows = [
+        ("our client: 4 KiB blocks, 4 in flight", download(&dir, &device, port, &image, 4096, 4)?),
+        ("stop-and-wait: 5 KiB blocks (C LinkSDK default)", download(&dir, &device, port, &image, 5120, 1)?),
+        ("raw broker throughput: one PUBLISH", raw(port, &image)?),
+    ];
+    println!("{} KiB image over MQTT through mosquitto on 127.0.0.1, one run:", image.len() / 1024);
+    for (name, t) in &rows {
+        println!("  {name:<48} {:>8.1} ms {:>8.1} MiB/s", t.as_secs_f64() * 1e3, mb / t.as_secs_f64());
+    }
+    let (ours, saw, raw) = (rows[0].1.as_secs_f64(), rows[1].1.as_secs_f64(), rows[2].1.as_secs_f64());
+    println!("  ours vs stop-and-wait: {:.1}x faster (goal >= 5x)", saw / ours);
+    println!("  ours vs raw broker:    {:.0}% of raw throughput (goal >= 50%)", 100.0 * raw / ours);
+    Ok(())
+}
