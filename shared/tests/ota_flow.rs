@@ -249,6 +249,14 @@ impl Harness {
     }
 }
 
+/// A download_reply frame for `data` at `off` of a file of `len` bytes.
+fn frame(len: usize, off: u32, data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; data.len() + 300];
+    let n = emit_download_reply(&mut out, "1", None, len as u32, off, data).unwrap();
+    out.truncate(n);
+    out
+}
+
 fn booted_connected(image: Vec<u8>) -> Harness {
     let mut h = Harness::new(image);
     h.boot("1.3", BootOutcome::Nothing, false, 0);
@@ -369,12 +377,7 @@ fn stale_and_duplicate_blocks_are_ignored() {
     let mut h = booted_connected(img.clone());
     h.net = Net::Drop;
     h.start_mqtt();
-    let reply = |off: u32, data: &[u8]| {
-        let mut out = vec![0u8; data.len() + 300];
-        let n = emit_download_reply(&mut out, "1", None, img.len() as u32, off, data).unwrap();
-        out.truncate(n);
-        out
-    };
+    let reply = |off: u32, data: &[u8]| frame(img.len(), off, data);
     h.msg(Downlink::DownloadReply, &reply(0, &img[..1024]));
     assert_eq!(h.dfu_pos, 1024);
     h.msg(Downlink::DownloadReply, &reply(0, &img[..1024])); // duplicate
@@ -503,12 +506,7 @@ fn after_a_reset_the_download_resumes_from_the_last_page_boundary() {
     h.net = Net::Drop;
     h.start_mqtt();
     // Feed blocks by hand up to 10 KiB, then "reset".
-    let reply = |off: u32, data: &[u8]| {
-        let mut out = vec![0u8; data.len() + 300];
-        let n = emit_download_reply(&mut out, "1", None, img.len() as u32, off, data).unwrap();
-        out.truncate(n);
-        out
-    };
+    let reply = |off: u32, data: &[u8]| frame(img.len(), off, data);
     for off in (0..10 * 1024).step_by(1024) {
         let o = off as u32;
         h.msg(Downlink::DownloadReply, &reply(o, &img[off..off + 1024]));

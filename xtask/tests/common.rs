@@ -28,37 +28,33 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// imgtool from PyPI, installed by `cargo xtask tools imgtool` (or given by `cargo xtask test`).
+/// A tool from `$ENV` (set by `cargo xtask test`), else installed and located by
+/// `cargo xtask tools NAME` (imgtool from PyPI, the rest from apt).
+fn tool(cell: &'static OnceLock<PathBuf>, env: &str, name: &str) -> &'static Path {
+    cell.get_or_init(|| match std::env::var_os(env) {
+        Some(p) => p.into(),
+        None => PathBuf::from(xtask_ok(&["tools", name]).trim()),
+    })
+}
+
 pub fn imgtool() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| match std::env::var_os("IMGTOOL") {
-        Some(p) => p.into(),
-        None => PathBuf::from(xtask_ok(&["tools", "imgtool"]).trim()),
-    })
+    tool(&P, "IMGTOOL", "imgtool")
 }
 
 pub fn openssl() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| match std::env::var_os("OPENSSL") {
-        Some(p) => p.into(),
-        None => PathBuf::from(xtask_ok(&["tools", "openssl"]).trim()),
-    })
+    tool(&P, "OPENSSL", "openssl")
 }
 
 pub fn qemu() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| match std::env::var_os("QEMU") {
-        Some(p) => p.into(),
-        None => PathBuf::from(xtask_ok(&["tools", "qemu-system-arm"]).trim()),
-    })
+    tool(&P, "QEMU", "qemu-system-arm")
 }
 
 pub fn mosquitto() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| match std::env::var_os("MOSQUITTO") {
-        Some(p) => p.into(),
-        None => PathBuf::from(xtask_ok(&["tools", "mosquitto"]).trim()),
-    })
+    tool(&P, "MOSQUITTO", "mosquitto")
 }
 
 pub fn run(cmd: &Path, args: &[&str]) -> Output {
