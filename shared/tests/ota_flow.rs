@@ -604,3 +604,15 @@ fn stop_and_wait_keeps_one_request_in_flight() {
     h.start_mqtt();
     assert_eq!(h.requests, [(0, 1024)]);
 }
+
+#[test]
+fn an_expired_url_with_no_fresh_one_coming_is_minus_two() {
+    let mut h = booted_connected(image(6000, 0));
+    let push = h.https_push("https://oss.example/old");
+    h.msg(Downlink::Upgrade, &push);
+    h.send(Event::HttpResponse { status: 403, length: None }, &[]);
+    assert_eq!(h.m.state(), StateName::Downloading);
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.last_step(), (-2, "the download URL expired and no fresh one came".to_string()));
+    assert_eq!(h.m.state(), StateName::AwaitTask);
+}

@@ -121,8 +121,21 @@ struct Request {
 
 #[derive(Clone)]
 enum Via {
-    Mqtt { stream_id: u64, file_id: u32, next: u32, in_flight: Vec<Request, MAX_IN_FLIGHT>, peeked: bool },
-    Https { url: String<MAX_URL>, tries: u8, refreshed: bool, from: u32 },
+    Mqtt {
+        stream_id: u64,
+        file_id: u32,
+        next: u32,
+        in_flight: Vec<Request, MAX_IN_FLIGHT>,
+        peeked: bool,
+    },
+    /// `refresh_by`: when a fresh URL was asked for, the time to give up waiting for it.
+    Https {
+        url: String<MAX_URL>,
+        tries: u8,
+        refreshed: bool,
+        from: u32,
+        refresh_by: Option<Instant>,
+    },
 }
 
 #[derive(Clone)]
@@ -336,12 +349,22 @@ impl<'a> OtaMachine<'a> {
             State::Downloading(Download { via: Via::Mqtt { in_flight, .. }, .. }) => {
                 in_flight.iter().map(|r| r.deadline).min()
             }
+            State::Downloading(Download { via: Via::Https { refresh_by, .. }, .. }) => *refresh_by,
             _ => None,
         }
     }
 
     /// Re-sends block requests whose time is up; fails the download when one ran out of tries.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let State::Downloading(Download { via: Via::Https { refresh_by: Some(t), .. }, .. }) = &self.state {
+            if *t <= now {
+                self.fail(
+                    alink::STEP_DOWNLOAD_FAILED,
+                    desc(format_args!("the download URL expired and no fresh one came")),
+                );
+            }
+            return;
+        }
         let State::Downloading(d) = &mut self.state else { return };
         let Via::Mqtt { stream_id, file_id, in_flight, .. } = &mut d.via else { return };
         let (stream_id, file_id) = (*stream_id, *file_id);
@@ -431,7 +454,7 @@ impl<'a> OtaMachine<'a> {
                     self.fail(alink::STEP_FLASH_FAILED, desc(format_args!("flash write failed at {w}")));
                 }
             }
-            Event::HttpResponse { status, length } => self.http_response(status, length),
+            Event::HttpResponse { status, length } => self.http_response(now, status, length),
             Event::HttpBody(data) => self.http_body(now, data),
             Event::HttpEnd | Event::HttpFailed => self.http_end(),
             Event::Marked(r) => self.marked(r),
@@ -494,10 +517,12 @@ impl<'a> OtaMachine<'a> {
             State::AwaitTask => {}
             State::Downloading(d) if d.key == key => {
                 // The same task again. An HTTPS download waiting for a fresh URL takes it.
-                if let (Via::Https { url, refreshed: true, from, .. }, Source::Https { .. }) = (&mut d.via, task.source)
+                if let (Via::Https { url, refreshed: true, from, refresh_by, .. }, Source::Https { .. }) =
+                    (&mut d.via, task.source)
                 {
                     if let Ok(fresh) = unescape_url(&task) {
                         *url = fresh;
+                        *refresh_by = None;
                         *from = d.written;
                         let w = d.written;
                         self.plain(Plain::HttpGet(w));
@@ -524,7 +549,7 @@ impl<'a> OtaMachine<'a> {
                 Via::Mqtt { stream_id, file_id, next: 0, in_flight: Vec::new(), peeked: false }
             }
             Source::Https { .. } => match unescape_url(&task) {
-                Ok(url) => Via::Https { url, tries: 0, refreshed: false, from: 0 },
+                Ok(url) => Via::Https { url, tries: 0, refreshed: false, from: 0, refresh_by: None },
                 Err(_) => {
                     self.progress(
                         alink::STEP_DOWNLOAD_FAILED,
@@ -765,9 +790,10 @@ impl<'a> OtaMachine<'a> {
         }
     }
 
-    fn http_response(&mut self, status: u16, length: Option<u32>) {
+    fn http_response(&mut self, now: Instant, status: u16, length: Option<u32>) {
+        let wait = self.cfg.request_timeout;
         let State::Downloading(d) = &mut self.state else { return };
-        let Via::Https { refreshed, from, .. } = &mut d.via else { return };
+        let Via::Https { refreshed, from, refresh_by, .. } = &mut d.via else { return };
         match status {
             206 => {}
             200 if *from == 0 => {}
@@ -783,6 +809,7 @@ impl<'a> OtaMachine<'a> {
             401 | 403 if !*refreshed => {
                 // The pre-signed URL expired: ask for the task again, with a fresh URL.
                 *refreshed = true;
+                *refresh_by = Some(now + wait);
                 self.plain(Plain::HttpClose);
                 self.push(Out::FirmwareGet);
                 return;
