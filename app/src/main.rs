@@ -28,8 +28,27 @@ mod firmware {
     fn main() -> ! {
         #[cfg(feature = "qemu-an386")]
         announce();
+        // The OTA driver runs here on these boards once their transports exist; until then the
+        // app only keeps the bootloader's watchdog fed.
         loop {
-            cortex_m::asm::wfi();
+            feed_watchdog();
+            cortex_m::asm::delay(8_000_000);
+        }
+    }
+
+    /// Feeds the watchdog the bootloader started.
+    fn feed_watchdog() {
+        // SAFETY: writes to this board's watchdog feed register only.
+        unsafe {
+            #[cfg(feature = "qemu-an386")]
+            {
+                const WDOG: usize = 0x4000_8000;
+                core::ptr::write_volatile((WDOG + 0xC00) as *mut u32, 0x1ACC_E551); // unlock
+                core::ptr::write_volatile((WDOG + 0x00C) as *mut u32, 1); // INTCLR: clear + reload
+                core::ptr::write_volatile((WDOG + 0xC00) as *mut u32, 0); // lock
+            }
+            #[cfg(feature = "nrf52840-dk")]
+            core::ptr::write_volatile(0x4001_0600 as *mut u32, 0x6E52_4635); // WDT.RR[0] = reload
         }
     }
 

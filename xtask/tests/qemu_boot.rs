@@ -190,3 +190,45 @@ fn bootloader_refuses_a_tampered_update_and_keeps_the_old_image() {
     assert!(out.contains("boot: jump to 1.4 (1.4.0+0), last Refused(HashMismatch)"), "{out}");
     assert!(out.contains("app: running 1.4"), "{out}");
 }
+
+/// A signed image whose code hangs (`b .`) and never feeds the watchdog.
+fn hung_image(version: &str) -> Vec<u8> {
+    let r = releases();
+    let d = scratch(&format!("qemu_hung_{version}"));
+    let l = Board::QemuAn386.layout();
+    let code = l.app_origin() + 64;
+    let mut body = Vec::new();
+    body.extend_from_slice(&l.ram.end().to_le_bytes()); // initial SP
+    for _ in 1..16 {
+        body.extend_from_slice(&(code | 1).to_le_bytes()); // reset and every exception: the loop
+    }
+    body.extend_from_slice(&[0xFE, 0xE7, 0x00, 0xBF]); // b . ; nop
+    std::fs::write(d.join("hung.bin"), &body).unwrap();
+    let out = d.join("hung-signed.bin");
+    xtask_ok(&[
+        "sign",
+        s(&d.join("hung.bin")),
+        s(&out),
+        "--key",
+        s(&r.key),
+        "--version",
+        version,
+        "--sec-cnt",
+        "1",
+        "--board",
+        "qemu-an386",
+    ]);
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn the_watchdog_resets_a_hung_update_and_the_bootloader_reverts_it() {
+    let r = releases();
+    let mut flash = r.factory.clone();
+    request_swap(&mut flash, &hung_image("1.5"));
+    let f = flash_file("qemu_hung_swap", &flash);
+    // Swapped in, hangs, reset by the watchdog (8 s), swapped back: one QEMU run.
+    let (out, _) = boot(&f, "last Reverted");
+    assert!(out.contains("boot: jump to 1.5 (1.5.0+0), last SwappedIn"), "{out}");
+    assert!(out.contains("boot: jump to 1.4 (1.4.0+0), last Reverted"), "{out}");
+}

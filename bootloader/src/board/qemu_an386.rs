@@ -8,8 +8,21 @@ use shared::flash::RamNor;
 
 pub const BOARD: Board = Board::QemuAn386;
 
-/// No watchdog is modelled by QEMU's mps2-an386 that resets the machine; the flash needs no init.
+/// The CMSDK APB watchdog of the AN386 (QEMU models it: a second timeout resets the machine).
+const WDOG: usize = 0x4000_8000;
+/// Two periods of 4 s at the 25 MHz system clock: a hung app is reset after 8 s.
+const WDOG_LOAD: u32 = 100_000_000;
+
+/// Starts the watchdog (the app feeds it), and maps the flash.
 pub fn init() -> RamNor<'static, 8192, 16> {
+    // SAFETY: the CMSDK watchdog's registers (LOCK at 0xC00, LOAD, CONTROL) on this board.
+    unsafe {
+        let reg = |off: usize| (WDOG + off) as *mut u32;
+        core::ptr::write_volatile(reg(0xC00), 0x1ACC_E551); // unlock
+        core::ptr::write_volatile(reg(0x000), WDOG_LOAD);
+        core::ptr::write_volatile(reg(0x008), 0b11); // INTEN | RESEN
+        core::ptr::write_volatile(reg(0xC00), 0); // lock
+    }
     let l = BOARD.layout();
     let base = l.boot_record.origin;
     let len = (l.flash.end() - base) as usize;
