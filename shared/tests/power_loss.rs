@@ -10,7 +10,7 @@
 //! - the image it verified is the one in ACTIVE;
 //! - what the app reads about the boot is true.
 //!
-//! Every operation is cut in all three modes. `ALIYUN_OTA_FULL=1` (`cargo xtask test --full`)
+//! Every operation is cut in all three modes; `SIM_TRACE=1` prints each boot of a run. `ALIYUN_OTA_FULL=1` (`cargo xtask test --full`)
 //! raises the random multi-cut runs from 1,000 to 10,000.
 
 use core::cell::RefCell;
