@@ -135,7 +135,7 @@ async fn act<T: Read + Write, const RX: usize, H: Http, C: Clock, D: NorFlash, S
     ctx: &Ctx<'_>,
     payload: &[u8],
 ) -> Option<Exit> {
-    let mut buf = [0u8; 512];
+    let mut buf = [0u8; 1024];
     loop {
         let Some(a) = m.poll_action() else { return None };
         let ev: Option<Event<'_>> = match a {

@@ -127,16 +127,22 @@ pub fn run(image_kib: usize) -> Result<()> {
 
     let mb = image.len() as f64 / (1024.0 * 1024.0);
     let rows = [
-        ("our client: 4 KiB blocks, 4 in flight", download(&dir, &device, port, &image, 4096, 4)?),
+        ("ours, host defaults: 64 KiB blocks, 4 in flight", download(&dir, &device, port, &image, 65536, 4)?),
+        ("ours, MCU defaults: 4 KiB blocks, 4 in flight", download(&dir, &device, port, &image, 4096, 4)?),
         ("stop-and-wait: 5 KiB blocks (C LinkSDK default)", download(&dir, &device, port, &image, 5120, 1)?),
         ("raw broker throughput: one PUBLISH", raw(port, &image)?),
     ];
-    println!("{} KiB image over MQTT through mosquitto on 127.0.0.1, one run:", image.len() / 1024);
+    println!(
+        "{} KiB image over MQTT through mosquitto on 127.0.0.1, one run (push to progress 100: \
+         received, hashed, written to the flash file, signature verified):",
+        image.len() / 1024
+    );
     for (name, t) in &rows {
         println!("  {name:<48} {:>8.1} ms {:>8.1} MiB/s", t.as_secs_f64() * 1e3, mb / t.as_secs_f64());
     }
-    let (ours, saw, raw) = (rows[0].1.as_secs_f64(), rows[1].1.as_secs_f64(), rows[2].1.as_secs_f64());
-    println!("  ours vs stop-and-wait: {:.1}x faster (goal >= 5x)", saw / ours);
-    println!("  ours vs raw broker:    {:.0}% of raw throughput (goal >= 50%)", 100.0 * raw / ours);
+    let t = |i: usize| rows[i].1.as_secs_f64();
+    let (ours, mcu, saw, raw) = (t(0), t(1), t(2), t(3));
+    println!("  ours (host) vs stop-and-wait: {:.1}x faster (goal >= 5x); MCU defaults: {:.1}x", saw / ours, saw / mcu);
+    println!("  ours (host) vs raw broker:    {:.0}% of raw throughput (goal >= 50%)", 100.0 * raw / ours);
     Ok(())
 }
