@@ -32,7 +32,10 @@ pub struct Config {
     device_secret: String,
     /// MQTT host; default `{product_key}.iot-as-mqtt.{region}.aliyuncs.com`.
     host: Option<String>,
+    /// Legacy public instance: host `{product_key}.iot-as-mqtt.{region}.aliyuncs.com`.
     region: Option<String>,
+    /// Instance with an ID (console "Instance details"): host `{instance}.mqtt.iothub.aliyuncs.com`.
+    instance: Option<String>,
     #[serde(default = "default_port")]
     port: u16,
     #[serde(default = "default_tls")]
@@ -108,10 +111,11 @@ async fn run(cfg: Config) -> Result<(), String> {
     }
     let method = SignMethod::from_name(&cfg.sign_method)
         .ok_or_else(|| format!("sign_method {:?}: use hmacsha256, hmacsha1 or hmacmd5", cfg.sign_method))?;
-    let host = match (&cfg.host, &cfg.region) {
-        (Some(h), _) => h.clone(),
-        (None, Some(r)) => format!("{}.iot-as-mqtt.{r}.aliyuncs.com", cfg.product_key),
-        (None, None) => return Err("device.toml needs `host` or `region`".into()),
+    let host = match (&cfg.host, &cfg.instance, &cfg.region) {
+        (Some(h), _, _) => h.clone(),
+        (None, Some(i), _) => format!("{i}.mqtt.iothub.aliyuncs.com"),
+        (None, None, Some(r)) => format!("{}.iot-as-mqtt.{r}.aliyuncs.com", cfg.product_key),
+        (None, None, None) => return Err("device.toml needs `host`, `instance` or `region`".into()),
     };
     let clock = net::TokioClock(tokio::time::Instant::now());
     loop {
