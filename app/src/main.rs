@@ -17,6 +17,27 @@ mod mqtt;
 #[cfg(feature = "host")]
 mod host;
 
+/// The OTA path's state on the MCU boards, allocated statically so its RAM shows in the binary
+/// (`cargo xtask size` reports it): the machine, the MQTT buffers, the payload buffer for 4 KiB
+/// blocks, the updater and the work buffer. The driver takes it once the board's transport exists (QEMU: issue 6).
+#[cfg(target_os = "none")]
+pub struct OtaState {
+    pub machine: core::mem::MaybeUninit<shared::ota::OtaMachine<'static>>,
+    pub mqtt_rx: [u8; 4096 + 512],
+    pub mqtt_tx: [u8; 512],
+    pub topic: heapless::String<128>,
+    pub payload: [u8; 4096 + 512],
+    /// The updater's partial-word carry and position.
+    pub updater: [u8; 64 + 8],
+    /// Verify / rehash / confirm buffer (on the stack in `driver::act`).
+    pub work: [u8; 1024],
+}
+
+#[cfg(target_os = "none")]
+#[used]
+#[no_mangle]
+pub static mut OTA_STATE: core::mem::MaybeUninit<OtaState> = core::mem::MaybeUninit::uninit();
+
 #[cfg(target_os = "none")]
 mod firmware {
     use core::panic::PanicInfo;

@@ -46,5 +46,10 @@ pub fn run(_: Args) -> Result<()> {
         }
     }
     println!("goal: bootloader <= 24 KiB (24576 bytes) of flash on nrf52840-dk with signature verification in");
+    let elf = std::fs::read(firmware(Board::QemuAn386, Crate::App, &[key])?)?;
+    let file = object::File::parse(&*elf).context("parsing ELF")?;
+    use object::ObjectSymbol;
+    let ota = file.symbols().find(|s| s.name() == Ok("OTA_STATE")).map(|s| s.size()).context("no OTA_STATE symbol")?;
+    println!("OTA path static RAM on qemu-an386 (OtaMachine, MQTT, payload, updater and work buffers; 4 KiB blocks): {ota} bytes (goal <= 16384)");
     Ok(())
 }
