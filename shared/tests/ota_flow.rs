@@ -237,15 +237,32 @@ impl Harness {
     }
 
     /// Serves the HTTP body in chunks from the last GET, up to `upto` bytes of the image.
-    fn serve_http(&mut self, status: u16, upto: usize, chunk: usize) {
-        let from = *self.http_gets.last().unwrap() as usize;
-        let len = (self.image.len() - from) as u32;
-        self.send(Event::HttpResponse { status, length: Some(len) }, &[]);
-        let body = self.image[from..upto].to_vec();
-        for c in body.chunks(chunk) {
-            self.send(Event::HttpBody(c), c);
+    /// Serves the last GET, and every GET the machine opens while being served (it reads the
+    /// image's tail early), in `chunk`-byte pieces. A GET that starts below `break_at` breaks off
+    /// there (the connection drops). Returns once a response ended with no new GET opened during it.
+    fn serve_http(&mut self, status: u16, break_at: usize, chunk: usize) {
+        loop {
+            let gets = self.http_gets.len();
+            let from = *self.http_gets.last().unwrap() as usize;
+            let len = (self.image.len() - from) as u32;
+            let status = if from > 0 && status == 200 { 206 } else { status };
+            self.send(Event::HttpResponse { status, length: Some(len) }, &[]);
+            let end = if from < break_at { break_at.min(self.image.len()) } else { self.image.len() };
+            let body = self.image[from..end].to_vec();
+            let mut reopened = false;
+            for c in body.chunks(chunk) {
+                self.send(Event::HttpBody(c), c);
+                if self.http_gets.len() != gets {
+                    reopened = true;
+                    break;
+                }
+            }
+            if reopened {
+                continue;
+            }
+            self.send(Event::HttpEnd, &[]);
+            return;
         }
-        self.send(Event::HttpEnd, &[]);
     }
 }
 
@@ -550,9 +567,11 @@ fn an_https_download_with_range_resumes_after_a_broken_connection() {
     assert_eq!(h.http_gets, [0]);
     assert!(h.log.contains(&"GET https://oss.example/pkg.bin?Expires=1&Signature=x from 0".to_string()), "{:?}", h.log);
     h.serve_http(200, 5000, 700); // the connection breaks after 5000 bytes
-    assert_eq!(h.http_gets, [0, 5000], "asks for the rest with Range");
+    let tail = 0x200 + 12_000; // the protected TLVs, read right after the header
+    assert_eq!(h.http_gets, [0, tail, 700, 5000], "the tail early, then the rest with Range");
     h.serve_http(206, img.len(), 1500);
-    assert!(h.dfu[..img.len()] == img[..], "DFU differs from the image");
+    let first_diff = h.dfu.iter().zip(&img).position(|(a, b)| a != b);
+    assert_eq!(first_diff, None, "DFU differs; gets {:?} log {:?}", h.http_gets, h.log);
     assert_eq!(h.last_step().0, 100);
 }
 
@@ -615,4 +634,18 @@ fn an_expired_url_with_no_fresh_one_coming_is_minus_two() {
     h.advance(Duration::from_secs(10));
     assert_eq!(h.last_step(), (-2, "the download URL expired and no fresh one came".to_string()));
     assert_eq!(h.m.state(), StateName::AwaitTask);
+}
+
+#[test]
+fn an_https_image_below_the_security_counter_is_refused_after_reading_its_tail() {
+    let img = image(20_000, 1);
+    let mut h = Harness::new(img);
+    h.boot("1.3", BootOutcome::Nothing, false, 5);
+    h.send(Event::Connected, &[]);
+    let push = h.https_push("https://oss.example/x");
+    h.msg(Downlink::Upgrade, &push);
+    h.serve_http(200, usize::MAX, 1024);
+    assert_eq!(h.last_step(), (-1, "security counter 1 below the device's 5: downgrade refused".to_string()));
+    assert_eq!(h.dfu_pos, 1024, "only the first piece was written");
+    assert_eq!(h.http_gets, [0, 0x200 + 20_000]);
 }

@@ -135,7 +135,20 @@ enum Via {
         refreshed: bool,
         from: u32,
         refresh_by: Option<Instant>,
+        tail: Tail,
     },
+}
+
+/// The early look at an HTTPS image's protected TLVs (its security counter), read with a Range
+/// GET once the header says where they are, before the body.
+#[derive(Clone)]
+enum Tail {
+    /// The header has not been seen yet.
+    Unknown,
+    /// The GET in progress is for `[at, size)`; `buf` collects it.
+    Reading { at: u32, buf: Vec<u8, 512> },
+    /// Checked (or not checkable): the body goes on.
+    Done,
 }
 
 #[derive(Clone)]
@@ -549,7 +562,9 @@ impl<'a> OtaMachine<'a> {
                 Via::Mqtt { stream_id, file_id, next: 0, in_flight: Vec::new(), peeked: false }
             }
             Source::Https { .. } => match unescape_url(&task) {
-                Ok(url) => Via::Https { url, tries: 0, refreshed: false, from: 0, refresh_by: None },
+                Ok(url) => {
+                    Via::Https { url, tries: 0, refreshed: false, from: 0, refresh_by: None, tail: Tail::Unknown }
+                }
                 Err(_) => {
                     self.progress(
                         alink::STEP_DOWNLOAD_FAILED,
@@ -793,12 +808,13 @@ impl<'a> OtaMachine<'a> {
     fn http_response(&mut self, now: Instant, status: u16, length: Option<u32>) {
         let wait = self.cfg.request_timeout;
         let State::Downloading(d) = &mut self.state else { return };
-        let Via::Https { refreshed, from, refresh_by, .. } = &mut d.via else { return };
+        let Via::Https { refreshed, from, refresh_by, tail, .. } = &mut d.via else { return };
         match status {
             206 => {}
             200 if *from == 0 => {}
             200 => {
-                // The server ignored our Range: start over from byte 0.
+                // The server ignored our Range: start over from byte 0 (and skip the early look).
+                *tail = Tail::Done;
                 d.written = 0;
                 d.saved = 0;
                 *from = 0;
@@ -820,9 +836,10 @@ impl<'a> OtaMachine<'a> {
             }
         }
         let State::Downloading(d) = &self.state else { return };
+        let Via::Https { from, .. } = &d.via else { return };
         if let Some(len) = length {
-            if d.written.checked_add(len) != Some(d.size) {
-                let (w, s) = (d.written, d.size);
+            if from.checked_add(len) != Some(d.size) {
+                let (w, s) = (*from, d.size);
                 self.fail(
                     alink::STEP_DOWNLOAD_FAILED,
                     desc(format_args!("server sends {len} bytes from {w}, task says {s} in all")),
@@ -832,10 +849,34 @@ impl<'a> OtaMachine<'a> {
     }
 
     fn http_body(&mut self, now: Instant, data: &[u8]) {
-        let State::Downloading(d) = &self.state else { return };
-        if !matches!(d.via, Via::Https { .. }) {
+        let sec_cnt = self.sec_cnt;
+        let State::Downloading(d) = &mut self.state else { return };
+        let size = d.size;
+        let Via::Https { tail, from, .. } = &mut d.via else { return };
+        if let Tail::Reading { at, buf } = tail {
+            // The body of the early look at the protected TLVs: kept, not written.
+            let want = (size - *at) as usize;
+            let take = data.len().min(want - buf.len());
+            let _ = buf.extend_from_slice(&data[..take]);
+            if buf.len() < want {
+                return;
+            }
+            let image = protected_sec_cnt(buf);
+            *tail = Tail::Done;
+            *from = d.written;
+            let w = d.written;
+            if let Some(image) = image.filter(|&i| i < sec_cnt) {
+                self.fail(
+                    alink::STEP_UPGRADE_FAILED,
+                    desc(format_args!("security counter {image} below the device's {sec_cnt}: downgrade refused")),
+                );
+                return;
+            }
+            self.plain(Plain::HttpClose);
+            self.plain(Plain::HttpGet(w));
             return;
         }
+        let State::Downloading(d) = &self.state else { return };
         if d.written as u64 + data.len() as u64 > d.size as u64 {
             let s = d.size;
             self.fail(
@@ -846,12 +887,45 @@ impl<'a> OtaMachine<'a> {
         }
         let offset = d.written;
         self.accept(now, offset, data, 0..data.len());
+        self.look_at_tail(offset, data);
+    }
+
+    /// After the first bytes of an HTTPS image: if its header says where the protected TLVs
+    /// are, read them now (Range GET) to refuse a downgrade before the body.
+    fn look_at_tail(&mut self, offset: u32, data: &[u8]) {
+        let State::Downloading(d) = &mut self.state else { return };
+        let (size, written) = (d.size, d.written);
+        let Via::Https { tail, from, .. } = &mut d.via else { return };
+        if !matches!(tail, Tail::Unknown) {
+            return;
+        }
+        *tail = Tail::Done;
+        if offset != 0 {
+            return;
+        }
+        let Ok(h) = Header::new_checked(data).and_then(|h| HeaderRepr::parse(&h)) else { return };
+        let (Some(at), Some(end)) = (h.body_end(), h.tlv_offset()) else { return };
+        if at <= written || end <= at || end > size || size - at > 512 {
+            return;
+        }
+        *tail = Tail::Reading { at, buf: Vec::new() };
+        *from = at;
+        self.plain(Plain::HttpClose);
+        self.plain(Plain::HttpGet(at));
     }
 
     fn http_end(&mut self) {
         let retries = self.cfg.retries;
         let State::Downloading(d) = &mut self.state else { return };
-        let Via::Https { tries, refreshed, .. } = &mut d.via else { return };
+        let Via::Https { tries, refreshed, tail, from, .. } = &mut d.via else { return };
+        if matches!(tail, Tail::Reading { .. }) {
+            // The early look broke off: go on with the body; the final verify still checks.
+            *tail = Tail::Done;
+            *from = d.written;
+            let w = d.written;
+            self.plain(Plain::HttpGet(w));
+            return;
+        }
         if *refreshed && d.written == 0 && *tries == 0 {
             return; // waiting for the fresh URL
         }
@@ -867,6 +941,7 @@ impl<'a> OtaMachine<'a> {
             return;
         }
         *tries += 1;
+        *from = d.written;
         let w = d.written;
         self.plain(Plain::HttpGet(w));
     }
