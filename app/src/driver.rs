@@ -60,171 +60,178 @@ pub fn downlinks(t: &Topics<'_>) -> [shared::alink::Topic; 3] {
     [t.upgrade().unwrap(), t.firmware_get_reply().unwrap(), t.file_download_reply().unwrap()]
 }
 
-/// Runs one MQTT session. `msg` receives payloads (a download block plus its header).
-#[allow(clippy::too_many_arguments)]
-pub async fn run<T: Read + Write, const RX: usize, H: Http, C: Clock, D: NorFlash, S: NorFlash>(
-    mqtt: &mut Mqtt<T, RX>,
-    http: &mut H,
-    clock: &C,
-    m: &mut OtaMachine<'_>,
-    up: &mut Updater<D, S>,
-    ctx: &Ctx<'_>,
-    msg: &mut [u8],
-) -> Exit {
-    let topics = *m.topics();
-    m.handle(clock.now(), Event::Connected);
-    let mut last_len = 0usize;
-    let mut next_ping = clock.now() + ctx.keep_alive;
-    loop {
-        // Carry out everything the last event asked for.
-        if let Some(exit) = act(mqtt, http, clock, m, up, ctx, &msg[..last_len]).await {
-            return exit;
-        }
-        let wake = m.poll_timeout().map_or(next_ping, |t| t.min(next_ping));
-        let mut body = [0u8; 1024];
-        match select3(mqtt.next(msg), clock.sleep_until(wake), http.read(&mut body)).await {
-            Either3::First(Ok(n)) => {
-                last_len = n;
-                if let Some(topic) = topics.classify(&mqtt.topic) {
-                    log::debug!("received {} bytes on {}", n, mqtt.topic.as_str());
-                    m.handle(clock.now(), Event::Message { topic, payload: &msg[..n] });
-                }
+/// What one MQTT session works with.
+pub struct Session<'s, 'm, T, const RX: usize, H, C, D, S> {
+    /// The connected MQTT session.
+    pub mqtt: &'s mut Mqtt<T, RX>,
+    /// Downloads over HTTP(S).
+    pub http: &'s mut H,
+    /// The board's clock.
+    pub clock: &'s C,
+    /// The OTA client.
+    pub m: &'s mut OtaMachine<'m>,
+    /// DFU and STATE.
+    pub up: &'s mut Updater<D, S>,
+    /// Keys, counter, self-test result.
+    pub ctx: &'s Ctx<'s>,
+}
+
+impl<T: Read + Write, const RX: usize, H: Http, C: Clock, D: NorFlash, S: NorFlash> Session<'_, '_, T, RX, H, C, D, S> {
+    /// Runs the session until a reset or a disconnect. `msg` receives payloads (a download block
+    /// plus its header).
+    pub async fn run(&mut self, msg: &mut [u8]) -> Exit {
+        let (clock, ctx) = (self.clock, self.ctx);
+        let topics = *self.m.topics();
+        self.m.handle(clock.now(), Event::Connected);
+        let mut last_len = 0usize;
+        let mut next_ping = clock.now() + ctx.keep_alive;
+        loop {
+            // Carry out everything the last event asked for.
+            if let Some(exit) = self.act(&msg[..last_len]).await {
+                return exit;
             }
-            Either3::First(Err(e)) => {
-                m.handle(clock.now(), Event::Disconnected);
-                return Exit::Disconnected(e);
-            }
-            Either3::Second(()) => {
-                let now = clock.now();
-                if now >= next_ping {
-                    if let Err(e) = mqtt.ping().await {
-                        m.handle(now, Event::Disconnected);
-                        return Exit::Disconnected(e);
+            let Session { mqtt, http, m, .. } = self;
+            let wake = m.poll_timeout().map_or(next_ping, |t| t.min(next_ping));
+            let mut body = [0u8; 1024];
+            match select3(mqtt.next(msg), clock.sleep_until(wake), http.read(&mut body)).await {
+                Either3::First(Ok(n)) => {
+                    last_len = n;
+                    if let Some(topic) = topics.classify(&mqtt.topic) {
+                        log::debug!("received {} bytes on {}", n, mqtt.topic.as_str());
+                        m.handle(clock.now(), Event::Message { topic, payload: &msg[..n] });
                     }
-                    next_ping = now + ctx.keep_alive;
                 }
-                m.handle_timeout(now);
-                last_len = 0;
-            }
-            Either3::Third(Ok(0)) => {
-                http.close();
-                m.handle(clock.now(), Event::HttpEnd);
-                last_len = 0;
-            }
-            Either3::Third(Ok(n)) => {
-                msg[..n].copy_from_slice(&body[..n]);
-                last_len = n;
-                m.handle(clock.now(), Event::HttpBody(&msg[..n]));
-            }
-            Either3::Third(Err(())) => {
-                http.close();
-                m.handle(clock.now(), Event::HttpFailed);
-                last_len = 0;
+                Either3::First(Err(e)) => {
+                    m.handle(clock.now(), Event::Disconnected);
+                    return Exit::Disconnected(e);
+                }
+                Either3::Second(()) => {
+                    let now = clock.now();
+                    if now >= next_ping {
+                        if let Err(e) = mqtt.ping().await {
+                            m.handle(now, Event::Disconnected);
+                            return Exit::Disconnected(e);
+                        }
+                        next_ping = now + ctx.keep_alive;
+                    }
+                    m.handle_timeout(now);
+                    last_len = 0;
+                }
+                Either3::Third(Ok(0)) => {
+                    http.close();
+                    m.handle(clock.now(), Event::HttpEnd);
+                    last_len = 0;
+                }
+                Either3::Third(Ok(n)) => {
+                    msg[..n].copy_from_slice(&body[..n]);
+                    last_len = n;
+                    m.handle(clock.now(), Event::HttpBody(&msg[..n]));
+                }
+                Either3::Third(Err(())) => {
+                    http.close();
+                    m.handle(clock.now(), Event::HttpFailed);
+                    last_len = 0;
+                }
             }
         }
     }
-}
 
-/// Carries out the machine's actions; `payload` is what the last event handed in.
-async fn act<T: Read + Write, const RX: usize, H: Http, C: Clock, D: NorFlash, S: NorFlash>(
-    mqtt: &mut Mqtt<T, RX>,
-    http: &mut H,
-    clock: &C,
-    m: &mut OtaMachine<'_>,
-    up: &mut Updater<D, S>,
-    ctx: &Ctx<'_>,
-    payload: &[u8],
-) -> Option<Exit> {
-    let mut buf = [0u8; 1024];
-    loop {
-        let Some(a) = m.poll_action() else { return None };
-        let ev: Option<Event<'_>> = match a {
-            Action::Publish { topic, payload: p } => {
-                log::info!("publish {} {}", topic, core::str::from_utf8(p).unwrap_or("?"));
-                // A lost uplink is not fatal: the session error shows on the next read.
-                let _ = mqtt.publish(topic, p).await;
-                None
-            }
-            Action::RunSelfTest => {
-                log::info!("self-test: {}", if ctx.self_test { "pass" } else { "FAIL" });
-                Some(Event::SelfTest(ctx.self_test))
-            }
-            Action::Confirm => {
-                let ok = confirm(up.state(), ctx.erased, &mut buf).is_ok();
-                log::info!("confirm: {}", if ok { "done" } else { "FAILED" });
-                Some(Event::Confirmed(ok))
-            }
-            Action::BeginDownload { at } => {
-                log::info!("download into DFU from byte {}", at);
-                up.restart(at);
-                None
-            }
-            Action::Write { offset, range } => match up.write(offset, &payload[range]) {
-                Ok(()) => None,
-                Err(e) => {
-                    log::warn!("flash write at {} failed: {}", offset, e);
-                    Some(Event::FlashFailed)
+    /// Carries out the machine's actions; `payload` is what the last event handed in.
+    async fn act(&mut self, payload: &[u8]) -> Option<Exit> {
+        let Session { mqtt, http, clock, m, up, ctx } = self;
+        let (clock, ctx) = (*clock, *ctx);
+        let mut buf = [0u8; 1024];
+        loop {
+            let Some(a) = m.poll_action() else { return None };
+            let ev: Option<Event<'_>> = match a {
+                Action::Publish { topic, payload: p } => {
+                    log::info!("publish {} {}", topic, core::str::from_utf8(p).unwrap_or("?"));
+                    // A lost uplink is not fatal: the session error shows on the next read.
+                    let _ = mqtt.publish(topic, p).await;
+                    None
                 }
-            },
-            Action::Rehash { len } => {
-                log::info!("resume: re-hashing {} bytes already in DFU", len);
-                let mut ok = true;
-                let mut at = 0;
-                while at < len {
-                    let n = (len - at).min(buf.len() as u32) as usize;
-                    if up.dfu().read(at, &mut buf[..n]).is_err() {
-                        ok = false;
-                        break;
+                Action::RunSelfTest => {
+                    log::info!("self-test: {}", if ctx.self_test { "pass" } else { "FAIL" });
+                    Some(Event::SelfTest(ctx.self_test))
+                }
+                Action::Confirm => {
+                    let ok = confirm(up.state(), ctx.erased, &mut buf).is_ok();
+                    log::info!("confirm: {}", if ok { "done" } else { "FAILED" });
+                    Some(Event::Confirmed(ok))
+                }
+                Action::BeginDownload { at } => {
+                    log::info!("download into DFU from byte {}", at);
+                    up.restart(at);
+                    None
+                }
+                Action::Write { offset, range } => match up.write(offset, &payload[range]) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        log::warn!("flash write at {} failed: {}", offset, e);
+                        Some(Event::FlashFailed)
                     }
-                    m.rehash(&buf[..n]);
-                    at += n as u32;
-                }
-                Some(Event::Rehashed(ok))
-            }
-            Action::SaveProgress(r) => {
-                let _ = progress::save(up.dfu(), r, ctx.erased);
-                None
-            }
-            Action::ClearProgress => {
-                let _ = progress::clear(up.dfu());
-                None
-            }
-            Action::HttpGet { from } => {
-                let url = m.url().map(heapless::String::<{ shared::ota::MAX_URL }>::try_from);
-                match url {
-                    Some(Ok(url)) => {
-                        log::info!("GET {} from byte {}", redact(&url), from);
-                        match http.get(&url, from).await {
-                            Ok((status, length)) => Some(Event::HttpResponse { status, length }),
-                            Err(()) => Some(Event::HttpFailed),
+                },
+                Action::Rehash { len } => {
+                    log::info!("resume: re-hashing {} bytes already in DFU", len);
+                    let mut ok = true;
+                    let mut at = 0;
+                    while at < len {
+                        let n = (len - at).min(buf.len() as u32) as usize;
+                        if up.dfu().read(at, &mut buf[..n]).is_err() {
+                            ok = false;
+                            break;
                         }
+                        m.rehash(&buf[..n]);
+                        at += n as u32;
                     }
-                    _ => Some(Event::HttpFailed),
+                    Some(Event::Rehashed(ok))
                 }
-            }
-            Action::HttpClose => {
-                http.close();
-                None
-            }
-            Action::VerifyAndMark => {
-                let opts = VerifyOptions { keys: ctx.keys, min_sec_cnt: ctx.sec_cnt, slot_size: Some(ctx.slot_size) };
-                let r = up.finish(&opts, &mut buf);
-                match &r {
-                    Ok(i) => log::info!("verify: OK, SHA-256 {:02x?}..., marked for install", &i.digest[..4]),
-                    Err(e) => log::warn!("verify: {}", e),
+                Action::SaveProgress(r) => {
+                    let _ = progress::save(up.dfu(), r, ctx.erased);
+                    None
                 }
-                Some(Event::Marked(r.map(|_| ()).map_err(|e| match e {
-                    UpdateError::Image(i) => MarkError::Image(i),
-                    _ => MarkError::Flash,
-                })))
+                Action::ClearProgress => {
+                    let _ = progress::clear(up.dfu());
+                    None
+                }
+                Action::HttpGet { from } => {
+                    let url = m.url().map(heapless::String::<{ shared::ota::MAX_URL }>::try_from);
+                    match url {
+                        Some(Ok(url)) => {
+                            log::info!("GET {} from byte {}", redact(&url), from);
+                            match http.get(&url, from).await {
+                                Ok((status, length)) => Some(Event::HttpResponse { status, length }),
+                                Err(()) => Some(Event::HttpFailed),
+                            }
+                        }
+                        _ => Some(Event::HttpFailed),
+                    }
+                }
+                Action::HttpClose => {
+                    http.close();
+                    None
+                }
+                Action::VerifyAndMark => {
+                    let opts =
+                        VerifyOptions { keys: ctx.keys, min_sec_cnt: ctx.sec_cnt, slot_size: Some(ctx.slot_size) };
+                    let r = up.finish(&opts, &mut buf);
+                    match &r {
+                        Ok(i) => log::info!("verify: OK, SHA-256 {:02x?}..., marked for install", &i.digest[..4]),
+                        Err(e) => log::warn!("verify: {}", e),
+                    }
+                    Some(Event::Marked(r.map(|_| ()).map_err(|e| match e {
+                        UpdateError::Image(i) => MarkError::Image(i),
+                        _ => MarkError::Flash,
+                    })))
+                }
+                Action::Reset => {
+                    log::info!("reset");
+                    return Some(Exit::Reset);
+                }
+            };
+            if let Some(ev) = ev {
+                m.handle(clock.now(), ev);
             }
-            Action::Reset => {
-                log::info!("reset");
-                return Some(Exit::Reset);
-            }
-        };
-        if let Some(ev) = ev {
-            m.handle(clock.now(), ev);
         }
     }
 }

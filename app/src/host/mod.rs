@@ -245,7 +245,9 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
             if cfg.tls { "TLS" } else { "plain TCP" },
             cfg.module
         );
-        match driver::run(&mut mqtt, &mut http, clock, &mut machine, &mut updater, &ctx, &mut msg).await {
+        let mut session =
+            driver::Session { mqtt: &mut *mqtt, http: &mut http, clock, m: &mut machine, up: &mut updater, ctx: &ctx };
+        match session.run(&mut msg).await {
             Exit::Reset => return Ok(PowerOff::Reset),
             Exit::Disconnected(e) => {
                 log::warn!("MQTT: {e}; reconnecting in {backoff} s");
