@@ -63,10 +63,13 @@ fn download(dir: &Path, device: &Path, port: u16, image: &[u8], block: u32, wind
 
 /// One PUBLISH of the image from one client to another through the broker.
 fn raw(port: u16, image: &[u8]) -> Result<Duration> {
-    let mut o = rumqttc::MqttOptions::new("bench-rx", "127.0.0.1", port);
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut o = rumqttc::MqttOptions::new(format!("bench-rx-{run}"), "127.0.0.1", port);
     o.set_max_packet_size(4 << 20, 4 << 20);
     let (rx_client, mut rx_conn) = rumqttc::Client::new(o, 16);
-    rx_client.subscribe("bench/raw", rumqttc::QoS::AtMostOnce)?;
+    let topic = format!("bench/raw/{run}");
+    rx_client.subscribe(&topic, rumqttc::QoS::AtMostOnce)?;
     let (tx, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for ev in rx_conn.iter() {
@@ -81,14 +84,21 @@ fn raw(port: u16, image: &[u8]) -> Result<Duration> {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    let mut o = rumqttc::MqttOptions::new("bench-tx", "127.0.0.1", port);
+    let mut o = rumqttc::MqttOptions::new(format!("bench-tx-{run}"), "127.0.0.1", port);
     o.set_max_packet_size(4 << 20, 4 << 20);
     let (tx_client, mut tx_conn) = rumqttc::Client::new(o, 16);
-    std::thread::spawn(move || for _ in tx_conn.iter() {});
+    std::thread::spawn(move || {
+        for ev in tx_conn.iter() {
+            if ev.is_err() {
+                return;
+            }
+        }
+    });
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
-    tx_client.publish("bench/raw", rumqttc::QoS::AtMostOnce, false, image.to_vec())?;
+    tx_client.publish(&topic, rumqttc::QoS::AtMostOnce, false, image.to_vec())?;
     let (t1, len) = done.recv_timeout(Duration::from_secs(60)).context("the raw message never arrived")?;
+    let _ = (tx_client.disconnect(), rx_client.disconnect());
     ensure!(len == image.len(), "raw message of {len} bytes");
     Ok(t1 - t0)
 }
@@ -126,15 +136,34 @@ pub fn run(image_kib: usize) -> Result<()> {
     }
 
     let mb = image.len() as f64 / (1024.0 * 1024.0);
-    let rows = [
-        ("ours, host defaults: 64 KiB blocks, 4 in flight", download(&dir, &device, port, &image, 65536, 4)?),
-        ("ours, MCU defaults: 4 KiB blocks, 4 in flight", download(&dir, &device, port, &image, 4096, 4)?),
-        ("stop-and-wait: 5 KiB blocks (C LinkSDK default)", download(&dir, &device, port, &image, 5120, 1)?),
-        ("raw broker throughput: one PUBLISH", raw(port, &image)?),
+    // Each row is the median of three runs, the rows interleaved so that load on this shared
+    // machine hits them alike.
+    let configs: [(&str, Option<(u32, usize)>); 4] = [
+        ("ours, host defaults: 64 KiB blocks, 4 in flight", Some((65536, 4))),
+        ("ours, MCU defaults: 4 KiB blocks, 4 in flight", Some((4096, 4))),
+        ("stop-and-wait: 5 KiB blocks (C LinkSDK default)", Some((5120, 1))),
+        ("raw broker throughput: one PUBLISH", None),
     ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); configs.len()];
+    for _ in 0..3 {
+        for (i, (_, c)) in configs.iter().enumerate() {
+            times[i].push(match c {
+                Some((block, window)) => download(&dir, &device, port, &image, *block, *window)?,
+                None => raw(port, &image)?,
+            });
+        }
+    }
+    let rows: Vec<(&str, Duration)> = configs
+        .iter()
+        .zip(&mut times)
+        .map(|((name, _), t)| {
+            t.sort();
+            (*name, t[1])
+        })
+        .collect();
     println!(
-        "{} KiB image over MQTT through mosquitto on 127.0.0.1, one run (push to progress 100: \
-         received, hashed, written to the flash file, signature verified):",
+        "{} KiB image over MQTT through mosquitto on 127.0.0.1, median of 3 interleaved runs (push to \
+         progress 100: received, hashed, written to the flash file, signature verified):",
         image.len() / 1024
     );
     for (name, t) in &rows {

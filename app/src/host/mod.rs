@@ -85,7 +85,9 @@ fn fatal(msg: impl std::fmt::Display) -> ! {
 }
 
 pub fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let mut args = std::env::args().skip(1);
     let path = match (args.next().as_deref(), args.next()) {
         (Some("--config"), Some(p)) => PathBuf::from(p),
