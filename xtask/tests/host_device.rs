@@ -410,3 +410,44 @@ fn host_device_connects_over_tls_and_checks_the_certificate() {
         }
     }
 }
+
+#[test]
+fn xtask_device_writes_the_factory_image_and_says_what_is_wrong() {
+    let r = releases();
+    let dir = scratch("xtask_device_cli");
+    let flash = dir.join("flash.bin");
+    let config = dir.join("device.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "product_key = \"{PK}\"\ndevice_name = \"{DN}\"\ndevice_secret = \"x\"\nhost = \"127.0.0.1\"\nport = 9\ntls = false\nflash = \"{}\"\n",
+            flash.display()
+        ),
+    )
+    .unwrap();
+    // No flash file and no --factory: say how to make one.
+    let err = xtask_err(&["device", "--config", s(&config)]);
+    assert!(err.contains("--factory"), "{err}");
+    // A release for another board is refused, and nothing is written.
+    let d = scratch("xtask_device_cli_nrf");
+    std::fs::write(d.join("manifest.json"), r#"{"board":"nrf52840-dk"}"#).unwrap();
+    let err = xtask_err(&["device", "--config", s(&config), "--factory", s(&d)]);
+    assert!(err.contains("not for the host board"), "{err}");
+    assert!(!flash.exists());
+    // A host release is written into the flash file, then the device starts (and, with no
+    // broker on port 9, keeps retrying: stop it).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["device", "--config", s(&config), "--factory", s(&r.v13), "--key", s(&r.key)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !(flash.exists() && std::fs::metadata(&flash).unwrap().len() == 4 << 20) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the factory image was not written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(std::fs::read(&flash).unwrap(), std::fs::read(r.v13.join("factory.bin")).unwrap());
+}
