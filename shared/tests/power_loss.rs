@@ -112,72 +112,77 @@ impl<const E: usize, const W: usize> Device<E, W> {
         r
     }
 
-    fn dead(&self) -> bool {
-        self.flash.is_dead()
+    /// Runs `f` on the partitions; a power cut during it is reported as such, whatever error
+    /// the code under test made of it.
+    fn op<T, X>(
+        &mut self,
+        f: impl FnOnce(&mut Parts<'_, E, W>) -> Result<T, X>,
+        fail: fn(X) -> Fail,
+    ) -> Result<T, Fail> {
+        let r = self.with(f);
+        if self.flash.is_dead() {
+            return Err(Fail::Power);
+        }
+        r.map_err(fail)
     }
 
     /// Bootloader: the policy, returning the verified ACTIVE image.
     fn boot(&mut self) -> Result<boot::Boot, Fail> {
-        let r = self.with(|p| {
-            let mut slots =
-                Slots { active: &mut p.active, dfu: &mut p.dfu, state: &mut p.state, boot_record: &mut p.boot_record };
-            boot::boot(&mut slots, &keys(), 0xFF, &mut [0u8; 1024])
-        });
-        if self.dead() {
-            return Err(Fail::Power);
-        }
-        r.map_err(Fail::Boot)
+        self.op(
+            |p| {
+                let mut slots = Slots {
+                    active: &mut p.active,
+                    dfu: &mut p.dfu,
+                    state: &mut p.state,
+                    boot_record: &mut p.boot_record,
+                };
+                boot::boot(&mut slots, &keys(), 0xFF, &mut [0u8; 1024])
+            },
+            Fail::Boot,
+        )
     }
 
-    /// App: download `img` into DFU in 1 KiB blocks and mark it.
+    /// App: download `img` into DFU in 1 KiB blocks and mark it (after our verify when
+    /// `checked`; an app with a bug marks it without).
+    fn download_as(&mut self, img: &[u8], checked: bool) -> Result<(), Fail> {
+        self.op(
+            |p| {
+                let mut u = Updater::new(&mut p.dfu, &mut p.state, 0xFF, 0);
+                for (i, chunk) in img.chunks(1024).enumerate() {
+                    u.write((i * 1024) as u32, chunk)?;
+                }
+                if checked {
+                    let opts =
+                        VerifyOptions { keys: &keys(), min_sec_cnt: 0, slot_size: Some((ACTIVE_PAGES * E) as u32) };
+                    return u.finish(&opts, &mut [0u8; 512]).map(|_| ());
+                }
+                u.flush()?;
+                let mut word = [0u8; W];
+                BlockingFirmwareState::new(&mut p.state, &mut word)
+                    .mark_updated()
+                    .map_err(|_| UpdateError::Flash(NorFlashErrorKind::Other))
+            },
+            Fail::Update,
+        )
+    }
+
     fn download(&mut self, img: &[u8]) -> Result<(), Fail> {
-        let r = self.with(|p| {
-            let mut u = Updater::new(&mut p.dfu, &mut p.state, 0xFF, 0);
-            for (i, chunk) in img.chunks(1024).enumerate() {
-                u.write((i * 1024) as u32, chunk)?;
-            }
-            let opts = VerifyOptions { keys: &keys(), min_sec_cnt: 0, slot_size: Some((ACTIVE_PAGES * E) as u32) };
-            u.finish(&opts, &mut [0u8; 512]).map(|_| ())
-        });
-        if self.dead() {
-            return Err(Fail::Power);
-        }
-        r.map_err(Fail::Update)
+        self.download_as(img, true)
     }
 
-    /// App with a bug: marks the download for swap without verifying it.
     fn download_unchecked(&mut self, img: &[u8]) -> Result<(), Fail> {
-        let r = self.with(|p| {
-            let mut u = Updater::new(&mut p.dfu, &mut p.state, 0xFF, 0);
-            for (i, chunk) in img.chunks(1024).enumerate() {
-                u.write((i * 1024) as u32, chunk)?;
-            }
-            let mut word = [0u8; W];
-            BlockingFirmwareState::new(&mut p.state, &mut word)
-                .mark_updated()
-                .map_err(|_| UpdateError::Flash(NorFlashErrorKind::Other))
-        });
-        if self.dead() {
-            return Err(Fail::Power);
-        }
-        r.map_err(Fail::Update)
+        self.download_as(img, false)
     }
 
     fn info(&mut self) -> Result<BootInfo, Fail> {
-        let r =
-            self.with(|p| boot_info(&mut p.active, &mut p.boot_record, &mut p.state, &keys(), 0xFF, &mut [0u8; 512]));
-        if self.dead() {
-            return Err(Fail::Power);
-        }
-        r.map_err(Fail::Update)
+        self.op(
+            |p| boot_info(&mut p.active, &mut p.boot_record, &mut p.state, &keys(), 0xFF, &mut [0u8; 512]),
+            Fail::Update,
+        )
     }
 
     fn confirm(&mut self) -> Result<(), Fail> {
-        let r = self.with(|p| confirm(&mut p.state, 0xFF, &mut [0u8; 64]));
-        if self.dead() {
-            return Err(Fail::Power);
-        }
-        r.map_err(Fail::Update)
+        self.op(|p| confirm(&mut p.state, 0xFF, &mut [0u8; 64]), Fail::Update)
     }
 
     fn active(&self) -> &[u8] {

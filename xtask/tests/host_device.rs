@@ -27,13 +27,13 @@ impl Drop for Killed {
     }
 }
 
-fn broker(dir: &Path) -> (Killed, u16) {
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n")).unwrap();
+/// Starts mosquitto with `conf` and waits until it listens on `port`.
+fn mosquitto_with(dir: &Path, conf: &str, port: u16) -> Killed {
+    let path = dir.join("mosquitto.conf");
+    std::fs::write(&path, conf).unwrap();
     let child = Command::new(mosquitto())
         .arg("-c")
-        .arg(&conf)
+        .arg(&path)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -43,7 +43,13 @@ fn broker(dir: &Path) -> (Killed, u16) {
         assert!(t0.elapsed() < Duration::from_secs(10), "mosquitto did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (Killed(child), port)
+    Killed(child)
+}
+
+/// A plain broker for anonymous clients.
+fn broker(dir: &Path) -> (Killed, u16) {
+    let port = free_port();
+    (mosquitto_with(dir, &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"), port), port)
 }
 
 struct Releases {
@@ -276,16 +282,8 @@ fn a_wrong_secret_is_refused_and_said_clearly() {
         // mosquitto_passwd ships with mosquitto; without it, deny everyone by an empty password file.
         std::fs::write(&pw, "").unwrap();
     }
-    let conf = dir.join("m.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n", pw.display()),
-    )
-    .unwrap();
-    let _b = Killed(
-        Command::new(mosquitto()).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let conf = format!("listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n", pw.display());
+    let _b = mosquitto_with(&dir, &conf, port);
     let dev = Dev::new("host_wrong_secret_dev", port);
     let mut d = dev.start(&[]);
     let t0 = Instant::now();
@@ -370,25 +368,13 @@ fn host_device_connects_over_tls_and_checks_the_certificate() {
     let (ca, srv, srv_key) = tls_files(&dir, "good");
     let (other_ca, _, _) = tls_files(&dir, "other");
     let (plain, tls) = (free_port(), free_port());
-    let conf = dir.join("m.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "per_listener_settings false\nallow_anonymous true\nlistener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
-            ca.display(),
-            srv.display(),
-            srv_key.display()
-        ),
-    )
-    .unwrap();
-    let _b = Killed(
-        Command::new(mosquitto()).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    let conf = format!(
+        "per_listener_settings false\nallow_anonymous true\nlistener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        ca.display(),
+        srv.display(),
+        srv_key.display()
     );
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", plain)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _b = mosquitto_with(&dir, &conf, plain);
     let mut console = Console::new(plain, r.v14.clone());
     for (name, ca_file, trusted) in [("host_tls_good", &ca, true), ("host_tls_other", &other_ca, false)] {
         let dev = Dev::new(name, tls);
