@@ -1,0 +1,58 @@
+//! `cargo xtask` as a library: one module per subcommand (the binary in main.rs only parses the
+//! command line), shared with the integration tests and between subcommands.
+
+pub mod bench;
+pub mod bench_ota;
+pub mod build;
+pub mod console;
+pub mod demo;
+pub mod device;
+pub mod keys;
+pub mod mini_console;
+pub mod package;
+pub mod proc;
+pub mod sign;
+pub mod size;
+pub mod test;
+pub mod tools;
+
+use clap::ValueEnum;
+use memory_layouts::Board;
+use std::path::PathBuf;
+
+/// A board on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BoardArg {
+    /// The device simulated on Linux.
+    Host,
+    /// Cortex-M4 under qemu-system-arm -M mps2-an386.
+    #[value(name = "qemu-an386")]
+    QemuAn386,
+    /// nRF52840-DK with a Quectel modem.
+    #[value(name = "nrf52840-dk")]
+    Nrf52840Dk,
+}
+
+impl From<BoardArg> for Board {
+    fn from(b: BoardArg) -> Board {
+        match b {
+            BoardArg::Host => Board::Host,
+            BoardArg::QemuAn386 => Board::QemuAn386,
+            BoardArg::Nrf52840Dk => Board::Nrf52840Dk,
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Parses `123` or `0x7b`.
+pub fn parse_u32(s: &str) -> Result<u32, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("{s:?} is not a number (decimal, or hex with 0x)"))
+}
