@@ -1,6 +1,424 @@
-//! `cargo xtask demo`.
+//! `cargo xtask demo`: the whole OTA loop on this machine, no account needed. Builds the host
+//! device and host releases, starts the local console and a device on factory v1.3, and plays:
+//!
+//! - (a) v1.3 -> v1.4 over MQTT stream succeeds;
+//! - (b) a tampered v1.5 (one flipped byte, digests recomputed by the console) over HTTP Range is
+//!   refused with -3 and the device keeps running v1.4;
+//! - (c) v1.6 fails its self-test and is rolled back to v1.4, reported as -1;
+//! - (d) a power cut (`kill -9`) in the middle of a download of v1.7 resumes after the restart;
+//! - (e) a device with a wrong secret is refused by the console and says so.
+//!
+//! It ends with a table (scenario, expected, observed) and fails if any row differs.
+//! `--fleet N` instead upgrades N devices in one job.
+
+use crate::build::host_device;
+use crate::console::engine::{DigestKind, JobSpec, Package, Protocol, Task, TaskState};
+use crate::console::{self, auth::DeviceId, Console, Options};
+use crate::proc::{spawn_logged, Killed};
+use crate::{keys, proc};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
 #[derive(clap::Args)]
-pub struct Args {}
-pub fn run(_a: Args) -> anyhow::Result<()> {
+pub struct Args {
+    /// Upgrade this many host devices in one job instead of playing the scenarios.
+    #[arg(long)]
+    fleet: Option<usize>,
+    /// Work folder (default: target/demo, or target/demo-fleet).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const PK: &str = "a1DemoPk001";
+const SECRET: &str = "demo-secret-0123456789abcdef";
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The releases the demo ships: version, simulated body size, extra `release` flags.
+const RELEASES: &[(&str, u32, &[&str])] = &[
+    ("1.3", 64 * 1024, &[]),
+    ("1.4", 256 * 1024, &[]),
+    ("1.5", 256 * 1024, &[]),
+    ("1.6", 256 * 1024, &["--failing-self-test"]),
+    ("1.7", 1024 * 1024, &[]),
+];
+
+pub fn run(a: Args) -> Result<()> {
+    let t0 = Instant::now();
+    let dir = a
+        .dir
+        .unwrap_or_else(|| crate::root().join(if a.fleet.is_some() { "target/demo-fleet" } else { "target/demo" }));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!("building the host device and the releases (dev key) in {} ...", dir.display());
+    let key = keys::load_public_key(&keys::dev_key())?;
+    let device_bin = host_device(&[key])?;
+    for (v, body, extra) in RELEASES {
+        let out = dir.join(v);
+        let body = body.to_string();
+        let mut args = vec!["release", "--board", "host", "--version", v, "--body-size", &body, "--out"];
+        args.push(out.to_str().context("non-UTF-8 path")?);
+        args.extend_from_slice(extra);
+        proc::xtask(&args)?;
+    }
+    eprintln!("built in {:.1} s", t0.elapsed().as_secs_f64());
+    match a.fleet {
+        Some(n) => fleet(&dir, &device_bin, n),
+        None => scenarios(&dir, &device_bin, t0),
+    }
+}
+
+/// A host device process with its config and flash file.
+struct Device {
+    name: String,
+    bin: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    proc: Option<Killed>,
+}
+
+impl Device {
+    fn new(dir: &Path, bin: &Path, name: &str, secret: &str, port: u16, factory: &Path) -> Result<Device> {
+        let flash = dir.join(format!("{name}.flash"));
+        std::fs::copy(factory, &flash).context("writing the factory image into the flash file")?;
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "product_key = \"{PK}\"\ndevice_name = \"{name}\"\ndevice_secret = \"{secret}\"\nhost = \"127.0.0.1\"\n\
+                 port = {port}\ntls = false\nflash = \"{}\"\n",
+                flash.display()
+            ),
+        )?;
+        Ok(Device { name: name.into(), bin: bin.into(), config, log: dir.join(format!("{name}.log")), proc: None })
+    }
+
+    /// Powers the device on; `flash_delay_ms` makes its flash slow.
+    fn start(&mut self, flash_delay_ms: Option<u64>, log_level: &str) -> Result<()> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config").arg(&self.config).env("RUST_LOG", log_level);
+        if let Some(ms) = flash_delay_ms {
+            cmd.env("ALIYUN_OTA_HOST_FLASH_DELAY_MS", ms.to_string());
+        }
+        self.proc = Some(spawn_logged(&mut cmd, &self.log)?);
+        Ok(())
+    }
+
+    /// `kill -9`: a power cut.
+    fn cut(&mut self) {
+        self.proc = None;
+    }
+
+    fn id(&self) -> DeviceId {
+        (PK.to_string(), self.name.clone())
+    }
+}
+
+fn bar(label: &str) -> ProgressBar {
+    let b = ProgressBar::new(100);
+    b.set_style(
+        ProgressStyle::with_template("{prefix:<44} [{bar:30}] {pos:>3}% {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    b.set_prefix(label.to_string());
+    b
+}
+
+/// Follows a device's task on a progress bar until it is done; returns it.
+fn follow(c: &Console, id: &DeviceId, job: u32, b: &ProgressBar, mut cut: impl FnMut(&Task) -> bool) -> Result<Task> {
+    let t0 = Instant::now();
+    loop {
+        let task = c.with(|e| e.device(id).and_then(|d| d.tasks.get(&job)).cloned());
+        if let Some(t) = &task {
+            b.set_position(t.step.clamp(0, 100) as u64);
+            b.set_message(format!("{:?} {}", t.state, t.desc).to_lowercase());
+            if t.state.done() {
+                b.finish();
+                return Ok(t.clone());
+            }
+            if cut(t) {
+                return Ok(t.clone());
+            }
+        }
+        if t0.elapsed() > STEP_TIMEOUT {
+            b.abandon_with_message("timed out");
+            bail!("job {job}: no outcome after {} s (device log: see target/demo)", STEP_TIMEOUT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the device runs `version` and is online.
+fn runs(c: &Console, id: &DeviceId, version: &str) -> Result<()> {
+    c.wait(STEP_TIMEOUT, &format!("{} to inform {version}", id.1), |e| {
+        e.device(id).is_some_and(|d| d.online && d.version() == Some(version))
+    })
+}
+
+fn job(dir: &Path, version: &str, protocol: Protocol, tamper: bool) -> Result<JobSpec> {
+    let mut package = Package::load(&dir.join(version))?;
+    if tamper {
+        // A byte in the middle of the body: header, TLVs and size stay valid.
+        package = package.tampered(package.bytes.len() / 2);
+    }
+    Ok(JobSpec {
+        package,
+        from: vec![],
+        protocol,
+        digest: if protocol == Protocol::Https { DigestKind::Sha256 } else { DigestKind::Md5 },
+        timeout: STEP_TIMEOUT,
+    })
+}
+
+fn outcome(t: &Task) -> String {
+    match t.state {
+        TaskState::Succeeded => "success".into(),
+        TaskState::Failed => format!("step {}", t.step),
+        s => format!("{s:?}"),
+    }
+}
+
+fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
+    let console = Console::start(Options {
+        devices: vec![console::device(PK, "demo-01", SECRET), console::device(PK, "demo-02", SECRET)],
+        status_file: Some(dir.join("status.json")),
+        quiet: true,
+        ..Default::default()
+    })?;
+    let port = console.mqtt_port;
+    let factory = dir.join("1.3/factory.bin");
+    let mut dev = Device::new(dir, bin, "demo-01", SECRET, port, &factory)?;
+    let id = dev.id();
+    dev.start(None, "info")?;
+    runs(&console, &id, "1.3")?;
+    eprintln!("device demo-01 runs factory v1.3 (log: {})", dev.log.display());
+    let version =
+        |c: &Console| c.with(|e| e.device(&id).and_then(|d| d.version().map(String::from))).unwrap_or_default();
+    let mut rows: Vec<(&str, String, String, String)> = Vec::new();
+
+    // (a)
+    let j = console.add_job(job(dir, "1.4", Protocol::Mqtt, false)?);
+    let t = follow(&console, &id, j, &bar("(a) v1.3 -> v1.4 over MQTT stream"), |_| false)?;
+    let _ = runs(&console, &id, "1.4");
+    let detail = format!("{} blocks in {:.1} s", t.blocks, t.elapsed_ms as f64 / 1e3);
+    rows.push((
+        "(a) v1.3 -> v1.4, MQTT stream",
+        "success, runs 1.4".into(),
+        format!("{}, runs {}", outcome(&t), version(&console)),
+        detail,
+    ));
+
+    // (b)
+    let j = console.add_job(job(dir, "1.5", Protocol::Https, true)?);
+    let t = follow(&console, &id, j, &bar("(b) tampered v1.5 over HTTP Range"), |_| false)?;
+    // The device stays up on its image: no reset, still online on 1.4.
+    std::thread::sleep(Duration::from_millis(300));
+    rows.push((
+        "(b) tampered v1.5, HTTP Range",
+        "step -3, runs 1.4".into(),
+        format!("{}, runs {}", outcome(&t), version(&console)),
+        t.desc.clone(),
+    ));
+
+    // (c)
+    let j = console.add_job(job(dir, "1.6", Protocol::Mqtt, false)?);
+    let t = follow(&console, &id, j, &bar("(c) v1.6, fails its self-test"), |_| false)?;
+    let _ = runs(&console, &id, "1.4");
+    rows.push((
+        "(c) v1.6 fails its self-test",
+        "step -1, runs 1.4".into(),
+        format!("{}, runs {}", outcome(&t), version(&console)),
+        t.desc.clone(),
+    ));
+
+    // (d) Slow flash (10 ms per operation) so that the cut lands mid-download.
+    dev.cut();
+    dev.start(Some(10), "info")?;
+    runs(&console, &id, "1.4")?;
+    let j = console.add_job(job(dir, "1.7", Protocol::Mqtt, false)?);
+    let b = bar("(d) v1.7, power cut mid-download");
+    let at = follow(&console, &id, j, &b, |t| t.step >= 30)?;
+    dev.cut();
+    b.set_message(format!("power cut at step {}", at.step));
+    std::thread::sleep(Duration::from_millis(500));
+    dev.start(None, "info")?;
+    let t = follow(&console, &id, j, &b, |_| false)?;
+    let _ = runs(&console, &id, "1.7");
+    let starts = t.starts();
+    let resumed = starts.len() >= 2 && starts[1..].iter().all(|&o| o > 0);
+    let observed = format!(
+        "{}, {}, runs {}",
+        if resumed { "resumed above 0" } else { "restarted from 0" },
+        outcome(&t),
+        version(&console)
+    );
+    let detail = format!(
+        "cut at step {}; download starts at {:?} KiB",
+        at.step,
+        starts.iter().map(|o| o / 1024).collect::<Vec<_>>()
+    );
+    rows.push(("(d) power cut mid-download of v1.7", "resumed above 0, success, runs 1.7".into(), observed, detail));
+
+    // (e)
+    let mut bad = Device::new(dir, bin, "demo-02", "not-the-secret", port, &factory)?;
+    bad.start(None, "info")?;
+    let status = bad.proc.as_mut().map(|p| wait_exit(&mut p.0, Duration::from_secs(30))).transpose()?.flatten();
+    let log = std::fs::read_to_string(&bad.log).unwrap_or_default();
+    let said = log.lines().rev().find(|l| l.contains("refused")).unwrap_or("").to_string();
+    let refused_by_console = console.with(|e| e.device(&bad.id()).is_some_and(|d| d.refused > 0 && !d.online));
+    let observed = match (status, said.contains("bad username or password"), refused_by_console) {
+        (Some(s), true, true) if !s.success() => "refused, device says why".to_string(),
+        (s, says, c) => format!("exit {s:?}, device says why: {says}, console refused: {c}"),
+    };
+    let detail = said.split("]").last().unwrap_or("").trim().chars().take(90).collect();
+    rows.push(("(e) wrong device secret", "refused, device says why".into(), observed, detail));
+
+    println!("\n{:<36} {:<36} {:<36} detail", "scenario", "expected", "observed");
+    let mut failed = 0;
+    for (name, expected, observed, detail) in &rows {
+        let mark = if expected == observed { "" } else { "  <-- MISMATCH" };
+        failed += usize::from(expected != observed);
+        println!("{name:<36} {expected:<36} {observed:<36} {detail}{mark}");
+    }
+    print!("\n{}", console::table(&console.status()));
+    println!(
+        "demo: {} of {} scenarios as expected in {:.1} s (logs and status.json in {})",
+        rows.len() - failed,
+        rows.len(),
+        t0.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    if failed > 0 {
+        bail!("{failed} scenario(s) differ from what was expected");
+    }
+    Ok(())
+}
+
+fn wait_exit(c: &mut std::process::Child, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if let Some(s) = c.try_wait()? {
+            return Ok(Some(s));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(None)
+}
+
+/// `--fleet N`: N devices on v1.3, one job to v1.4.
+fn fleet(dir: &Path, bin: &Path, n: usize) -> Result<()> {
+    anyhow::ensure!(n > 0, "--fleet needs at least one device");
+    let limit = proc::raise_fd_limit()?;
+    anyhow::ensure!(limit as usize > 3 * n + 100, "the open-file limit ({limit}) is too low for {n} devices");
+    let names: Vec<String> = (1..=n).map(|i| format!("fleet-{i:04}")).collect();
+    let console = Console::start(Options {
+        devices: names.iter().map(|d| console::device(PK, d, SECRET)).collect(),
+        status_file: Some(dir.join("status.json")),
+        quiet: true,
+        ..Default::default()
+    })?;
+    let factory = dir.join("1.3/factory.bin");
+    let t0 = Instant::now();
+    let mut devices = Vec::new();
+    let b = bar(&format!("starting {n} devices on v1.3"));
+    for name in &names {
+        let mut d = Device::new(dir, bin, name, SECRET, console.mqtt_port, &factory)?;
+        d.start(None, "warn")?;
+        devices.push(d);
+        b.set_position((devices.len() * 100 / n) as u64);
+    }
+    b.finish();
+    let ids: Vec<DeviceId> = devices.iter().map(|d| d.id()).collect();
+    let online = |e: &crate::console::engine::Engine| {
+        ids.iter().filter(|id| e.device(id).is_some_and(|d| d.online && d.version() == Some("1.3"))).count()
+    };
+    let boot_timeout = Duration::from_secs(60 + n as u64 / 5);
+    console.wait(boot_timeout, &format!("{n} devices to come online on v1.3"), |e| online(e) == n)?;
+    let booted = t0.elapsed();
+    eprintln!("{n} devices online on v1.3 after {:.1} s", booted.as_secs_f64());
+
+    let mut spec = job(dir, "1.4", Protocol::Mqtt, false)?;
+    spec.timeout = Duration::from_secs(120 + n as u64 / 2);
+    let t1 = Instant::now();
+    let j = console.add_job(spec.clone());
+    let b = bar(&format!("fleet of {n}: v1.3 -> v1.4"));
+    let done = |e: &crate::console::engine::Engine| {
+        ids.iter().filter(|id| e.device(id).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.state.done())).count()
+    };
+    loop {
+        let k = console.with(done);
+        b.set_position((k * 100 / n) as u64);
+        b.set_message(format!("{k}/{n} done"));
+        if k == n {
+            break;
+        }
+        if t1.elapsed() > spec.timeout + Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.finish();
+    let wall = t1.elapsed();
+    let status = console.status();
+    let mut times = Vec::new();
+    let mut lines = Vec::new();
+    let mut failed = 0;
+    for d in status.devices.iter() {
+        let t = d.tasks.get(&j);
+        let ok = t.is_some_and(|t| t.state == TaskState::Succeeded) && d.version() == Some("1.4");
+        failed += usize::from(!ok);
+        if let Some(t) = t.filter(|_| ok) {
+            times.push(t.elapsed_ms);
+        }
+        lines.push(format!(
+            "{:<12} {:<8} {:<10} {:>8} ms  {}",
+            d.device_name,
+            if ok { "upgraded" } else { "FAILED" },
+            d.version().unwrap_or("?"),
+            t.map_or(0, |t| t.elapsed_ms),
+            t.map_or(String::new(), |t| format!("{:?} step {} {}", t.state, t.step, t.desc)),
+        ));
+    }
+    std::fs::write(dir.join("fleet.txt"), lines.join("\n") + "\n")?;
+    if n <= 20 {
+        println!("\n{}", lines.join("\n"));
+    } else {
+        println!("\nper-device outcomes: {}", dir.join("fleet.txt").display());
+        for l in lines.iter().filter(|l| l.contains("FAILED")).take(10) {
+            println!("{l}");
+        }
+    }
+    times.sort();
+    let pct = |p: usize| times.get((times.len().saturating_sub(1)) * p / 100).copied().unwrap_or(0) as f64 / 1e3;
+    let c = &status.counts;
+    println!(
+        "\nfleet of {n}: {} upgraded, {failed} failed; boot to all online {:.1} s; job wall time {:.1} s; per device push -> v1.4 informed: min {:.1} s, median {:.1} s, p95 {:.1} s, max {:.1} s",
+        n - failed,
+        booted.as_secs_f64(),
+        wall.as_secs_f64(),
+        pct(0),
+        pct(50),
+        pct(95),
+        pct(100)
+    );
+    println!(
+        "broker messages: {} connects, {} inform, {} progress, {} pushes, {} firmware/get (+{} replies), {} block requests, {} block replies ({:.1} MiB)",
+        c.connects,
+        c.inform,
+        c.progress,
+        c.pushes,
+        c.firmware_get,
+        c.get_replies,
+        c.download_requests,
+        c.download_replies,
+        c.download_bytes as f64 / (1024.0 * 1024.0)
+    );
+    drop(devices);
+    if failed > 0 {
+        bail!("{failed} of {n} devices were not upgraded (see {})", dir.join("fleet.txt").display());
+    }
     Ok(())
 }

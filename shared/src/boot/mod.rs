@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | Swap | Idle | verify DFU (hash, signature, SEC_CNT, fits ACTIVE). Bad: record `Refused(why)`, cancel the swap. Good: record `Swapping{pages}`, swap those pages, record `Testing` |
 //! | Swap | Swapping | resume the interrupted swap (same pages), record `Testing` |
-//! | Swap | Testing | the new image booted and did not confirm: record `Reverting`, swap back, record `Reverted` |
+//! | Swap | Testing | swap progress in STATE: the new image booted and did not confirm: record `Reverting`, swap back, record `Reverted` |
+//! | Swap | Testing | no swap progress: the app confirmed and marked a new update before a reboot: record `Confirmed` (and the counter), then as Idle |
 //! | Swap | Reverting | resume the interrupted revert |
 //! | not Swap | Testing | the app confirmed: record `Confirmed` |
 //! | not Swap | Reverting | a revert finished before its record: record `Reverted` |
@@ -106,11 +107,27 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
     let page = A::ERASE_SIZE.max(D::ERASE_SIZE) as u32;
     let loaded = BootRecord::load(&mut slots.boot_record)?.map(|(_, r)| r).unwrap_or_default();
     let mut rec = loaded;
+    // `last` says what THIS boot did, so the app reports an outcome once: a boot that changes
+    // nothing records `Nothing` (one write after each outcome, none after that).
+    rec.last = LastBoot::Nothing;
     let state = StateGuard::new(&mut slots.state, erased).state(buf)?;
     let slot = slots.active.capacity() as u32;
 
     let mut phase_after_swap = None;
     if state == State::Swap {
+        if let Phase::Testing { pages } = rec.phase {
+            if !StateGuard::new(&mut slots.state, erased).steps_done(0, 2 * pages, buf)? {
+                // No swap progress in STATE: the app confirmed the image swapped in (mark_booted
+                // erases STATE) and marked a new update before any reboot recorded the confirm.
+                // Record the confirm (and its counter) first, then handle the new update.
+                rec.phase = Phase::Idle;
+                rec.last = LastBoot::Confirmed;
+                let opts = VerifyOptions { keys, min_sec_cnt: rec.sec_cnt, slot_size: Some(slot) };
+                if let Ok(running) = image::verify(&mut slots.active, &opts, buf) {
+                    rec.sec_cnt = rec.sec_cnt.max(running.sec_cnt);
+                }
+            }
+        }
         match rec.phase {
             Phase::Idle => {
                 let opts = VerifyOptions { keys, min_sec_cnt: rec.sec_cnt, slot_size: Some(slot) };

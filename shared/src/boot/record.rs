@@ -49,7 +49,8 @@ pub enum Phase {
     },
 }
 
-/// What the last update-related boot did, for the app to report.
+/// What this boot did, for the app to report (the next boot that changes nothing records
+/// `Nothing`, so a revert or refusal is reported once, not on every power-on).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum LastBoot {

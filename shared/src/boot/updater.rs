@@ -172,7 +172,7 @@ pub struct BootInfo {
     pub running: ImageInfo,
     /// This image was just swapped in and must run its self-test, then [`confirm`].
     pub awaiting_confirm: bool,
-    /// What the last update-related boot did.
+    /// What this boot did (see [`LastBoot`]).
     pub last: LastBoot,
     /// The stored security counter.
     pub sec_cnt: u32,

@@ -134,13 +134,35 @@ pub struct Task {
     /// Push to success or failure.
     pub elapsed_ms: u64,
     pub pushes: u32,
-    /// The first block offset requested after each push (a resumed download starts above 0).
-    pub first_offsets: Vec<u32>,
+    /// For each push that was followed by a download, the lowest offset requested after it: a
+    /// download resumed after a power cut starts above 0.
+    pub lowest_offsets: Vec<u32>,
     pub blocks: u32,
     #[serde(skip)]
     started: Option<Instant>,
-    #[serde(skip)]
-    expect_first: bool,
+}
+
+impl Task {
+    /// Records a download of `off..` (a block request or a Range GET).
+    fn requested(&mut self, off: u32) {
+        self.blocks += 1;
+        if let Some(l) = self.lowest_offsets.last_mut() {
+            *l = (*l).min(off);
+        }
+    }
+
+    /// A push went out: downloads after it count as a new start.
+    fn pushed(&mut self) {
+        self.pushes += 1;
+        if self.lowest_offsets.last() != Some(&u32::MAX) {
+            self.lowest_offsets.push(u32::MAX);
+        }
+    }
+
+    /// The lowest offsets of the pushes that were followed by a download.
+    pub fn starts(&self) -> Vec<u32> {
+        self.lowest_offsets.iter().copied().filter(|&o| o != u32::MAX).collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -399,10 +421,9 @@ impl Engine {
                 desc: String::new(),
                 elapsed_ms: 0,
                 pushes: 0,
-                first_offsets: Vec::new(),
+                lowest_offsets: Vec::new(),
                 blocks: 0,
                 started: Some(now),
-                expect_first: false,
             };
             d.tasks.insert(j.id, t);
             return Some(j.id);
@@ -462,8 +483,7 @@ impl Engine {
             }
         };
         if let Some(t) = self.devices.get_mut(id).and_then(|d| d.tasks.get_mut(&job)) {
-            t.pushes += 1;
-            t.expect_first = true;
+            t.pushed();
         }
         self.outbox.push(Downlink { topic, payload: body.to_string().into_bytes() });
     }
@@ -540,11 +560,7 @@ impl Engine {
         self.counts.download_replies += 1;
         self.counts.download_bytes += data.len() as u64;
         if let Some(t) = self.devices.get_mut(id).and_then(|d| d.tasks.get_mut(&job_id)) {
-            t.blocks += 1;
-            if t.expect_first {
-                t.expect_first = false;
-                t.first_offsets.push(off as u32);
-            }
+            t.requested(off as u32);
         }
         let (pk, dn) = id;
         self.outbox.push(Downlink { topic: format!("/sys/{pk}/{dn}/thing/file/download_reply"), payload: out });
@@ -556,11 +572,7 @@ impl Engine {
         self.counts.http_requests += 1;
         self.counts.http_bytes += len;
         if let Some(t) = id.and_then(|id| self.devices.get_mut(id)).and_then(|d| d.tasks.get_mut(&job)) {
-            t.blocks += 1;
-            if t.expect_first {
-                t.expect_first = false;
-                t.first_offsets.push(first as u32);
-            }
+            t.requested(first as u32);
         }
     }
 
@@ -644,7 +656,7 @@ mod tests {
         progress(&mut e, "d1", "100", t0);
         inform(&mut e, "d1", "1.4", t0 + Duration::from_secs(3));
         let t = &e.device(&dev("d1")).unwrap().tasks[&j];
-        assert_eq!((t.state, t.elapsed_ms, t.first_offsets.clone()), (TaskState::Succeeded, 3000, vec![8192]));
+        assert_eq!((t.state, t.elapsed_ms, t.starts()), (TaskState::Succeeded, 3000, vec![8192]));
         assert!(e.take_outbox().is_empty(), "no push once the device runs the destination");
     }
 
