@@ -326,7 +326,7 @@ fn fleet(dir: &Path, bin: &Path, n: usize) -> Result<()> {
     let b = bar(&format!("starting {n} devices on v1.3"));
     for name in &names {
         let mut d = Device::new(dir, bin, name, SECRET, console.mqtt_port, &factory)?;
-        d.start(None, "warn")?;
+        d.start(None, &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))?;
         devices.push(d);
         b.set_position((devices.len() * 100 / n) as u64);
     }

@@ -166,6 +166,10 @@ impl Console {
                         return;
                     }
                 }
+                // rumqttd parks a link whose outgoing buffer filled up until the link says it
+                // is ready again (its TCP links do; a local link must do it itself), or the
+                // console goes deaf after ~200 uplinks in a burst.
+                let _ = link_rx.ready();
                 let (out, generation) = {
                     let mut g = e.lock().unwrap();
                     g.tick(Instant::now());
