@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything, on a fresh machine. Installs what the tests need (thumb target,
 //! imgtool, openssl, qemu-system-arm), runs the host tests (unit, property, power-cut sweeps,
-//! interop with imgtool and openssl, releases, the real bootloader under QEMU), then builds the
-//! firmware for every thumb board.
+//! interop with imgtool and openssl, releases, the real bootloader under QEMU, the host device
+//! against mosquitto and the local console), plays the demo's scenarios and a fleet, then builds
+//! the firmware for every thumb board.
 
 use crate::build::{firmware, Crate};
 use crate::{keys, tools};
@@ -40,6 +41,18 @@ pub fn run(a: Args) -> Result<()> {
     let ok = cmd.status().context("running cargo test")?.success();
     steps.push(("host tests (unit, property, power-cut sweeps, interop, release, QEMU boot)".into(), ok));
 
+    // The demo's scenarios and a fleet, as `cargo xtask demo` plays them (same code, own folders).
+    let demo = crate::root().join("target/test-demo");
+    let ok = self_run(&["demo", "--dir", demo.to_str().unwrap_or("target/test-demo")]);
+    steps.push((
+        "demo scenarios (a)-(e): upgrade, tampered -3, self-test rollback -1, power cut resume, wrong secret".into(),
+        ok,
+    ));
+    let n = if a.full { "100" } else { "20" };
+    let fleet = crate::root().join("target/test-fleet");
+    let ok = self_run(&["demo", "--fleet", n, "--dir", fleet.to_str().unwrap_or("target/test-fleet")]);
+    steps.push((format!("demo --fleet {n}: one job, every device upgraded"), ok));
+
     // The firmware verifies signatures with salty: run the image tests with it too.
     let ok = Command::new(env!("CARGO"))
         .current_dir(crate::root())
@@ -77,4 +90,9 @@ pub fn run(a: Args) -> Result<()> {
     println!("steps: {} passed, {failed} failed", steps.len() - failed);
     ensure!(failed == 0, "{failed} step(s) failed");
     Ok(())
+}
+
+/// Runs this xtask binary with `args`, output shown; whether it succeeded.
+fn self_run(args: &[&str]) -> bool {
+    std::env::current_exe().and_then(|exe| Command::new(exe).args(args).status()).is_ok_and(|s| s.success())
 }

@@ -207,7 +207,7 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
         device_secret: &cfg.device_secret,
     };
     let creds = alink::credentials(&dev, method, None, None, if cfg.tls { 2 } else { 3 }).map_err(|e| e.to_string())?;
-    let mut http = net::HostHttp::default();
+    let mut http = net::HostHttp::new(cfg.ca.as_deref())?;
     let mut msg = vec![0u8; cfg.block_size as usize + 1024];
     let mut backoff = 1;
     loop {

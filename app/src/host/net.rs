@@ -17,6 +17,17 @@ pub async fn connect(host: &str, port: u16, tls: bool, ca: Option<&std::path::Pa
     if !tls {
         return Ok(Box::new(tcp));
     }
+    let config = tls_config(ca)?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS to {host}:{port}: {e}"))?;
+    Ok(Box::new(tls))
+}
+
+/// The TLS client settings of MQTT and HTTPS alike: the Mozilla roots plus `ca` (PEM) if given.
+pub fn tls_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = ca {
@@ -32,12 +43,7 @@ pub async fn connect(host: &str, port: u16, tls: bool, ca: Option<&std::path::Pa
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS to {host}:{port}: {e}"))?;
-    Ok(Box::new(tls))
+    Ok(Arc::new(config))
 }
 
 pub struct TokioClock(pub tokio::time::Instant);
@@ -59,18 +65,28 @@ enum Chunk {
 }
 
 /// HTTP(S) GET with Range, streamed from a blocking ureq call on a worker thread.
-#[derive(Default)]
 pub struct HostHttp {
+    agent: ureq::Agent,
     rx: Option<mpsc::Receiver<Chunk>>,
     left: Vec<u8>,
+}
+
+impl HostHttp {
+    /// HTTPS trusts what MQTT over TLS trusts.
+    pub fn new(ca: Option<&std::path::Path>) -> Result<HostHttp, String> {
+        let agent = ureq::AgentBuilder::new().tls_config(tls_config(ca)?).build();
+        Ok(HostHttp { agent, rx: None, left: Vec::new() })
+    }
 }
 
 impl Http for HostHttp {
     async fn get(&mut self, url: &str, from: u32) -> Result<(u16, Option<u32>), ()> {
         let (tx, rx) = mpsc::channel(8);
         let url = url.to_string();
+        let agent = self.agent.clone();
         tokio::task::spawn_blocking(move || {
-            let r = ureq::get(&url)
+            let r = agent
+                .get(&url)
                 .set("Range", &format!("bytes={from}-"))
                 .timeout(std::time::Duration::from_secs(30))
                 .call();
