@@ -3,29 +3,12 @@
 //! throughput for the same bytes, in one run.
 
 use crate::mini_console::{is_inform, Console};
+use crate::proc::{free_port, xtask, Killed};
 use crate::{build::host_device_profile, keys, tools};
 use anyhow::{ensure, Context, Result};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn xtask(args: &[&str]) -> Result<()> {
-    let st = Command::new(std::env::current_exe()?).args(args).stdout(Stdio::null()).status()?;
-    ensure!(st.success(), "cargo xtask {} failed", args.join(" "));
-    Ok(())
-}
 
 /// Time from the push to progress 100 (every byte received, hashed, written and verified).
 fn download(dir: &Path, device: &Path, port: u16, image: &[u8], block: u32, window: usize) -> Result<Duration> {

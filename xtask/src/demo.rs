@@ -195,8 +195,12 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
     dev.start(None, "info")?;
     runs(&console, &id, "1.3")?;
     eprintln!("device demo-01 runs factory v1.3 (log: {})", dev.log.display());
-    let version =
-        |c: &Console| c.with(|e| e.device(&id).and_then(|d| d.version().map(String::from))).unwrap_or_default();
+    // What the device runs, as it last informed; "offline" when it is not connected.
+    let version = |c: &Console| {
+        c.with(|e| e.device(&id).filter(|d| d.online).and_then(|d| d.version().map(String::from)))
+            .unwrap_or_else(|| "offline".into())
+    };
+    let connects = |c: &Console| c.with(|e| e.device(&id).map_or(0, |d| d.connects));
     let mut rows: Vec<(&str, String, String, String)> = Vec::new();
 
     // (a)
@@ -212,16 +216,14 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
     ));
 
     // (b)
+    let before = connects(&console);
     let j = console.add_job(job(dir, "1.5", Protocol::Https, true)?);
     let t = follow(&console, &id, j, &bar("(b) tampered v1.5 over HTTP Range"), |_| false)?;
-    // The device stays up on its image: no reset, still online on 1.4.
+    // The device stays up on its image: no reset (no new connection), still online on 1.4.
     std::thread::sleep(Duration::from_millis(300));
-    rows.push((
-        "(b) tampered v1.5, HTTP Range",
-        "step -3, runs 1.4".into(),
-        format!("{}, runs {}", outcome(&t), version(&console)),
-        t.desc.clone(),
-    ));
+    let stayed = if connects(&console) == before { "" } else { " after a reset" };
+    let observed = format!("{}, runs {}{stayed}", outcome(&t), version(&console));
+    rows.push(("(b) tampered v1.5, HTTP Range", "step -3, runs 1.4".into(), observed, t.desc.clone()));
 
     // (c)
     let j = console.add_job(job(dir, "1.6", Protocol::Mqtt, false)?);

@@ -32,8 +32,7 @@ pub fn wait_port(port: u16, what: &str) -> Result<()> {
 
 /// Runs this xtask binary with `args` (output hidden), failing with the command line.
 pub fn xtask(args: &[&str]) -> Result<()> {
-    let exe = std::env::var_os("XTASK_EXE").map_or_else(std::env::current_exe, |p| Ok(p.into()))?;
-    let o = Command::new(exe).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+    let o = Command::new(std::env::current_exe()?).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
     ensure!(o.status.success(), "cargo xtask {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&o.stderr));
     Ok(())
 }

@@ -92,7 +92,13 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Runs this xtask binary with `args`, output shown; whether it succeeded.
+/// Runs `cargo xtask ARGS`, output shown; whether it succeeded. Through cargo, not this
+/// process's own executable: the host tests above rebuilt (replaced) that file.
 fn self_run(args: &[&str]) -> bool {
-    std::env::current_exe().and_then(|exe| Command::new(exe).args(args).status()).is_ok_and(|s| s.success())
+    Command::new(env!("CARGO"))
+        .current_dir(crate::root())
+        .args(["run", "--quiet", "--package", "xtask", "--"])
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
 }
