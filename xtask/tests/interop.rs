@@ -230,3 +230,18 @@ fn a_non_key_file_gets_a_message_that_says_how_to_make_one() {
     let err = xtask_err(&["sign", s(&d.join("b.bin")), s(&d.join("i.bin")), "--key", s(&f), "--version", "1"]);
     assert!(err.contains("cargo xtask keygen"), "{err}");
 }
+
+/// The Aliyun IoT root CA the host device trusts (app/certs) is the one its README names, as
+/// openssl reads it. (Every host device test also parses it: the device loads it at start.)
+#[test]
+fn the_built_in_aliyun_iot_root_ca_is_the_documented_one() {
+    let pem = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../app/certs/aliyun-iot-root-ca.pem");
+    let o = run(openssl(), &["x509", "-in", s(&pem), "-noout", "-subject", "-issuer", "-fingerprint", "-sha256"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("O = Aliyun IoT") && out.contains("CN = Aliyun IoT Root CA"), "{out}");
+    let fp = "7C:A4:38:A3:97:6B:52:42:D2:31:F8:61:49:98:22:DA:85:58:31:38:27:35:83:6B:36:1E:7E:97:15:66:16:76";
+    assert!(out.contains(fp), "{out}");
+    let readme = std::fs::read_to_string(pem.with_file_name("README.md")).unwrap();
+    assert!(readme.contains(fp));
+}
