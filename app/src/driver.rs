@@ -74,6 +74,9 @@ pub struct Session<'s, 'm, T, const RX: usize, H, C, D, S> {
     pub up: &'s mut Updater<D, S>,
     /// Keys, counter, self-test result.
     pub ctx: &'s Ctx<'s>,
+    /// Work buffer for flash reads (the final verify reads the whole image through it): a
+    /// microcontroller gives 1 KiB, the host board 64 KiB.
+    pub work: &'s mut [u8],
 }
 
 impl<T: Read + Write, const RX: usize, H: Http, C: Clock, D: NorFlash, S: NorFlash> Session<'_, '_, T, RX, H, C, D, S> {
@@ -138,9 +141,9 @@ impl<T: Read + Write, const RX: usize, H: Http, C: Clock, D: NorFlash, S: NorFla
 
     /// Carries out the machine's actions; `payload` is what the last event handed in.
     async fn act(&mut self, payload: &[u8]) -> Option<Exit> {
-        let Session { mqtt, http, clock, m, up, ctx } = self;
+        let Session { mqtt, http, clock, m, up, ctx, work } = self;
         let (clock, ctx) = (*clock, *ctx);
-        let mut buf = [0u8; 1024];
+        let buf = &mut **work;
         loop {
             let Some(a) = m.poll_action() else { return None };
             let ev: Option<Event<'_>> = match a {
@@ -155,7 +158,7 @@ impl<T: Read + Write, const RX: usize, H: Http, C: Clock, D: NorFlash, S: NorFla
                     Some(Event::SelfTest(ctx.self_test))
                 }
                 Action::Confirm => {
-                    let ok = confirm(up.state(), ctx.erased, &mut buf).is_ok();
+                    let ok = confirm(up.state(), ctx.erased, buf).is_ok();
                     log::info!("confirm: {}", if ok { "done" } else { "FAILED" });
                     Some(Event::Confirmed(ok))
                 }
@@ -214,7 +217,7 @@ impl<T: Read + Write, const RX: usize, H: Http, C: Clock, D: NorFlash, S: NorFla
                 Action::VerifyAndMark => {
                     let opts =
                         VerifyOptions { keys: ctx.keys, min_sec_cnt: ctx.sec_cnt, slot_size: Some(ctx.slot_size) };
-                    let r = up.finish(&opts, &mut buf);
+                    let r = up.finish(&opts, buf);
                     match &r {
                         Ok(i) => log::info!("verify: OK, SHA-256 {:02x?}..., marked for install", &i.digest[..4]),
                         Err(e) => log::warn!("verify: {}", e),

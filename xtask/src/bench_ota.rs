@@ -31,7 +31,7 @@ fn download(dir: &Path, device: &Path, port: u16, image: &[u8], block: u32, wind
         Command::new(device)
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("BENCH_DEVICE_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

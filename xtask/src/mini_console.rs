@@ -18,6 +18,7 @@ pub struct Console {
     pub rx: mpsc::Receiver<(String, Vec<u8>)>,
     pub seen: Vec<(String, Value)>,
     pub image: Vec<u8>,
+    md5: String,
     /// Answer block requests only below this offset.
     pub serve_below: u32,
     pub requests: Vec<u32>,
@@ -51,7 +52,8 @@ impl Console {
                 }
             }
         });
-        let mut c = Console { client, rx, seen: vec![], image, serve_below: u32::MAX, requests: vec![] };
+        let md5 = hex::encode(Md5::digest(&image));
+        let mut c = Console { client, rx, seen: vec![], image, md5, serve_below: u32::MAX, requests: vec![] };
         std::thread::sleep(Duration::from_millis(300)); // subscriptions in place
         c.seen.clear();
         c
@@ -62,7 +64,7 @@ impl Console {
     }
 
     pub fn task_json(&self, url: Option<&str>) -> String {
-        let md5 = hex::encode(Md5::digest(&self.image));
+        let md5 = &self.md5;
         let size = self.image.len();
         match url {
             None => format!(

@@ -209,6 +209,7 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
     let creds = alink::credentials(&dev, method, None, None, if cfg.tls { 2 } else { 3 }).map_err(|e| e.to_string())?;
     let mut http = net::HostHttp::new(cfg.ca.as_deref())?;
     let mut msg = vec![0u8; cfg.block_size as usize + 1024];
+    let mut work = vec![0u8; 64 * 1024];
     let mut backoff = 1;
     loop {
         let io = match net::connect(host, cfg.port, cfg.tls, cfg.ca.as_deref()).await {
@@ -247,8 +248,15 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
             if cfg.tls { "TLS" } else { "plain TCP" },
             cfg.module
         );
-        let mut session =
-            driver::Session { mqtt: &mut *mqtt, http: &mut http, clock, m: &mut machine, up: &mut updater, ctx: &ctx };
+        let mut session = driver::Session {
+            mqtt: &mut *mqtt,
+            http: &mut http,
+            clock,
+            m: &mut machine,
+            up: &mut updater,
+            ctx: &ctx,
+            work: &mut work,
+        };
         match session.run(&mut msg).await {
             Exit::Reset => return Ok(PowerOff::Reset),
             Exit::Disconnected(e) => {

@@ -14,7 +14,14 @@ use super::AlinkError;
 use serde::{Deserialize, Serialize};
 
 /// CRC-16/ARC (poly 0x8005 reflected, init 0): check("123456789") = 0xBB3D.
-pub const CRC16_ARC: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_ARC);
+pub const CRC16_ARC: crc::Crc<u16, CrcTable> = crc::Crc::<u16, CrcTable>::new(&crc::CRC_16_ARC);
+
+/// A 512-byte table on the microcontrollers; on a host, slice-by-16 (8 KiB), several times faster
+/// per byte for a protocol where every downloaded byte is CRC-checked.
+#[cfg(target_os = "none")]
+type CrcTable = crc::Table<1>;
+#[cfg(not(target_os = "none"))]
+type CrcTable = crc::Table<16>;
 
 mod field {
     pub const HEADER_LEN: core::ops::Range<usize> = 0..2;
