@@ -12,6 +12,8 @@ mod keys {
 #[cfg_attr(not(feature = "host"), allow(dead_code))]
 mod driver;
 #[cfg_attr(not(feature = "host"), allow(dead_code))]
+mod modem;
+#[cfg_attr(not(feature = "host"), allow(dead_code))]
 mod mqtt;
 
 #[cfg(feature = "host")]

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod device;
 pub mod keys;
 pub mod mini_console;
+pub mod modem_sim;
 pub mod package;
 pub mod proc;
 pub mod sign;

@@ -32,6 +32,9 @@ enum Cmd {
     /// A local Aliyun-compatible OTA console: broker with credential checks, OTA jobs, file
     /// download over MQTT and HTTP Range, live status table.
     Console(console::Args),
+    /// A Quectel-style AT modem simulator: the device's UART on a TCP port, sockets bridged to
+    /// 127.0.0.1 (plain, or TLS for AT+QSSLOPEN).
+    ModemSim(modem_sim::Args),
     /// The whole OTA loop on this machine: console + host device, four scenarios, a verdict table.
     Demo(demo::Args),
     /// Benchmarks: `boot` = flash wear of one update, ours vs embassy-boot's whole-slot swap;
@@ -56,6 +59,7 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Device(a) => device::run(a),
         Cmd::Console(a) => console::run(a),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::ModemSim(a) => modem_sim::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Size(a) => size::run(a),
         Cmd::Test(a) => test::run(a),

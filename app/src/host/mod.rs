@@ -9,6 +9,7 @@ mod net;
 
 use crate::driver::{self, Ctx, Exit};
 use crate::keys::TRUSTED_KEYS;
+use crate::modem::ModemConfig;
 use crate::mqtt::{Mqtt, MqttError};
 use core::cell::RefCell;
 use embassy_embedded_hal::flash::partition::BlockingPartition;
@@ -53,6 +54,16 @@ pub struct Config {
     block_size: u32,
     #[serde(default = "default_window")]
     window: usize,
+    /// Reach the broker through a Quectel-style AT modem whose UART is this TCP address (the
+    /// modem simulator, `cargo xtask modem-sim`); `tls` then asks the modem for AT+QSSLOPEN.
+    modem: Option<String>,
+    /// The modem's APN.
+    #[serde(default = "default_apn")]
+    apn: String,
+}
+
+fn default_apn() -> String {
+    "CMNET".into()
 }
 
 fn default_port() -> u16 {
@@ -211,8 +222,36 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
     let mut msg = vec![0u8; cfg.block_size as usize + 1024];
     let mut work = vec![0u8; 64 * 1024];
     let mut backoff = 1;
+    let mut modem = None;
     loop {
-        let io = match net::connect(host, cfg.port, cfg.tls, cfg.ca.as_deref()).await {
+        let link = match (&cfg.modem, modem.as_mut()) {
+            (None, _) => net::connect(host, cfg.port, cfg.tls, cfg.ca.as_deref()).await.map(net::Link::direct),
+            (Some(uart), None) => {
+                // The UART itself is gone (the simulator stopped): power-cycle the modem link.
+                match net::modem_uart(uart).await {
+                    Ok(m) => modem = Some(m),
+                    Err(e) => log::warn!("{e}"),
+                }
+                continue;
+            }
+            (Some(uart), Some(m)) => {
+                let mc = ModemConfig {
+                    apn: &cfg.apn,
+                    host,
+                    port: cfg.port,
+                    tls: cfg.tls,
+                    register_timeout: Duration::from_secs(60),
+                };
+                match net::modem_link(m, clock, &mc).await {
+                    Ok(l) => Ok(l),
+                    Err(e) => {
+                        modem = None;
+                        Err(format!("{e} (UART {uart})"))
+                    }
+                }
+            }
+        };
+        let io = match link {
             Ok(io) => io,
             Err(e) => {
                 log::warn!("{e}; retrying in {backoff} s");
@@ -221,7 +260,6 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
                 continue;
             }
         };
-        let io = embedded_io_adapters::tokio_1::FromTokio::new(io);
         let mut mqtt =
             match Mqtt::<_, MQTT_RX>::connect(io, &creds.client_id, &creds.username, &creds.password, cfg.keep_alive)
                 .await
@@ -245,7 +283,12 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
             "connected to {host}:{} as {} ({}), module {}",
             cfg.port,
             creds.client_id.as_str(),
-            if cfg.tls { "TLS" } else { "plain TCP" },
+            match (&cfg.modem, cfg.tls) {
+                (None, true) => "TLS",
+                (None, false) => "plain TCP",
+                (Some(_), true) => "modem, TLS in the modem",
+                (Some(_), false) => "modem, TCP",
+            },
             cfg.module
         );
         let mut session = driver::Session {

@@ -1,6 +1,8 @@
 //! The host board's transports: MQTT over TCP or TLS (rustls), downloads over HTTP(S) (ureq).
 
 use crate::driver::{Clock, Http};
+use crate::modem::{Modem, ModemConfig};
+use embedded_io_adapters::tokio_1::FromTokio;
 use shared::time::Instant;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -50,6 +52,70 @@ pub fn tls_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConf
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The MQTT byte stream: a socket of this process, or the socket of the AT modem on its UART
+/// (the modem lives as long as the power is on; each MQTT session reopens its socket).
+pub enum Link<'a> {
+    Direct(FromTokio<Box<dyn Io>>),
+    Modem(&'a mut Modem<FromTokio<TcpStream>>),
+}
+
+impl Link<'_> {
+    pub fn direct(io: Box<dyn Io>) -> Link<'static> {
+        Link::Direct(FromTokio::new(io))
+    }
+}
+
+/// The modem's UART: a TCP connection to the modem simulator, opened once per power-on.
+pub async fn modem_uart(uart: &str) -> Result<Modem<FromTokio<TcpStream>>, String> {
+    let tcp = TcpStream::connect(uart).await.map_err(|e| format!("cannot reach the modem UART {uart}: {e}"))?;
+    tcp.set_nodelay(true).ok();
+    Ok(Modem::new(FromTokio::new(tcp)))
+}
+
+/// Brings the modem up and opens its socket.
+pub async fn modem_link<'a>(
+    m: &'a mut Modem<FromTokio<TcpStream>>,
+    clock: &TokioClock,
+    cfg: &ModemConfig<'_>,
+) -> Result<Link<'a>, String> {
+    m.open(clock, cfg).await.map_err(|e| e.to_string())?;
+    log::info!(
+        "modem: {} socket to {}:{} open (transparent mode)",
+        if cfg.tls { "TLS" } else { "TCP" },
+        cfg.host,
+        cfg.port
+    );
+    Ok(Link::Modem(m))
+}
+
+impl embedded_io_async::ErrorType for Link<'_> {
+    type Error = embedded_io_async::ErrorKind;
+}
+
+impl embedded_io_async::Read for Link<'_> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        match self {
+            Link::Direct(s) => s.read(buf).await.map_err(|e| embedded_io_async::Error::kind(&e)),
+            Link::Modem(m) => m.read(buf).await.map_err(|e| embedded_io_async::Error::kind(&e)),
+        }
+    }
+}
+
+impl embedded_io_async::Write for Link<'_> {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        match self {
+            Link::Direct(s) => s.write(buf).await.map_err(|e| embedded_io_async::Error::kind(&e)),
+            Link::Modem(m) => m.write(buf).await.map_err(|e| embedded_io_async::Error::kind(&e)),
+        }
+    }
+    async fn flush(&mut self) -> Result<(), Self::Error> {
+        match self {
+            Link::Direct(s) => s.flush().await.map_err(|e| embedded_io_async::Error::kind(&e)),
+            Link::Modem(m) => m.flush().await.map_err(|e| embedded_io_async::Error::kind(&e)),
+        }
+    }
 }
 
 pub struct TokioClock(pub tokio::time::Instant);

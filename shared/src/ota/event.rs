@@ -38,7 +38,7 @@ pub struct BootReport<'a> {
     pub module: &'a str,
     /// It was just swapped in and must pass its self-test, then confirm.
     pub awaiting_confirm: bool,
-    /// What the last update-related boot did.
+    /// What this boot did (reported once: the next quiet boot says Nothing).
     pub outcome: BootOutcome,
     /// The device's security counter.
     pub sec_cnt: u32,

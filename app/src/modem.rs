@@ -1,0 +1,356 @@
+//! A Quectel-style AT modem below the MQTT client (EC200/EC800/BG95 class): bring-up, a TCP or
+//! TLS socket in transparent mode, then the UART is the byte stream. Board-independent: any
+//! embedded-io-async byte stream (a UART; on the host board, a TCP connection to the modem
+//! simulator) and the board's [`Clock`].
+//!
+//! ```text
+//! AT          OK              (retried: the modem may still be booting, or in data mode)
+//! ATE0        OK
+//! AT+CPIN?    +CPIN: READY
+//! AT+CEREG?   +CEREG: 0,1|5   (LTE; else AT+CREG? for 2G/3G), polled until registered
+//! AT+QICSGP=1,1,"apn","","",1 OK
+//! AT+QIACT?   +QIACT: 1,...   (else AT+QIACT=1, up to 150 s)
+//! AT+QIOPEN=1,0,"TCP","host",port,0,2     CONNECT   (AT+QSSLOPEN=1,1,4,"host",port,2 for TLS)
+//! ```
+//!
+//! Recovery: a new [`Modem::open`] after the MQTT session failed leaves data mode if the modem
+//! does not answer `AT` (1 s guard, `+++`, 1 s guard), closes the old socket and brings the link
+//! up from the top; after `NO CARRIER` (the link dropped) the modem already answers `AT`.
+
+use crate::driver::Clock;
+use embassy_futures::select::{select, Either};
+use embedded_io_async::{Error as _, ErrorType, Read, Write};
+use shared::time::{Duration, Instant};
+
+/// Where to connect, and how long to wait.
+pub struct ModemConfig<'a> {
+    pub apn: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    pub tls: bool,
+    /// How long to wait for network registration.
+    pub register_timeout: Duration,
+}
+
+/// Why the link could not be opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModemError {
+    /// The UART failed.
+    Io,
+    /// No answer to `cmd` in time.
+    Timeout(&'static str),
+    /// `cmd` answered ERROR (or a failure result).
+    Refused(&'static str),
+    /// The SIM is missing or locked.
+    NoSim,
+    /// Not registered on the network in time.
+    NotRegistered,
+}
+
+impl core::fmt::Display for ModemError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ModemError::Io => f.write_str("modem UART error"),
+            ModemError::Timeout(c) => write!(f, "modem: no answer to {c}"),
+            ModemError::Refused(c) => write!(f, "modem: {c} failed"),
+            ModemError::NoSim => f.write_str("modem: SIM missing or locked (AT+CPIN? is not READY)"),
+            ModemError::NotRegistered => f.write_str("modem: not registered on the network"),
+        }
+    }
+}
+
+/// The modem on its UART. After [`Modem::open`] it is the socket's byte stream (Read + Write).
+pub struct Modem<U> {
+    uart: U,
+    /// Bytes read but not consumed (lines, or socket data that came with CONNECT).
+    buf: [u8; 256],
+    len: usize,
+}
+
+enum Line {
+    /// A complete line (without CR LF), as a range of `buf`.
+    Text(usize),
+    Timeout,
+}
+
+impl<U: Read + Write> Modem<U> {
+    pub fn new(uart: U) -> Self {
+        Modem { uart, buf: [0; 256], len: 0 }
+    }
+
+    /// Brings the modem up and opens the socket; afterwards `self` is the socket's byte stream.
+    pub async fn open<C: Clock>(&mut self, clock: &C, cfg: &ModemConfig<'_>) -> Result<(), ModemError> {
+        self.len = 0;
+        // A modem still in data mode (the link of a previous session is up) does not answer AT:
+        // leave data mode then. Either way close the old socket (harmless when there is none).
+        if self.command(clock, "AT", 500).await.is_err() {
+            self.escape(clock).await?;
+            let mut alive = false;
+            for _ in 0..10 {
+                if self.command(clock, "AT", 1000).await.is_ok() {
+                    alive = true;
+                    break;
+                }
+            }
+            if !alive {
+                return Err(ModemError::Timeout("AT"));
+            }
+        }
+        let _ = self.command(clock, "AT+QICLOSE=0", 10_000).await;
+        self.command(clock, "ATE0", 1000).await?;
+        self.expect_info(clock, "AT+CPIN?", "+CPIN: READY", 5000).await.map_err(|e| match e {
+            ModemError::Io => ModemError::Io,
+            _ => ModemError::NoSim,
+        })?;
+        self.register(clock, cfg.register_timeout).await?;
+        let mut cmd: heapless::String<160> = heapless::String::new();
+        write(&mut cmd, format_args!("AT+QICSGP=1,1,\"{}\",\"\",\"\",1", cfg.apn))?;
+        self.command(clock, &cmd, 5000).await.map_err(|_| ModemError::Refused("AT+QICSGP"))?;
+        if self.expect_info(clock, "AT+QIACT?", "+QIACT: 1,", 5000).await.is_err() {
+            self.command(clock, "AT+QIACT=1", 150_000).await.map_err(|_| ModemError::Refused("AT+QIACT=1"))?;
+        }
+        cmd.clear();
+        let what = if cfg.tls {
+            write(&mut cmd, format_args!("AT+QSSLOPEN=1,1,4,\"{}\",{},2", cfg.host, cfg.port))?;
+            "AT+QSSLOPEN"
+        } else {
+            write(&mut cmd, format_args!("AT+QIOPEN=1,0,\"TCP\",\"{}\",{},0,2", cfg.host, cfg.port))?;
+            "AT+QIOPEN"
+        };
+        self.send(&cmd).await?;
+        let deadline = clock.now() + Duration::from_secs(150);
+        loop {
+            match self.line(clock, deadline).await? {
+                Line::Timeout => return Err(ModemError::Timeout(what)),
+                Line::Text(n) => {
+                    let l = &self.buf[..n];
+                    if l == b"CONNECT" {
+                        self.consume(n);
+                        return Ok(());
+                    }
+                    let failed = l == b"ERROR" || l == b"NO CARRIER" || l.starts_with(b"+CME ERROR");
+                    self.consume(n);
+                    if failed {
+                        return Err(ModemError::Refused(what));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Leaves transparent mode: 1 s of silence, `+++`, 1 s of silence (Quectel's guard times).
+    async fn escape<C: Clock>(&mut self, clock: &C) -> Result<(), ModemError> {
+        self.drain(clock, Duration::from_millis(1000)).await?;
+        self.uart.write_all(b"+++").await.map_err(|_| ModemError::Io)?;
+        self.uart.flush().await.map_err(|_| ModemError::Io)?;
+        self.drain(clock, Duration::from_millis(1000)).await
+    }
+
+    /// Reads and drops whatever arrives for `d`.
+    async fn drain<C: Clock>(&mut self, clock: &C, d: Duration) -> Result<(), ModemError> {
+        let until = clock.now() + d;
+        let mut scratch = [0u8; 64];
+        loop {
+            match select(self.uart.read(&mut scratch), clock.sleep_until(until)).await {
+                Either::First(Ok(0)) | Either::First(Err(_)) => return Err(ModemError::Io),
+                Either::First(Ok(_)) => {}
+                Either::Second(()) => {
+                    self.len = 0;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn register<C: Clock>(&mut self, clock: &C, timeout: Duration) -> Result<(), ModemError> {
+        let deadline = clock.now() + timeout;
+        loop {
+            for (cmd, prefix) in [("AT+CEREG?", "+CEREG: "), ("AT+CREG?", "+CREG: ")] {
+                if let Ok(stat) = self.query(clock, cmd, prefix, 2000).await {
+                    // "<n>,<stat>[,...]": 1 = home, 5 = roaming.
+                    if matches!(stat.split(',').nth(1).map(str::trim), Some("1") | Some("5")) {
+                        return Ok(());
+                    }
+                }
+            }
+            if clock.now() >= deadline {
+                return Err(ModemError::NotRegistered);
+            }
+            clock.sleep_until(clock.now() + Duration::from_millis(1000)).await;
+        }
+    }
+
+    /// Sends `cmd` and waits for OK.
+    async fn command<C: Clock>(&mut self, clock: &C, cmd: &str, ms: u64) -> Result<(), ModemError> {
+        self.query(clock, cmd, "", ms).await.map(|_| ())
+    }
+
+    /// Sends `cmd`, waits for a line starting with `want` and then OK.
+    async fn expect_info<C: Clock>(
+        &mut self,
+        clock: &C,
+        cmd: &'static str,
+        want: &str,
+        ms: u64,
+    ) -> Result<(), ModemError> {
+        self.query(clock, cmd, want, ms).await.map(|_| ())
+    }
+
+    /// Sends `cmd`, returns the rest of the first line that starts with `prefix` (empty prefix:
+    /// none needed) once OK arrives.
+    async fn query<C: Clock>(
+        &mut self,
+        clock: &C,
+        cmd: &str,
+        prefix: &str,
+        ms: u64,
+    ) -> Result<heapless::String<64>, ModemError> {
+        let name = static_name(cmd);
+        self.send(cmd).await?;
+        let deadline = clock.now() + Duration::from_millis(ms);
+        let mut found: Option<heapless::String<64>> =
+            if prefix.is_empty() { Some(heapless::String::new()) } else { None };
+        loop {
+            match self.line(clock, deadline).await? {
+                Line::Timeout => return Err(ModemError::Timeout(name)),
+                Line::Text(n) => {
+                    let l = core::str::from_utf8(&self.buf[..n]).unwrap_or("");
+                    let mut done = None;
+                    if l == "OK" {
+                        done = Some(found.take().ok_or(ModemError::Refused(name)));
+                    } else if l == "ERROR" || l.starts_with("+CME ERROR") {
+                        done = Some(Err(ModemError::Refused(name)));
+                    } else if found.is_none() {
+                        if let Some(rest) = l.strip_prefix(prefix) {
+                            let mut s = heapless::String::new();
+                            let _ = s.push_str(&rest[..rest.len().min(64)]);
+                            found = Some(s);
+                        }
+                    }
+                    self.consume(n);
+                    if let Some(r) = done {
+                        return r;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, cmd: &str) -> Result<(), ModemError> {
+        self.uart.write_all(cmd.as_bytes()).await.map_err(|_| ModemError::Io)?;
+        // V.25ter: a command ends with S3 (CR) alone; a LF after it would be socket data once a
+        // QIOPEN answers CONNECT.
+        self.uart.write_all(b"\r").await.map_err(|_| ModemError::Io)?;
+        self.uart.flush().await.map_err(|_| ModemError::Io)
+    }
+
+    /// The next non-empty line (empty lines skipped), or a timeout.
+    async fn line<C: Clock>(&mut self, clock: &C, deadline: Instant) -> Result<Line, ModemError> {
+        loop {
+            // Skip leading CR/LF.
+            let skip = self.buf[..self.len].iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+            self.consume_raw(skip);
+            if let Some(end) = self.buf[..self.len].iter().position(|&b| b == b'\r' || b == b'\n') {
+                return Ok(Line::Text(end));
+            }
+            // CONNECT may be followed by data without a line end of its own in our buffer yet.
+            if self.len == self.buf.len() {
+                self.len = 0; // a line longer than the buffer: noise, dropped
+            }
+            let len = self.len;
+            match select(self.uart.read(&mut self.buf[len..]), clock.sleep_until(deadline)).await {
+                Either::First(Ok(0)) | Either::First(Err(_)) => return Err(ModemError::Io),
+                Either::First(Ok(n)) => self.len += n,
+                Either::Second(()) => return Ok(Line::Timeout),
+            }
+        }
+    }
+
+    /// Drops a line of `n` bytes and its line end.
+    fn consume(&mut self, n: usize) {
+        let mut k = n;
+        while k < self.len && (self.buf[k] == b'\r' || self.buf[k] == b'\n') && k < n + 2 {
+            k += 1;
+        }
+        self.consume_raw(k);
+    }
+
+    fn consume_raw(&mut self, n: usize) {
+        self.buf.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+}
+
+fn write<const N: usize>(s: &mut heapless::String<N>, args: core::fmt::Arguments<'_>) -> Result<(), ModemError> {
+    core::fmt::Write::write_fmt(s, args).map_err(|_| ModemError::Refused("AT command too long"))
+}
+
+/// The command's name for errors (`AT+QIOPEN=...` -> `AT+QIOPEN`).
+fn static_name(cmd: &str) -> &'static str {
+    const NAMES: [&str; 9] =
+        ["AT+QICSGP", "AT+QIACT?", "AT+QIACT=1", "AT+QICLOSE", "AT+CEREG?", "AT+CREG?", "AT+CPIN?", "ATE0", "AT"];
+    NAMES.into_iter().find(|n| cmd.starts_with(n)).unwrap_or("AT command")
+}
+
+/// The socket's stream errors: the UART's, or the modem saying the link dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkError {
+    Uart(embedded_io_async::ErrorKind),
+    /// `NO CARRIER`: the modem closed the socket and is back in command mode.
+    Dropped,
+}
+
+impl core::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LinkError::Uart(k) => write!(f, "modem UART: {k:?}"),
+            LinkError::Dropped => f.write_str("modem: NO CARRIER (the link dropped)"),
+        }
+    }
+}
+
+impl core::error::Error for LinkError {}
+
+impl embedded_io_async::Error for LinkError {
+    fn kind(&self) -> embedded_io_async::ErrorKind {
+        match self {
+            LinkError::Uart(k) => *k,
+            LinkError::Dropped => embedded_io_async::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+impl<U: ErrorType> ErrorType for Modem<U> {
+    type Error = LinkError;
+}
+
+/// What the modem prints when the link drops in transparent mode (no DCD line to watch here).
+const NO_CARRIER: &[u8] = b"\r\nNO CARRIER\r\n";
+
+impl<U: Read + Write> Read for Modem<U> {
+    async fn read(&mut self, out: &mut [u8]) -> Result<usize, Self::Error> {
+        if self.len > 0 {
+            // Socket data that arrived together with CONNECT.
+            let n = self.len.min(out.len());
+            out[..n].copy_from_slice(&self.buf[..n]);
+            self.consume_raw(n);
+            return Ok(n);
+        }
+        let n = self.uart.read(out).await.map_err(|e| LinkError::Uart(e.kind()))?;
+        // The drop notice ends what the modem sends; data bytes that happen to spell it are
+        // followed by more data, and a session misled by them only reconnects.
+        if out[..n].ends_with(NO_CARRIER) {
+            return Err(LinkError::Dropped);
+        }
+        Ok(n)
+    }
+}
+
+impl<U: Read + Write> Write for Modem<U> {
+    async fn write(&mut self, data: &[u8]) -> Result<usize, Self::Error> {
+        self.uart.write(data).await.map_err(|e| LinkError::Uart(e.kind()))
+    }
+    async fn flush(&mut self) -> Result<(), Self::Error> {
+        self.uart.flush().await.map_err(|e| LinkError::Uart(e.kind()))
+    }
+}

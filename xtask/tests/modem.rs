@@ -1,0 +1,169 @@
+//! The host device reaching the local console through the AT modem driver (app/src/modem.rs) and
+//! the modem simulator (xtask/src/modem_sim.rs): the bring-up sequence as sent, an upgrade over a
+//! modem link that drops mid-download (NO CARRIER, then a fresh bring-up), TLS in the modem
+//! (AT+QSSLOPEN toward the console's TLS listener), and a missing SIM said clearly.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use xtask::console::engine::{DigestKind, JobSpec, Package, Protocol, TaskState};
+use xtask::console::{self, Console, Options, TlsOptions};
+use xtask::modem_sim::{ModemSim, SimOptions};
+use xtask::proc::Killed;
+
+const PK: &str = "a1ModemTst1";
+
+/// Releases 1.3 and 1.4 and the host device, built once.
+fn setup() -> &'static (PathBuf, PathBuf) {
+    static S: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = scratch("modem-releases");
+        for v in ["1.3", "1.4"] {
+            xtask_ok(&[
+                "release",
+                "--board",
+                "host",
+                "--version",
+                v,
+                "--body-size",
+                "200000",
+                "--out",
+                s(&dir.join(v)),
+            ]);
+        }
+        let device = PathBuf::from(xtask_ok(&["build", "--board", "host"]).trim().lines().last().unwrap());
+        (dir, device)
+    })
+}
+
+fn device(dir: &Path, name: &str, uart: u16, port: u16, tls: bool) -> (Killed, PathBuf) {
+    let (rel, bin) = setup();
+    let flash = dir.join(format!("{name}.flash"));
+    std::fs::copy(rel.join("1.3/factory.bin"), &flash).unwrap();
+    let conf = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &conf,
+        format!(
+            "product_key = \"{PK}\"\ndevice_name = \"{name}\"\ndevice_secret = \"s\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+             tls = {tls}\nflash = \"{}\"\nmodem = \"127.0.0.1:{uart}\"\napn = \"CMNET\"\nblock_size = 4096\n",
+            flash.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new(bin)
+        .args(["--config", s(&conf)])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (Killed(child), log)
+}
+
+fn wait_log(log: &Path, what: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(what) {
+            return text;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no {what:?} in 60 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_upgrade_through_the_modem_survives_a_link_drop() {
+    let dir = scratch("modem-drop");
+    let c =
+        Console::start(Options { devices: vec![console::device(PK, "m1", "s")], quiet: true, ..Default::default() })
+            .unwrap();
+    let sim = ModemSim::start(SimOptions {
+        register_after_polls: 3,
+        drop_first_link_after: Some(60_000),
+        ..Default::default()
+    })
+    .unwrap();
+    let (_d, log) = device(&dir, "m1", sim.port, c.mqtt_port, false);
+    let id = (PK.to_string(), "m1".to_string());
+    c.wait(Duration::from_secs(60), "m1 online on 1.3", |e| {
+        e.device(&id).is_some_and(|d| d.online && d.version() == Some("1.3"))
+    })
+    .unwrap();
+    let (rel, _) = setup();
+    let job = c.add_job(JobSpec {
+        package: Package::load(&rel.join("1.4")).unwrap(),
+        from: vec![],
+        protocol: Protocol::Mqtt,
+        digest: DigestKind::Md5,
+        timeout: Duration::from_secs(120),
+    });
+    let done =
+        |e: &console::engine::Engine| e.device(&id).and_then(|d| d.tasks.get(&job)).is_some_and(|t| t.state.done());
+    c.wait(Duration::from_secs(120), "the task to end", done)
+        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    let t = c.with(|e| e.device(&id).unwrap().tasks[&job].clone());
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    c.wait(Duration::from_secs(30), "1.4 informed", |e| e.device(&id).is_some_and(|d| d.version() == Some("1.4")))
+        .unwrap();
+
+    let s = sim.log();
+    assert!(s.drops >= 1 && s.links >= 3, "a drop, a reopened link, a link after the reset: {s:?}");
+    // The first bring-up, as sent.
+    let port = c.mqtt_port;
+    let want = [
+        "AT".to_string(),
+        "AT+QICLOSE=0".into(),
+        "ATE0".into(),
+        "AT+CPIN?".into(),
+        "AT+CEREG?".into(),
+        "AT+CREG?".into(),
+        "AT+CEREG?".into(),
+        "AT+CREG?".into(),
+        "AT+QICSGP=1,1,\"CMNET\",\"\",\"\",1".into(),
+        "AT+QIACT?".into(),
+        "AT+QIACT=1".into(),
+        format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{port},0,2"),
+    ];
+    assert_eq!(s.commands[..want.len()], want, "{:#?}", s.commands);
+    // After NO CARRIER the modem answers AT at once: no +++ escape was needed, context still up.
+    let second = &s.commands[want.len()..];
+    assert_eq!(second.first().map(String::as_str), Some("AT"), "{second:?}");
+    assert!(second.iter().any(|c| c == "AT+QIACT?"), "{second:?}");
+    let dlog = std::fs::read_to_string(&log).unwrap();
+    assert!(dlog.contains("modem: TCP socket to 127.0.0.1"), "{dlog}");
+}
+
+#[test]
+fn tls_in_the_modem_reaches_the_console_s_tls_listener() {
+    let dir = scratch("modem-tls");
+    let (ca, cert, key) = tls_files(&dir, "modem");
+    let c = Console::start(Options {
+        devices: vec![console::device(PK, "m2", "s")],
+        tls: Some(TlsOptions { cert, key, port: 0, https_port: 0 }),
+        quiet: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let sim = ModemSim::start(SimOptions { tls_ca: Some(ca), ..Default::default() }).unwrap();
+    let (_d, log) = device(&dir, "m2", sim.port, c.tls_port.unwrap(), true);
+    let id = (PK.to_string(), "m2".to_string());
+    c.wait(Duration::from_secs(60), "m2 online on 1.3", |e| {
+        e.device(&id).is_some_and(|d| d.online && d.version() == Some("1.3"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    let tls_port = c.tls_port.unwrap();
+    assert!(sim.log().commands.contains(&format!("AT+QSSLOPEN=1,1,4,\"127.0.0.1\",{tls_port},2")));
+}
+
+#[test]
+fn a_missing_sim_is_said_clearly() {
+    let dir = scratch("modem-nosim");
+    let sim = ModemSim::start(SimOptions { no_sim: true, ..Default::default() }).unwrap();
+    let (_d, log) = device(&dir, "m3", sim.port, 1, false);
+    let text = wait_log(&log, "SIM missing");
+    assert!(text.contains("AT+CPIN? is not READY"), "{text}");
+}
