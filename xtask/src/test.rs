@@ -39,7 +39,10 @@ pub fn run(a: Args) -> Result<()> {
         cmd.env("ALIYUN_OTA_FULL", "1");
     }
     let ok = cmd.status().context("running cargo test")?.success();
-    steps.push(("host tests (unit, property, power-cut sweeps, interop, release, QEMU boot, console, modem)".into(), ok));
+    steps.push((
+        "host tests (unit, property, power-cut sweeps, interop, release, QEMU boot, console, modem)".into(),
+        ok,
+    ));
 
     // The demo's scenarios and a fleet, as `cargo xtask demo` plays them (same code, own folders).
     let demo = crate::root().join("target/test-demo");

@@ -226,14 +226,14 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
     loop {
         let link = match (&cfg.modem, modem.as_mut()) {
             (None, _) => net::connect(host, cfg.port, cfg.tls, cfg.ca.as_deref()).await.map(net::Link::direct),
-            (Some(uart), None) => {
-                // The UART itself is gone (the simulator stopped): power-cycle the modem link.
-                match net::modem_uart(uart).await {
-                    Ok(m) => modem = Some(m),
-                    Err(e) => log::warn!("{e}"),
+            (Some(uart), None) => match net::modem_uart(uart).await {
+                // The UART (re)opened: bring the modem up on the next turn.
+                Ok(m) => {
+                    modem = Some(m);
+                    continue;
                 }
-                continue;
-            }
+                Err(e) => Err(e),
+            },
             (Some(uart), Some(m)) => {
                 let mc = ModemConfig {
                     apn: &cfg.apn,
