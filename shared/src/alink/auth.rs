@@ -97,15 +97,23 @@ pub fn credentials(
     write!(c.client_id, "{prefix}|securemode={securemode},signmethod={},timestamp={ts}|", method.name())
         .map_err(|_| AlinkError::TooLong)?;
     write!(c.username, "{dn}&{pk}").map_err(|_| AlinkError::TooLong)?;
-    let key = dev.device_secret.as_bytes();
     let parts = ["clientId", &prefix, "deviceName", dn, "productKey", pk, "timestamp", ts];
+    c.password = sign(dev.device_secret, method, &parts)?;
+    Ok(c)
+}
+
+/// Lowercase hex HMAC of the concatenated `parts` keyed with `secret` (the password's content
+/// is `clientId{id}deviceName{dn}productKey{pk}timestamp{ts}`, or a subset of those pairs).
+pub fn sign(secret: &str, method: SignMethod, parts: &[&str]) -> Result<String<64>, AlinkError> {
+    let key = secret.as_bytes();
+    let mut out = String::new();
     macro_rules! mac {
         ($t:ty) => {{
             let mut m = <$t>::new_from_slice(key).expect("HMAC takes any key length");
             for p in parts {
                 m.update(p.as_bytes());
             }
-            hex_into(&mut c.password, &m.finalize().into_bytes())?
+            hex_into(&mut out, &m.finalize().into_bytes())?
         }};
     }
     match method {
@@ -113,7 +121,7 @@ pub fn credentials(
         SignMethod::HmacSha1 => mac!(HmacSha1),
         SignMethod::HmacMd5 => mac!(HmacMd5),
     }
-    Ok(c)
+    Ok(out)
 }
 
 #[cfg(test)]

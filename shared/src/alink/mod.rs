@@ -9,7 +9,7 @@ pub mod json;
 mod msg;
 mod topic;
 
-pub use auth::{credentials, Credentials, DeviceSecret, SignMethod, LINKSDK_TIMESTAMP};
+pub use auth::{credentials, sign, Credentials, DeviceSecret, SignMethod, LINKSDK_TIMESTAMP};
 pub use download::{download_request, emit_download_reply, parse_download_reply, Block, CRC16_ARC};
 pub use msg::{
     firmware_get, inform, parse_task, progress, DigestMethod, Source, Task, UrlPiece, MAX_DESC, STEP_DOWNLOAD_FAILED,

@@ -3,7 +3,7 @@
 //! password HMAC recomputed from the registered device secret.
 
 use serde::Deserialize;
-use shared::alink::{credentials, DeviceSecret, SignMethod};
+use shared::alink::{sign, SignMethod};
 use std::collections::BTreeMap;
 
 /// A registered device (`[[device]]` in the console's TOML).
@@ -84,16 +84,24 @@ impl Registry {
             }
         }
         let method = method.ok_or_else(|| bad("client id has no known signmethod (hmacsha256, hmacsha1, hmacmd5)"))?;
-        let timestamp = timestamp.ok_or_else(|| bad("client id has no timestamp"))?;
-        let securemode = securemode.ok_or_else(|| bad("client id has no securemode"))?;
+        securemode.ok_or_else(|| bad("client id has no securemode"))?;
         let id = (pk.to_string(), dn.to_string());
         let Some(secret) = self.secrets.get(&id) else {
             return Err(Refusal::BadCredentials(format!("no device {dn} in product {pk} is registered")));
         };
-        let dev = DeviceSecret { product_key: pk, device_name: dn, device_secret: secret };
-        let expect = credentials(&dev, method, Some(prefix), Some(timestamp), securemode)
-            .map_err(|e| bad(&format!("credentials do not fit: {e}")))?;
-        let ok = std::str::from_utf8(password).is_ok_and(|p| p.eq_ignore_ascii_case(&expect.password));
+        // The signed content: every pair the client id carries, in Aliyun's order; without a
+        // timestamp the doc also allows the minimal `deviceName..productKey..` (ALIYUN.md §1.6).
+        let mut contents = vec![match timestamp {
+            Some(ts) => vec!["clientId", prefix, "deviceName", dn, "productKey", pk, "timestamp", ts],
+            None => vec!["clientId", prefix, "deviceName", dn, "productKey", pk],
+        }];
+        if timestamp.is_none() {
+            contents.push(vec!["deviceName", dn, "productKey", pk]);
+        }
+        let given = std::str::from_utf8(password).unwrap_or("");
+        let ok = contents
+            .iter()
+            .any(|parts| sign(secret, method, parts).is_ok_and(|expect| given.eq_ignore_ascii_case(&expect)));
         if !ok {
             return Err(Refusal::BadCredentials(format!(
                 "{pk}/{dn}: the password is not the {} of the registered device secret",
@@ -107,6 +115,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::alink::{credentials, DeviceSecret};
 
     fn reg() -> Registry {
         Registry::new(&[DeviceEntry {
@@ -139,7 +148,7 @@ mod tests {
         assert!(e.to_string().contains("no device dev-002"), "{e}");
         for (cid, user) in [
             ("x", "dev-001&a1B2c3D4e5F"),
-            ("x|securemode=3,signmethod=hmacsha256|", "dev-001&a1B2c3D4e5F"),
+            ("x|signmethod=hmacsha256,timestamp=1|", "dev-001&a1B2c3D4e5F"),
             ("x|securemode=3,signmethod=rot13,timestamp=1|", "dev-001&a1B2c3D4e5F"),
             (&c.client_id, "dev-001"),
         ] {
@@ -166,5 +175,9 @@ mod tests {
         assert!(r.check(linksdk, user, b"7ED8E8ED1E58797324CF443DB210AAB129888F364A2A704A280E8DF3F754C353").is_ok());
         // One flipped hex digit.
         assert!(r.check(sha1, user, b"04c9ef54da98b6e746064b8490c46af4835f83f6").is_err());
+        // The minimal form: no timestamp in the client id, content deviceName..productKey.. only.
+        let minimal = "a1B2c3D4e5F.dev-001|securemode=2,signmethod=hmacsha1|";
+        assert!(r.check(minimal, user, b"3ffe285a685605f0bd2accae5e1dcb9c7a5fca57").is_ok());
+        assert!(r.check(minimal, user, b"04c9ef54da98b6e746064b8490c46af4835f83f5").is_err());
     }
 }
