@@ -1,7 +1,7 @@
 //! A scripted Aliyun console on an MQTT broker: sees a device's OTA uplinks, pushes a task,
 //! answers `firmware/get` and MQTT stream block requests from an image. Used by `cargo xtask bench
-//! ota` and by the host device tests (the full local console with its own broker is `console`).
-#![allow(dead_code)]
+//! ota` and by the host device tests against mosquitto (the local console with its own broker is
+//! `console`).
 
 use md5::{Digest as _, Md5};
 use serde_json::Value;

@@ -4,27 +4,17 @@
 //! valid image boots and the device reports the truth).
 
 mod common;
-#[path = "../src/mini_console.rs"]
-mod mini_console;
 use common::*;
-use mini_console::{is_inform, Console, DN, PK};
 use std::io::Read as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use xtask::mini_console::{is_inform, Console, DN, PK};
+use xtask::proc::Killed;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    xtask::proc::free_port().unwrap()
 }
 
 /// Starts mosquitto with `conf` and waits until it listens on `port`.
@@ -38,12 +28,9 @@ fn mosquitto_with(dir: &Path, conf: &str, port: u16) -> Killed {
         .stderr(Stdio::null())
         .spawn()
         .expect("mosquitto");
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Killed(child)
+    let child = Killed(child);
+    xtask::proc::wait_port(port, "mosquitto").unwrap();
+    child
 }
 
 /// A plain broker for anonymous clients.
