@@ -15,7 +15,7 @@ pub mod engine;
 pub mod net;
 
 use anyhow::{Context, Result};
-use auth::{DeviceEntry, DeviceId, Registry};
+use auth::{DeviceEntry, Registry};
 use engine::{DigestKind, Engine, JobSpec, Package, Protocol, Status};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -402,9 +402,4 @@ pub fn table(s: &Status) -> String {
 /// A device entry for the console's registry.
 pub fn device(pk: &str, dn: &str, secret: &str) -> DeviceEntry {
     DeviceEntry { product_key: pk.into(), device_name: dn.into(), device_secret: secret.into() }
-}
-
-/// The id of a device entry.
-pub fn id_of(d: &DeviceEntry) -> DeviceId {
-    (d.product_key.clone(), d.device_name.clone())
 }
