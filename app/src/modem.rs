@@ -125,7 +125,13 @@ impl<U: Read + Write> Modem<U> {
                 Line::Text(n) => {
                     let l = &self.buf[..n];
                     if l == b"CONNECT" {
+                        // "\r\nCONNECT\r\n": over a UART the LF may not be here yet, and it is
+                        // not socket data (a stray LF first would corrupt the MQTT stream).
+                        let lf_pending = self.len == n + 1 && self.buf[n] == b'\r';
                         self.consume(n);
+                        if lf_pending {
+                            self.drop_lf(clock).await?;
+                        }
                         return Ok(());
                     }
                     let failed = l == b"ERROR" || l == b"NO CARRIER" || l.starts_with(b"+CME ERROR");
@@ -136,6 +142,22 @@ impl<U: Read + Write> Modem<U> {
                 }
             }
         }
+    }
+
+    /// Waits briefly for the LF that ends a line whose CR came alone, and drops it (anything
+    /// else is kept: it is socket data).
+    async fn drop_lf<C: Clock>(&mut self, clock: &C) -> Result<(), ModemError> {
+        let until = clock.now() + Duration::from_millis(500);
+        let mut b = [0u8; 1];
+        match select(self.uart.read(&mut b), clock.sleep_until(until)).await {
+            Either::First(Ok(1)) if b[0] != b'\n' => {
+                self.buf[0] = b[0];
+                self.len = 1;
+            }
+            Either::First(Ok(0)) | Either::First(Err(_)) => return Err(ModemError::Io),
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Leaves transparent mode: 1 s of silence, `+++`, 1 s of silence (Quectel's guard times).

@@ -7,6 +7,7 @@
 //! | [`boot`] | the boot policy: validate DFU, swap only the pages in use, revert, counter, BOOT_RECORD |
 //! | [`flash`] | NOR semantics over plain memory (the qemu-an386 flash driver) |
 //! | [`ota`] | `OtaMachine`, the sans-IO OTA client: every protocol decision |
+//! | [`provision`] | the provisioning page: credentials and broker, written once per device |
 //! | [`time`] | `Instant` / `Duration` handed to the sans-IO core |
 //! | `sim` | (feature `sim`) strict NOR flash model and power-cut injection for host tests |
 //!
@@ -21,6 +22,7 @@ pub mod boot;
 pub mod flash;
 pub mod image;
 pub mod ota;
+pub mod provision;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod time;

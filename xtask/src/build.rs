@@ -74,21 +74,37 @@ pub fn host_device_profile(keys: &[PublicKey], profile: &str) -> Result<PathBuf>
 
 /// Builds `c` for `board` trusting `keys`; returns the ELF's path.
 pub fn firmware(board: Board, c: Crate, keys: &[PublicKey]) -> Result<PathBuf> {
+    firmware_with(board, c, keys, &[])
+}
+
+/// The same with extra cargo features of the crate (e.g. `self-test-fails`), built in a target
+/// dir of their own so that switching back and forth rebuilds nothing.
+pub fn firmware_with(board: Board, c: Crate, keys: &[PublicKey], features: &[&str]) -> Result<PathBuf> {
     let Some(target) = board.target() else {
         bail!("the {} board runs no firmware binary: its device is `cargo xtask device`", board.name())
     };
     tools::ensure_rust_target(target)?;
     let hex_keys: Vec<String> = keys.iter().map(|k| hex::encode(k.0)).collect();
+    let dir = match features {
+        [] => target_dir(),
+        f => crate::root().join(format!("target/firmware-{}", f.join("-"))),
+    };
     let status = Command::new(env!("CARGO"))
         .current_dir(crate::root())
         .args(["build", "--release", "--target", target, "-p", c.name(), "--features"])
-        .arg(format!("{}/{}", c.name(), board.name()))
-        .env("CARGO_TARGET_DIR", target_dir())
+        .arg(
+            std::iter::once(board.name())
+                .chain(features.iter().copied())
+                .map(|f| format!("{}/{f}", c.name()))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .env("CARGO_TARGET_DIR", &dir)
         .env(PUBKEY_ENV, hex_keys.join(","))
         .status()
         .context("running cargo build")?;
     ensure!(status.success(), "building {} for {} failed", c.name(), board.name());
-    Ok(target_dir().join(target).join("release").join(c.name()))
+    Ok(dir.join(target).join("release").join(c.name()))
 }
 
 /// The loadable segments of a 32-bit ELF as (load address, bytes). `.data` runs from RAM but is

@@ -12,6 +12,8 @@ pub mod mini_console;
 pub mod modem_sim;
 pub mod package;
 pub mod proc;
+pub mod provision;
+pub mod qemu;
 pub mod sign;
 pub mod size;
 pub mod test;

@@ -35,6 +35,11 @@ enum Cmd {
     /// A Quectel-style AT modem simulator: the device's UART on a TCP port, sockets bridged to
     /// 127.0.0.1 (plain, or TLS for AT+QSSLOPEN).
     ModemSim(modem_sim::Args),
+    /// Write a device's credentials and broker into its provisioning page.
+    Provision(provision::Args),
+    /// The real firmware under QEMU (mps2-an386) against the local console, through the modem
+    /// simulator; `--upgrade DIR` pushes releases to it.
+    Qemu(qemu::Args),
     /// The whole OTA loop on this machine: console + host device, four scenarios, a verdict table.
     Demo(demo::Args),
     /// Benchmarks: `boot` = flash wear of one update, ours vs embassy-boot's whole-slot swap;
@@ -59,6 +64,8 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Device(a) => device::run(a),
         Cmd::Console(a) => console::run(a),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Provision(a) => provision::run(a),
+        Cmd::Qemu(a) => qemu::run(a),
         Cmd::ModemSim(a) => modem_sim::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Size(a) => size::run(a),

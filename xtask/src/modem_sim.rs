@@ -205,6 +205,7 @@ impl Session {
         let mut down = [0u8; 16 * 1024];
         let mut up = [0u8; 16 * 1024];
         let mut last_up = tokio::time::Instant::now();
+        let mut plus = 0usize;
         loop {
             tokio::select! {
                 r = lr.read(&mut down) => {
@@ -231,8 +232,15 @@ impl Session {
                     }
                     let quiet = last_up.elapsed() >= Duration::from_millis(900);
                     last_up = tokio::time::Instant::now();
-                    if quiet && &up[..n] == b"+++" {
-                        // Escape if 1 s of silence follows too.
+                    // `+++` after a second of silence, in one write or byte by byte (a UART
+                    // delivers one byte at a time), is held back as an escape candidate.
+                    let data = &up[..n];
+                    if (quiet || plus > 0) && plus + n <= 3 && data.iter().all(|&b| b == b'+') {
+                        plus += n;
+                        if plus < 3 {
+                            continue;
+                        }
+                        // Escape if a second of silence follows too.
                         let mut more = [0u8; 1];
                         match tokio::time::timeout(Duration::from_millis(900), self.uart.read(&mut more)).await {
                             Err(_) => {
@@ -241,11 +249,17 @@ impl Session {
                             }
                             Ok(r) => {
                                 let k = r?;
-                                lw.write_all(&up[..n]).await?;
+                                lw.write_all(b"+++").await?;
                                 lw.write_all(&more[..k]).await?;
+                                plus = 0;
+                                last_up = tokio::time::Instant::now();
                                 continue;
                             }
                         }
+                    }
+                    if plus > 0 {
+                        lw.write_all(&b"+++"[..plus]).await?;
+                        plus = 0;
                     }
                     lw.write_all(&up[..n]).await?;
                 }

@@ -8,7 +8,7 @@
 //!                            flash file for `cargo xtask device --factory`)
 //! ```
 
-use crate::build::{elf_to_bin, firmware, Crate};
+use crate::build::{elf_to_bin, firmware, firmware_with, Crate};
 use crate::sign::{check_aliyun_string, make_image};
 use crate::{keys, BoardArg};
 use anyhow::{ensure, Context, Result};
@@ -42,10 +42,12 @@ pub struct Args {
     /// Output folder (default: target/releases/<board>/<module>-<version>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// host board only: the simulated firmware fails its self-test (it is rolled back).
+    /// The firmware fails its self-test, so devices roll it back (to show and test a rollback):
+    /// the host board's simulated firmware says so, the thumb boards' app is built with the
+    /// `self-test-fails` feature.
     #[arg(long)]
     failing_self_test: bool,
-    /// host board only: pad the simulated firmware body to this many bytes.
+    /// Pad the firmware body to at least this many bytes (host: the simulated firmware's size).
     #[arg(long, value_parser = crate::parse_u32, default_value = "4096")]
     body_size: u32,
 }
@@ -85,8 +87,13 @@ pub fn run(a: Args) -> Result<()> {
         // A host image cannot execute: its body describes the simulated firmware.
         Board::Host => shared::image::host_body(!a.failing_self_test, a.body_size as usize),
         _ => {
-            ensure!(!a.failing_self_test, "--failing-self-test is for the host board only");
-            elf_to_bin(&read(&firmware(board, Crate::App, &[public])?)?, layout.app_origin())?
+            let features: &[&str] = if a.failing_self_test { &["self-test-fails"] } else { &[] };
+            let mut body =
+                elf_to_bin(&read(&firmware_with(board, Crate::App, &[public], features)?)?, layout.app_origin())?;
+            if body.len() < a.body_size as usize {
+                body.resize(a.body_size as usize, 0xFF);
+            }
+            body
         }
     };
     ensure!(

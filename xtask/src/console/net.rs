@@ -69,6 +69,13 @@ pub async fn front_door(
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
+        // A slow sender (a UART behind a modem) delivers CONNECT a few bytes at a time; mqttrs
+        // takes a cut fixed header for a malformed one, so wait for the whole packet first.
+        match packet_len(&buf) {
+            None if buf.len() < 5 => continue,
+            Some(len) if len <= 4096 && buf.len() < len => continue,
+            _ => {}
+        }
         match mqttrs::decode_slice(&buf) {
             Ok(Some(mqttrs::Packet::Connect(c))) => {
                 break (
@@ -100,6 +107,19 @@ pub async fn front_door(
     let r = tokio::io::copy_bidirectional_with_sizes(&mut s, &mut up, 1 << 16, 1 << 16).await;
     engine.lock().unwrap().online(&id, false);
     r.map(|_| ()).map_err(Into::into)
+}
+
+/// The whole length of the MQTT packet starting `buf`, once its fixed header is complete.
+fn packet_len(buf: &[u8]) -> Option<usize> {
+    let mut len = 0usize;
+    for i in 0..4 {
+        let b = *buf.get(1 + i)?;
+        len |= ((b & 0x7F) as usize) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(2 + i + len);
+        }
+    }
+    None
 }
 
 /// One HTTP/1.1 request for `/ota/{job}/{file}?Expires=..&device=..`, with or without `Range`.
@@ -194,7 +214,18 @@ pub fn log(msg: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{packet_len, parse_range};
+
+    #[test]
+    fn a_connect_cut_anywhere_is_incomplete_not_malformed() {
+        let mut pkt = vec![0x10, 0x80, 0x01];
+        pkt.resize(3 + 128, 0);
+        for cut in 0..pkt.len() {
+            assert!(packet_len(&pkt[..cut]).is_none_or(|l| l > cut), "cut at {cut}");
+        }
+        assert_eq!(packet_len(&pkt), Some(131));
+        assert_eq!(packet_len(&[0x10, 0xFF, 0xFF, 0xFF, 0xFF]), None);
+    }
 
     #[test]
     fn ranges() {

@@ -1,0 +1,109 @@
+//! `cargo xtask provision`: writes a device's credentials and broker into its PROVISION page
+//! (format: `shared::provision`). One image serves the whole fleet; each device gets its page.
+//! qemu-an386: into the flash file QEMU uses as `mps.ram`.
+
+use crate::BoardArg;
+use anyhow::{bail, ensure, Context, Result};
+use memory_layouts::{Board, Layout};
+use shared::alink::SignMethod;
+use shared::provision::Provision;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Board of the device.
+    #[arg(long, value_enum)]
+    board: BoardArg,
+    /// qemu-an386: the flash file (a release's factory.bin copy) to write the page into.
+    #[arg(long)]
+    flash: Option<PathBuf>,
+    #[command(flatten)]
+    p: Fields,
+}
+
+/// The record's fields on the command line.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Fields {
+    /// Aliyun product key.
+    #[arg(long)]
+    pub product_key: String,
+    /// Aliyun device name.
+    #[arg(long)]
+    pub device_name: String,
+    /// Aliyun device secret.
+    #[arg(long)]
+    pub device_secret: String,
+    /// MQTT host: `{instance}.mqtt.iothub.aliyuncs.com`, or `{pk}.iot-as-mqtt.{region}.aliyuncs.com`.
+    #[arg(long)]
+    pub host: String,
+    /// MQTT port.
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    /// TLS to the broker, done by the modem (AT+QSSLOPEN; use port 8883).
+    #[arg(long)]
+    pub tls: bool,
+    /// The SIM's APN.
+    #[arg(long, default_value = "CMNET")]
+    pub apn: String,
+    /// hmacsha256, hmacsha1 or hmacmd5.
+    #[arg(long, default_value = "hmacsha256")]
+    pub sign_method: String,
+}
+
+impl Fields {
+    /// The page as it goes into flash: the record, then erased bytes.
+    pub fn page(&self, layout: &Layout) -> Result<Vec<u8>> {
+        ensure!(
+            SignMethod::from_name(&self.sign_method).is_some(),
+            "--sign-method {:?}: use hmacsha256, hmacsha1 or hmacmd5",
+            self.sign_method
+        );
+        let p = Provision {
+            product_key: &self.product_key,
+            device_name: &self.device_name,
+            device_secret: &self.device_secret,
+            sign_method: &self.sign_method,
+            host: &self.host,
+            port: self.port,
+            tls: self.tls,
+            apn: &self.apn,
+        };
+        let mut page = vec![layout.geometry.erased; layout.provision.length as usize];
+        p.encode(&mut page).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(page)
+    }
+}
+
+/// Writes the page into a flash image of the whole device (QEMU's `mps.ram` file).
+pub fn into_flash_file(board: Board, fields: &Fields, flash: &std::path::Path) -> Result<()> {
+    let l = board.layout();
+    let page = fields.page(l)?;
+    let mut f = std::fs::read(flash).with_context(|| format!("reading {}", flash.display()))?;
+    ensure!(
+        f.len() == l.flash.length as usize,
+        "{} is {} bytes; a {} flash image is {} (copy a release's factory.bin)",
+        flash.display(),
+        f.len(),
+        board.name(),
+        l.flash.length
+    );
+    let at = (l.provision.origin - l.flash.origin) as usize;
+    f[at..at + page.len()].copy_from_slice(&page);
+    std::fs::write(flash, f).with_context(|| format!("writing {}", flash.display()))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let board = Board::from(a.board);
+    match board {
+        Board::QemuAn386 => {
+            let Some(flash) = a.flash else {
+                bail!("qemu-an386: pass --flash FILE (a copy of a release's factory.bin)")
+            };
+            into_flash_file(board, &a.p, &flash)?;
+            println!("provisioned {} / {} into {}", a.p.product_key, a.p.device_name, flash.display());
+            Ok(())
+        }
+        Board::Host => bail!("the host device reads its credentials from device.toml (see README)"),
+        Board::Nrf52840Dk => bail!("provisioning an nrf52840-dk over a debug probe is not built yet (issue 7)"),
+    }
+}
