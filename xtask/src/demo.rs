@@ -15,7 +15,7 @@ use crate::build::host_device;
 use crate::console::engine::{DigestKind, JobSpec, Package, Protocol, Task, TaskState};
 use crate::console::{self, auth::DeviceId, Console, Options};
 use crate::proc::{spawn_logged, Killed};
-use crate::{keys, proc};
+use crate::{keys, proc, qemu};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -27,9 +27,13 @@ pub struct Args {
     /// Upgrade this many host devices in one job instead of playing the scenarios.
     #[arg(long)]
     fleet: Option<usize>,
-    /// Work folder (default: target/demo, or target/demo-fleet).
+    /// Work folder (default: target/demo, target/demo-fleet or target/demo-qemu).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Play the scenarios with the real firmware (bootloader + app for qemu-an386) under QEMU,
+    /// reaching the console through the AT modem simulator.
+    #[arg(long, conflicts_with = "fleet")]
+    qemu: bool,
 }
 
 const PK: &str = "a1DemoPk001";
@@ -47,11 +51,18 @@ const RELEASES: &[(&str, u32, &[&str])] = &[
 
 pub fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
-    let dir = a
-        .dir
-        .unwrap_or_else(|| crate::root().join(if a.fleet.is_some() { "target/demo-fleet" } else { "target/demo" }));
+    let dir = a.dir.unwrap_or_else(|| {
+        crate::root().join(match (a.fleet, a.qemu) {
+            (Some(_), _) => "target/demo-fleet",
+            (None, true) => "target/demo-qemu",
+            (None, false) => "target/demo",
+        })
+    });
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if a.qemu {
+        return qemu_scenarios(&dir, t0);
+    }
     eprintln!("building the host device and the releases (dev key) in {} ...", dir.display());
     let key = keys::load_public_key(&keys::dev_key())?;
     let device_bin = host_device(&[key])?;
@@ -278,9 +289,74 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
     let detail = said.split("]").last().unwrap_or("").trim().chars().take(90).collect();
     rows.push(("(e) wrong device secret", "refused, device says why".into(), observed, detail));
 
+    verdict(&rows, &console, dir, t0)
+}
+
+/// The releases of `demo --qemu`: the real app, signed as each version; 1.6 is built with the
+/// `self-test-fails` feature.
+pub const QEMU_RELEASES: &[(&str, &[&str])] =
+    &[("1.3", &[]), ("1.4", &[]), ("1.5", &[]), ("1.6", &["--failing-self-test"])];
+
+/// `demo --qemu`: (a)-(c) with the real bootloader and app under QEMU.
+fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
+    eprintln!("building the qemu-an386 bootloader, app and releases (dev key) in {} ...", dir.display());
+    qemu::releases(dir, QEMU_RELEASES)?;
+    eprintln!("built in {:.1} s", t0.elapsed().as_secs_f64());
+    let rig = qemu::Rig::start(dir, &dir.join("1.3"), true)?;
+    let id = rig.id();
+    rig.runs("1.3", STEP_TIMEOUT)
+        .with_context(|| format!("the QEMU device did not come online (log: {})", rig.dev.log.display()))?;
+    eprintln!("QEMU device {} runs factory v1.3 (log: {})", id.1, rig.dev.log.display());
+    let connects = |r: &qemu::Rig| r.console.with(|e| e.device(&id).map_or(0, |d| d.connects));
+    let mut rows: Vec<(&str, String, String, String)> = Vec::new();
+
+    // (a)
+    let j = rig.console.add_job(qemu::job(&dir.join("1.4"), false, STEP_TIMEOUT)?);
+    let t = follow(&rig.console, &id, j, &bar("(a) v1.3 -> v1.4 over MQTT stream"), |_| false)?;
+    let _ = rig.runs("1.4", STEP_TIMEOUT);
+    rows.push((
+        "(a) v1.3 -> v1.4, MQTT stream",
+        "success, runs 1.4".into(),
+        format!("{}, runs {}", outcome(&t), rig.version()),
+        format!("{} blocks in {:.1} s", t.blocks, t.elapsed_ms as f64 / 1e3),
+    ));
+
+    // (b) Over MQTT too: this board downloads over the modem's socket only.
+    let before = connects(&rig);
+    let j = rig.console.add_job(qemu::job(&dir.join("1.5"), true, STEP_TIMEOUT)?);
+    let t = follow(&rig.console, &id, j, &bar("(b) tampered v1.5 over MQTT stream"), |_| false)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let stayed = if connects(&rig) == before { "" } else { " after a reset" };
+    rows.push((
+        "(b) tampered v1.5, MQTT stream",
+        "step -3, runs 1.4".into(),
+        format!("{}, runs {}{stayed}", outcome(&t), rig.version()),
+        t.desc.clone(),
+    ));
+
+    // (c)
+    let j = rig.console.add_job(qemu::job(&dir.join("1.6"), false, STEP_TIMEOUT)?);
+    let t = follow(&rig.console, &id, j, &bar("(c) v1.6, fails its self-test"), |_| false)?;
+    let _ = rig.runs("1.4", STEP_TIMEOUT);
+    rows.push((
+        "(c) v1.6 fails its self-test",
+        "step -1, runs 1.4".into(),
+        format!("{}, runs {}", outcome(&t), rig.version()),
+        t.desc.clone(),
+    ));
+
+    // What the bootloader said on each power-on.
+    let boots: Vec<String> =
+        rig.dev.output().lines().filter(|l| l.starts_with("boot: ")).map(|l| l[6..].to_string()).collect();
+    eprintln!("bootloader, every power-on:\n  {}", boots.join("\n  "));
+    verdict(&rows, &rig.console, dir, t0)
+}
+
+/// Prints the table; fails if a row differs from what was expected.
+fn verdict(rows: &[(&str, String, String, String)], console: &Console, dir: &Path, t0: Instant) -> Result<()> {
     println!("\n{:<36} {:<36} {:<36} detail", "scenario", "expected", "observed");
     let mut failed = 0;
-    for (name, expected, observed, detail) in &rows {
+    for (name, expected, observed, detail) in rows {
         let mark = if expected == observed { "" } else { "  <-- MISMATCH" };
         failed += usize::from(expected != observed);
         println!("{name:<36} {expected:<36} {observed:<36} {detail}{mark}");

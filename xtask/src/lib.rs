@@ -11,6 +11,7 @@ pub mod keys;
 pub mod mini_console;
 pub mod modem_sim;
 pub mod package;
+pub mod power_cut;
 pub mod proc;
 pub mod provision;
 pub mod qemu;

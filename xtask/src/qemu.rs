@@ -205,11 +205,24 @@ pub struct Args {
     /// Keep running (console, modem, QEMU) after the upgrades, until Ctrl-C.
     #[arg(long)]
     stay: bool,
+    /// Instead: the power-cut campaign, `kill -9` at this many seeded random moments of updates
+    /// (download, mark, swap, confirm, revert), each followed by a restart and the checks.
+    #[arg(long, conflicts_with_all = ["factory", "upgrade", "stay"])]
+    power_cuts: Option<usize>,
+    /// Seed of the campaign (default: from the clock; printed, to replay a run).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let dir = a.dir.unwrap_or_else(|| crate::root().join("target/qemu"));
     std::fs::create_dir_all(&dir)?;
+    if let Some(cuts) = a.power_cuts {
+        let seed = a.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+        });
+        return crate::power_cut::campaign(&dir, cuts, seed);
+    }
     let factory = match a.factory {
         Some(f) => f,
         None => {

@@ -56,6 +56,19 @@ pub fn run(a: Args) -> Result<()> {
     let ok = self_run(&["demo", "--fleet", n, "--dir", fleet.to_str().unwrap_or("target/test-fleet")]);
     steps.push((format!("demo --fleet {n}: one job, every device upgraded"), ok));
 
+    // The real firmware under QEMU: the demo's scenarios, then the power-cut campaign (a sample
+    // in CI, 100 cuts with --full; the seed is printed for a replay).
+    let qemu_demo = crate::root().join("target/test-demo-qemu");
+    let ok = self_run(&["demo", "--qemu", "--dir", qemu_demo.to_str().unwrap_or("target/test-demo-qemu")]);
+    steps.push((
+        "demo --qemu: real bootloader + app under QEMU: upgrade, tampered -3, self-test rollback -1".into(),
+        ok,
+    ));
+    let cuts = if a.full { "100" } else { "10" };
+    let cut_dir = crate::root().join("target/test-qemu-cuts");
+    let ok = self_run(&["qemu", "--power-cuts", cuts, "--dir", cut_dir.to_str().unwrap_or("target/test-qemu-cuts")]);
+    steps.push((format!("qemu --power-cuts {cuts}: kill -9 during download, mark, swap, confirm, revert"), ok));
+
     // The firmware verifies signatures with salty: run the image tests with it too.
     let ok = Command::new(env!("CARGO"))
         .current_dir(crate::root())

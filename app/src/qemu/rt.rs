@@ -19,6 +19,9 @@ const SYSCLK_HZ: u32 = 25_000_000;
 /// least this often to feed it, so a task stuck outside an await point still gets reset.
 const FEED_EVERY_MS: u64 = 1000;
 
+/// Polls of the wake flag before WFI.
+const SPIN: u32 = 2000;
+
 /// Set by interrupts (and wakers): poll the task again.
 static WOKEN: AtomicBool = AtomicBool::new(true);
 /// Milliseconds since start.
@@ -62,6 +65,14 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
         super::feed_watchdog();
         // With interrupts masked, a pending interrupt still ends WFI; it runs once they are
         // unmasked. So a wake between the poll and the WFI is never lost.
+        // While bytes stream in, the next one is due within microseconds: spin a little before
+        // sleeping (waking a halted CPU costs QEMU far more than the byte takes to arrive).
+        for _ in 0..SPIN {
+            if WOKEN.load(Ordering::Acquire) {
+                break;
+            }
+            core::hint::spin_loop();
+        }
         free(|_| {
             if !WOKEN.load(Ordering::Acquire) {
                 cortex_m::asm::wfi();

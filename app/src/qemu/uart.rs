@@ -69,7 +69,18 @@ fn drain(cs: &CriticalSection) {
             return;
         }
         let _ = rx.push_back(read_reg(DATA) as u8);
+        kick_qemu();
     }
+}
+
+/// QEMU's model of this UART does not tell its character backend when DATA has been read, so
+/// the next byte waits until QEMU's main loop wakes for some other reason (~1 ms). Re-arming a
+/// timer to expire at once wakes it: TIMER0 (CMSDK APB timer, free-running, no interrupt) is
+/// set to 1 tick. On silicon this is a harmless timer write.
+fn kick_qemu() {
+    const TIMER0: usize = 0x4000_0000;
+    // SAFETY: TIMER0's VALUE register; the timer is this driver's (started in `Uart::init`).
+    unsafe { core::ptr::write_volatile((TIMER0 + 0x4) as *mut u32, 1) }
 }
 
 fn pop(cs: &CriticalSection, buf: &mut [u8]) -> usize {
@@ -97,6 +108,11 @@ impl Uart {
     /// Enables UART0 with its receive interrupt. Call once.
     pub fn init(nvic: &mut cortex_m::peripheral::NVIC) -> Uart {
         write_reg(BAUDDIV, 25_000_000 / 115_200);
+        // SAFETY: TIMER0's RELOAD and CTRL (enable, no interrupt): see `kick_qemu`.
+        unsafe {
+            core::ptr::write_volatile(0x4000_0008 as *mut u32, u32::MAX);
+            core::ptr::write_volatile(0x4000_0000 as *mut u32, 1);
+        }
         // SAFETY: the handler (`rt::DefaultHandler`) only touches the ring, under a critical section.
         unsafe {
             nvic.set_priority(Irq, 0x40);

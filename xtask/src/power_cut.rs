@@ -1,0 +1,182 @@
+//! `cargo xtask qemu --power-cuts N`: the real firmware under QEMU, `kill -9`ed at seeded random
+//! moments of an update: during the download, around the mark (last block, final verify, STATE
+//! written), during the bootloader's swap, around the confirm, and during a revert. QEMU's flash
+//! is a shared file mapping, so a `kill -9` keeps exactly what was written: a power cut.
+//!
+//! After each cut QEMU starts again on the same flash and the cycle runs to its end. Then:
+//! - QEMU never stopped by itself (the bootloader halts QEMU when no image is bootable), and every
+//!   power-on jumped to an image (`boot: jump to ...`);
+//! - the device ends on the right version: the target of a good release, the version it ran
+//!   before for the release that fails its self-test (and for a good one cut after its swap
+//!   completed but before it confirmed: such an image is reverted, as MCUboot would);
+//! - what it reported is true: success for the good release, step -1 for the failing one, and
+//!   the version it informs is the one the bootloader last jumped to.
+
+use crate::console::engine::TaskState;
+use crate::qemu::{self, Rig};
+use anyhow::{bail, ensure, Result};
+use shared::sim::Rng;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Download,
+    Mark,
+    Swap,
+    Confirm,
+    Revert,
+}
+
+const PHASES: [Phase; 5] = [Phase::Download, Phase::Mark, Phase::Swap, Phase::Confirm, Phase::Revert];
+
+/// How long one cycle may take before the campaign gives up (slow QEMU included).
+const CYCLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Cycle {
+    phase: Phase,
+    target: &'static str,
+    delay_ms: u64,
+    /// The device's last line before the cut.
+    cut_after: String,
+    outcome: String,
+    took: Duration,
+}
+
+/// Runs `cuts` cycles from `seed` in `dir` (the releases of `demo --qemu` are built there).
+pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
+    let t0 = Instant::now();
+    eprintln!("power-cut campaign: {cuts} cuts, seed {seed} (replay with --seed {seed})");
+    qemu::releases(dir, crate::demo::QEMU_RELEASES)?;
+    let rig = Rig::start(dir, &dir.join("1.3"), true)?;
+    rig.runs("1.3", Duration::from_secs(120))?;
+    let mut rig = rig;
+    let mut rng = Rng::new(seed);
+    let mut current = "1.3";
+    let mut done = Vec::new();
+    for i in 0..cuts {
+        let phase = PHASES[i % PHASES.len()];
+        let good = if current == "1.4" { "1.5" } else { "1.4" };
+        // The revert phase needs the release that fails its self-test; the download and mark
+        // phases take it now and then too.
+        let failing = phase == Phase::Revert || (matches!(phase, Phase::Download | Phase::Mark) && rng.below(4) == 0);
+        let target = if failing { "1.6" } else { good };
+        let size = std::fs::metadata(dir.join(target).join(format!("firmware-{target}.bin")))?.len();
+        let last_block = (size - 1) / 4096 * 4096;
+        let (anchor, max_ms) = match phase {
+            Phase::Download => ("download into DFU".to_string(), 9000),
+            Phase::Mark => (format!("\"offset\":{last_block}}}"), 600),
+            // The swap takes tens of ms; the new image's start, modem bring-up, self-test and
+            // confirm follow within a few seconds.
+            Phase::Swap => ("app: reset".to_string(), 60),
+            Phase::Confirm => (format!("boot: jump to {target} "), 3000),
+            Phase::Revert => ("self-test: FAIL".to_string(), 150),
+        };
+        let delay_ms = rng.below(max_ms + 1);
+        let from = rig.dev.output().len();
+        let started = Instant::now();
+        let j = rig.console.add_job(qemu::job(&dir.join(target), false, CYCLE_TIMEOUT)?);
+        rig.dev.wait_for(from, &anchor, Duration::from_secs(120))?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        rig.dev.cut();
+        let out = rig.dev.output();
+        let cut_after = out.lines().last().unwrap_or("").to_string();
+        let cut_at = out.len();
+        std::thread::sleep(Duration::from_millis(100));
+        rig.dev.start()?;
+        let (runs, outcome) = settle(&mut rig, j, current, target, !failing, from, cut_at)?;
+        let c = Cycle { phase, target, delay_ms, cut_after, outcome, took: started.elapsed() };
+        eprintln!(
+            "cut {:>3}/{cuts} {:<8?} -> {:<3} +{:>4} ms after {:?}: {} ({:.1} s)",
+            i + 1,
+            c.phase,
+            c.target,
+            c.delay_ms,
+            anchor,
+            c.outcome,
+            c.took.as_secs_f64()
+        );
+        done.push(c);
+        current = runs;
+    }
+    println!("\npower cuts under QEMU (seed {seed}): where each cut landed (the device's last line before it)");
+    for (i, c) in done.iter().enumerate() {
+        let line: String = c.cut_after.chars().take(70).collect();
+        println!("{:>3} {:<8?} {:<3} +{:>4} ms  {:<70}  {}", i + 1, c.phase, c.target, c.delay_ms, line, c.outcome);
+    }
+    for p in PHASES {
+        let n = done.iter().filter(|c| c.phase == p).count();
+        println!("  {p:?}: {n} cuts");
+    }
+    println!(
+        "power-cut campaign: {} cuts, every one recovered: valid image booted, right version, true report ({:.0} s)",
+        done.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Waits for the job's outcome after the restart and checks it against what the device did;
+/// returns the version it runs and a short description.
+fn settle(
+    rig: &mut Rig,
+    job: u32,
+    before: &'static str,
+    target: &'static str,
+    good: bool,
+    from: usize,
+    cut_at: usize,
+) -> Result<(&'static str, String)> {
+    let t0 = Instant::now();
+    let task = loop {
+        if !rig.dev.running() {
+            bail!("QEMU stopped by itself (no bootable image?); its output:\n{}", tail(&rig.dev.output()[from..]));
+        }
+        if let Some(t) = rig.task(job).filter(|t| t.state.done()) {
+            break t;
+        }
+        if t0.elapsed() > CYCLE_TIMEOUT {
+            bail!(
+                "job {job}: no outcome in {} s; device output:\n{}",
+                CYCLE_TIMEOUT.as_secs(),
+                tail(&rig.dev.output()[from..])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = rig.dev.output();
+    // A good release marked for install but not yet confirmed when the power went is reverted
+    // if its swap had completed (test-then-confirm: an image that never confirmed goes back),
+    // and installed if the swap had not: both are right then, and only then.
+    let unconfirmed_at_cut = {
+        let pre = &out[from..cut_at];
+        pre.rfind("marked for install").is_some_and(|at| !pre[at..].contains("confirm: done"))
+    };
+    let (runs, reported) = match (good, task.state, task.step) {
+        (true, TaskState::Succeeded, _) => (target, "success"),
+        (true, TaskState::Failed, -1) if unconfirmed_at_cut => (before, "step -1 (swapped in, cut before its confirm)"),
+        (false, TaskState::Failed, -1) => (before, "step -1"),
+        _ => bail!(
+            "job {job} ({target}) ended {:?} step {} ({}); device output:\n{}",
+            task.state,
+            task.step,
+            task.desc,
+            tail(&out[from..])
+        ),
+    };
+    rig.runs(runs, Duration::from_secs(120))?;
+    let out = rig.dev.output();
+    let jumps: Vec<&str> = out[from..].lines().filter_map(|l| l.strip_prefix("boot: ")).collect();
+    if runs == before && good {
+        ensure!(jumps.last().is_some_and(|l| l.contains("last Reverted")), "-1 reported but no revert: {jumps:?}");
+    }
+    ensure!(jumps.iter().all(|l| l.starts_with("jump to ")), "a power-on did not boot an image: {jumps:?}");
+    let last = jumps.last().and_then(|l| l.strip_prefix("jump to ")).and_then(|l| l.split(' ').next());
+    ensure!(last == Some(runs), "the bootloader last jumped to {last:?}, but the device informs {runs}");
+    Ok((runs, format!("{reported}, runs {runs}, {} boots", jumps.len())))
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
