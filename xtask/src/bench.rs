@@ -2,6 +2,8 @@
 //! swap, side by side in one run on the simulator with the qemu-an386 geometry.
 //! `cargo xtask bench ota`: a 1 MiB image over MQTT stream on loopback, side by side: our client,
 //! stop-and-wait with 5 KiB blocks (the C LinkSDK default), and the broker's raw throughput.
+//! `cargo xtask bench qemu`: instructions from main to the jump of the real bootloader under
+//! QEMU's `-icount shift=0`, with nothing to do, with a 256 KiB image, and for an update.
 
 use anyhow::{bail, Result};
 use core::cell::RefCell;
@@ -16,9 +18,9 @@ use shared::sim::{SimFlash, Wear};
 #[derive(clap::Args)]
 pub struct Args {
     /// What to measure.
-    #[arg(value_parser = ["boot", "ota"])]
+    #[arg(value_parser = ["boot", "ota", "qemu"])]
     what: String,
-    /// Image size in KiB (default: 64 for boot, 1024 for ota).
+    /// Image size in KiB (default: 64 for boot, 1024 for ota, 256 for qemu).
     #[arg(long)]
     image_kib: Option<usize>,
 }
@@ -100,6 +102,7 @@ fn update(kib: usize, whole_slot: bool) -> Result<Run> {
 pub fn run(a: Args) -> Result<()> {
     match a.what.as_str() {
         "ota" => crate::bench_ota::run(a.image_kib.unwrap_or(1024)),
+        "qemu" => crate::bench_qemu::run(a.image_kib.unwrap_or(256)),
         _ => boot(a.image_kib.unwrap_or(64)),
     }
 }

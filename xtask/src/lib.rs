@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_ota;
+pub mod bench_qemu;
 pub mod build;
 pub mod console;
 pub mod demo;

@@ -43,7 +43,8 @@ enum Cmd {
     /// The whole OTA loop on this machine: console + host device, four scenarios, a verdict table.
     Demo(demo::Args),
     /// Benchmarks: `boot` = flash wear of one update, ours vs embassy-boot's whole-slot swap;
-    /// `ota` = 1 MiB over MQTT stream, ours vs stop-and-wait vs the raw broker.
+    /// `ota` = 1 MiB over MQTT stream, ours vs stop-and-wait vs the raw broker; `qemu` = the real
+    /// bootloader's instructions from main to the jump under QEMU -icount.
     Bench(bench::Args),
     /// Code size of bootloader and app per board (text/data/bss, release profile).
     Size(size::Args),

@@ -49,7 +49,21 @@ pub fn run(_: Args) -> Result<()> {
     let elf = std::fs::read(firmware(Board::QemuAn386, Crate::App, &[key])?)?;
     let file = object::File::parse(&*elf).context("parsing ELF")?;
     use object::ObjectSymbol;
-    let ota = file.symbols().find(|s| s.name() == Ok("OTA_STATE")).map(|s| s.size()).context("no OTA_STATE symbol")?;
-    println!("OTA path static RAM on qemu-an386 (OtaMachine, MQTT, payload, updater and work buffers; 4 KiB blocks): {ota} bytes (goal <= 16384)");
+    let sym = |name: &str| file.symbols().find(|s| s.name() == Ok(name));
+    let ota = sym("OTA_STATE").map(|s| s.size()).context("no OTA_STATE symbol")?;
+    // The MQTT session (receive and send buffers) lives in the task; the app exports its size.
+    let session = sym("OTA_MQTT_SESSION")
+        .and_then(|s| {
+            use object::{Object as _, ObjectSection as _};
+            let sec = file.section_by_index(s.section_index()?).ok()?;
+            let data = sec.data().ok()?;
+            let at = (s.address() - sec.address()) as usize;
+            Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?) as u64)
+        })
+        .context("no OTA_MQTT_SESSION symbol")?;
+    println!(
+        "OTA path RAM on qemu-an386 (4 KiB blocks): {ota} bytes static (OtaMachine, payload, modem, work buffer) + {session} bytes MQTT session in the task = {} bytes",
+        ota + session
+    );
     Ok(())
 }

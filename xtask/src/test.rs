@@ -68,6 +68,8 @@ pub fn run(a: Args) -> Result<()> {
     let cut_dir = crate::root().join("target/test-qemu-cuts");
     let ok = self_run(&["qemu", "--power-cuts", cuts, "--dir", cut_dir.to_str().unwrap_or("target/test-qemu-cuts")]);
     steps.push((format!("qemu --power-cuts {cuts}: kill -9 during download, mark, swap, confirm, revert"), ok));
+    let ok = self_run(&["bench", "qemu"]);
+    steps.push(("bench qemu: bootloader instructions to the jump under -icount (3 boots)".into(), ok));
 
     // The firmware verifies signatures with salty: run the image tests with it too.
     let ok = Command::new(env!("CARGO"))

@@ -117,10 +117,12 @@ fn flash_file(name: &str, bytes: &[u8]) -> PathBuf {
 #[test]
 fn bootloader_boots_a_signed_image() {
     let f = flash_file("qemu_signed", &releases().factory);
-    let (out, code) = boot(&f, "app: running");
+    // The factory image carries no credentials: the app says how to provision it.
+    let (out, code) = boot(&f, "cargo xtask provision");
     assert_eq!(code, None, "{out}");
     assert!(out.contains("boot: jump to 1.4 (1.4.0+0), last Nothing, sec_cnt 1"), "{out}");
     assert!(out.contains("app: running 1.4"), "{out}");
+    assert!(out.contains("app: not provisioned (the page is erased)"), "{out}");
 }
 
 #[test]

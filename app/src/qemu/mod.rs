@@ -37,8 +37,9 @@ type Flash = RamNor<'static, 8192, 16>;
 /// The OTA path's state, allocated statically so its RAM shows in the binary (`cargo xtask size`
 /// reports it, with the MQTT session the task keeps on the stack: [`OTA_MQTT_SESSION`]).
 pub struct OtaState {
-    /// A copy of the provisioning record (the machine's topics borrow from it).
-    provision: [u8; provision::HEADER + provision::MAX_PAYLOAD],
+    /// The device's names (the machine's topics borrow them).
+    product_key: heapless::String<64>,
+    device_name: heapless::String<64>,
     /// The running image's module (the machine borrows it).
     module: heapless::String<{ shared::image::MAX_ALIYUN_STR }>,
     machine: MaybeUninit<OtaMachine<'static>>,
@@ -52,7 +53,8 @@ pub struct OtaState {
 #[used]
 #[no_mangle]
 pub static mut OTA_STATE: OtaState = OtaState {
-    provision: [0; provision::HEADER + provision::MAX_PAYLOAD],
+    product_key: heapless::String::new(),
+    device_name: heapless::String::new(),
     module: heapless::String::new(),
     machine: MaybeUninit::uninit(),
     modem: MaybeUninit::uninit(),
@@ -92,7 +94,7 @@ fn main() -> ! {
 /// Runs until the machine asks for a reset (`Ok`), or the device cannot go on (`Err`: then it
 /// says why and resets later).
 async fn run(state: &'static mut OtaState, uart: Uart) -> &'static str {
-    let OtaState { provision: prov_buf, module, machine, modem, payload, work } = state;
+    let OtaState { product_key, device_name, module, machine, modem, payload, work } = state;
     let l = BOARD.layout();
     let keys = TRUSTED_KEYS.map(PublicKey);
     let clock = rt::SysTickClock;
@@ -112,8 +114,9 @@ async fn run(state: &'static mut OtaState, uart: Uart) -> &'static str {
     hprintln!("app: running {}", version.as_str());
     *module = info.running.module.clone().unwrap_or_else(|| "default".try_into().unwrap());
 
-    let _ = SliceFlash(prov_page).read(0, prov_buf);
-    let prov: Provision<'static> = match provision::decode(prov_buf) {
+    let mut prov_buf = [0u8; provision::HEADER + provision::MAX_PAYLOAD];
+    let _ = SliceFlash(prov_page).read(0, &mut prov_buf);
+    let prov: Provision<'_> = match provision::decode(&prov_buf) {
         Ok(p) => p,
         Err(e) => {
             hprintln!("app: {}", e);
@@ -121,7 +124,11 @@ async fn run(state: &'static mut OtaState, uart: Uart) -> &'static str {
         }
     };
     let Some(method) = SignMethod::from_name(prov.sign_method) else { return "provisioned sign_method is unknown" };
-    let topics = Topics { product_key: prov.product_key, device_name: prov.device_name };
+    // `decode` checked both fit.
+    let _ = product_key.push_str(prov.product_key);
+    let _ = device_name.push_str(prov.device_name);
+    let (product_key, device_name): (&'static str, &'static str) = (product_key, device_name);
+    let topics = Topics { product_key, device_name };
     let module: &'static str = module;
     let m = machine.write(OtaMachine::new(OtaConfig::new(topics, module, l.active.length, l.geometry.erase_size)));
     let resume = progress::load(&mut dfu).ok().flatten();
