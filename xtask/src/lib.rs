@@ -8,6 +8,7 @@ pub mod build;
 pub mod console;
 pub mod demo;
 pub mod device;
+pub mod flash;
 pub mod keys;
 pub mod mini_console;
 pub mod modem_sim;

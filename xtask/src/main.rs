@@ -35,6 +35,8 @@ enum Cmd {
     /// A Quectel-style AT modem simulator: the device's UART on a TCP port, sockets bridged to
     /// 127.0.0.1 (plain, or TLS for AT+QSSLOPEN).
     ModemSim(modem_sim::Args),
+    /// Write a release's factory image to a board through its debug probe (probe-rs).
+    Flash(flash::Args),
     /// Write a device's credentials and broker into its provisioning page.
     Provision(provision::Args),
     /// The real firmware under QEMU (mps2-an386) against the local console, through the modem
@@ -66,6 +68,7 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Console(a) => console::run(a),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Provision(a) => provision::run(a),
+        Cmd::Flash(a) => flash::run(a),
         Cmd::Qemu(a) => qemu::run(a),
         Cmd::ModemSim(a) => modem_sim::run(a),
         Cmd::Bench(a) => bench::run(a),

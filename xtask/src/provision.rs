@@ -1,6 +1,7 @@
 //! `cargo xtask provision`: writes a device's credentials and broker into its PROVISION page
 //! (format: `shared::provision`). One image serves the whole fleet; each device gets its page.
-//! qemu-an386: into the flash file QEMU uses as `mps.ram`.
+//! qemu-an386: into the flash file QEMU uses as `mps.ram`; nrf52840-dk: through the debug probe
+//! with probe-rs (the page only: the image stays as flashed).
 
 use crate::BoardArg;
 use anyhow::{bail, ensure, Context, Result};
@@ -14,7 +15,8 @@ pub struct Args {
     /// Board of the device.
     #[arg(long, value_enum)]
     board: BoardArg,
-    /// qemu-an386: the flash file (a release's factory.bin copy) to write the page into.
+    /// qemu-an386: the flash file (a release's factory.bin copy) to write the page into
+    /// (nrf52840-dk: written through the debug probe).
     #[arg(long)]
     flash: Option<PathBuf>,
     #[command(flatten)]
@@ -104,6 +106,16 @@ pub fn run(a: Args) -> Result<()> {
             Ok(())
         }
         Board::Host => bail!("the host device reads its credentials from device.toml (see README)"),
-        Board::Nrf52840Dk => bail!("provisioning an nrf52840-dk over a debug probe is not built yet (issue 7)"),
+        Board::Nrf52840Dk => {
+            let l = board.layout();
+            let page = crate::root().join("target/provision-page.bin");
+            std::fs::write(&page, a.p.page(l)?).with_context(|| format!("writing {}", page.display()))?;
+            crate::flash::download(board, &page, l.provision.origin)?;
+            println!(
+                "provisioned {} / {} at {:#x} through the debug probe",
+                a.p.product_key, a.p.device_name, l.provision.origin
+            );
+            Ok(())
+        }
     }
 }

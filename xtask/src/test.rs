@@ -94,9 +94,24 @@ pub fn run(a: Args) -> Result<()> {
 
     let key = keys::load_public_key(&keys::dev_key())?;
     for board in Board::ALL.into_iter().filter(|b| b.target().is_some()) {
+        let l = board.layout();
         for c in [Crate::Bootloader, Crate::App] {
-            let ok = firmware(board, c, &[key]).is_ok();
-            steps.push((format!("build {c:?} for {}", board.name()), ok));
+            // The bootloader must fit its region (on the nRF: the 24 KiB goal); the app must
+            // leave room in ACTIVE to grow (at most half of it), and RAM must hold its statics.
+            let (region, limit) = match c {
+                Crate::Bootloader if board == Board::Nrf52840Dk => (l.bootloader.length, 24 * 1024),
+                Crate::Bootloader => (l.bootloader.length, l.bootloader.length),
+                Crate::App => (l.app_max_len(), l.app_max_len() / 2),
+            };
+            let r = firmware(board, c, &[key]).and_then(|elf| crate::size::sizes(&std::fs::read(elf)?));
+            let (ok, what) = match r {
+                Ok((flash, data, bss)) => (
+                    flash <= limit as u64 && data + bss < l.ram.length as u64,
+                    format!("{flash} B flash (limit {limit} of a {} KiB region), {} B RAM", region / 1024, data + bss),
+                ),
+                Err(e) => (false, format!("{e:#}")),
+            };
+            steps.push((format!("build {c:?} for {}: {what}", board.name()), ok));
         }
     }
 

@@ -7,7 +7,7 @@ use memory_layouts::Board;
 use serde_json::Value;
 use sha2::Sha256;
 
-fn release(board: Board) {
+fn release(board: Board) -> std::path::PathBuf {
     let d = scratch(&format!("release_{}", board.name()));
     let key = d.join("k.pem");
     xtask_ok(&["keygen", "--out", s(&key)]);
@@ -67,6 +67,7 @@ fn release(board: Board) {
     let hdr = l.image_header_size as usize;
     let app_reset = u32::from_le_bytes(bin[hdr + 4..hdr + 8].try_into().unwrap());
     assert!((l.app_origin()..l.active.end()).contains(&(app_reset & !1)), "app reset {app_reset:#x}");
+    out
 }
 
 #[test]
@@ -76,7 +77,36 @@ fn release_for_qemu_an386_makes_the_folder() {
 
 #[test]
 fn release_for_nrf52840_dk_makes_the_folder() {
-    release(Board::Nrf52840Dk);
+    let out = release(Board::Nrf52840Dk);
+    // Flashing and provisioning go through probe-rs; without it, say how to get it.
+    let without_probe_rs = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(args)
+            .env("PROBE_RS", "/nonexistent/probe-rs")
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        text(&o.stderr)
+    };
+    let err = without_probe_rs(&["flash", "--board", "nrf52840-dk", "--release", s(&out)]);
+    assert!(err.contains("probe-rs is not installed") && err.contains("cargo install probe-rs-tools"), "{err}");
+    let err = without_probe_rs(&[
+        "provision",
+        "--board",
+        "nrf52840-dk",
+        "--product-key",
+        "a1B2c3D4e5F",
+        "--device-name",
+        "dev-001",
+        "--device-secret",
+        "secret",
+        "--host",
+        "iot-06z00.mqtt.iothub.aliyuncs.com",
+    ]);
+    assert!(err.contains("probe-rs is not installed"), "{err}");
+    // A folder that is no release is refused before any probe is touched.
+    let err = xtask_err(&["flash", "--board", "nrf52840-dk", "--release", s(&out.join("nowhere"))]);
+    assert!(err.contains("not a release folder"), "{err}");
 }
 
 #[test]

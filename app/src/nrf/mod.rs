@@ -1,0 +1,163 @@
+//! The `nrf52840-dk` board: an nRF52840-DK wired to a Quectel EC200/EC800/BG95-class module.
+//!
+//! Internal flash through the embassy-nrf NVMC driver, the modem on UARTE0 with hardware flow
+//! control (embassy-nrf's BufferedUarte: an embedded-io-async stream, as the AT driver wants),
+//! embassy's executor with the RTC1 time driver, defmt over RTT. The watchdog the bootloader
+//! started keeps being fed from a task of its own: a task stuck without awaiting starves it and
+//! the chip resets (then the bootloader reverts an image that never confirmed).
+//!
+//! Wiring (Arduino header of the DK; the module's UART is 1.8 V on most of these modules: put a
+//! level shifter between it and the DK's 3.0 V I/O):
+//!
+//! | DK pin | Arduino | module |
+//! |---|---|---|
+//! | P1.02 | D1 | RXD (the DK's TXD) |
+//! | P1.01 | D0 | TXD (the DK's RXD) |
+//! | P1.03 | D2 | RTS (the DK's CTS) |
+//! | P1.04 | D3 | CTS (the DK's RTS) |
+//! | P1.05 | D4 | PWRKEY, through an NPN (high here = PWRKEY pulled low) |
+//! | P1.07 | D6 | STATUS (high while the module is on) |
+//! | GND   | GND | GND |
+
+use crate::device::{self, Flashes, OtaState};
+use crate::driver::Clock;
+use core::cell::RefCell;
+use embassy_embedded_hal::flash::partition::BlockingPartition;
+use embassy_executor::Spawner;
+use embassy_nrf::buffered_uarte::{self, BufferedUarte};
+use embassy_nrf::gpio::{Input, Level, Output, OutputDrive, Pull};
+use embassy_nrf::nvmc::Nvmc;
+use embassy_nrf::wdt::WatchdogHandle;
+use embassy_nrf::{bind_interrupts, peripherals, uarte};
+use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
+use embassy_time::Timer;
+use embedded_storage::nor_flash::ReadNorFlash;
+use memory_layouts::{Board, Region};
+use shared::time::{Duration, Instant};
+use {defmt_rtt as _, panic_probe as _};
+
+const BOARD: Board = Board::Nrf52840Dk;
+
+bind_interrupts!(struct Irqs {
+    UARTE0 => buffered_uarte::InterruptHandler<peripherals::UARTE0>;
+});
+
+type Modem = BufferedUarte<'static>;
+
+#[used]
+#[no_mangle]
+pub static mut OTA_STATE: OtaState<Modem> = OtaState::new();
+
+/// Bytes of the MQTT session, which lives in the task's future (read by `cargo xtask size`).
+#[used]
+#[no_mangle]
+pub static OTA_MQTT_SESSION: u32 = device::mqtt_session_size::<Modem>();
+
+/// UARTE buffers: a whole download block can arrive while the driver writes flash.
+static mut RX_BUF: [u8; 8192] = [0; 8192];
+static mut TX_BUF: [u8; 512] = [0; 512];
+
+/// The board clock for the driver and the modem.
+struct EmbassyClock;
+
+impl Clock for EmbassyClock {
+    fn now(&self) -> Instant {
+        Instant::from_millis(embassy_time::Instant::now().as_millis())
+    }
+    async fn sleep_until(&self, t: Instant) {
+        Timer::at(embassy_time::Instant::from_millis(t.as_millis())).await
+    }
+}
+
+#[embassy_executor::task]
+async fn feed_watchdog(mut handle: WatchdogHandle) {
+    loop {
+        handle.pet();
+        Timer::after_secs(2).await;
+    }
+}
+
+#[embassy_executor::main]
+async fn main(spawner: Spawner) {
+    let p = embassy_nrf::init(Default::default());
+    log::set_logger(&Defmt).ok();
+    log::set_max_level(log::LevelFilter::Info);
+    // SAFETY: the bootloader started the watchdog with one reload register (RR[0]).
+    let handle = unsafe { WatchdogHandle::steal::<peripherals::WDT>(0) };
+    spawner.spawn(feed_watchdog(handle).unwrap());
+
+    // The module: power it on unless STATUS says it is on.
+    let status = Input::new(p.P1_07, Pull::Down);
+    let mut pwrkey = Output::new(p.P1_05, Level::Low, OutputDrive::Standard);
+    if status.is_low() {
+        defmt::info!("modem: off, pulsing PWRKEY");
+        pwrkey.set_high();
+        Timer::after_millis(600).await;
+        pwrkey.set_low();
+        Timer::after_secs(3).await;
+    }
+    let mut config = uarte::Config::default();
+    config.baudrate = uarte::Baudrate::Baud115200;
+    // SAFETY: main runs once; the buffers are handed to the UARTE here and nowhere else.
+    let (rx, tx) = unsafe { (&mut *core::ptr::addr_of_mut!(RX_BUF), &mut *core::ptr::addr_of_mut!(TX_BUF)) };
+    let uart = BufferedUarte::new_with_rtscts(
+        p.UARTE0,
+        p.TIMER0,
+        p.PPI_CH0,
+        p.PPI_CH1,
+        p.PPI_GROUP0,
+        p.P1_01,
+        p.P1_02,
+        p.P1_03,
+        p.P1_04,
+        Irqs,
+        config,
+        rx,
+        tx,
+    );
+
+    let l = BOARD.layout();
+    let nvmc = Mutex::<NoopRawMutex, _>::new(RefCell::new(Nvmc::new(p.NVMC)));
+    let part = |r: Region| BlockingPartition::new(&nvmc, r.origin - l.flash.origin, r.length);
+    let mut provision = [0u8; shared::provision::HEADER + shared::provision::MAX_PAYLOAD];
+    let _ = part(l.provision).read(0, &mut provision);
+    let flashes =
+        Flashes { active: part(l.active), boot_record: part(l.boot_record), state: part(l.state), dfu: part(l.dfu) };
+    let clock = EmbassyClock;
+    let board = device::Board {
+        layout: l,
+        clock: &clock,
+        provision: &provision,
+        self_test: !cfg!(feature = "self-test-fails"),
+        say: |args| defmt::println!("{}", defmt::Display2Format(&args)),
+    };
+    // SAFETY: main runs once; nothing else takes OTA_STATE.
+    let state = unsafe { &mut *core::ptr::addr_of_mut!(OTA_STATE) };
+    match device::run(state, flashes, uart, board).await {
+        Ok(()) => defmt::println!("app: reset"),
+        Err(e) => {
+            defmt::println!("app: {}; resetting in 10 s", e);
+            clock.sleep_until(clock.now() + Duration::from_secs(10)).await;
+        }
+    }
+    cortex_m::peripheral::SCB::sys_reset()
+}
+
+/// The `log` facade (the OTA driver and the modem log through it) over defmt.
+struct Defmt;
+
+impl log::Log for Defmt {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        let a = defmt::Display2Format(r.args());
+        match r.level() {
+            log::Level::Error => defmt::error!("{}", a),
+            log::Level::Warn => defmt::warn!("{}", a),
+            log::Level::Info => defmt::info!("{}", a),
+            _ => defmt::debug!("{}", a),
+        }
+    }
+    fn flush(&self) {}
+}
