@@ -160,6 +160,8 @@ where
         port: prov.port,
         tls: prov.tls,
         register_timeout: Duration::from_secs(60),
+        // The broker's CA on 8883; the module verifies the server with it.
+        ca: Some(crate::ALIYUN_IOT_ROOT_CA),
     };
     let mut http = NoHttp;
     let mut backoff = 1;

@@ -8,6 +8,10 @@ mod keys {
     include!(concat!(env!("OUT_DIR"), "/keys.rs"));
 }
 
+/// The Aliyun IoT Root CA (PEM; provenance in certs/README.md): the broker's CA on port 8883,
+/// trusted by the host device's rustls and uploaded to the modem for AT+QSSLOPEN.
+pub const ALIYUN_IOT_ROOT_CA: &[u8] = include_bytes!("../certs/aliyun-iot-root-ca.pem");
+
 #[cfg(target_os = "none")]
 mod device;
 mod driver;

@@ -13,6 +13,9 @@
 //! AT+QIOPEN=1,0,"TCP","host",port,0,2     CONNECT   (AT+QSSLOPEN=1,1,4,"host",port,2 for TLS)
 //! ```
 //!
+//! For TLS with a CA: `AT+QFUPL="UFS:ota-ca.pem",<len>,10` (CONNECT, the PEM, `+QFUPL: <len>,..`),
+//! then `AT+QSSLCFG` sslversion / ciphersuite / seclevel 1 / cacert on context 1, then QSSLOPEN.
+//!
 //! Recovery: a new [`Modem::open`] after the MQTT session failed leaves data mode if the modem
 //! does not answer `AT` (1 s guard, `+++`, 1 s guard), closes the old socket and brings the link
 //! up from the top; after `NO CARRIER` (the link dropped) the modem already answers `AT`.
@@ -30,7 +33,15 @@ pub struct ModemConfig<'a> {
     pub tls: bool,
     /// How long to wait for network registration.
     pub register_timeout: Duration,
+    /// With `tls`: the CA (PEM) the module must verify the broker with. Uploaded once per
+    /// power-on (`AT+QFUPL`, as `UFS:ota-ca.pem`) and set on SSL context 1 with security level 1
+    /// (verify the server). `None` leaves context 1 as the module has it (by default it does not
+    /// verify the server).
+    pub ca: Option<&'a [u8]>,
 }
+
+/// The module file the CA is uploaded to.
+const CA_FILE: &str = "UFS:ota-ca.pem";
 
 /// Why the link could not be opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +76,8 @@ pub struct Modem<U> {
     /// Bytes read but not consumed (lines, or socket data that came with CONNECT).
     buf: [u8; 256],
     len: usize,
+    /// The CA is in the module's file system (this power-on).
+    ca_uploaded: bool,
 }
 
 enum Line {
@@ -75,7 +88,7 @@ enum Line {
 
 impl<U: Read + Write> Modem<U> {
     pub fn new(uart: U) -> Self {
-        Modem { uart, buf: [0; 256], len: 0 }
+        Modem { uart, buf: [0; 256], len: 0, ca_uploaded: false }
     }
 
     /// Brings the modem up and opens the socket; afterwards `self` is the socket's byte stream.
@@ -109,6 +122,11 @@ impl<U: Read + Write> Modem<U> {
         if self.expect_info(clock, "AT+QIACT?", "+QIACT: 1,", 5000).await.is_err() {
             self.command(clock, "AT+QIACT=1", 150_000).await.map_err(|_| ModemError::Refused("AT+QIACT=1"))?;
         }
+        if cfg.tls {
+            if let Some(ca) = cfg.ca {
+                self.trust(clock, ca).await?;
+            }
+        }
         cmd.clear();
         let what = if cfg.tls {
             write(&mut cmd, format_args!("AT+QSSLOPEN=1,1,4,\"{}\",{},2", cfg.host, cfg.port))?;
@@ -118,7 +136,56 @@ impl<U: Read + Write> Modem<U> {
             "AT+QIOPEN"
         };
         self.send(&cmd).await?;
-        let deadline = clock.now() + Duration::from_secs(150);
+        self.connect(clock, what, Duration::from_secs(150)).await
+    }
+
+    /// Uploads `ca` (once per power-on) and has SSL context 1 verify the server with it.
+    async fn trust<C: Clock>(&mut self, clock: &C, ca: &[u8]) -> Result<(), ModemError> {
+        if !self.ca_uploaded {
+            let mut cmd: heapless::String<64> = heapless::String::new();
+            let _ = self.command(clock, "AT+QFDEL=\"UFS:ota-ca.pem\"", 5000).await;
+            write(&mut cmd, format_args!("AT+QFUPL=\"{}\",{},10", CA_FILE, ca.len()))?;
+            self.send(&cmd).await?;
+            self.connect(clock, "AT+QFUPL", Duration::from_secs(5)).await?;
+            self.uart.write_all(ca).await.map_err(|_| ModemError::Io)?;
+            self.uart.flush().await.map_err(|_| ModemError::Io)?;
+            // "+QFUPL: <size>,<checksum>" then OK.
+            let deadline = clock.now() + Duration::from_secs(10);
+            let mut stored = false;
+            loop {
+                match self.line(clock, deadline).await? {
+                    Line::Timeout => return Err(ModemError::Timeout("AT+QFUPL")),
+                    Line::Text(n) => {
+                        let l = core::str::from_utf8(&self.buf[..n]).unwrap_or("");
+                        let size = l.strip_prefix("+QFUPL: ").and_then(|r| r.split(',').next());
+                        stored |= size.and_then(|s| s.trim().parse::<usize>().ok()) == Some(ca.len());
+                        let (ok, failed) = (l == "OK", l == "ERROR" || l.starts_with("+CME ERROR"));
+                        self.consume(n);
+                        if failed || (ok && !stored) {
+                            return Err(ModemError::Refused("AT+QFUPL"));
+                        }
+                        if ok {
+                            break;
+                        }
+                    }
+                }
+            }
+            self.ca_uploaded = true;
+        }
+        for c in [
+            "AT+QSSLCFG=\"sslversion\",1,4",
+            "AT+QSSLCFG=\"ciphersuite\",1,0XFFFF",
+            "AT+QSSLCFG=\"seclevel\",1,1",
+            "AT+QSSLCFG=\"cacert\",1,\"UFS:ota-ca.pem\"",
+        ] {
+            self.command(clock, c, 5000).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the `CONNECT` that answers `what` (a socket or a file upload).
+    async fn connect<C: Clock>(&mut self, clock: &C, what: &'static str, within: Duration) -> Result<(), ModemError> {
+        let deadline = clock.now() + within;
         loop {
             match self.line(clock, deadline).await? {
                 Line::Timeout => return Err(ModemError::Timeout(what)),
@@ -309,8 +376,20 @@ fn write<const N: usize>(s: &mut heapless::String<N>, args: core::fmt::Arguments
 
 /// The command's name for errors (`AT+QIOPEN=...` -> `AT+QIOPEN`).
 fn static_name(cmd: &str) -> &'static str {
-    const NAMES: [&str; 9] =
-        ["AT+QICSGP", "AT+QIACT?", "AT+QIACT=1", "AT+QICLOSE", "AT+CEREG?", "AT+CREG?", "AT+CPIN?", "ATE0", "AT"];
+    const NAMES: [&str; 12] = [
+        "AT+QICSGP",
+        "AT+QIACT?",
+        "AT+QIACT=1",
+        "AT+QICLOSE",
+        "AT+QSSLCFG",
+        "AT+QFDEL",
+        "AT+QFUPL",
+        "AT+CEREG?",
+        "AT+CREG?",
+        "AT+CPIN?",
+        "ATE0",
+        "AT",
+    ];
     NAMES.into_iter().find(|n| cmd.starts_with(n)).unwrap_or("AT command")
 }
 

@@ -1,13 +1,15 @@
 //! A Quectel-style cellular modem simulator: speaks the AT subset of `app/src/modem.rs` on a TCP
 //! port on 127.0.0.1 (the device's "UART"), and once a socket opens in transparent mode bridges
 //! the byte stream to the target (the local console's broker), plain for `AT+QIOPEN` or TLS toward
-//! the broker for `AT+QSSLOPEN`. Like the real module it echoes commands until `ATE0`, reports
+//! the broker for `AT+QSSLOPEN`, verifying the broker with the CA the device uploaded
+//! (`AT+QFUPL`) and set on SSL context 1 (`AT+QSSLCFG` seclevel 1, cacert). Like the real module it
+//! echoes commands until `ATE0`, reports
 //! `NO CARRIER` when the link drops, and leaves data mode on `+++` framed by 1 s of silence.
 //!
 //! Faults for tests: no SIM, slow network registration, and a link that drops after N bytes.
 
 use anyhow::{Context, Result};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -22,8 +24,6 @@ pub struct SimOptions {
     pub register_after_polls: u32,
     /// The first data session drops after this many bytes toward the device (`NO CARRIER`).
     pub drop_first_link_after: Option<u64>,
-    /// CA (PEM) the modem trusts for `AT+QSSLOPEN`.
-    pub tls_ca: Option<PathBuf>,
 }
 
 /// What the simulator saw.
@@ -59,7 +59,19 @@ impl ModemSim {
                 let _ = s.set_nodelay(true);
                 let (l, o) = (l.clone(), o.clone());
                 tokio::spawn(async move {
-                    let _ = Session { uart: s, echo: true, polls: 0, active: false, log: l, o }.run().await;
+                    let _ = Session {
+                        uart: s,
+                        echo: true,
+                        polls: 0,
+                        active: false,
+                        files: HashMap::new(),
+                        seclevel: 0,
+                        cacert: None,
+                        log: l,
+                        o,
+                    }
+                    .run()
+                    .await;
                 });
             }
         });
@@ -76,6 +88,11 @@ struct Session {
     echo: bool,
     polls: u32,
     active: bool,
+    /// The module's file system (AT+QFUPL / AT+QFDEL).
+    files: HashMap<String, Vec<u8>>,
+    /// SSL context 1: AT+QSSLCFG "seclevel" and "cacert".
+    seclevel: u8,
+    cacert: Option<String>,
     log: Arc<Mutex<SimLog>>,
     o: Arc<SimOptions>,
 }
@@ -148,6 +165,35 @@ impl Session {
             }
             c if c.starts_with("AT+QICSGP=1,1,\"") => self.reply(&["OK"]).await?,
             c if c.starts_with("AT+QICLOSE=") => self.reply(&["OK"]).await?,
+            c if c.starts_with("AT+QFDEL=") => {
+                let name = c["AT+QFDEL=".len()..].trim_matches('"');
+                let found = self.files.remove(name).is_some();
+                self.reply(&[if found { "OK" } else { "+CME ERROR: 405" }]).await?
+            }
+            c if c.starts_with("AT+QFUPL=") => {
+                // "name",size[,timeout]: CONNECT, exactly size bytes, +QFUPL: size,checksum.
+                let args: Vec<&str> = c["AT+QFUPL=".len()..].split(',').collect();
+                let name = args[0].trim_matches('"').to_string();
+                let Some(size) = args.get(1).and_then(|s| s.parse::<usize>().ok()) else {
+                    return self.reply(&["ERROR"]).await.map(|_| None);
+                };
+                self.uart.write_all(b"\r\nCONNECT\r\n").await?;
+                let mut data = vec![0u8; size];
+                self.uart.read_exact(&mut data).await?;
+                // Quectel's checksum: XOR of the big-endian 16-bit words.
+                let sum = data.chunks(2).fold(0u16, |x, w| x ^ u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+                self.files.insert(name, data);
+                self.reply(&[&format!("+QFUPL: {size},{sum:x}"), "OK"]).await?
+            }
+            c if c.starts_with("AT+QSSLCFG=") => {
+                let args: Vec<&str> = c["AT+QSSLCFG=".len()..].split(',').collect();
+                match (args[0], args.get(1).copied(), args.get(2).map(|a| a.trim_matches('"'))) {
+                    ("\"seclevel\"", Some("1"), Some(l)) => self.seclevel = l.parse().unwrap_or(0),
+                    ("\"cacert\"", Some("1"), Some(f)) => self.cacert = Some(f.to_string()),
+                    _ => {}
+                }
+                self.reply(&["OK"]).await?
+            }
             c if c.starts_with("AT+QIOPEN=1,0,\"TCP\",") || c.starts_with("AT+QSSLOPEN=1,1,4,") => {
                 let tls = c.starts_with("AT+QSSLOPEN");
                 match self.open(c, tls).await {
@@ -181,11 +227,13 @@ impl Session {
             return Ok(Box::new(tcp));
         }
         use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+        // Context 1 as the device configured it: the server verified with the uploaded CA.
+        // (A real module at seclevel 0 would not verify at all; that is not simulated.)
+        anyhow::ensure!(self.seclevel >= 1, "SSL context 1 does not verify the server (seclevel 0)");
+        let ca = self.cacert.as_ref().and_then(|f| self.files.get(f)).context("no CA file set on SSL context 1")?;
         let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = &self.o.tls_ca {
-            for c in CertificateDer::pem_file_iter(ca)? {
-                roots.add(c?)?;
-            }
+        for c in CertificateDer::pem_slice_iter(ca) {
+            roots.add(c?)?;
         }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
@@ -277,16 +325,13 @@ pub struct Args {
     /// TCP port on 127.0.0.1 for the device's UART (0: pick one and print it).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// CA (PEM) the modem trusts for AT+QSSLOPEN.
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
     /// Answer AT+CPIN? with "SIM not inserted".
     #[arg(long)]
     no_sim: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let o = SimOptions { no_sim: a.no_sim, tls_ca: a.tls_ca, ..Default::default() };
+    let o = SimOptions { no_sim: a.no_sim, ..Default::default() };
     let sim = ModemSim::start_on(a.port, o)?;
     println!("modem simulator: UART on 127.0.0.1:{} (device.toml: modem = \"127.0.0.1:{}\")", sim.port, sim.port);
     let mut seen = 0;

@@ -40,6 +40,11 @@ fn setup() -> &'static (PathBuf, PathBuf) {
 }
 
 fn device(dir: &Path, name: &str, uart: u16, port: u16, tls: bool) -> (Killed, PathBuf) {
+    device_with(dir, name, uart, port, tls, "")
+}
+
+/// The same with extra device.toml lines.
+fn device_with(dir: &Path, name: &str, uart: u16, port: u16, tls: bool, extra: &str) -> (Killed, PathBuf) {
     let (rel, bin) = setup();
     let flash = dir.join(format!("{name}.flash"));
     std::fs::copy(rel.join("1.3/factory.bin"), &flash).unwrap();
@@ -48,7 +53,7 @@ fn device(dir: &Path, name: &str, uart: u16, port: u16, tls: bool) -> (Killed, P
         &conf,
         format!(
             "product_key = \"{PK}\"\ndevice_name = \"{name}\"\ndevice_secret = \"s\"\nhost = \"127.0.0.1\"\nport = {port}\n\
-             tls = {tls}\nflash = \"{}\"\nmodem = \"127.0.0.1:{uart}\"\napn = \"CMNET\"\nblock_size = 4096\n",
+             tls = {tls}\nflash = \"{}\"\nmodem = \"127.0.0.1:{uart}\"\napn = \"CMNET\"\nblock_size = 4096\n{extra}",
             flash.display()
         ),
     )
@@ -142,25 +147,53 @@ fn an_upgrade_through_the_modem_survives_a_link_drop() {
 }
 
 #[test]
-fn tls_in_the_modem_reaches_the_console_s_tls_listener() {
+fn tls_in_the_modem_verifies_the_broker_with_the_uploaded_ca() {
     let dir = scratch("modem-tls");
     let (ca, cert, key) = tls_files(&dir, "modem");
     let c = Console::start(Options {
-        devices: vec![console::device(PK, "m2", "s")],
+        devices: vec![console::device(PK, "m2", "s"), console::device(PK, "m4", "s")],
         tls: Some(TlsOptions { cert, key, port: 0, https_port: 0 }),
         quiet: true,
         ..Default::default()
     })
     .unwrap();
-    let sim = ModemSim::start(SimOptions { tls_ca: Some(ca), ..Default::default() }).unwrap();
-    let (_d, log) = device(&dir, "m2", sim.port, c.tls_port.unwrap(), true);
+    let tls_port = c.tls_port.unwrap();
+
+    // The console's CA uploaded to the module: the broker verifies, the device comes online.
+    let sim = ModemSim::start(SimOptions::default()).unwrap();
+    let (_d, log) = device_with(&dir, "m2", sim.port, tls_port, true, &format!("ca = \"{}\"\n", ca.display()));
     let id = (PK.to_string(), "m2".to_string());
     c.wait(Duration::from_secs(60), "m2 online on 1.3", |e| {
         e.device(&id).is_some_and(|d| d.online && d.version() == Some("1.3"))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
-    let tls_port = c.tls_port.unwrap();
-    assert!(sim.log().commands.contains(&format!("AT+QSSLOPEN=1,1,4,\"127.0.0.1\",{tls_port},2")));
+    let cmds = sim.log().commands;
+    let pem = std::fs::read(&ca).unwrap();
+    let want = [
+        format!("AT+QFUPL=\"UFS:ota-ca.pem\",{},10", pem.len()),
+        "AT+QSSLCFG=\"sslversion\",1,4".into(),
+        "AT+QSSLCFG=\"ciphersuite\",1,0XFFFF".into(),
+        "AT+QSSLCFG=\"seclevel\",1,1".into(),
+        "AT+QSSLCFG=\"cacert\",1,\"UFS:ota-ca.pem\"".into(),
+        format!("AT+QSSLOPEN=1,1,4,\"127.0.0.1\",{tls_port},2"),
+    ];
+    let at = cmds.iter().position(|c| c == &want[0]).unwrap_or_else(|| panic!("no upload: {cmds:#?}"));
+    assert_eq!(cmds[at..at + want.len()], want, "{cmds:#?}");
+
+    // Without `ca` the module gets Aliyun's CA, which did not sign the console's certificate:
+    // the TLS handshake fails and the device says so instead of talking to an unverified broker.
+    let sim = ModemSim::start(SimOptions::default()).unwrap();
+    let (_d, log) = device(&dir, "m4", sim.port, tls_port, true);
+    let text = wait_log(&log, "AT+QSSLOPEN failed");
+    assert!(text.contains("modem: AT+QSSLOPEN failed"), "{text}");
+    assert!(!c.with(|e| e.device(&(PK.to_string(), "m4".to_string())).is_some_and(|d| d.online)));
+    let pem_len = crate_ca_len();
+    assert!(sim.log().commands.iter().any(|c| c == &format!("AT+QFUPL=\"UFS:ota-ca.pem\",{pem_len},10")));
+}
+
+/// The size of the built-in Aliyun IoT Root CA (what the module gets without `ca`).
+fn crate_ca_len() -> usize {
+    std::fs::read(xtask::root().join("app/certs/aliyun-iot-root-ca.pem")).unwrap().len()
 }
 
 #[test]

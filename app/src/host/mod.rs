@@ -41,7 +41,8 @@ pub struct Config {
     port: u16,
     #[serde(default = "default_tls")]
     tls: bool,
-    /// Extra CA certificates (PEM) besides the Mozilla roots (e.g. Aliyun's IoT root for 8883).
+    /// Extra CA certificates (PEM) besides the Mozilla roots and the Aliyun IoT Root CA. With
+    /// `modem`: the CA the module verifies the broker with (default: the Aliyun IoT Root CA).
     ca: Option<PathBuf>,
     #[serde(default = "default_module")]
     module: String,
@@ -223,6 +224,10 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
     let mut work = vec![0u8; 64 * 1024];
     let mut backoff = 1;
     let mut modem = None;
+    let modem_ca = match (&cfg.modem, &cfg.ca) {
+        (Some(_), Some(p)) => Some(std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?),
+        _ => None,
+    };
     loop {
         let link = match (&cfg.modem, modem.as_mut()) {
             (None, _) => net::connect(host, cfg.port, cfg.tls, cfg.ca.as_deref()).await.map(net::Link::direct),
@@ -241,6 +246,8 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
                     port: cfg.port,
                     tls: cfg.tls,
                     register_timeout: Duration::from_secs(60),
+                    // The module verifies the broker with `ca` if given, else Aliyun's 8883 CA.
+                    ca: Some(modem_ca.as_deref().unwrap_or(crate::ALIYUN_IOT_ROOT_CA)),
                 };
                 match net::modem_link(m, clock, &mc).await {
                     Ok(l) => Ok(l),

@@ -28,16 +28,14 @@ pub async fn connect(host: &str, port: u16, tls: bool, ca: Option<&std::path::Pa
     Ok(Box::new(tls))
 }
 
-/// Aliyun's IoT root CA (MQTT on 8883); see app/certs/README.md.
-pub const ALIYUN_IOT_ROOT_CA: &[u8] = include_bytes!("../../certs/aliyun-iot-root-ca.pem");
-
 /// The TLS client settings of MQTT and HTTPS alike: the Mozilla roots (GlobalSign R1 and friends,
 /// Aliyun's 1883/443 endpoints), Aliyun's IoT root CA (8883), plus `ca` (PEM) if given.
 pub fn tls_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let aliyun = CertificateDer::from_pem_slice(ALIYUN_IOT_ROOT_CA).map_err(|e| format!("built-in Aliyun CA: {e}"))?;
+    let aliyun =
+        CertificateDer::from_pem_slice(crate::ALIYUN_IOT_ROOT_CA).map_err(|e| format!("built-in Aliyun CA: {e}"))?;
     roots.add(aliyun).map_err(|e| format!("built-in Aliyun CA: {e}"))?;
     if let Some(ca) = ca {
         let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("reading CA {}: {e}", ca.display()))?;
