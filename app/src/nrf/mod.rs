@@ -42,16 +42,17 @@ bind_interrupts!(struct Irqs {
     UARTE0 => buffered_uarte::InterruptHandler<peripherals::UARTE0>;
 });
 
-type Modem = BufferedUarte<'static>;
+/// The UART the module hangs on.
+type ModemUart = BufferedUarte<'static>;
 
 #[used]
 #[no_mangle]
-pub static mut OTA_STATE: OtaState<Modem> = OtaState::new();
+pub static mut OTA_STATE: OtaState<ModemUart> = OtaState::new();
 
 /// Bytes of the MQTT session, which lives in the task's future (read by `cargo xtask size`).
 #[used]
 #[no_mangle]
-pub static OTA_MQTT_SESSION: u32 = device::mqtt_session_size::<Modem>();
+pub static OTA_MQTT_SESSION: u32 = device::mqtt_session_size::<ModemUart>();
 
 /// UARTE buffers: a whole download block can arrive while the driver writes flash.
 static mut RX_BUF: [u8; 8192] = [0; 8192];

@@ -63,8 +63,6 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
             return v;
         }
         super::feed_watchdog();
-        // With interrupts masked, a pending interrupt still ends WFI; it runs once they are
-        // unmasked. So a wake between the poll and the WFI is never lost.
         // While bytes stream in, the next one is due within microseconds: spin a little before
         // sleeping (waking a halted CPU costs QEMU far more than the byte takes to arrive).
         for _ in 0..SPIN {
@@ -73,6 +71,8 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
             }
             core::hint::spin_loop();
         }
+        // With interrupts masked, a pending interrupt still ends WFI; it runs once they are
+        // unmasked. So a wake between the poll and the WFI is never lost.
         free(|_| {
             if !WOKEN.load(Ordering::Acquire) {
                 cortex_m::asm::wfi();
