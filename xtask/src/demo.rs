@@ -169,8 +169,10 @@ fn runs(c: &Console, id: &DeviceId, version: &str) -> Result<()> {
     })
 }
 
-fn job(dir: &Path, version: &str, protocol: Protocol, tamper: bool) -> Result<JobSpec> {
-    let mut package = Package::load(&dir.join(version))?;
+/// A job of the release folder `release` to every device (tampered: one byte flipped mid-body,
+/// the console's digests recomputed, so only the image signature can catch it).
+pub fn job(release: &Path, protocol: Protocol, tamper: bool, timeout: Duration) -> Result<JobSpec> {
+    let mut package = Package::load(release)?;
     if tamper {
         // A byte in the middle of the body: header, TLVs and size stay valid.
         package = package.tampered(package.bytes.len() / 2);
@@ -180,7 +182,7 @@ fn job(dir: &Path, version: &str, protocol: Protocol, tamper: bool) -> Result<Jo
         from: vec![],
         protocol,
         digest: if protocol == Protocol::Https { DigestKind::Sha256 } else { DigestKind::Md5 },
-        timeout: STEP_TIMEOUT,
+        timeout,
     })
 }
 
@@ -215,7 +217,7 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
     let mut rows: Vec<(&str, String, String, String)> = Vec::new();
 
     // (a)
-    let j = console.add_job(job(dir, "1.4", Protocol::Mqtt, false)?);
+    let j = console.add_job(job(&dir.join("1.4"), Protocol::Mqtt, false, STEP_TIMEOUT)?);
     let t = follow(&console, &id, j, &bar("(a) v1.3 -> v1.4 over MQTT stream"), |_| false)?;
     let _ = runs(&console, &id, "1.4");
     let detail = format!("{} blocks in {:.1} s", t.blocks, t.elapsed_ms as f64 / 1e3);
@@ -228,7 +230,7 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
 
     // (b)
     let before = connects(&console);
-    let j = console.add_job(job(dir, "1.5", Protocol::Https, true)?);
+    let j = console.add_job(job(&dir.join("1.5"), Protocol::Https, true, STEP_TIMEOUT)?);
     let t = follow(&console, &id, j, &bar("(b) tampered v1.5 over HTTP Range"), |_| false)?;
     // The device stays up on its image: no reset (no new connection), still online on 1.4.
     std::thread::sleep(Duration::from_millis(300));
@@ -237,7 +239,7 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
     rows.push(("(b) tampered v1.5, HTTP Range", "step -3, runs 1.4".into(), observed, t.desc.clone()));
 
     // (c)
-    let j = console.add_job(job(dir, "1.6", Protocol::Mqtt, false)?);
+    let j = console.add_job(job(&dir.join("1.6"), Protocol::Mqtt, false, STEP_TIMEOUT)?);
     let t = follow(&console, &id, j, &bar("(c) v1.6, fails its self-test"), |_| false)?;
     let _ = runs(&console, &id, "1.4");
     rows.push((
@@ -251,7 +253,7 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
     dev.cut();
     dev.start(Some(10), "info")?;
     runs(&console, &id, "1.4")?;
-    let j = console.add_job(job(dir, "1.7", Protocol::Mqtt, false)?);
+    let j = console.add_job(job(&dir.join("1.7"), Protocol::Mqtt, false, STEP_TIMEOUT)?);
     let b = bar("(d) v1.7, power cut mid-download");
     let at = follow(&console, &id, j, &b, |t| t.step >= 30)?;
     dev.cut();
@@ -311,7 +313,7 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
     let mut rows: Vec<(&str, String, String, String)> = Vec::new();
 
     // (a)
-    let j = rig.console.add_job(qemu::job(&dir.join("1.4"), false, STEP_TIMEOUT)?);
+    let j = rig.console.add_job(job(&dir.join("1.4"), Protocol::Mqtt, false, STEP_TIMEOUT)?);
     let t = follow(&rig.console, &id, j, &bar("(a) v1.3 -> v1.4 over MQTT stream"), |_| false)?;
     let _ = rig.runs("1.4", STEP_TIMEOUT);
     rows.push((
@@ -323,7 +325,7 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
 
     // (b) Over MQTT too: this board downloads over the modem's socket only.
     let before = connects(&rig);
-    let j = rig.console.add_job(qemu::job(&dir.join("1.5"), true, STEP_TIMEOUT)?);
+    let j = rig.console.add_job(job(&dir.join("1.5"), Protocol::Mqtt, true, STEP_TIMEOUT)?);
     let t = follow(&rig.console, &id, j, &bar("(b) tampered v1.5 over MQTT stream"), |_| false)?;
     std::thread::sleep(Duration::from_millis(500));
     let stayed = if connects(&rig) == before { "" } else { " after a reset" };
@@ -335,7 +337,7 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
     ));
 
     // (c)
-    let j = rig.console.add_job(qemu::job(&dir.join("1.6"), false, STEP_TIMEOUT)?);
+    let j = rig.console.add_job(job(&dir.join("1.6"), Protocol::Mqtt, false, STEP_TIMEOUT)?);
     let t = follow(&rig.console, &id, j, &bar("(c) v1.6, fails its self-test"), |_| false)?;
     let _ = rig.runs("1.4", STEP_TIMEOUT);
     rows.push((
@@ -418,7 +420,7 @@ fn fleet(dir: &Path, bin: &Path, n: usize) -> Result<()> {
     let booted = t0.elapsed();
     eprintln!("{n} devices online on v1.3 after {:.1} s", booted.as_secs_f64());
 
-    let mut spec = job(dir, "1.4", Protocol::Mqtt, false)?;
+    let mut spec = job(&dir.join("1.4"), Protocol::Mqtt, false, STEP_TIMEOUT)?;
     spec.timeout = Duration::from_secs(120 + n as u64 / 2);
     let t1 = Instant::now();
     let j = console.add_job(spec.clone());

@@ -12,7 +12,7 @@
 //! - what it reported is true: success for the good release, step -1 for the failing one, and
 //!   the version it informs is the one the bootloader last jumped to.
 
-use crate::console::engine::TaskState;
+use crate::console::engine::{Protocol, TaskState};
 use crate::qemu::{self, Rig};
 use anyhow::{bail, ensure, Result};
 use shared::sim::Rng;
@@ -75,7 +75,7 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
         let delay_ms = rng.below(max_ms + 1);
         let from = rig.dev.output().len();
         let started = Instant::now();
-        let j = rig.console.add_job(qemu::job(&dir.join(target), false, CYCLE_TIMEOUT)?);
+        let j = rig.console.add_job(crate::demo::job(&dir.join(target), Protocol::Mqtt, false, CYCLE_TIMEOUT)?);
         rig.dev.wait_for(from, &anchor, Duration::from_secs(120))?;
         std::thread::sleep(Duration::from_millis(delay_ms));
         rig.dev.cut();

@@ -6,7 +6,7 @@
 //! `cargo xtask qemu` runs one such device on a factory image against the console and, with
 //! `--upgrade DIR`, pushes those releases to it one after the other.
 
-use crate::console::engine::{DigestKind, JobSpec, Package, Protocol, Task};
+use crate::console::engine::{Protocol, Task};
 use crate::console::{self, Console, Options};
 use crate::modem_sim::{ModemSim, SimOptions};
 use crate::proc::{spawn_logged, Killed};
@@ -169,16 +169,6 @@ pub fn fields(mqtt_port: u16) -> Fields {
     }
 }
 
-/// An MQTT-stream job of the release in `dir` (tampered: one byte flipped mid-body, the console's
-/// digests recomputed, so only the signature can catch it).
-pub fn job(dir: &Path, tamper: bool, timeout: Duration) -> Result<JobSpec> {
-    let mut package = Package::load(dir)?;
-    if tamper {
-        package = package.tampered(package.bytes.len() / 2);
-    }
-    Ok(JobSpec { package, from: vec![], protocol: Protocol::Mqtt, digest: DigestKind::Md5, timeout })
-}
-
 /// Builds qemu-an386 releases `(version, extra release flags)` into `dir/<version>`.
 pub fn releases(dir: &Path, list: &[(&str, &[&str])]) -> Result<()> {
     for (v, extra) in list {
@@ -258,7 +248,7 @@ pub fn run(a: Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     for up in &a.upgrade {
-        let j = rig.console.add_job(job(up, false, Duration::from_secs(600))?);
+        let j = rig.console.add_job(crate::demo::job(up, Protocol::Mqtt, false, Duration::from_secs(600))?);
         loop {
             echo(&rig);
             if rig.task(j).is_some_and(|t| t.state.done()) {
