@@ -1,73 +1,48 @@
-//! The firmware's main loop for the boards with a modem (qemu-an386, nrf52840-dk): boot info,
-//! credentials from the PROVISION page, then modem bring-up, MQTT session and the OTA driver,
-//! again and again, until the machine asks for a reset. Each board hands in its flash regions,
-//! UART and clock; nothing here knows which chip it runs on.
+//! What the boards with a modem (qemu-an386, nrf52840-dk) add to the device loop: settings from
+//! the PROVISION page and the AT modem as the link. Each board hands in its flash regions, UART
+//! and clock; nothing here knows which chip it runs on.
 
-use crate::driver::{self, Clock, Ctx, Exit, Http};
-use crate::keys::TRUSTED_KEYS;
-use crate::modem::{Modem, ModemConfig};
-use crate::mqtt::{Mqtt, MqttError};
+use crate::driver::{self, Buffers, Clock, Exit, Flashes, Link, NoHttp, Settings};
+use crate::modem::{Modem, ModemConfig, ModemError};
 use core::mem::MaybeUninit;
 use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use memory_layouts::Layout;
-use shared::alink::{self, DeviceSecret, SignMethod, Topics};
-use shared::boot::{boot_info, progress, LastBoot, Updater};
-use shared::image::PublicKey;
-use shared::ota::{BootOutcome, BootReport, Event, OtaConfig, OtaMachine};
+use shared::alink::SignMethod;
+use shared::ota::OtaMachine;
 use shared::provision::{self, Provision};
 use shared::time::Duration;
 
-/// The largest MQTT packet taken: a 4 KiB download block with its header and topic.
-pub const MQTT_RX: usize = 4096 + 512;
-/// MQTT keep-alive (s).
+/// The largest MQTT packet taken: a 4 KiB download block with its header and topic, or a push of
+/// up to 8 KiB (an HTTPS URL with an STS token, `_package_udi` and batch tags); a larger one is
+/// read, discarded and refused with a reason.
+pub const MQTT_RX: usize = 8192 + 512;
+/// MQTT keep-alive (s): short enough for cellular NAT timeouts.
 const KEEP_ALIVE: u16 = 120;
 
-/// The OTA path's state, in a static of the board so its RAM shows in the binary
-/// (`cargo xtask size` reads `OTA_STATE`, plus the MQTT session the task keeps: `OTA_MQTT_SESSION`).
+/// The OTA path's state, in a static of the board so its RAM shows in the binary (`cargo xtask
+/// size` reads `OTA_STATE`, plus the MQTT session in the task: `OTA_MQTT_SESSION`).
 pub struct OtaState<U> {
-    /// The device's names (the machine's topics borrow them).
-    product_key: heapless::String<64>,
-    device_name: heapless::String<64>,
-    /// The running image's module (the machine borrows it).
-    module: heapless::String<{ shared::image::MAX_ALIYUN_STR }>,
-    machine: MaybeUninit<OtaMachine<'static>>,
+    // Not `Option`s: a `None` of these is not all zeroes, which would put the whole static in
+    // `.data` (its image in flash, copied at start).
+    machine: MaybeUninit<OtaMachine>,
     modem: MaybeUninit<Modem<U>>,
-    /// One MQTT payload: a download block plus its header.
-    payload: [u8; MQTT_RX],
+    /// One MQTT packet (kept in place while the machine works on it).
+    mqtt: [u8; MQTT_RX],
     /// Verify / rehash / confirm buffer.
     work: [u8; 1024],
 }
 
 impl<U> OtaState<U> {
     pub const fn new() -> Self {
-        OtaState {
-            product_key: heapless::String::new(),
-            device_name: heapless::String::new(),
-            module: heapless::String::new(),
-            machine: MaybeUninit::uninit(),
-            modem: MaybeUninit::uninit(),
-            payload: [0; MQTT_RX],
-            work: [0; 1024],
-        }
+        OtaState { machine: MaybeUninit::uninit(), modem: MaybeUninit::uninit(), mqtt: [0; MQTT_RX], work: [0; 1024] }
     }
 }
 
-/// Bytes of the MQTT session over a modem on `U` (its receive and send buffers).
+/// Bytes of the MQTT session over a modem on `U` (its send buffer and state; the receive buffer
+/// is in `OTA_STATE`).
 pub const fn mqtt_session_size<U: 'static>() -> u32 {
-    core::mem::size_of::<Mqtt<&'static mut Modem<U>, MQTT_RX>>() as u32
-}
-
-/// The flash the app uses, each region as its own device (offset 0 = region start).
-pub struct Flashes<A, R, S, D> {
-    /// ACTIVE: the running image (read).
-    pub active: A,
-    /// BOOT_RECORD (read).
-    pub boot_record: R,
-    /// STATE (confirm, mark).
-    pub state: S,
-    /// DFU (download).
-    pub dfu: D,
+    core::mem::size_of::<crate::mqtt::Mqtt<'static, &'static mut Modem<U>>>() as u32
 }
 
 /// What the board provides.
@@ -82,13 +57,35 @@ pub struct Board<'a, C> {
     pub say: fn(core::fmt::Arguments<'_>),
 }
 
-/// Runs until the machine asks for a reset (`Ok`), or the device cannot go on (`Err`: why).
+/// The modem's socket as the device loop's link: each open brings the modem up (again).
+pub struct ModemLink<'a, U, C> {
+    pub modem: &'a mut Modem<U>,
+    pub clock: &'a C,
+    pub cfg: ModemConfig<'a>,
+}
+
+impl<U: Read + Write, C: Clock> Link for ModemLink<'_, U, C> {
+    type Io<'b>
+        = &'b mut Modem<U>
+    where
+        Self: 'b;
+    type Error = ModemError;
+
+    async fn open(&mut self) -> Result<&mut Modem<U>, ModemError> {
+        self.modem.open(self.clock, &self.cfg).await?;
+        let what = if self.cfg.tls { "TLS" } else { "TCP" };
+        log::info!("modem: {} socket to {}:{} open", what, self.cfg.host, self.cfg.port);
+        Ok(&mut *self.modem)
+    }
+}
+
+/// Runs the device; returns when it must reset (`Ok`), or why it cannot start (`Err`).
 pub async fn run<U, A, R, S, D, C>(
     state: &'static mut OtaState<U>,
-    mut f: Flashes<A, R, S, D>,
+    f: Flashes<A, R, S, D>,
     uart: U,
     b: Board<'_, C>,
-) -> Result<(), &'static str>
+) -> Result<Exit, &'static str>
 where
     U: Read + Write,
     A: ReadNorFlash,
@@ -97,135 +94,38 @@ where
     D: NorFlash,
     C: Clock,
 {
-    let OtaState { product_key, device_name, module, machine, modem, payload, work } = state;
-    let l = b.layout;
-    let keys = TRUSTED_KEYS.map(PublicKey);
-    let clock = b.clock;
-
-    let info = boot_info(&mut f.active, &mut f.boot_record, &mut f.state, &keys, l.geometry.erased, work)
-        .map_err(|_| "reading the boot info failed")?;
-    let version = info.running.aliyun_version.clone().unwrap_or_default();
-    (b.say)(format_args!("app: running {}", version.as_str()));
-    *module = info.running.module.clone().unwrap_or_else(|| "default".try_into().unwrap());
-
+    let OtaState { machine, modem, mqtt, work } = state;
     let prov: Provision<'_> = provision::decode(b.provision).map_err(|e| {
         (b.say)(format_args!("app: {}", e));
         "no credentials"
     })?;
-    let method = SignMethod::from_name(prov.sign_method).ok_or("provisioned sign_method is unknown")?;
-    // `decode` checked that both fit.
-    let _ = product_key.push_str(prov.product_key);
-    let _ = device_name.push_str(prov.device_name);
-    let (product_key, device_name, module): (&'static str, &'static str, &'static str) =
-        (product_key, device_name, module);
-    let topics = Topics { product_key, device_name };
-    let m = machine.write(OtaMachine::new(OtaConfig::new(topics, module, l.active.length, l.geometry.erase_size)));
-    let resume = progress::load(&mut f.dfu).ok().flatten();
-    let outcome = match info.last {
-        LastBoot::Reverted => BootOutcome::Reverted,
-        LastBoot::Refused(e) => BootOutcome::Refused(e),
-        _ => BootOutcome::Nothing,
+    let sign_method = SignMethod::from_name(prov.sign_method).ok_or("provisioned sign_method is unknown")?;
+    let mut settings = Settings::new(prov.product_key, prov.device_name, prov.device_secret, sign_method, prov.tls);
+    settings.keep_alive = KEEP_ALIVE;
+    let mut link = ModemLink {
+        modem: modem.write(Modem::new(uart)),
+        clock: b.clock,
+        cfg: ModemConfig {
+            apn: prov.apn,
+            host: prov.host,
+            port: prov.port,
+            tls: prov.tls,
+            register_timeout: Duration::from_secs(60),
+            // The module verifies the broker with the root its endpoint chains to.
+            ca: Some(crate::root_ca(prov.port)),
+        },
     };
-    m.handle(
-        clock.now(),
-        Event::Booted(BootReport {
-            version: &version,
-            module,
-            awaiting_confirm: info.awaiting_confirm,
-            outcome,
-            sec_cnt: info.sec_cnt,
-            resume,
-        }),
-    );
-    let mut up = Updater::new(f.dfu, f.state, l.geometry.erased, 0);
-    let ctx = Ctx {
-        keys: &keys,
-        sec_cnt: info.sec_cnt,
-        slot_size: l.active.length,
+    let board = driver::Board {
+        layout: b.layout,
+        link: &mut link,
+        http: &mut NoHttp,
+        clock: b.clock,
         self_test: b.self_test,
-        keep_alive: Duration::from_secs(KEEP_ALIVE as u64 / 2),
-        erased: l.geometry.erased,
+        say: b.say,
     };
-    let dev = DeviceSecret {
-        product_key: prov.product_key,
-        device_name: prov.device_name,
-        device_secret: prov.device_secret,
-    };
-    let creds = alink::credentials(&dev, method, None, None, if prov.tls { 2 } else { 3 })
-        .map_err(|_| "the provisioned credentials do not make a client id")?;
-    let modem = modem.write(Modem::new(uart));
-    let mc = ModemConfig {
-        apn: prov.apn,
-        host: prov.host,
-        port: prov.port,
-        tls: prov.tls,
-        register_timeout: Duration::from_secs(60),
-        // The broker's CA on 8883; the module verifies the server with it.
-        ca: Some(crate::ALIYUN_IOT_ROOT_CA),
-    };
-    let mut http = NoHttp;
-    let mut backoff = 1;
-    loop {
-        if let Err(e) = modem.open(clock, &mc).await {
-            log::warn!("{}", e);
-        } else {
-            log::info!("modem: {} socket to {}:{} open", if prov.tls { "TLS" } else { "TCP" }, prov.host, prov.port);
-            let c = Mqtt::<_, MQTT_RX>::connect(
-                &mut *modem,
-                &creds.client_id,
-                &creds.username,
-                &creds.password,
-                KEEP_ALIVE,
-            );
-            match c.await {
-                Err(e @ MqttError::Refused(_)) => {
-                    (b.say)(format_args!("app: {}:{}: {}", prov.host, prov.port, e));
-                    return Err("the broker refused the credentials");
-                }
-                Err(e) => log::warn!("MQTT connect: {}", e),
-                Ok(mut mqtt) => {
-                    let subs = driver::downlinks(&topics);
-                    let subs = [subs[0].as_str(), subs[1].as_str(), subs[2].as_str()];
-                    match mqtt.subscribe(&subs).await {
-                        Err(e) => log::warn!("subscribe: {}", e),
-                        Ok(()) => {
-                            backoff = 1;
-                            log::info!("connected as {} over the modem", creds.client_id.as_str());
-                            let mut session = driver::Session {
-                                mqtt: &mut mqtt,
-                                http: &mut http,
-                                clock,
-                                m: &mut *m,
-                                up: &mut up,
-                                ctx: &ctx,
-                                work: &mut work[..],
-                            };
-                            match session.run(&mut payload[..]).await {
-                                Exit::Reset => return Ok(()),
-                                Exit::Disconnected(e) => log::warn!("MQTT: {}", e),
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        log::info!("reconnecting in {} s", backoff);
-        clock.sleep_until(clock.now() + Duration::from_secs(backoff)).await;
-        backoff = (backoff * 2).min(30);
-    }
-}
-
-/// These boards download over MQTT only (the modem's own HTTP(S) client is not driven yet): an
-/// HTTPS job fails cleanly and the console is told why.
-struct NoHttp;
-
-impl Http for NoHttp {
-    async fn get(&mut self, _url: &str, _from: u32) -> Result<(u16, Option<u32>), ()> {
-        log::warn!("HTTPS download: not supported on this board; use MQTT stream jobs");
-        Err(())
-    }
-    async fn read(&mut self, _buf: &mut [u8]) -> Result<usize, ()> {
-        core::future::pending().await
-    }
-    fn close(&mut self) {}
+    let bufs = Buffers { mqtt: &mut mqtt[..], http: &mut [], work: &mut work[..] };
+    driver::run(f, board, &settings, machine, bufs).await.map_err(|e| {
+        (b.say)(format_args!("app: {}", e));
+        "cannot start"
+    })
 }

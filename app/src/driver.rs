@@ -1,15 +1,30 @@
-//! The board-independent OTA driver: runs `shared::ota::OtaMachine` over one MQTT session,
-//! carries out its actions with the DFU updater and an HTTP client, and makes no protocol
-//! decision of its own.
+//! The device loop every board runs: boot info, then connect / subscribe / run / back off, again
+//! and again, until the machine asks for a reset. `shared::ota::OtaMachine` makes every protocol
+//! decision; this file carries out its actions with the MQTT session, the DFU updater and an HTTP
+//! client. A board hands in its flash regions, a [`Link`] (a socket, or a modem's), an [`Http`]
+//! client (or none), a [`Clock`] and its buffers, and resets when [`run`] returns.
+//!
+//! ```text
+//!  boot_info ─▶ OtaMachine::Booted ─▶ self-test (a failing image resets before it connects)
+//!  loop: link.open ─▶ CONNECT ─▶ refused 4/5: the machine reverts a new image; else Exit::BadCredentials
+//!                    └─▶ SUBSCRIBE ─▶ Connected ─▶ [messages, timers, HTTP body] until it drops
+//!        back-off (1 s doubling to 5 min, jittered; reset by a session that lasted a minute),
+//!        the machine's timers still running (a new image's confirm deadline)
+//! ```
 
-use crate::mqtt::{Mqtt, MqttError};
+use crate::keys::TRUSTED_KEYS;
+use crate::mqtt::{Incoming, Mqtt, MqttError};
+use core::fmt::Arguments;
 use embassy_futures::select::{select3, Either3};
 use embedded_io_async::{Read, Write};
-use embedded_storage::nor_flash::NorFlash;
-use shared::alink::Topics;
-use shared::boot::{confirm, progress, UpdateError, Updater};
+use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
+use memory_layouts::Layout;
+use shared::alink::{self, AlinkError, DeviceSecret, SignMethod};
+use shared::boot::{boot_info, confirm, progress, UpdateError, Updater};
 use shared::image::{PublicKey, VerifyOptions};
-use shared::ota::{Action, Event, MarkError, OtaMachine};
+use shared::ota::{
+    check_keep_alive, Action, Backoff, BootReport, ConfigError, Event, MarkError, OtaConfig, OtaMachine, STEADY_SESSION,
+};
 use shared::time::{Duration, Instant};
 
 /// The board's clock.
@@ -22,6 +37,10 @@ pub trait Clock {
 
 /// An HTTP(S) client for pre-signed download URLs.
 pub trait Http {
+    /// Whether this board downloads over HTTPS at all (else the machine refuses HTTPS tasks).
+    fn available(&self) -> bool {
+        true
+    }
     /// Starts `GET url` with `Range: bytes={from}-`; returns the status and Content-Length.
     async fn get(&mut self, url: &str, from: u32) -> Result<(u16, Option<u32>), ()>;
     /// The next body bytes; `Ok(0)` at the end. Pending forever when no GET is open.
@@ -30,127 +49,427 @@ pub trait Http {
     fn close(&mut self);
 }
 
-/// What the driver needs besides the machine.
-pub struct Ctx<'a> {
-    /// Keys whose signatures the device accepts.
-    pub keys: &'a [PublicKey],
-    /// The stored security counter.
-    pub sec_cnt: u32,
-    /// ACTIVE's length.
-    pub slot_size: u32,
-    /// The result of the running image's self-test.
+/// No HTTP client: the modem boards download over MQTT only (the module's own HTTP(S) client is
+/// not driven yet), so HTTPS tasks are refused with a reason the console shows.
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
+pub struct NoHttp;
+
+impl Http for NoHttp {
+    fn available(&self) -> bool {
+        false
+    }
+    async fn get(&mut self, _url: &str, _from: u32) -> Result<(u16, Option<u32>), ()> {
+        Err(())
+    }
+    async fn read(&mut self, _buf: &mut [u8]) -> Result<usize, ()> {
+        core::future::pending().await
+    }
+    fn close(&mut self) {}
+}
+
+/// The byte stream to the broker: a TCP/TLS socket, or a modem's socket.
+pub trait Link {
+    /// The open stream.
+    type Io<'a>: Read + Write
+    where
+        Self: 'a;
+    /// Why it could not be opened.
+    type Error: core::fmt::Display;
+    /// Opens (or reopens) the stream.
+    async fn open(&mut self) -> Result<Self::Io<'_>, Self::Error>;
+}
+
+/// The flash the app uses, each region as its own device (offset 0 = region start).
+pub struct Flashes<A, R, S, D> {
+    /// ACTIVE: the running image (read).
+    pub active: A,
+    /// BOOT_RECORD (read).
+    pub boot_record: R,
+    /// STATE (confirm, mark).
+    pub state: S,
+    /// DFU (download).
+    pub dfu: D,
+}
+
+/// Who the device is and how it talks to the broker (from the PROVISION page or device.toml).
+pub struct Settings<'a> {
+    /// productKey
+    pub product_key: &'a str,
+    /// deviceName
+    pub device_name: &'a str,
+    /// deviceSecret (never logged)
+    pub device_secret: &'a str,
+    /// The password's HMAC.
+    pub sign_method: SignMethod,
+    /// TLS to the broker (securemode 2; else 3).
+    pub tls: bool,
+    /// MQTT keep-alive, s (Aliyun: 30..=1200).
+    pub keep_alive: u16,
+    /// Bytes per block request.
+    pub block_size: u32,
+    /// Most block requests in flight.
+    pub window: usize,
+    /// `firmware/get` every this long.
+    pub pull_interval: Duration,
+    /// How long a new image may try to reach the broker before it is reverted.
+    pub confirm_deadline: Duration,
+}
+
+impl<'a> Settings<'a> {
+    /// These credentials with the defaults: keep-alive 300 s, `shared::ota`'s block size,
+    /// window, pull interval and confirm deadline.
+    pub fn new(product_key: &'a str, device_name: &'a str, device_secret: &'a str, sign_method: SignMethod, tls: bool) -> Self {
+        Settings {
+            product_key,
+            device_name,
+            device_secret,
+            sign_method,
+            tls,
+            keep_alive: 300,
+            block_size: shared::ota::DEFAULT_BLOCK,
+            window: shared::ota::DEFAULT_WINDOW,
+            pull_interval: shared::ota::DEFAULT_PULL,
+            confirm_deadline: shared::ota::DEFAULT_CONFIRM,
+        }
+    }
+}
+
+/// What the board provides besides flash.
+pub struct Board<'a, L, H, C> {
+    /// Flash geometry and slot sizes.
+    pub layout: &'static Layout,
+    /// The broker's byte stream.
+    pub link: &'a mut L,
+    /// Downloads over HTTP(S), or [`NoHttp`].
+    pub http: &'a mut H,
+    /// The board's clock.
+    pub clock: &'a C,
+    /// The result of the running image's self-test (reaching the broker is the rest of it).
     pub self_test: bool,
-    /// MQTT keep-alive.
-    pub keep_alive: Duration,
-    /// Erased value of the flash.
-    pub erased: u8,
+    /// Prints a line the user must see (semihosting on QEMU, defmt on the nRF, the log on host).
+    pub say: fn(Arguments<'_>),
+}
+
+/// The board's buffers: one MQTT packet (the largest block reply plus its header and topic, or
+/// the largest push with its extData), HTTP body chunks (empty without HTTP), and flash work (the
+/// final verify reads the whole image through it: 1 KiB on a microcontroller).
+pub struct Buffers<'a> {
+    /// MQTT receive buffer.
+    pub mqtt: &'a mut [u8],
+    /// HTTP body chunks.
+    pub http: &'a mut [u8],
+    /// Flash reads.
+    pub work: &'a mut [u8],
 }
 
 /// Why [`run`] returned.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
-    /// The machine asked for a reset (install, or a failed self-test).
+    /// The machine asked for a reset (install, revert, a failed self-test).
     Reset,
-    /// The MQTT session ended; reconnect and call [`run`] again.
-    Disconnected(MqttError),
+    /// The broker refused the credentials of this confirmed image (CONNACK code). The host
+    /// device stops; a microcontroller tries again after [`shared::ota::BACKOFF_CAP`].
+    BadCredentials(u8),
 }
 
-/// The downlinks to subscribe to.
-pub fn downlinks(t: &Topics<'_>) -> [shared::alink::Topic; 3] {
-    [t.upgrade().unwrap(), t.firmware_get_reply().unwrap(), t.file_download_reply().unwrap()]
+/// Why the device cannot start at all.
+#[derive(Debug)]
+pub enum SetupError {
+    /// BOOT_RECORD or the running image could not be read.
+    BootInfo(UpdateError),
+    /// A setting outside its range.
+    Config(ConfigError),
+    /// The credentials do not make a client id.
+    Credentials(AlinkError),
 }
 
-/// What one MQTT session works with.
-pub struct Session<'s, 'm, T, const RX: usize, H, C, D, S> {
-    /// The connected MQTT session.
-    pub mqtt: &'s mut Mqtt<T, RX>,
-    /// Downloads over HTTP(S).
-    pub http: &'s mut H,
-    /// The board's clock.
-    pub clock: &'s C,
-    /// The OTA client.
-    pub m: &'s mut OtaMachine<'m>,
-    /// DFU and STATE.
-    pub up: &'s mut Updater<D, S>,
-    /// Keys, counter, self-test result.
-    pub ctx: &'s Ctx<'s>,
-    /// Work buffer for flash reads (the final verify reads the whole image through it): a
-    /// microcontroller gives 1 KiB, the host board 64 KiB.
-    pub work: &'s mut [u8],
+impl core::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SetupError::BootInfo(e) => write!(f, "reading the boot info: {e}"),
+            SetupError::Config(e) => write!(f, "{e}"),
+            SetupError::Credentials(e) => write!(f, "the credentials do not make a client id: {e}"),
+        }
+    }
 }
 
-impl<T: Read + Write, const RX: usize, H: Http, C: Clock, D: NorFlash, S: NorFlash> Session<'_, '_, T, RX, H, C, D, S> {
-    /// Runs the session until a reset or a disconnect. `msg` receives payloads (a download block
-    /// plus its header).
-    pub async fn run(&mut self, msg: &mut [u8]) -> Exit {
-        let (clock, ctx) = (self.clock, self.ctx);
-        let topics = *self.m.topics();
-        self.m.handle(clock.now(), Event::Connected);
-        let mut last_len = 0usize;
-        let mut next_ping = clock.now() + ctx.keep_alive;
-        loop {
-            // Carry out everything the last event asked for.
-            if let Some(exit) = self.act(&msg[..last_len]).await {
-                return exit;
+impl From<ConfigError> for SetupError {
+    fn from(e: ConfigError) -> Self {
+        SetupError::Config(e)
+    }
+}
+
+impl From<AlinkError> for SetupError {
+    fn from(e: AlinkError) -> Self {
+        SetupError::Credentials(e)
+    }
+}
+
+/// What the driver needs besides the machine.
+struct Ctx<'a> {
+    keys: &'a [PublicKey],
+    sec_cnt: u32,
+    slot_size: u32,
+    self_test: bool,
+    erased: u8,
+}
+
+/// Where the bytes of the last event are (`Action::Write` ranges index them).
+#[derive(Clone)]
+enum Last {
+    None,
+    /// The PUBLISH payload still in the MQTT buffer.
+    Mqtt(core::ops::Range<usize>),
+    /// HTTP body bytes in the body buffer.
+    Http(usize),
+}
+
+enum End {
+    Reset,
+    Refused(u8),
+    Lost,
+}
+
+/// The machine, the updater and what carries out actions.
+struct Core<'a, H, C, D, S> {
+    m: &'a mut OtaMachine,
+    up: Updater<D, S>,
+    http: &'a mut H,
+    clock: &'a C,
+    ctx: Ctx<'a>,
+    work: &'a mut [u8],
+    body: &'a mut [u8],
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Runs the device until the machine asks for a reset ([`Exit`]); `Err` when it cannot start.
+/// `slot` keeps the machine (a static on a microcontroller; it is never dropped).
+pub async fn run<L, H, C, A, R, S, D>(
+    mut f: Flashes<A, R, S, D>,
+    b: Board<'_, L, H, C>,
+    s: &Settings<'_>,
+    slot: &mut core::mem::MaybeUninit<OtaMachine>,
+    bufs: Buffers<'_>,
+) -> Result<Exit, SetupError>
+where
+    L: Link,
+    H: Http,
+    C: Clock,
+    A: ReadNorFlash,
+    R: ReadNorFlash,
+    S: NorFlash,
+    D: NorFlash,
+{
+    let Buffers { mqtt: rx, http: body, work } = bufs;
+    let (l, clock) = (b.layout, b.clock);
+    let keys = TRUSTED_KEYS.map(PublicKey);
+    let info = boot_info(&mut f.active, &mut f.boot_record, &mut f.state, &keys, l.geometry.erased, work)
+        .map_err(SetupError::BootInfo)?;
+    let report = BootReport::new(&info, progress::load(&mut f.dfu).ok().flatten());
+    (b.say)(format_args!("app: running {} (module {})", report.version, report.module));
+    check_keep_alive(s.keep_alive)?;
+    let mut cfg = OtaConfig::new(s.product_key, s.device_name, l.active.length, l.geometry.erase_size)?;
+    cfg.block_size = s.block_size;
+    cfg.window = s.window;
+    cfg.pull_interval = s.pull_interval;
+    cfg.confirm_deadline = s.confirm_deadline;
+    cfg.https = b.http.available();
+    cfg.check()?;
+    let m = slot.write(OtaMachine::new(cfg));
+    m.handle(clock.now(), Event::Booted(report));
+    let dev = DeviceSecret { product_key: s.product_key, device_name: s.device_name, device_secret: s.device_secret };
+    let creds = alink::credentials(&dev, s.sign_method, None, None, alink::securemode(s.tls))?;
+    let subs = m.topics().downlinks()?;
+    let subs = [subs[0].as_str(), subs[1].as_str(), subs[2].as_str()];
+    let mut backoff = Backoff::new(fnv(s.device_name) ^ clock.now().as_millis());
+    let mut core = Core {
+        m,
+        up: Updater::new(f.dfu, f.state, l.geometry.erased, 0),
+        http: b.http,
+        clock,
+        ctx: Ctx {
+            keys: &keys,
+            sec_cnt: info.sec_cnt,
+            slot_size: l.active.length,
+            self_test: b.self_test,
+            erased: l.geometry.erased,
+        },
+        work,
+        body,
+    };
+    // What booting asked for first: the self-test (a failing image resets before it connects).
+    if let Some(exit) = core.act::<L::Io<'_>>(None, &Last::None).await {
+        return Ok(exit);
+    }
+    loop {
+        let t0 = clock.now();
+        match core.session(b.link, &mut *rx, &creds, &subs, s.keep_alive).await {
+            End::Reset => return Ok(Exit::Reset),
+            End::Refused(code) => {
+                (b.say)(format_args!("app: {}", MqttError::Refused(code)));
+                core.m.handle(clock.now(), Event::ConnectRefused(code));
+                // A new image refused for its credentials is reverted (the machine resets).
+                if let Some(exit) = core.act::<L::Io<'_>>(None, &Last::None).await {
+                    return Ok(exit);
+                }
+                if alink::credentials_refused(code) {
+                    return Ok(Exit::BadCredentials(code));
+                }
             }
-            let Session { mqtt, http, m, .. } = self;
-            let wake = m.poll_timeout().map_or(next_ping, |t| t.min(next_ping));
-            let mut body = [0u8; 1024];
-            match select3(mqtt.next(msg), clock.sleep_until(wake), http.read(&mut body)).await {
-                Either3::First(Ok(n)) => {
-                    last_len = n;
-                    if let Some(topic) = topics.classify(&mqtt.topic) {
-                        log::debug!("received {} bytes on {}", n, mqtt.topic.as_str());
-                        m.handle(clock.now(), Event::Message { topic, payload: &msg[..n] });
+            End::Lost => {}
+        }
+        if clock.now().since(t0) >= STEADY_SESSION {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        log::info!("reconnecting in {}.{:03} s", delay.as_millis() / 1000, delay.as_millis() % 1000);
+        // The machine's timers run meanwhile: a new image's confirm deadline.
+        let until = clock.now() + delay;
+        loop {
+            let wake = core.m.poll_timeout().map_or(until, |t| t.min(until));
+            clock.sleep_until(wake).await;
+            let now = clock.now();
+            core.m.handle_timeout(now);
+            if let Some(exit) = core.act::<L::Io<'_>>(None, &Last::None).await {
+                return Ok(exit);
+            }
+            if now >= until {
+                break;
+            }
+        }
+    }
+}
+
+impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
+    /// One MQTT session: open the link, log in, subscribe, then run until it drops or the
+    /// machine asks for a reset.
+    async fn session<L: Link>(
+        &mut self,
+        link: &mut L,
+        rx: &mut [u8],
+        creds: &alink::Credentials,
+        subs: &[&str],
+        keep_alive: u16,
+    ) -> End {
+        let io = match link.open().await {
+            Ok(io) => io,
+            Err(e) => {
+                log::warn!("{}", e);
+                return End::Lost;
+            }
+        };
+        let max = rx.len() as u32;
+        let connect = Mqtt::connect(io, rx, &creds.client_id, &creds.username, &creds.password, keep_alive);
+        let mut mqtt = match connect.await {
+            Ok(s) => s,
+            Err(MqttError::Refused(code)) => return End::Refused(code),
+            Err(e) => {
+                log::warn!("MQTT connect: {}", e);
+                return End::Lost;
+            }
+        };
+        if let Err(e) = mqtt.subscribe(subs).await {
+            log::warn!("subscribe: {}", e);
+            return End::Lost;
+        }
+        log::info!("connected as {}", creds.client_id.as_str());
+        let clock = self.clock;
+        self.m.handle(clock.now(), Event::Connected);
+        let topics = self.m.config().topics();
+        let (pk, dn) = (topics.product_key, topics.device_name);
+        let mut pk_dn: heapless::String<130> = heapless::String::new();
+        let _ = core::fmt::write(&mut pk_dn, format_args!("{pk}\u{0}{dn}"));
+        let ping_every = Duration::from_secs(keep_alive as u64 / 2);
+        let mut next_ping = clock.now() + ping_every;
+        // What had come from the broker at the last PINGREQ: nothing since then (not even its
+        // PINGRESP) by the next one means the link is dead, though no error says so.
+        let mut heard_at_ping = None;
+        let mut last = Last::None;
+        loop {
+            if let Some(Exit::Reset) = self.act(Some(&mut mqtt), &last).await {
+                return End::Reset;
+            }
+            let wake = self.m.poll_timeout().map_or(next_ping, |t| t.min(next_ping));
+            let next = select3(mqtt.next(), clock.sleep_until(wake), self.http.read(self.body)).await;
+            let (pk, dn) = pk_dn.split_once('\u{0}').unwrap_or(("", ""));
+            let topics = alink::Topics { product_key: pk, device_name: dn };
+            last = Last::None;
+            let now = clock.now();
+            match next {
+                Either3::First(Ok(Incoming::Publish { topic, payload })) => {
+                    let rx = mqtt.rx();
+                    let name = core::str::from_utf8(&rx[topic]).unwrap_or("");
+                    if let Some(downlink) = topics.classify(name) {
+                        log::debug!("received {} bytes on {}", payload.len(), name);
+                        self.m.handle(now, Event::Message { topic: downlink, payload: &rx[payload.clone()] });
+                        last = Last::Mqtt(payload);
                     }
                 }
+                Either3::First(Ok(Incoming::Oversized { topic, len })) => {
+                    log::warn!("discarded a message of {} bytes on {} (the buffer holds {})", len, topic.as_str(), max);
+                    if let Some(downlink) = topics.classify(&topic) {
+                        self.m.handle(now, Event::Oversized { topic: downlink, len, max });
+                    }
+                }
+                Either3::First(Ok(Incoming::Acked(pid))) => self.m.handle(now, Event::Acked(pid)),
                 Either3::First(Err(e)) => {
-                    m.handle(clock.now(), Event::Disconnected);
-                    return Exit::Disconnected(e);
+                    self.m.handle(now, Event::Disconnected);
+                    log::warn!("MQTT: {}", e);
+                    return End::Lost;
                 }
                 Either3::Second(()) => {
-                    let now = clock.now();
                     if now >= next_ping {
-                        if let Err(e) = mqtt.ping().await {
-                            m.handle(now, Event::Disconnected);
-                            return Exit::Disconnected(e);
+                        if heard_at_ping == Some(mqtt.received) {
+                            self.m.handle(now, Event::Disconnected);
+                            log::warn!("MQTT: {}", MqttError::Silent);
+                            return End::Lost;
                         }
-                        next_ping = now + ctx.keep_alive;
+                        heard_at_ping = Some(mqtt.received);
+                        if let Err(e) = mqtt.ping().await {
+                            self.m.handle(now, Event::Disconnected);
+                            log::warn!("MQTT: {}", e);
+                            return End::Lost;
+                        }
+                        next_ping = now + ping_every;
                     }
-                    m.handle_timeout(now);
-                    last_len = 0;
+                    self.m.handle_timeout(now);
                 }
                 Either3::Third(Ok(0)) => {
-                    http.close();
-                    m.handle(clock.now(), Event::HttpEnd);
-                    last_len = 0;
+                    self.http.close();
+                    self.m.handle(now, Event::HttpEnd);
                 }
                 Either3::Third(Ok(n)) => {
-                    msg[..n].copy_from_slice(&body[..n]);
-                    last_len = n;
-                    m.handle(clock.now(), Event::HttpBody(&msg[..n]));
+                    self.m.handle(now, Event::HttpBody(&self.body[..n]));
+                    last = Last::Http(n);
                 }
                 Either3::Third(Err(())) => {
-                    http.close();
-                    m.handle(clock.now(), Event::HttpFailed);
-                    last_len = 0;
+                    self.http.close();
+                    self.m.handle(now, Event::HttpFailed);
                 }
             }
         }
     }
 
-    /// Carries out the machine's actions; `payload` is what the last event handed in.
-    async fn act(&mut self, payload: &[u8]) -> Option<Exit> {
-        let Session { mqtt, http, clock, m, up, ctx, work } = self;
-        let (clock, ctx) = (*clock, *ctx);
-        let buf = &mut **work;
+    /// Carries out the machine's actions; `last` says where the last event's bytes are.
+    async fn act<T: Read + Write>(&mut self, mut mqtt: Option<&mut Mqtt<'_, T>>, last: &Last) -> Option<Exit> {
+        let Core { m, up, http, clock, ctx, work, body } = self;
+        let (clock, buf) = (*clock, &mut **work);
         loop {
-            let Some(a) = m.poll_action() else { return None };
+            let a = m.poll_action()?;
             let ev: Option<Event<'_>> = match a {
-                Action::Publish { topic, payload: p } => {
+                Action::Publish { topic, payload: p, qos1 } => {
                     log::info!("publish {} {}", topic, core::str::from_utf8(p).unwrap_or("?"));
-                    // A lost uplink is not fatal: the session error shows on the next read.
-                    let _ = mqtt.publish(topic, p).await;
+                    match mqtt.as_deref_mut() {
+                        // A lost uplink is not fatal: the session error shows on the next read,
+                        // and the machine sends its QoS 1 reports again after a reconnect.
+                        Some(s) => {
+                            let _ = s.publish(topic, p, qos1).await;
+                        }
+                        None => log::warn!("not connected: {} not sent", topic),
+                    }
                     None
                 }
                 Action::RunSelfTest => {
@@ -167,13 +486,20 @@ impl<T: Read + Write, const RX: usize, H: Http, C: Clock, D: NorFlash, S: NorFla
                     up.restart(at);
                     None
                 }
-                Action::Write { offset, range } => match up.write(offset, &payload[range]) {
-                    Ok(()) => None,
-                    Err(e) => {
-                        log::warn!("flash write at {} failed: {}", offset, e);
-                        Some(Event::FlashFailed)
+                Action::Write { offset, range } => {
+                    let bytes: &[u8] = match (last, mqtt.as_deref()) {
+                        (Last::Mqtt(r), Some(s)) => &s.rx()[r.clone()],
+                        (Last::Http(n), _) => &body[..*n],
+                        _ => &[],
+                    };
+                    match bytes.get(range).map(|b| up.write(offset, b)) {
+                        Some(Ok(())) => None,
+                        r => {
+                            log::warn!("flash write at {} failed: {:?}", offset, r.map(|r| r.err()));
+                            Some(Event::FlashFailed)
+                        }
                     }
-                },
+                }
                 Action::Rehash { len } => {
                     log::info!("resume: re-hashing {} bytes already in DFU", len);
                     let mut ok = true;

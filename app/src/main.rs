@@ -1,7 +1,8 @@
 //! The application. On the thumb boards it is linked at ACTIVE + image header size; on the
-//! `host` board it is a Linux program that simulates the device (see `host/`). The OTA driver
-//! (`driver.rs`, over `mqtt.rs`) is the same on every board: it runs `shared::ota::OtaMachine`
-//! and makes no protocol decision of its own.
+//! `host` board it is a Linux program that simulates the device (see `host/`). The device
+//! loop (`driver.rs`, over `mqtt.rs`) is the same on every board: it runs
+//! `shared::ota::OtaMachine` and makes no protocol decision of its own; a board hands in flash, a
+//! link, a clock and its buffers, and resets when the loop returns.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 mod keys {
@@ -11,6 +12,18 @@ mod keys {
 /// The Aliyun IoT Root CA (PEM; provenance in certs/README.md): the broker's CA on port 8883,
 /// trusted by the host device's rustls and uploaded to the modem for AT+QSSLOPEN.
 pub const ALIYUN_IOT_ROOT_CA: &[u8] = include_bytes!("../certs/aliyun-iot-root-ca.pem");
+
+/// GlobalSign Root CA R1 (PEM; provenance in certs/README.md): the broker's CA on 1883 and 443
+/// over TLS, and on the legacy `{pk}.iot-as-mqtt.{region}.aliyuncs.com` endpoints.
+pub const GLOBALSIGN_ROOT_CA_R1: &[u8] = include_bytes!("../certs/globalsign-root-ca-r1.pem");
+
+/// The root CA (PEM) a TLS endpoint on `port` is verified with (`shared::alink::RootCa`).
+pub fn root_ca(port: u16) -> &'static [u8] {
+    match shared::alink::RootCa::for_port(port) {
+        shared::alink::RootCa::AliyunIot => ALIYUN_IOT_ROOT_CA,
+        shared::alink::RootCa::GlobalSignR1 => GLOBALSIGN_ROOT_CA_R1,
+    }
+}
 
 #[cfg(target_os = "none")]
 mod device;

@@ -1,7 +1,12 @@
 //! An MQTT 3.1.1 session over any `embedded-io-async` byte stream, with mqttrs as the packet
-//! codec: CONNECT/CONNACK, SUBSCRIBE/SUBACK, PUBLISH (QoS 0 out, QoS 0/1 in), PINGREQ. Aliyun
-//! takes MQTT 3.1.1 on every instance (MQTT 5 only on Enterprise ones).
+//! codec: CONNECT/CONNACK, SUBSCRIBE/SUBACK, PUBLISH (QoS 0 and 1 out, QoS 0/1 in), PUBACK,
+//! PINGREQ. Aliyun takes MQTT 3.1.1 on every instance (MQTT 5 only on Enterprise ones).
+//!
+//! The receive buffer is the caller's, and a received PUBLISH stays in it (no copy) until the
+//! next call to [`Mqtt::next`]: its topic and payload are handed out as ranges of
+//! [`Mqtt::rx`]. A packet larger than the buffer is read and discarded, never a session error.
 
+use core::ops::Range;
 use embedded_io_async::{Read, Write};
 use mqttrs::{
     decode_slice, encode_slice, Connect, Packet, Pid, Protocol, Publish, QoS, QosPid, Subscribe, SubscribeTopic,
@@ -14,24 +19,49 @@ pub enum MqttError {
     Io,
     /// The broker refused the CONNECT (return code as sent; Aliyun: 4 or 5 for bad credentials).
     Refused(u8),
-    /// A packet did not decode, or does not fit the receive buffer.
+    /// A packet did not decode.
     Protocol,
     /// A SUBSCRIBE was refused.
     SubscribeRefused,
+    /// Nothing came from the broker for a whole keep-alive period (not even a PINGRESP).
+    Silent,
 }
 
 impl core::fmt::Display for MqttError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             MqttError::Io => f.write_str("connection lost"),
-            MqttError::Refused(4) | MqttError::Refused(5) => {
-                f.write_str("broker refused the connection: bad username or password (check product key, device name, secret and sign method)")
-            }
+            MqttError::Refused(c) if shared::alink::credentials_refused(*c) => write!(
+                f,
+                "broker refused the connection (CONNACK {c}): bad username or password (check product key, device name, secret and sign method)"
+            ),
             MqttError::Refused(c) => write!(f, "broker refused the connection (CONNACK code {c})"),
-            MqttError::Protocol => f.write_str("malformed or oversized MQTT packet"),
+            MqttError::Protocol => f.write_str("malformed MQTT packet"),
             MqttError::SubscribeRefused => f.write_str("subscription refused"),
+            MqttError::Silent => f.write_str("no PINGRESP from the broker: the link is dead"),
         }
     }
+}
+
+/// What [`Mqtt::next`] received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A PUBLISH; its topic and payload are these ranges of [`Mqtt::rx`] until the next call.
+    Publish {
+        /// topic name
+        topic: Range<usize>,
+        /// payload
+        payload: Range<usize>,
+    },
+    /// A PUBLISH larger than the buffer: read and discarded (acknowledged if QoS 1).
+    Oversized {
+        /// its topic, if it fits
+        topic: heapless::String<128>,
+        /// bytes of its payload
+        len: u32,
+    },
+    /// The PUBACK of our QoS 1 publish with this packet id.
+    Acked(u16),
 }
 
 /// Total length of the packet at the start of `buf`, once its fixed header is complete.
@@ -47,27 +77,51 @@ fn packet_len(buf: &[u8]) -> Option<Result<usize, MqttError>> {
     Some(Err(MqttError::Protocol))
 }
 
-/// One connected session. `RX` bounds the largest packet accepted (a download block plus header).
-pub struct Mqtt<T, const RX: usize> {
-    io: T,
-    rx: [u8; RX],
-    have: usize,
-    tx: [u8; 512],
-    pid: u16,
-    /// Topic of the last message returned by [`Mqtt::next`].
-    pub topic: heapless::String<128>,
+/// What a PUBLISH too large for the buffer starts with: (header bytes, topic, QoS 1 packet id,
+/// payload length), once that much is buffered.
+fn publish_head(buf: &[u8], total: usize) -> Option<Result<(usize, &str, Option<u16>, usize), MqttError>> {
+    let first = *buf.first()?;
+    let hdr = 1 + buf.get(1..)?.iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+    let tlen = u16::from_be_bytes([*buf.get(hdr)?, *buf.get(hdr + 1)?]) as usize;
+    let qos = (first >> 1) & 3;
+    let pid_at = hdr + 2 + tlen;
+    let end = pid_at + if qos > 0 { 2 } else { 0 };
+    let (Some(topic), Some(head)) = (buf.get(hdr + 2..pid_at), buf.get(..end)) else {
+        return if end > buf.len() && end <= total { None } else { Some(Err(MqttError::Protocol)) };
+    };
+    let pid = (qos > 0).then(|| u16::from_be_bytes([head[pid_at], head[pid_at + 1]]));
+    let topic = core::str::from_utf8(topic).map_err(|_| MqttError::Protocol);
+    Some(topic.map(|t| (end, t, pid, total.saturating_sub(end))))
 }
 
-impl<T: Read + Write, const RX: usize> Mqtt<T, RX> {
-    /// Sends CONNECT and waits for CONNACK.
+/// One connected session.
+pub struct Mqtt<'b, T> {
+    io: T,
+    rx: &'b mut [u8],
+    have: usize,
+    /// Bytes at the front of `rx` that belong to the packet handed out last.
+    current: usize,
+    /// Bytes of an oversized packet still to be read and dropped.
+    discard: usize,
+    tx: [u8; 512],
+    pid: u16,
+    /// Bytes received so far (wrapping): whether the broker said anything lately.
+    pub received: u32,
+}
+
+impl<'b, T: Read + Write> Mqtt<'b, T> {
+    /// Sends CONNECT and waits for CONNACK. `rx` bounds the largest packet taken (a download
+    /// block plus its header and topic; a larger one is discarded).
     pub async fn connect(
         io: T,
+        rx: &'b mut [u8],
         client_id: &str,
         username: &str,
         password: &str,
         keep_alive: u16,
     ) -> Result<Self, MqttError> {
-        let mut s = Mqtt { io, rx: [0; RX], have: 0, tx: [0; 512], pid: 0, topic: heapless::String::new() };
+        assert!(rx.len() >= 512, "the MQTT receive buffer holds at least a topic and a packet header");
+        let mut s = Mqtt { io, rx, have: 0, current: 0, discard: 0, tx: [0; 512], pid: 0, received: 0 };
         let p = Packet::Connect(Connect {
             protocol: Protocol::MQTT311,
             keep_alive,
@@ -78,19 +132,21 @@ impl<T: Read + Write, const RX: usize> Mqtt<T, RX> {
             password: Some(password.as_bytes()),
         });
         s.send(&p).await?;
-        loop {
-            let n = s.fill().await?;
-            let r = match decode_slice(&s.rx[..n]).map_err(|_| MqttError::Protocol)? {
-                Some(Packet::Connack(c)) => match c.code {
-                    mqttrs::ConnectReturnCode::Accepted => Ok(()),
-                    code => Err(MqttError::Refused(code as u8)),
-                },
-                _ => Err(MqttError::Protocol),
-            };
-            s.consume(n);
-            r?;
-            return Ok(s);
-        }
+        let n = s.fill().await?;
+        let r = match decode_slice(&s.rx[..n]).map_err(|_| MqttError::Protocol)? {
+            Some(Packet::Connack(c)) => match c.code {
+                mqttrs::ConnectReturnCode::Accepted => Ok(()),
+                code => Err(MqttError::Refused(code as u8)),
+            },
+            _ => Err(MqttError::Protocol),
+        };
+        s.consume(n);
+        r.map(|()| s)
+    }
+
+    /// The receive buffer (ranges of [`Incoming::Publish`] index it).
+    pub fn rx(&self) -> &[u8] {
+        self.rx
     }
 
     async fn send(&mut self, p: &Packet<'_>) -> Result<(), MqttError> {
@@ -99,23 +155,29 @@ impl<T: Read + Write, const RX: usize> Mqtt<T, RX> {
         self.io.flush().await.map_err(|_| MqttError::Io)
     }
 
-    /// Reads until a whole packet is buffered; returns its length.
+    async fn read_more(&mut self) -> Result<(), MqttError> {
+        let n = self.io.read(&mut self.rx[self.have..]).await.map_err(|_| MqttError::Io)?;
+        if n == 0 {
+            return Err(MqttError::Io);
+        }
+        self.have += n;
+        self.received = self.received.wrapping_add(n as u32);
+        Ok(())
+    }
+
+    /// Reads until a whole packet that fits is buffered; returns its length.
     async fn fill(&mut self) -> Result<usize, MqttError> {
         loop {
             if let Some(len) = packet_len(&self.rx[..self.have]) {
                 let len = len?;
-                if len > RX {
-                    return Err(MqttError::Protocol);
-                }
-                if self.have >= len {
+                if len <= self.have {
                     return Ok(len);
                 }
+                if len > self.rx.len() {
+                    return Err(MqttError::Protocol); // only PUBLISH may be oversized: see `next`
+                }
             }
-            let n = self.io.read(&mut self.rx[self.have..]).await.map_err(|_| MqttError::Io)?;
-            if n == 0 {
-                return Err(MqttError::Io);
-            }
-            self.have += n;
+            self.read_more().await?;
         }
     }
 
@@ -126,42 +188,30 @@ impl<T: Read + Write, const RX: usize> Mqtt<T, RX> {
 
     /// Subscribes to `topics` at QoS 1 and waits for the SUBACK (messages before it are dropped).
     pub async fn subscribe(&mut self, topics: &[&str]) -> Result<(), MqttError> {
-        self.pid = self.pid.wrapping_add(1).max(1);
+        self.pid = self.pid.wrapping_add(1).max(1) & 0x7FFF; // the OTA reports use 0x8000..
         let mut list = heapless07::Vec::new();
         for t in topics {
             let topic_path = heapless07::String::from(*t);
             list.push(SubscribeTopic { topic_path, qos: QoS::AtLeastOnce }).map_err(|_| MqttError::Protocol)?;
         }
-        let pid = Pid::try_from(self.pid).map_err(|_| MqttError::Protocol)?;
+        let pid = Pid::try_from(self.pid.max(1)).map_err(|_| MqttError::Protocol)?;
         self.send(&Packet::Subscribe(Subscribe::new(pid, list))).await?;
         loop {
-            let n = self.fill().await?;
-            let r = match decode_slice(&self.rx[..n]).map_err(|_| MqttError::Protocol)? {
-                Some(Packet::Suback(s)) => {
-                    Some(if s.return_codes.iter().any(|c| matches!(c, mqttrs::SubscribeReturnCodes::Failure)) {
-                        Err(MqttError::SubscribeRefused)
-                    } else {
-                        Ok(())
-                    })
-                }
-                _ => None,
-            };
-            self.consume(n);
-            if let Some(r) = r {
-                return r;
+            match self.next_packet().await? {
+                Got::Suback(refused) => return if refused { Err(MqttError::SubscribeRefused) } else { Ok(()) },
+                _ => self.release(),
             }
         }
     }
 
-    /// Publishes at QoS 0 (what Aliyun's SDKs use for OTA uplinks).
-    pub async fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), MqttError> {
-        let p = Packet::Publish(Publish {
-            dup: false,
-            qospid: QosPid::AtMostOnce,
-            retain: false,
-            topic_name: topic,
-            payload,
-        });
+    /// Publishes at QoS 0, or at QoS 1 with packet id `qos1` (its PUBACK comes back from
+    /// [`Mqtt::next`] as [`Incoming::Acked`]).
+    pub async fn publish(&mut self, topic: &str, payload: &[u8], qos1: Option<u16>) -> Result<(), MqttError> {
+        let qospid = match qos1 {
+            Some(pid) => QosPid::AtLeastOnce(Pid::try_from(pid).map_err(|_| MqttError::Protocol)?),
+            None => QosPid::AtMostOnce,
+        };
+        let p = Packet::Publish(Publish { dup: false, qospid, retain: false, topic_name: topic, payload });
         self.send(&p).await
     }
 
@@ -170,36 +220,94 @@ impl<T: Read + Write, const RX: usize> Mqtt<T, RX> {
         self.send(&Packet::Pingreq).await
     }
 
-    /// Waits for the next PUBLISH; copies its payload into `out` and its topic into
-    /// [`Mqtt::topic`]. Acknowledges QoS 1 ones. Other packets are taken care of.
-    pub async fn next(&mut self, out: &mut [u8]) -> Result<usize, MqttError> {
-        loop {
-            let n = self.fill().await?;
-            let mut ack = None;
-            let got = match decode_slice(&self.rx[..n]).map_err(|_| MqttError::Protocol)? {
-                Some(Packet::Publish(p)) => {
-                    if p.payload.len() > out.len() {
-                        return Err(MqttError::Protocol);
-                    }
-                    out[..p.payload.len()].copy_from_slice(p.payload);
-                    self.topic.clear();
-                    self.topic.push_str(p.topic_name).map_err(|_| MqttError::Protocol)?;
-                    if let QosPid::AtLeastOnce(pid) = p.qospid {
-                        ack = Some(pid);
-                    }
-                    Some(p.payload.len())
-                }
-                _ => None, // PINGRESP, PUBACK, ...
-            };
-            self.consume(n);
-            if let Some(pid) = ack {
-                self.send(&Packet::Puback(pid)).await?;
+    /// Drops the packet handed out last.
+    fn release(&mut self) {
+        let n = core::mem::take(&mut self.current);
+        self.consume(n);
+    }
+
+    /// The next packet, kept at the front of `rx` (or discarded, if too large).
+    async fn next_packet(&mut self) -> Result<Got, MqttError> {
+        self.release();
+        while self.discard > 0 {
+            if self.have == 0 {
+                self.read_more().await?;
             }
-            if let Some(len) = got {
-                return Ok(len);
+            let n = self.discard.min(self.have);
+            self.consume(n);
+            self.discard -= n;
+        }
+        loop {
+            if let Some(len) = packet_len(&self.rx[..self.have]) {
+                let len = len?;
+                if len > self.rx.len() && self.rx[0] >> 4 == 3 {
+                    // A PUBLISH larger than the buffer: keep its head, drop the rest as it comes.
+                    if let Some(head) = publish_head(&self.rx[..self.have], len) {
+                        let (end, topic, pid, payload) = head?;
+                        let mut t = heapless::String::new();
+                        let _ = t.push_str(topic);
+                        let n = end.min(self.have);
+                        self.consume(n);
+                        self.discard = len - n;
+                        if let Some(pid) = pid {
+                            self.send(&Packet::Puback(Pid::try_from(pid).map_err(|_| MqttError::Protocol)?)).await?;
+                        }
+                        return Ok(Got::Oversized(t, payload as u32));
+                    }
+                } else if len > self.rx.len() {
+                    return Err(MqttError::Protocol);
+                } else if len <= self.have {
+                    self.current = len;
+                    let rx_ptr = self.rx.as_ptr() as usize;
+                    let got = match decode_slice(&self.rx[..len]).map_err(|_| MqttError::Protocol)? {
+                        Some(Packet::Publish(p)) => {
+                            let at = |s: &[u8]| s.as_ptr() as usize - rx_ptr;
+                            let topic = at(p.topic_name.as_bytes())..at(p.topic_name.as_bytes()) + p.topic_name.len();
+                            let payload = at(p.payload)..at(p.payload) + p.payload.len();
+                            let ack = match p.qospid {
+                                QosPid::AtLeastOnce(pid) => Some(pid),
+                                _ => None,
+                            };
+                            (Got::Publish(topic, payload), ack)
+                        }
+                        Some(Packet::Puback(pid)) => (Got::Acked(pid.get()), None),
+                        Some(Packet::Suback(s)) => {
+                            let refused =
+                                s.return_codes.iter().any(|c| matches!(c, mqttrs::SubscribeReturnCodes::Failure));
+                            (Got::Suback(refused), None)
+                        }
+                        _ => (Got::Other, None), // PINGRESP, ...
+                    };
+                    if let Some(pid) = got.1 {
+                        self.send(&Packet::Puback(pid)).await?;
+                    }
+                    return Ok(got.0);
+                }
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Waits for the next PUBLISH or PUBACK. The PUBLISH stays in the buffer until the next call;
+    /// QoS 1 ones are acknowledged; other packets (PINGRESP, ...) are taken care of.
+    pub async fn next(&mut self) -> Result<Incoming, MqttError> {
+        loop {
+            match self.next_packet().await? {
+                Got::Publish(topic, payload) => return Ok(Incoming::Publish { topic, payload }),
+                Got::Oversized(topic, len) => return Ok(Incoming::Oversized { topic, len }),
+                Got::Acked(pid) => return Ok(Incoming::Acked(pid)),
+                Got::Suback(_) | Got::Other => {}
             }
         }
     }
+}
+
+enum Got {
+    Publish(Range<usize>, Range<usize>),
+    Oversized(heapless::String<128>, u32),
+    Acked(u16),
+    Suback(bool),
+    Other,
 }
 
 #[cfg(test)]
@@ -212,5 +320,19 @@ mod tests {
         assert_eq!(packet_len(&[0x30, 0x05]), Some(Ok(7)));
         assert_eq!(packet_len(&[0x30, 0x80, 0x01]), Some(Ok(3 + 128)));
         assert_eq!(packet_len(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF]), Some(Err(MqttError::Protocol)));
+    }
+
+    #[test]
+    fn the_head_of_an_oversized_publish_is_read_once_it_is_there() {
+        // QoS 1 PUBLISH, remaining length 200: topic "a/b", pid 0x0102, 193 payload bytes.
+        let mut p = vec![0x32, 0xC8, 0x01, 0, 3, b'a', b'/', b'b', 0x01, 0x02];
+        p.resize(203, 0xAA);
+        assert_eq!(packet_len(&p), Some(Ok(203)));
+        for cut in 0..10 {
+            assert_eq!(publish_head(&p[..cut], 203), None, "cut {cut}");
+        }
+        assert_eq!(publish_head(&p[..10], 203), Some(Ok((10, "a/b", Some(0x0102), 193))));
+        p[0] = 0x30; // QoS 0: no packet id
+        assert_eq!(publish_head(&p[..10], 203), Some(Ok((8, "a/b", None, 195))));
     }
 }

@@ -16,7 +16,7 @@ use md5::Md5;
 use memory_layouts::{Board, Layout};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shared::image::{ImageVersion, PublicKey, SignParams};
+use shared::image::{HostBehaviour, ImageVersion, PublicKey, SignParams};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -47,6 +47,10 @@ pub struct Args {
     /// `self-test-fails` feature.
     #[arg(long)]
     failing_self_test: bool,
+    /// Host board: the simulated firmware logs in with a wrong password (a broken build whose
+    /// credentials the broker refuses), so devices revert it.
+    #[arg(long)]
+    failing_login: bool,
     /// Pad the firmware body to at least this many bytes (host: the simulated firmware's size).
     #[arg(long, value_parser = crate::parse_u32, default_value = "4096")]
     body_size: u32,
@@ -85,8 +89,12 @@ pub fn run(a: Args) -> Result<()> {
 
     let body = match board {
         // A host image cannot execute: its body describes the simulated firmware.
-        Board::Host => shared::image::host_body(!a.failing_self_test, a.body_size as usize),
+        Board::Host => {
+            let b = HostBehaviour { self_test: !a.failing_self_test, login: !a.failing_login };
+            shared::image::host_body(b, a.body_size as usize)
+        }
         _ => {
+            ensure!(!a.failing_login, "--failing-login simulates a broken build on the host board only");
             let features: &[&str] = if a.failing_self_test { &["self-test-fails"] } else { &[] };
             let mut body =
                 elf_to_bin(&read(&firmware_with(board, Crate::App, &[public], features)?)?, layout.app_origin())?;

@@ -44,8 +44,7 @@ pub struct SignArgs {
 /// The rule Aliyun applies to package versions (CreateOTAFirmware `DestVersion`), which we also
 /// apply to module names: 1-64 characters of `[A-Za-z0-9._-]`.
 pub fn check_aliyun_string(what: &str, s: &str) -> Result<()> {
-    let ok = (1..=64).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
-    if !ok {
+    if !shared::alink::valid_version(s) {
         bail!("{what} {s:?} would be refused by Aliyun: use 1-64 characters of A-Z a-z 0-9 . _ -");
     }
     Ok(())

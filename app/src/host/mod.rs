@@ -7,20 +7,16 @@
 mod flash;
 mod net;
 
-use crate::driver::{self, Ctx, Exit};
-use crate::keys::TRUSTED_KEYS;
-use crate::modem::ModemConfig;
-use crate::mqtt::{Mqtt, MqttError};
+use crate::driver::{self, Buffers, Exit, Flashes, Settings};
 use core::cell::RefCell;
 use embassy_embedded_hal::flash::partition::BlockingPartition;
 use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
 use flash::FileFlash;
 use memory_layouts::{Board, Region};
 use serde::Deserialize;
-use shared::alink::{self, DeviceSecret, SignMethod, Topics};
-use shared::boot::{boot_info, progress, LastBoot, Slots, Updater};
-use shared::image::{host_self_test, PublicKey};
-use shared::ota::{BootOutcome, BootReport, Event, OtaConfig, OtaMachine};
+use shared::alink::SignMethod;
+use shared::boot::Slots;
+use shared::image::{host_behaviour, PublicKey};
 use shared::time::Duration;
 use std::path::PathBuf;
 
@@ -44,8 +40,6 @@ pub struct Config {
     /// Extra CA certificates (PEM) besides the Mozilla roots and the Aliyun IoT Root CA. With
     /// `modem`: the CA the module verifies the broker with (default: the Aliyun IoT Root CA).
     ca: Option<PathBuf>,
-    #[serde(default = "default_module")]
-    module: String,
     #[serde(default = "default_sign")]
     sign_method: String,
     flash: PathBuf,
@@ -55,6 +49,12 @@ pub struct Config {
     block_size: u32,
     #[serde(default = "default_window")]
     window: usize,
+    /// `firmware/get` every this many seconds besides the one at connect (jobs without push).
+    #[serde(default = "default_pull")]
+    pull_interval_s: u64,
+    /// How long a new image may try to reach the broker before it is reverted.
+    #[serde(default = "default_confirm")]
+    confirm_deadline_s: u64,
     /// Reach the broker through a Quectel-style AT modem whose UART is this TCP address (the
     /// modem simulator, `cargo xtask modem-sim`); `tls` then asks the modem for AT+QSSLOPEN.
     modem: Option<String>,
@@ -73,9 +73,6 @@ fn default_port() -> u16 {
 fn default_tls() -> bool {
     true
 }
-fn default_module() -> String {
-    "default".into()
-}
 fn default_sign() -> String {
     "hmacsha256".into()
 }
@@ -89,6 +86,12 @@ fn default_block() -> u32 {
 }
 fn default_window() -> usize {
     4
+}
+fn default_pull() -> u64 {
+    shared::ota::DEFAULT_PULL.as_millis() / 1000
+}
+fn default_confirm() -> u64 {
+    shared::ota::DEFAULT_CONFIRM.as_millis() / 1000
 }
 
 fn fatal(msg: impl std::fmt::Display) -> ! {
@@ -113,16 +116,11 @@ pub fn main() {
     }
 }
 
-/// The MQTT receive buffer: the largest block Aliyun sends (128 KiB) plus its header and topic.
+/// The MQTT receive buffer: the largest block Aliyun sends (128 KiB) plus its header and topic
+/// (a push with the longest extData and URL fits too).
 const MQTT_RX: usize = 131_072 + 2048;
 
 async fn run(cfg: Config) -> Result<(), String> {
-    if !(256..=131_072).contains(&cfg.block_size) {
-        return Err(format!("block_size {} is outside Aliyun's 256..=131072", cfg.block_size));
-    }
-    if !(1..=8).contains(&cfg.window) {
-        return Err(format!("window {} is outside 1..=8", cfg.window));
-    }
     let method = SignMethod::from_name(&cfg.sign_method)
         .ok_or_else(|| format!("sign_method {:?}: use hmacsha256, hmacsha1 or hmacmd5", cfg.sign_method))?;
     let host = match (&cfg.host, &cfg.instance, &cfg.region) {
@@ -131,24 +129,31 @@ async fn run(cfg: Config) -> Result<(), String> {
         (None, None, Some(r)) => format!("{}.iot-as-mqtt.{r}.aliyuncs.com", cfg.product_key),
         (None, None, None) => return Err("device.toml needs `host`, `instance` or `region`".into()),
     };
+    let modem_ca = match (&cfg.modem, &cfg.ca) {
+        (Some(_), Some(p)) => Some(std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?),
+        _ => None,
+    };
     let clock = net::TokioClock(tokio::time::Instant::now());
     loop {
-        match power_on(&cfg, &host, method, &clock).await? {
-            PowerOff::Reset => log::info!("--- reset: power on again ---"),
+        match power_on(&cfg, &host, method, &clock, modem_ca.as_deref()).await? {
+            Exit::Reset => log::info!("--- reset: power on again ---"),
+            Exit::BadCredentials(_) => return Err(format!("{host}:{}: the broker refused the credentials", cfg.port)),
         }
     }
 }
 
-enum PowerOff {
-    Reset,
-}
-
-async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::TokioClock) -> Result<PowerOff, String> {
+async fn power_on(
+    cfg: &Config,
+    host: &str,
+    method: SignMethod,
+    clock: &net::TokioClock,
+    modem_ca: Option<&[u8]>,
+) -> Result<Exit, String> {
     let layout = Board::Host.layout();
     let file = FileFlash::open(&cfg.flash, layout.flash.length as usize).map_err(|e| e.to_string())?;
     let m = Mutex::<NoopRawMutex, _>::new(RefCell::new(file));
     let part = |r: Region| BlockingPartition::new(&m, r.origin - layout.flash.origin, r.length);
-    let keys = TRUSTED_KEYS.map(PublicKey);
+    let keys = crate::keys::TRUSTED_KEYS.map(PublicKey);
     let mut buf = [0u8; 1024];
 
     // The bootloader.
@@ -160,164 +165,58 @@ async fn power_on(cfg: &Config, host: &str, method: SignMethod, clock: &net::Tok
     };
     let b = shared::boot::boot(&mut slots, &keys, layout.geometry.erased, &mut buf)
         .map_err(|e| format!("bootloader: {e}; the device cannot start"))?;
-    let v = b.image.aliyun_version.as_deref().unwrap_or("?");
     log::info!(
-        "boot: running {v} (image {}), last boot: {:?}, security counter {}",
+        "boot: running {} (image {}), last boot: {:?}, security counter {}",
+        b.image.aliyun_version.as_deref().unwrap_or("?"),
         b.image.header.version,
         b.record.last,
         b.record.sec_cnt
     );
-
-    // The app.
-    let info =
-        boot_info(&mut slots.active, &mut slots.boot_record, &mut slots.state, &keys, layout.geometry.erased, &mut buf)
-            .map_err(|e| format!("reading the boot info: {e}"))?;
-    let version = info.running.aliyun_version.clone().unwrap_or_default();
-    let module = info.running.module.clone().unwrap_or_else(|| "default".try_into().unwrap());
-    let self_test = {
-        let mut body = vec![0u8; info.running.header.img_size as usize];
-        let hdr = info.running.header.hdr_size as u32;
+    // The simulated firmware: what its body says it does.
+    let behaviour = {
+        let mut body = vec![0u8; b.image.header.img_size as usize];
+        let hdr = b.image.header.hdr_size as u32;
         embedded_storage::nor_flash::ReadNorFlash::read(&mut slots.active, hdr, &mut body)
             .map_err(|e| format!("{e:?}"))?;
-        host_self_test(&body).unwrap_or(true)
+        host_behaviour(&body).unwrap_or_default()
     };
-    let resume = progress::load(&mut slots.dfu).ok().flatten();
-    let outcome = match info.last {
-        LastBoot::Reverted => BootOutcome::Reverted,
-        LastBoot::Refused(e) => BootOutcome::Refused(e),
-        _ => BootOutcome::Nothing,
+    let wrong = format!("{}-but-this-build-lost-it", cfg.device_secret);
+    let secret = if behaviour.login { cfg.device_secret.as_str() } else { wrong.as_str() };
+    let settings = Settings {
+        keep_alive: cfg.keep_alive,
+        block_size: cfg.block_size,
+        window: cfg.window,
+        pull_interval: Duration::from_secs(cfg.pull_interval_s),
+        confirm_deadline: Duration::from_secs(cfg.confirm_deadline_s),
+        ..Settings::new(&cfg.product_key, &cfg.device_name, secret, method, cfg.tls)
     };
-    let topics = Topics { product_key: &cfg.product_key, device_name: &cfg.device_name };
-    let mut ota = OtaConfig::new(topics, &cfg.module, layout.active.length, layout.geometry.erase_size);
-    ota.block_size = cfg.block_size;
-    ota.window = cfg.window;
-    let mut machine = OtaMachine::new(ota);
-    machine.handle(
-        clock_now(clock),
-        Event::Booted(BootReport {
-            version: &version,
-            module: &module,
-            awaiting_confirm: info.awaiting_confirm,
-            outcome,
-            sec_cnt: info.sec_cnt,
-            resume,
+    let mut link = net::HostLink {
+        host,
+        port: cfg.port,
+        tls: cfg.tls,
+        ca: cfg.ca.as_deref(),
+        modem: cfg.modem.as_deref().map(|uart| net::ModemPort {
+            uart,
+            apn: &cfg.apn,
+            // The module verifies the broker with `ca` if given, else with its endpoint's root.
+            ca: modem_ca.unwrap_or_else(|| crate::root_ca(cfg.port)),
+            modem: None,
         }),
-    );
-    let Slots { dfu, state, .. } = slots;
-    let mut updater = Updater::new(dfu, state, layout.geometry.erased, 0);
-    let ctx = Ctx {
-        keys: &keys,
-        sec_cnt: info.sec_cnt,
-        slot_size: layout.active.length,
-        self_test,
-        keep_alive: Duration::from_secs(cfg.keep_alive as u64 / 2),
-        erased: layout.geometry.erased,
+        clock,
     };
-    let dev = DeviceSecret {
-        product_key: &cfg.product_key,
-        device_name: &cfg.device_name,
-        device_secret: &cfg.device_secret,
-    };
-    let creds = alink::credentials(&dev, method, None, None, if cfg.tls { 2 } else { 3 }).map_err(|e| e.to_string())?;
     let mut http = net::HostHttp::new(cfg.ca.as_deref())?;
-    let mut msg = vec![0u8; cfg.block_size as usize + 1024];
-    let mut work = vec![0u8; 64 * 1024];
-    let mut backoff = 1;
-    let mut modem = None;
-    let modem_ca = match (&cfg.modem, &cfg.ca) {
-        (Some(_), Some(p)) => Some(std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?),
-        _ => None,
+    let board = driver::Board {
+        layout,
+        link: &mut link,
+        http: &mut http,
+        clock,
+        self_test: behaviour.self_test,
+        say: |args| log::info!("{args}"),
     };
-    loop {
-        let link = match (&cfg.modem, modem.as_mut()) {
-            (None, _) => net::connect(host, cfg.port, cfg.tls, cfg.ca.as_deref()).await.map(net::Link::direct),
-            (Some(uart), None) => match net::modem_uart(uart).await {
-                // The UART (re)opened: bring the modem up on the next turn.
-                Ok(m) => {
-                    modem = Some(m);
-                    continue;
-                }
-                Err(e) => Err(e),
-            },
-            (Some(uart), Some(m)) => {
-                let mc = ModemConfig {
-                    apn: &cfg.apn,
-                    host,
-                    port: cfg.port,
-                    tls: cfg.tls,
-                    register_timeout: Duration::from_secs(60),
-                    // The module verifies the broker with `ca` if given, else Aliyun's 8883 CA.
-                    ca: Some(modem_ca.as_deref().unwrap_or(crate::ALIYUN_IOT_ROOT_CA)),
-                };
-                match net::modem_link(m, clock, &mc).await {
-                    Ok(l) => Ok(l),
-                    Err(e) => {
-                        modem = None;
-                        Err(format!("{e} (UART {uart})"))
-                    }
-                }
-            }
-        };
-        let io = match link {
-            Ok(io) => io,
-            Err(e) => {
-                log::warn!("{e}; retrying in {backoff} s");
-                tokio::time::sleep(std::time::Duration::from_secs(backoff)).await;
-                backoff = (backoff * 2).min(30);
-                continue;
-            }
-        };
-        let mut mqtt =
-            match Mqtt::<_, MQTT_RX>::connect(io, &creds.client_id, &creds.username, &creds.password, cfg.keep_alive)
-                .await
-            {
-                Ok(s) => Box::new(s),
-                Err(e @ MqttError::Refused(_)) => return Err(format!("{host}:{}: {e}", cfg.port)),
-                Err(e) => {
-                    log::warn!("MQTT connect to {host}:{}: {e}; retrying in {backoff} s", cfg.port);
-                    tokio::time::sleep(std::time::Duration::from_secs(backoff)).await;
-                    continue;
-                }
-            };
-        let subs = driver::downlinks(&topics);
-        let subs: Vec<&str> = subs.iter().map(|t| t.as_str()).collect();
-        if let Err(e) = mqtt.subscribe(&subs).await {
-            log::warn!("subscribe: {e}; reconnecting");
-            continue;
-        }
-        backoff = 1;
-        log::info!(
-            "connected to {host}:{} as {} ({}), module {}",
-            cfg.port,
-            creds.client_id.as_str(),
-            match (&cfg.modem, cfg.tls) {
-                (None, true) => "TLS",
-                (None, false) => "plain TCP",
-                (Some(_), true) => "modem, TLS in the modem",
-                (Some(_), false) => "modem, TCP",
-            },
-            cfg.module
-        );
-        let mut session = driver::Session {
-            mqtt: &mut *mqtt,
-            http: &mut http,
-            clock,
-            m: &mut machine,
-            up: &mut updater,
-            ctx: &ctx,
-            work: &mut work,
-        };
-        match session.run(&mut msg).await {
-            Exit::Reset => return Ok(PowerOff::Reset),
-            Exit::Disconnected(e) => {
-                log::warn!("MQTT: {e}; reconnecting in {backoff} s");
-                tokio::time::sleep(std::time::Duration::from_secs(backoff)).await;
-                backoff = (backoff * 2).min(30);
-            }
-        }
-    }
-}
-
-fn clock_now(c: &net::TokioClock) -> shared::time::Instant {
-    crate::driver::Clock::now(c)
+    let Slots { active, dfu, state, boot_record } = slots;
+    let flashes = Flashes { active, boot_record, state, dfu };
+    let (mut rx, mut body, mut work) = (vec![0u8; MQTT_RX], vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
+    let bufs = Buffers { mqtt: &mut rx, http: &mut body, work: &mut work };
+    let mut machine = core::mem::MaybeUninit::uninit();
+    driver::run(flashes, board, &settings, &mut machine, bufs).await.map_err(|e| e.to_string())
 }

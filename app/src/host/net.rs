@@ -59,33 +59,60 @@ pub enum Link<'a> {
     Modem(&'a mut Modem<FromTokio<TcpStream>>),
 }
 
-impl Link<'_> {
-    pub fn direct(io: Box<dyn Io>) -> Link<'static> {
-        Link::Direct(FromTokio::new(io))
+/// The modem on a "UART" (a TCP connection to the modem simulator), opened once per power-on.
+pub struct ModemPort<'a> {
+    pub uart: &'a str,
+    pub apn: &'a str,
+    /// The CA (PEM) the module verifies the broker with.
+    pub ca: &'a [u8],
+    pub modem: Option<Modem<FromTokio<TcpStream>>>,
+}
+
+/// The host device's link: TCP or TLS from this process, or through the modem.
+pub struct HostLink<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub tls: bool,
+    pub ca: Option<&'a std::path::Path>,
+    pub modem: Option<ModemPort<'a>>,
+    pub clock: &'a TokioClock,
+}
+
+impl crate::driver::Link for HostLink<'_> {
+    type Io<'b>
+        = Link<'b>
+    where
+        Self: 'b;
+    type Error = String;
+
+    async fn open(&mut self) -> Result<Link<'_>, String> {
+        let Some(port) = self.modem.as_mut() else {
+            return connect(self.host, self.port, self.tls, self.ca).await.map(|io| Link::Direct(FromTokio::new(io)));
+        };
+        if port.modem.is_none() {
+            let tcp = TcpStream::connect(port.uart)
+                .await
+                .map_err(|e| format!("cannot reach the modem UART {}: {e}", port.uart))?;
+            tcp.set_nodelay(true).ok();
+            port.modem = Some(Modem::new(FromTokio::new(tcp)));
+        }
+        let cfg = ModemConfig {
+            apn: port.apn,
+            host: self.host,
+            port: self.port,
+            tls: self.tls,
+            register_timeout: shared::time::Duration::from_secs(60),
+            ca: Some(port.ca),
+        };
+        let modem = port.modem.as_mut().expect("opened above");
+        if let Err(e) = modem.open(self.clock, &cfg).await {
+            // The UART (the simulator's socket) may be gone: open it again next time.
+            port.modem = None;
+            return Err(format!("{e} (UART {})", port.uart));
+        }
+        log::info!("modem: {} socket to {}:{} open (transparent mode)", if self.tls { "TLS" } else { "TCP" }, self.host, self.port);
+        Ok(Link::Modem(port.modem.as_mut().expect("opened above")))
     }
-}
-
-/// The modem's UART: a TCP connection to the modem simulator, opened once per power-on.
-pub async fn modem_uart(uart: &str) -> Result<Modem<FromTokio<TcpStream>>, String> {
-    let tcp = TcpStream::connect(uart).await.map_err(|e| format!("cannot reach the modem UART {uart}: {e}"))?;
-    tcp.set_nodelay(true).ok();
-    Ok(Modem::new(FromTokio::new(tcp)))
-}
-
-/// Brings the modem up and opens its socket.
-pub async fn modem_link<'a>(
-    m: &'a mut Modem<FromTokio<TcpStream>>,
-    clock: &TokioClock,
-    cfg: &ModemConfig<'_>,
-) -> Result<Link<'a>, String> {
-    m.open(clock, cfg).await.map_err(|e| e.to_string())?;
-    log::info!(
-        "modem: {} socket to {}:{} open (transparent mode)",
-        if cfg.tls { "TLS" } else { "TCP" },
-        cfg.host,
-        cfg.port
-    );
-    Ok(Link::Modem(m))
 }
 
 impl embedded_io_async::ErrorType for Link<'_> {

@@ -19,8 +19,8 @@
 //! | P1.07 | D6 | STATUS (high while the module is on) |
 //! | GND   | GND | GND |
 
-use crate::device::{self, Flashes, OtaState};
-use crate::driver::Clock;
+use crate::device::{self, OtaState};
+use crate::driver::{Clock, Exit, Flashes};
 use core::cell::RefCell;
 use embassy_embedded_hal::flash::partition::BlockingPartition;
 use embassy_executor::Spawner;
@@ -135,7 +135,13 @@ async fn main(spawner: Spawner) {
     // SAFETY: main runs once; nothing else takes OTA_STATE.
     let state = unsafe { &mut *core::ptr::addr_of_mut!(OTA_STATE) };
     match device::run(state, flashes, uart, board).await {
-        Ok(()) => defmt::println!("app: reset"),
+        Ok(Exit::Reset) => defmt::println!("app: reset"),
+        Ok(Exit::BadCredentials(code)) => {
+            // Nothing to gain from retrying soon: the credentials may be fixed in the console.
+            let wait = shared::ota::BACKOFF_CAP;
+            defmt::println!("app: credentials refused (CONNACK {}); trying again in {} s", code, wait.as_millis() / 1000);
+            clock.sleep_until(clock.now() + wait).await;
+        }
         Err(e) => {
             defmt::println!("app: {}; resetting in 10 s", e);
             clock.sleep_until(clock.now() + Duration::from_secs(10)).await;

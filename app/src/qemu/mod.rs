@@ -8,8 +8,8 @@
 mod rt;
 mod uart;
 
-use crate::device::{self, Flashes, OtaState};
-use crate::driver::Clock;
+use crate::device::{self, OtaState};
+use crate::driver::{Clock, Exit, Flashes};
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::hprintln;
 use memory_layouts::{Board, Region};
@@ -71,7 +71,13 @@ fn main() -> ! {
         say: |args| hprintln!("{}", args),
     };
     match rt::block_on(device::run(state, flashes, uart, board)) {
-        Ok(()) => hprintln!("app: reset"),
+        Ok(Exit::Reset) => hprintln!("app: reset"),
+        Ok(Exit::BadCredentials(code)) => {
+            // Nothing to gain from retrying soon: the credentials may be fixed in the console.
+            let wait = shared::ota::BACKOFF_CAP;
+            hprintln!("app: credentials refused (CONNACK {}); trying again in {} s", code, wait.as_millis() / 1000);
+            rt::block_on(clock.sleep_until(clock.now() + wait));
+        }
         Err(e) => {
             hprintln!("app: {}; resetting in 10 s", e);
             rt::block_on(clock.sleep_until(clock.now() + Duration::from_secs(10)));

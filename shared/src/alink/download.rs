@@ -82,6 +82,8 @@ pub fn download_request(
 /// One received block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block<'a> {
+    /// The `id` of the request it answers (as text), if the reply echoes it.
+    pub id: Option<&'a str>,
     /// `bOffset`
     pub offset: u32,
     /// `fileLength` (0 when absent)
@@ -90,6 +92,31 @@ pub struct Block<'a> {
     pub token: Option<&'a str>,
     /// The data, CRC checked.
     pub data: &'a [u8],
+}
+
+/// What a `download_reply` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockReply<'a> {
+    /// A block: `code` 200, framing and CRC good.
+    Data(Block<'a>),
+    /// `code` other than 200: the platform refused the request (`msg` or `message` says why).
+    Refused {
+        /// `id` of the request, if echoed
+        id: Option<&'a str>,
+        /// `code` as a number (-1 if it is not one)
+        code: i32,
+        /// `msg` or `message`, JSON escapes left in
+        msg: &'a str,
+    },
+    /// `code` 200 but the frame is cut or its CRC is wrong.
+    Corrupt {
+        /// `id` of the request, if echoed
+        id: Option<&'a str>,
+        /// `bOffset`, if the header has it
+        offset: Option<u32>,
+        /// what was wrong
+        why: AlinkError,
+    },
 }
 
 #[derive(Deserialize, Serialize)]
@@ -116,26 +143,57 @@ struct ReplyOut<'a> {
     data: ReplyData<'a>,
 }
 
-/// Parses and checks a `download_reply` payload: framing, `code` 200, length, CRC.
-pub fn parse_download_reply(p: &[u8]) -> Result<Block<'_>, AlinkError> {
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    id: &'a str,
+    code: u16,
+    msg: &'a str,
+}
+
+/// Reads a `download_reply` payload. `Err`: not even its JSON header can be read.
+///
+/// Error replies are the header alone (`{"id":..,"code":N,"msg":".."}`), with or without data and
+/// a trailer after it: how Aliyun frames them is not documented, so both are read.
+pub fn parse_download_reply(p: &[u8]) -> Result<BlockReply<'_>, AlinkError> {
     let n = u16::from_be_bytes(p.get(field::HEADER_LEN).ok_or(AlinkError::FrameTooShort)?.try_into().unwrap()) as usize;
     let header = p.get(field::HEADER..field::HEADER + n).ok_or(AlinkError::FrameTooShort)?;
-    if top_level(header, "code").map(|c| c.text()) != Some("200") {
-        return Err(if top_level(header, "code").is_some() { AlinkError::BadCode } else { AlinkError::Json });
+    let id = top_level(header, "id").map(|i| i.text());
+    let code = top_level(header, "code").ok_or(AlinkError::Json)?.text();
+    if code != "200" {
+        let msg = top_level(header, "msg").or_else(|| top_level(header, "message")).map_or("", |m| m.text());
+        return Ok(BlockReply::Refused { id, code: code.parse().unwrap_or(-1), msg });
     }
     let (r, _): (ReplyIn<'_>, usize) = serde_json_core::from_slice(header)?;
+    let corrupt = |why| BlockReply::Corrupt { id, offset: Some(r.data.b_offset), why };
     let size = r.data.b_size as usize;
     let expected = field::HEADER + n + size + field::CRC_LEN;
     if p.len() != expected {
-        return Err(AlinkError::LengthMismatch { expected, got: p.len() });
+        return Ok(corrupt(AlinkError::LengthMismatch { expected, got: p.len() }));
     }
     let data = &p[field::HEADER + n..field::HEADER + n + size];
     let trailer = u16::from_le_bytes([p[expected - 2], p[expected - 1]]);
     let computed = CRC16_ARC.checksum(data);
     if computed != trailer {
-        return Err(AlinkError::CrcMismatch { computed, trailer });
+        return Ok(corrupt(AlinkError::CrcMismatch { computed, trailer }));
     }
-    Ok(Block { offset: r.data.b_offset, file_length: r.data.file_length.unwrap_or(0), token: r.data.file_token, data })
+    Ok(BlockReply::Data(Block {
+        id,
+        offset: r.data.b_offset,
+        file_length: r.data.file_length.unwrap_or(0),
+        token: r.data.file_token,
+        data,
+    }))
+}
+
+/// Writes an error `download_reply` (what the console sends for a request Aliyun refuses): the
+/// length-prefixed JSON header `{"id":..,"code":N,"msg":".."}` alone.
+pub fn emit_download_error(out: &mut [u8], id: &str, code: u16, msg: &str) -> Result<usize, AlinkError> {
+    let n = serde_json_core::to_slice(&ErrorOut { id, code, msg }, out.get_mut(field::HEADER..).ok_or(AlinkError::TooLong)?)?;
+    if n > u16::MAX as usize {
+        return Err(AlinkError::TooLong);
+    }
+    out[field::HEADER_LEN].copy_from_slice(&(n as u16).to_be_bytes());
+    Ok(field::HEADER + n)
 }
 
 /// Writes a `download_reply` frame (what the console sends); returns its length.
@@ -190,8 +248,8 @@ mod tests {
     fn the_aliyun_md_frame_parses() {
         let f = frame();
         assert_eq!(f.len(), 133);
-        let b = parse_download_reply(&f).unwrap();
-        assert_eq!((b.offset, b.file_length, b.token), (0, 4096, Some("default")));
+        let BlockReply::Data(b) = parse_download_reply(&f).unwrap() else { panic!() };
+        assert_eq!((b.id, b.offset, b.file_length, b.token), (Some("1"), 0, 4096, Some("default")));
         assert_eq!(b.data, &(0..16).collect::<Vec<u8>>()[..]);
     }
 
@@ -216,26 +274,43 @@ mod tests {
     fn a_flipped_data_byte_is_a_crc_mismatch() {
         let mut f = frame();
         f[2 + 0x71 + 3] ^= 1;
-        assert!(matches!(parse_download_reply(&f), Err(AlinkError::CrcMismatch { trailer: 0x170A, .. })));
+        let r = parse_download_reply(&f).unwrap();
+        assert!(
+            matches!(r, BlockReply::Corrupt { id: Some("1"), offset: Some(0), why: AlinkError::CrcMismatch { trailer: 0x170A, .. } }),
+            "{r:?}"
+        );
     }
 
     #[test]
     fn wrong_lengths_are_typed_errors() {
         let f = frame();
-        assert_eq!(parse_download_reply(&f[..132]), Err(AlinkError::LengthMismatch { expected: 133, got: 132 }));
+        let cut = |why| Ok(BlockReply::Corrupt { id: Some("1"), offset: Some(0), why });
+        assert_eq!(parse_download_reply(&f[..132]), cut(AlinkError::LengthMismatch { expected: 133, got: 132 }));
         assert_eq!(parse_download_reply(&f[..1]), Err(AlinkError::FrameTooShort));
         assert_eq!(parse_download_reply(&f[..50]), Err(AlinkError::FrameTooShort));
         let mut long = f.clone();
         long.push(0);
-        assert_eq!(parse_download_reply(&long), Err(AlinkError::LengthMismatch { expected: 133, got: 134 }));
+        assert_eq!(parse_download_reply(&long), cut(AlinkError::LengthMismatch { expected: 133, got: 134 }));
     }
 
     #[test]
-    fn an_error_reply_is_bad_code() {
-        let h = br#"{"id":"1","code":400,"msg":"file size has exceeded the limit 16 MB"}"#;
+    fn an_error_reply_is_refused_with_its_message_framed_either_way() {
+        // The doc's message, header alone (what the console sends) ...
+        let mut out = [0u8; 128];
+        let n = emit_download_error(&mut out, "7", 400, "file size has exceeded the limit 16 MB").unwrap();
+        let want = BlockReply::Refused { id: Some("7"), code: 400, msg: "file size has exceeded the limit 16 MB" };
+        assert_eq!(parse_download_reply(&out[..n]), Ok(want));
+        // ... and with an empty block and its CRC trailer after it, `message` instead of `msg`.
+        let h = br#"{"code":9201,"message":"stream not found","id":8}"#;
         let mut f = (h.len() as u16).to_be_bytes().to_vec();
         f.extend_from_slice(h);
-        assert_eq!(parse_download_reply(&f), Err(AlinkError::BadCode));
+        f.extend_from_slice(&[0, 0]);
+        assert_eq!(parse_download_reply(&f), Ok(BlockReply::Refused { id: Some("8"), code: 9201, msg: "stream not found" }));
+        // A header without a code is not a reply.
+        let h = br#"{"id":"1"}"#;
+        let mut f = (h.len() as u16).to_be_bytes().to_vec();
+        f.extend_from_slice(h);
+        assert_eq!(parse_download_reply(&f), Err(AlinkError::Json));
     }
 
     #[test]
@@ -248,7 +323,7 @@ mod tests {
         f.extend_from_slice(&[0xAB; 256]);
         f.extend_from_slice(&CRC16_ARC.checksum(&[0xAB; 256]).to_le_bytes());
         assert_eq!(&f[..2], &[0x00, 0x5C]);
-        let b = parse_download_reply(&f).unwrap();
+        let BlockReply::Data(b) = parse_download_reply(&f).unwrap() else { panic!() };
         assert_eq!((b.offset, b.file_length, b.data.len(), b.token), (0, 5092, 256, None));
     }
 

@@ -1,20 +1,26 @@
-//! The Aliyun IoT device protocol for OTA (ALIYUN.md): topics, CONNECT credentials, the JSON of
-//! inform / progress / firmware.get / push / get_reply, and the MQTT file-download request and its
-//! binary reply frame. no_std, no allocation: uplinks are written into caller buffers, downlinks
+//! The Aliyun IoT device protocol for OTA: topics, CONNECT credentials and session rules, the
+//! JSON of inform / progress / firmware.get / push / get_reply, and the MQTT file-download request
+//! and its binary reply frame. no_std, no allocation: uplinks are written into caller buffers, downlinks
 //! are borrowed views of the received payload.
 
 pub mod auth;
 mod download;
 pub mod json;
 mod msg;
+mod offer;
+mod session;
 mod topic;
 
 pub use auth::{credentials, sign, Credentials, DeviceSecret, SignMethod, LINKSDK_TIMESTAMP};
-pub use download::{download_request, emit_download_reply, parse_download_reply, Block, CRC16_ARC};
-pub use msg::{
-    firmware_get, inform, parse_task, progress, DigestMethod, Source, Task, UrlPiece, MAX_DESC, STEP_DOWNLOAD_FAILED,
-    STEP_FLASH_FAILED, STEP_UPGRADE_FAILED, STEP_VERIFY_FAILED,
+pub use download::{
+    download_request, emit_download_error, emit_download_reply, parse_download_reply, Block, BlockReply, CRC16_ARC,
 };
+pub use msg::{
+    firmware_get, inform, progress, valid_version, DigestMethod, MAX_DESC, STEP_DOWNLOAD_FAILED, STEP_FLASH_FAILED,
+    STEP_UPGRADE_FAILED, STEP_VERIFY_FAILED,
+};
+pub use offer::{emit_get_reply, emit_push, parse_offer, EscapedStr, ExtData, Offer, OfferFile, OfferFiles, MAX_EXT};
+pub use session::{credentials_refused, securemode, RootCa, KEEP_ALIVE};
 pub use topic::{Downlink, Topic, Topics};
 
 /// What was wrong with a message.

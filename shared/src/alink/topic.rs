@@ -63,6 +63,11 @@ impl Topics<'_> {
         self.make(|t, pk, dn| write!(t, "/sys/{pk}/{dn}/thing/file/download_reply"))
     }
 
+    /// What the device subscribes to: the push, the `firmware/get` reply, the block replies.
+    pub fn downlinks(&self) -> Result<[Topic; 3], AlinkError> {
+        Ok([self.upgrade()?, self.firmware_get_reply()?, self.file_download_reply()?])
+    }
+
     /// Which of our downlinks `topic` is, if any.
     pub fn classify(&self, topic: &str) -> Option<Downlink> {
         let is = |t: Result<Topic, AlinkError>| t.is_ok_and(|t| t == topic);

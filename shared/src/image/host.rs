@@ -4,44 +4,66 @@
 //! ```text
 //! ALIYUN-OTA-HOST-IMAGE\n
 //! selftest=pass\n          (or fail: the image is rolled back)
+//! login=fail\n             (optional: this firmware sends a wrong password, as a broken build would)
 //! 0x00 padding up to the chosen size
 //! ```
 
 /// First bytes of a host image body.
 pub const HOST_MAGIC: &[u8] = b"ALIYUN-OTA-HOST-IMAGE\n";
 
-/// Whether a host body's self-test passes; `None` if it is not a host body.
-pub fn host_self_test(body: &[u8]) -> Option<bool> {
-    let rest = body.strip_prefix(HOST_MAGIC)?;
-    if rest.starts_with(b"selftest=pass\n") {
-        Some(true)
-    } else if rest.starts_with(b"selftest=fail\n") {
-        Some(false)
-    } else {
-        None
+/// How a simulated host firmware behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostBehaviour {
+    /// Its self-test passes.
+    pub self_test: bool,
+    /// It logs in with the right password (a build with a broken credential path does not).
+    pub login: bool,
+}
+
+impl Default for HostBehaviour {
+    fn default() -> Self {
+        HostBehaviour { self_test: true, login: true }
     }
+}
+
+/// How a host body's firmware behaves; `None` if it is not a host body.
+pub fn host_behaviour(body: &[u8]) -> Option<HostBehaviour> {
+    let rest = body.strip_prefix(HOST_MAGIC)?;
+    let (self_test, rest) = if let Some(r) = rest.strip_prefix(b"selftest=pass\n") {
+        (true, r)
+    } else if let Some(r) = rest.strip_prefix(b"selftest=fail\n") {
+        (false, r)
+    } else {
+        return None;
+    };
+    Some(HostBehaviour { self_test, login: !rest.starts_with(b"login=fail\n") })
 }
 
 /// Makes a host body of `size` bytes (at least the text itself).
-#[cfg(feature = "std")]
-pub fn host_body(self_test_passes: bool, size: usize) -> Vec<u8> {
-    let mut b = HOST_MAGIC.to_vec();
-    b.extend_from_slice(if self_test_passes { b"selftest=pass\n" } else { b"selftest=fail\n" });
-    if b.len() < size {
-        b.resize(size, 0);
+pub fn host_body(b: HostBehaviour, size: usize) -> Vec<u8> {
+    let mut v = HOST_MAGIC.to_vec();
+    v.extend_from_slice(if b.self_test { b"selftest=pass\n" } else { b"selftest=fail\n" });
+    if !b.login {
+        v.extend_from_slice(b"login=fail\n");
     }
-    b
+    if v.len() < size {
+        v.resize(size, 0);
+    }
+    v
 }
 
-#[cfg(all(test, feature = "std"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn host_bodies_round_trip() {
-        assert_eq!(host_self_test(&host_body(true, 100)), Some(true));
-        assert_eq!(host_self_test(&host_body(false, 0)), Some(false));
-        assert_eq!(host_body(true, 4096).len(), 4096);
-        assert_eq!(host_self_test(b"\x00\x01"), None);
+        let fail = HostBehaviour { self_test: false, ..Default::default() };
+        let no_login = HostBehaviour { login: false, ..Default::default() };
+        for b in [HostBehaviour::default(), fail, no_login] {
+            assert_eq!(host_behaviour(&host_body(b, 100)), Some(b));
+        }
+        assert_eq!(host_body(HostBehaviour::default(), 4096).len(), 4096);
+        assert_eq!(host_behaviour(b"\x00\x01"), None);
     }
 }

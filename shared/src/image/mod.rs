@@ -23,6 +23,8 @@
 //! bad input; [`Header`] and [`TlvIter`] are zero-copy views over bytes already in memory.
 
 mod header;
+/// Simulated firmware bodies of the host board (a test double: std only).
+#[cfg(feature = "std")]
 mod host;
 #[cfg(any(test, feature = "std"))]
 mod sign;
@@ -31,8 +33,7 @@ mod verify;
 
 pub use header::{flags, Header, HeaderRepr, ImageVersion, HEADER_LEN, IMAGE_MAGIC};
 #[cfg(feature = "std")]
-pub use host::host_body;
-pub use host::{host_self_test, HOST_MAGIC};
+pub use host::{host_behaviour, host_body, HostBehaviour, HOST_MAGIC};
 #[cfg(any(test, feature = "std"))]
 pub use sign::{sign_image, SignParams};
 pub use tlv::{Tlv, TlvAreaWriter, TlvInfo, TlvIter, TlvKind, TLV_INFO_LEN, TLV_INFO_MAGIC, TLV_PROT_INFO_MAGIC};

@@ -6,12 +6,15 @@ use core::ops::Range;
 /// An output of the machine. Borrowed data lives in the machine until the next call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action<'a> {
-    /// Publish `payload` on `topic` (QoS 0 is enough; Aliyun's SDKs use it).
+    /// Publish `payload` on `topic`: at QoS 0, or with `qos1: Some(pid)` at QoS 1 with that packet
+    /// id, then report [`super::Event::Acked`] when its PUBACK comes.
     Publish {
         /// topic name
         topic: &'a str,
         /// JSON
         payload: &'a [u8],
+        /// QoS 1 with this packet id (version reports and terminal progress)
+        qos1: Option<u16>,
     },
     /// Run the new image's self-test, then report [`super::Event::SelfTest`].
     RunSelfTest,
@@ -51,6 +54,7 @@ pub enum Action<'a> {
     /// Verify the image in DFU with our keys and counter, mark it for swap, then report
     /// [`super::Event::Marked`].
     VerifyAndMark,
-    /// Reboot (the bootloader takes over).
+    /// Reboot (the bootloader takes over: it installs a marked image, or reverts one that was
+    /// never confirmed).
     Reset,
 }

@@ -1,10 +1,9 @@
 //! What the driver tells the machine.
 
+use super::TaskKey;
 use crate::alink::Downlink;
+use crate::boot::{BootInfo, LastBoot};
 use crate::image::ImageError;
-
-/// Identifies a task across resets: its size and the first bytes of its digest.
-pub type TaskKey = [u8; 16];
 
 /// Where an interrupted download stopped, as the driver persisted it from
 /// [`crate::ota::Action::SaveProgress`].
@@ -29,14 +28,26 @@ pub enum BootOutcome {
     Refused(ImageError),
 }
 
+impl From<LastBoot> for BootOutcome {
+    /// What the platform must hear about a boot: a revert and a refusal are failures of the task
+    /// that installed the image; a swap in or a confirm are reported by the version informed.
+    fn from(l: LastBoot) -> Self {
+        match l {
+            LastBoot::Reverted => BootOutcome::Reverted,
+            LastBoot::Refused(e) => BootOutcome::Refused(e),
+            LastBoot::Nothing | LastBoot::SwappedIn | LastBoot::Confirmed => BootOutcome::Nothing,
+        }
+    }
+}
+
 /// What the device knows at start.
 #[derive(Clone, Copy, Debug)]
 pub struct BootReport<'a> {
     /// Aliyun version string of the running image.
     pub version: &'a str,
-    /// Its module.
+    /// Its module (from the image: this is the module reported and whose tasks are taken).
     pub module: &'a str,
-    /// It was just swapped in and must pass its self-test, then confirm.
+    /// It was just swapped in and must pass its self-test and reach the broker, then confirm.
     pub awaiting_confirm: bool,
     /// What this boot did (reported once: the next quiet boot says Nothing).
     pub outcome: BootOutcome,
@@ -44,6 +55,20 @@ pub struct BootReport<'a> {
     pub sec_cnt: u32,
     /// An interrupted download, if one was persisted.
     pub resume: Option<Resume>,
+}
+
+impl<'a> BootReport<'a> {
+    /// The report of a boot as `boot_info` read it (module `default` when the image names none).
+    pub fn new(info: &'a BootInfo, resume: Option<Resume>) -> Self {
+        BootReport {
+            version: info.running.aliyun_version.as_deref().unwrap_or(""),
+            module: info.running.module.as_deref().filter(|m| !m.is_empty()).unwrap_or("default"),
+            awaiting_confirm: info.awaiting_confirm,
+            outcome: info.last.into(),
+            sec_cnt: info.sec_cnt,
+            resume,
+        }
+    }
 }
 
 /// Why verifying or marking the downloaded image failed.
@@ -61,8 +86,10 @@ pub enum MarkError {
 pub enum Event<'a> {
     /// The device started (always the first event).
     Booted(BootReport<'a>),
-    /// MQTT is connected and subscribed to the downlinks.
+    /// MQTT is connected (CONNACK accepted) and subscribed to the downlinks.
     Connected,
+    /// The broker refused the CONNECT with this CONNACK return code.
+    ConnectRefused(u8),
     /// MQTT went away.
     Disconnected,
     /// A message on one of our downlinks.
@@ -72,6 +99,18 @@ pub enum Event<'a> {
         /// its payload (kept by the driver until the actions it causes are carried out)
         payload: &'a [u8],
     },
+    /// A message on one of our downlinks was larger than the MQTT buffer: it was read and
+    /// discarded.
+    Oversized {
+        /// which downlink
+        topic: Downlink,
+        /// bytes of its payload
+        len: u32,
+        /// bytes the buffer holds
+        max: u32,
+    },
+    /// The broker acknowledged the QoS 1 publish with this packet id.
+    Acked(u16),
     /// The self-test of a new image finished.
     SelfTest(bool),
     /// `Confirm` was carried out (true) or failed (false).

@@ -1,8 +1,10 @@
 //! [`OtaMachine`]: the whole OTA flow, deterministic, time passed in.
 
-use super::{Action, BootOutcome, BootReport, Event, MarkError, Resume, TaskKey};
-use crate::alink::{self, AlinkError, DigestMethod, Downlink, Source, Task, Topics, UrlPiece};
-use crate::image::{Header, HeaderRepr, ImageError, TlvIter, TlvKind, TLV_PROT_INFO_MAGIC};
+use super::config::{OtaConfig, MAX_WINDOW, MIN_BLOCK};
+use super::task::{fingerprint, module_of, Source, Task, TaskKey, UrlPiece};
+use super::{Action, BootOutcome, BootReport, Event, Failure, MarkError, Resume};
+use crate::alink::{self, AlinkError, BlockReply, DigestMethod, Downlink, EscapedStr, Topic, Topics};
+use crate::image::{Header, HeaderRepr, TlvIter, TlvKind, TLV_PROT_INFO_MAGIC};
 use crate::time::{Duration, Instant};
 use core::fmt::Write as _;
 use heapless::{Deque, String, Vec};
@@ -10,52 +12,13 @@ use md5::Digest as _;
 
 /// Longest pre-signed download URL we keep (OSS URLs with an STS token run to ~1 KB).
 pub const MAX_URL: usize = 1024;
-const MAX_IN_FLIGHT: usize = 8;
 const OUT_BUF: usize = 384;
-
-/// Settings of one device.
-#[derive(Clone, Copy, Debug)]
-pub struct OtaConfig<'a> {
-    /// Topics of this device.
-    pub topics: Topics<'a>,
-    /// The OTA module this firmware is ("default" for the default module).
-    pub module: &'a str,
-    /// Largest image the device can take (ACTIVE's length).
-    pub slot_size: u32,
-    /// DFU erase size: downloads resume from a multiple of it.
-    pub page_size: u32,
-    /// Bytes per MQTT stream block request (256..=131072; 4096 fits small MCUs).
-    pub block_size: u32,
-    /// Block requests in flight at once (1 = stop-and-wait like the C Link SDK).
-    pub window: usize,
-    /// How long a block request may go unanswered before it is sent again.
-    pub request_timeout: Duration,
-    /// How many times a block request or an HTTP GET is repeated before the download fails.
-    pub retries: u8,
-    /// Progress is reported when it moved by at least this many percent...
-    pub progress_every: u8,
-    /// ...and at least this long after the previous report.
-    pub progress_interval: Duration,
-}
-
-impl<'a> OtaConfig<'a> {
-    /// Defaults for a device: 4 KiB blocks, 4 in flight, 10 s timeout, 3 retries, progress
-    /// every 5 % and at most once a second.
-    pub fn new(topics: Topics<'a>, module: &'a str, slot_size: u32, page_size: u32) -> Self {
-        OtaConfig {
-            topics,
-            module,
-            slot_size,
-            page_size,
-            block_size: 4096,
-            window: 4,
-            request_timeout: Duration::from_secs(10),
-            retries: 3,
-            progress_every: 5,
-            progress_interval: Duration::from_secs(1),
-        }
-    }
-}
+/// How long the machine waits for the broker to acknowledge the last report before a reset.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+/// QoS 1 reports kept until acknowledged.
+const MAX_PENDING: usize = 4;
+/// The fingerprint of "a task message that did not fit": one such refusal in flight at a time.
+const OVERSIZED: u64 = 0x0BE5_12ED;
 
 /// The states, named after what they wait for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +28,8 @@ pub enum StateName {
     AwaitBoot,
     /// The new image's self-test.
     AwaitSelfTest,
+    /// A new image that passed its self-test waits to reach the broker before it confirms.
+    AwaitSession,
     /// The confirmation of the new image.
     AwaitConfirm,
     /// A task (push or get_reply).
@@ -107,36 +72,78 @@ impl Hasher {
     }
 }
 
+/// One block request in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Request {
+    /// The message id it was sent with (replies echo it).
+    id: u32,
     offset: u32,
     len: u32,
     deadline: Instant,
+}
+
+impl Request {
+    /// Whether a reply with this `id` (or, if it has none, this `offset`) answers this request.
+    fn answered_by(&self, id: Option<&str>, offset: Option<u32>) -> bool {
+        match id.and_then(|i| i.parse::<u32>().ok()) {
+            Some(i) => self.id == i,
+            None => offset == Some(self.offset),
+        }
+    }
+}
+
+/// Why the block at the head of the download had to be asked for again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loss {
+    /// No reply in time, or a later request was answered first.
+    Timeout,
+    /// The platform answered with an error code.
+    Refused,
+    /// The reply failed its CRC or framing.
+    Corrupt,
+}
+
+/// An MQTT stream download. Requests go out in offset order from `next`; replies are taken when
+/// they cover `written` (whatever request they answer, so a reply larger or smaller than asked,
+/// or one that overlaps, still counts). The window starts at 1, grows by one per reply up to
+/// `ceiling`, and falls back to 1 when a request is lost (which also halves `ceiling`): a platform
+/// that answers one request at a time ends in stop-and-wait after one or two losses.
+#[derive(Clone)]
+struct Stream {
+    stream_id: u64,
+    file_id: u32,
+    next: u32,
+    in_flight: Vec<Request, MAX_WINDOW>,
+    /// The read-ahead of the protected TLVs (not written, outside the window).
+    peek: Option<Request>,
+    peeked: bool,
+    window: u8,
+    ceiling: u8,
+    /// Bytes per request: the configured block size, lowered to what the platform sends.
+    cap: u32,
+    /// Times the block at `written` was asked for again.
+    head_tries: u8,
+    /// A back-off before asking again (after an error reply or a bad CRC).
+    retry_at: Option<Instant>,
+    /// What the platform said in its last error reply.
+    refusal: Option<(i32, String<{ super::MAX_PLATFORM_MSG }>)>,
+}
+
+#[derive(Clone)]
+struct Https {
+    url: String<MAX_URL>,
     tries: u8,
-    /// The tail of the image, read early for its security counter; not written.
-    peek: bool,
-    /// Its reply came before its turn and was dropped: ask again as soon as it is its turn.
-    early: bool,
+    refreshed: bool,
+    from: u32,
+    /// When a fresh URL was asked for: the time to give up waiting for it.
+    refresh_by: Option<Instant>,
+    tail: Tail,
 }
 
 #[derive(Clone)]
 enum Via {
-    Mqtt {
-        stream_id: u64,
-        file_id: u32,
-        next: u32,
-        in_flight: Vec<Request, MAX_IN_FLIGHT>,
-        peeked: bool,
-    },
-    /// `refresh_by`: when a fresh URL was asked for, the time to give up waiting for it.
-    Https {
-        url: String<MAX_URL>,
-        tries: u8,
-        refreshed: bool,
-        from: u32,
-        refresh_by: Option<Instant>,
-        tail: Tail,
-    },
+    Mqtt(Stream),
+    Https(Https),
 }
 
 /// The early look at an HTTPS image's protected TLVs (its security counter), read with a Range
@@ -166,25 +173,29 @@ struct Download {
     last_report: Instant,
 }
 
-#[derive(Clone)]
 enum State {
     AwaitBoot,
     AwaitSelfTest,
+    AwaitSession { by: Instant },
     AwaitConfirm,
     AwaitTask,
     Rehashing(Download),
     Downloading(Download),
     AwaitMark(Download),
-    AwaitReset,
+    /// `by`: reset then at the latest; `None` once the reset was asked for.
+    AwaitReset { by: Option<Instant> },
 }
 
 /// A queued output; turned into an [`Action`] (JSON built then) by `poll_action`.
 #[derive(Clone, Debug)]
 enum Out {
-    Inform,
+    Inform { pid: u16 },
     FirmwareGet,
-    Progress { step: i8, desc: String<128> },
-    BlockRequest { stream_id: u64, file_id: u32, offset: u32, len: u32 },
+    /// A progress report on the way (1..99; its desc is made when it is sent).
+    Progress { step: i8 },
+    /// A QoS 1 report of `pending`.
+    Report { pid: u16 },
+    BlockRequest { id: u32, stream_id: u64, file_id: u32, offset: u32, len: u32 },
     Plain(Plain),
 }
 
@@ -203,62 +214,106 @@ enum Plain {
     Reset,
 }
 
+/// A terminal progress report (100 or a failure) kept until the broker acknowledged it.
+#[derive(Clone, Debug)]
+struct Pending {
+    pid: u16,
+    step: i8,
+    desc: String<128>,
+    /// The offer it refuses (a duplicate of it is not refused twice while this is unacknowledged).
+    refuses: Option<u64>,
+}
+
 /// The OTA client. See the module docs.
-pub struct OtaMachine<'a> {
-    cfg: OtaConfig<'a>,
+pub struct OtaMachine {
+    cfg: OtaConfig,
     state: State,
     connected: bool,
     version: String<64>,
-    running_module: String<64>,
+    module: String<64>,
     sec_cnt: u32,
     resume: Option<Resume>,
-    outcome: Option<BootOutcome>,
-    announced: bool,
     next_id: u32,
-    out: Deque<Out, 16>,
-    topic: alink::Topic,
+    next_pid: u16,
+    out: Deque<Out, 24>,
+    pending: Vec<Pending, MAX_PENDING>,
+    /// The version report not yet acknowledged, if one was sent.
+    inform_pid: Option<u16>,
+    pull_at: Option<Instant>,
+    topic: Topic,
     buf: [u8; OUT_BUF],
 }
 
-fn desc(args: core::fmt::Arguments<'_>) -> String<128> {
+fn unescape_url(task: &Task<'_>) -> Result<String<MAX_URL>, ()> {
+    let mut url = String::new();
+    for piece in task.url_fragments() {
+        match piece? {
+            UrlPiece::Str(s) => url.push_str(s).map_err(|_| ())?,
+            UrlPiece::Char(c) => url.push(c).map_err(|_| ())?,
+        }
+    }
+    Ok(url)
+}
+
+/// SEC_CNT from bytes that start with the protected TLV area.
+fn protected_sec_cnt(area: &[u8]) -> Option<u32> {
+    let (it, _) = TlvIter::new(area, TLV_PROT_INFO_MAGIC).ok()?;
+    it.filter_map(Result::ok)
+        .find(|t| t.kind == TlvKind::SecCnt)
+        .and_then(|t| t.value.try_into().ok())
+        .map(u32::from_le_bytes)
+}
+
+/// Back-off before asking again for a block the platform refused or sent corrupt: at once the
+/// first time, then 1 s, 2 s, 4 s...
+fn retry_delay(tries: u8) -> Duration {
+    match tries {
+        0 | 1 => Duration::from_millis(0),
+        n => Duration::from_millis(1000u64 << (n - 2).min(6)),
+    }
+}
+
+fn fmt<const N: usize>(args: core::fmt::Arguments<'_>) -> String<N> {
     let mut s = String::new();
-    let _ = s.write_fmt(args); // cut at 128 bytes
+    let _ = s.write_fmt(args); // cut at N bytes
     s
 }
 
-fn task_key(t: &Task<'_>, digest: &[u8; 32]) -> TaskKey {
-    let mut k = [0u8; 16];
-    k[..4].copy_from_slice(&t.size.to_le_bytes());
-    k[4..].copy_from_slice(&digest[..12]);
-    k
-}
-
-impl<'a> OtaMachine<'a> {
-    /// A machine waiting for [`Event::Booted`].
-    pub fn new(cfg: OtaConfig<'a>) -> Self {
-        assert!(cfg.window >= 1 && cfg.window <= MAX_IN_FLIGHT, "window must be 1..=8");
-        assert!(cfg.block_size >= 256 && cfg.block_size <= 131_072, "Aliyun blocks are 256..=131072 bytes");
+impl OtaMachine {
+    /// A machine waiting for [`Event::Booted`]. Panics on settings outside their limits: a board
+    /// checks what a user gave it with [`OtaConfig::check`] first.
+    pub fn new(cfg: OtaConfig) -> Self {
+        if let Err(e) = cfg.check() {
+            panic!("OtaConfig: {e}");
+        }
         assert!(cfg.page_size > 0 && cfg.progress_every > 0);
         OtaMachine {
             cfg,
             state: State::AwaitBoot,
             connected: false,
             version: String::new(),
-            running_module: String::new(),
+            module: String::new(),
             sec_cnt: 0,
             resume: None,
-            outcome: None,
-            announced: false,
             next_id: 0,
+            next_pid: 0,
             out: Deque::new(),
-            topic: alink::Topic::new(),
+            pending: Vec::new(),
+            inform_pid: None,
+            pull_at: None,
+            topic: Topic::new(),
             buf: [0; OUT_BUF],
         }
     }
 
     /// The device's topics.
-    pub fn topics(&self) -> &Topics<'a> {
-        &self.cfg.topics
+    pub fn topics(&self) -> Topics<'_> {
+        self.cfg.topics()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &OtaConfig {
+        &self.cfg
     }
 
     /// What the machine waits for.
@@ -266,16 +321,17 @@ impl<'a> OtaMachine<'a> {
         match self.state {
             State::AwaitBoot => StateName::AwaitBoot,
             State::AwaitSelfTest => StateName::AwaitSelfTest,
+            State::AwaitSession { .. } => StateName::AwaitSession,
             State::AwaitConfirm => StateName::AwaitConfirm,
             State::AwaitTask => StateName::AwaitTask,
             State::Rehashing(_) => StateName::Rehashing,
             State::Downloading(_) => StateName::Downloading,
             State::AwaitMark(_) => StateName::AwaitMark,
-            State::AwaitReset => StateName::AwaitReset,
+            State::AwaitReset { .. } => StateName::AwaitReset,
         }
     }
 
-    /// Bytes of the current download written so far.
+    /// Bytes of the current download written so far, and its size.
     pub fn written(&self) -> Option<(u32, u32)> {
         match &self.state {
             State::Rehashing(d) | State::Downloading(d) | State::AwaitMark(d) => Some((d.written, d.size)),
@@ -283,10 +339,18 @@ impl<'a> OtaMachine<'a> {
         }
     }
 
+    /// Block requests in flight and the window of the current MQTT stream download.
+    pub fn window(&self) -> Option<(usize, usize)> {
+        match &self.state {
+            State::Downloading(Download { via: Via::Mqtt(s), .. }) => Some((s.in_flight.len(), s.window as usize)),
+            _ => None,
+        }
+    }
+
     /// The URL of the current HTTPS download.
     pub fn url(&self) -> Option<&str> {
         match &self.state {
-            State::Downloading(Download { via: Via::Https { url, .. }, .. }) => Some(url),
+            State::Downloading(Download { via: Via::Https(h), .. }) => Some(&h.url),
             _ => None,
         }
     }
@@ -307,33 +371,83 @@ impl<'a> OtaMachine<'a> {
         self.push(Out::Plain(p));
     }
 
-    fn progress(&mut self, step: i8, d: String<128>) {
+    fn new_pid(&mut self) -> u16 {
+        // 1..=0x7FFF: the MQTT session's own packet ids (SUBSCRIBE) stay below the reports'.
+        self.next_pid = self.next_pid % 0x7FFF + 1;
+        0x8000 | self.next_pid
+    }
+
+    /// A progress report on the way (dropped while offline: a later one says more).
+    fn progress(&mut self, step: i8) {
         if self.connected {
-            self.push(Out::Progress { step, desc: d });
+            self.push(Out::Progress { step });
         }
+    }
+
+    /// A terminal report (100, or a failure): QoS 1, kept and sent again after a reconnect until
+    /// the broker acknowledges it.
+    fn report(&mut self, step: i8, desc: String<128>, refuses: Option<u64>) {
+        if self.pending.is_full() {
+            // Four reports unacknowledged is a broker that does not acknowledge: the oldest goes.
+            self.pending.remove(0);
+        }
+        let pid = self.new_pid();
+        let _ = self.pending.push(Pending { pid, step, desc, refuses });
+        if self.connected {
+            self.push(Out::Report { pid });
+        }
+    }
+
+    fn inform(&mut self) {
+        let pid = self.new_pid();
+        self.inform_pid = Some(pid);
+        self.push(Out::Inform { pid });
     }
 
     /// The next thing to do, if any.
     pub fn poll_action(&mut self) -> Option<Action<'_>> {
         let o = self.out.pop_front()?;
-        let t = &self.cfg.topics;
-        self.next_id = self.next_id.wrapping_add(1);
+        let t = self.cfg.topics();
+        let module = self.module.as_str();
         let mut id: String<10> = String::new();
-        let _ = write!(id, "{}", self.next_id);
-        let module = self.running_module.as_str();
-        let built: Result<(alink::Topic, usize), AlinkError> = match &o {
-            Out::Inform => {
-                t.inform().and_then(|tp| Ok((tp, alink::inform(&mut self.buf, &id, &self.version, module)?)))
+        let built: Result<(Topic, usize, Option<u16>), AlinkError> = match &o {
+            Out::Inform { pid } => {
+                self.next_id = self.next_id.wrapping_add(1).max(1);
+                let _ = write!(id, "{}", self.next_id);
+                t.inform().and_then(|tp| Ok((tp, alink::inform(&mut self.buf, &id, &self.version, module)?, Some(*pid))))
             }
             Out::FirmwareGet => {
-                t.firmware_get().and_then(|tp| Ok((tp, alink::firmware_get(&mut self.buf, &id, self.cfg.module)?)))
+                self.next_id = self.next_id.wrapping_add(1).max(1);
+                let _ = write!(id, "{}", self.next_id);
+                t.firmware_get().and_then(|tp| Ok((tp, alink::firmware_get(&mut self.buf, &id, module)?, None)))
             }
-            Out::Progress { step, desc } => {
-                t.progress().and_then(|tp| Ok((tp, alink::progress(&mut self.buf, &id, *step, desc, self.cfg.module)?)))
+            Out::Progress { step } => {
+                self.next_id = self.next_id.wrapping_add(1).max(1);
+                let _ = write!(id, "{}", self.next_id);
+                let desc: String<80> = match &self.state {
+                    State::Rehashing(d) | State::Downloading(d) | State::AwaitMark(d) => {
+                        fmt(format_args!("downloading {}", d.version))
+                    }
+                    _ => fmt(format_args!("downloading")),
+                };
+                t.progress().and_then(|tp| Ok((tp, alink::progress(&mut self.buf, &id, *step, &desc, module)?, None)))
             }
-            Out::BlockRequest { stream_id, file_id, offset, len } => t.file_download().and_then(|tp| {
-                Ok((tp, alink::download_request(&mut self.buf, &id, "ota", *stream_id, *file_id, *offset, *len)?))
-            }),
+            Out::Report { pid } => {
+                let Some(p) = self.pending.iter().find(|p| p.pid == *pid) else {
+                    return self.poll_action(); // acknowledged meanwhile
+                };
+                self.next_id = self.next_id.wrapping_add(1).max(1);
+                let _ = write!(id, "{}", self.next_id);
+                t.progress()
+                    .and_then(|tp| Ok((tp, alink::progress(&mut self.buf, &id, p.step, &p.desc, module)?, Some(*pid))))
+            }
+            Out::BlockRequest { id: rid, stream_id, file_id, offset, len } => {
+                let _ = write!(id, "{rid}");
+                t.file_download().and_then(|tp| {
+                    let n = alink::download_request(&mut self.buf, &id, "ota", *stream_id, *file_id, *offset, *len)?;
+                    Ok((tp, n, None))
+                })
+            }
             Out::Plain(p) => {
                 return Some(match p.clone() {
                     Plain::RunSelfTest => Action::RunSelfTest,
@@ -351,100 +465,114 @@ impl<'a> OtaMachine<'a> {
             }
         };
         // Topics and payloads are sized for the longest legal values: failing here is a bug.
-        let (topic, n) = built.expect("OTA message does not fit its buffer");
+        let (topic, n, qos1) = built.expect("OTA message does not fit its buffer");
         self.topic = topic;
-        Some(Action::Publish { topic: &self.topic, payload: &self.buf[..n] })
+        Some(Action::Publish { topic: &self.topic, payload: &self.buf[..n], qos1 })
     }
 
     /// When [`Self::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
-            State::Downloading(Download { via: Via::Mqtt { in_flight, .. }, .. }) => {
-                in_flight.iter().map(|r| r.deadline).min()
+            State::AwaitSession { by } => Some(*by),
+            State::AwaitReset { by } => *by,
+            State::AwaitTask => self.pull_at.filter(|_| self.connected),
+            State::Downloading(Download { via: Via::Mqtt(s), .. }) => {
+                let deadlines = s.in_flight.iter().chain(s.peek.iter()).map(|r| r.deadline);
+                deadlines.chain(s.retry_at).min()
             }
-            State::Downloading(Download { via: Via::Https { refresh_by, .. }, .. }) => *refresh_by,
+            State::Downloading(Download { via: Via::Https(h), .. }) => h.refresh_by,
             _ => None,
         }
     }
 
-    /// Re-sends block requests whose time is up; fails the download when one ran out of tries.
+    /// Runs what is due at `now`: block requests again, the pull, the reset, the confirm deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let State::Downloading(Download { via: Via::Https { refresh_by: Some(t), .. }, .. }) = &self.state {
-            if *t <= now {
-                self.fail(
-                    alink::STEP_DOWNLOAD_FAILED,
-                    desc(format_args!("the download URL expired and no fresh one came")),
-                );
-            }
-            return;
+        enum Then {
+            Nothing,
+            Reset,
+            Pull,
+            Expired,
+            Lost,
+            Fetch,
         }
-        let State::Downloading(d) = &mut self.state else { return };
-        let Via::Mqtt { stream_id, file_id, in_flight, .. } = &mut d.via else { return };
-        let (stream_id, file_id) = (*stream_id, *file_id);
-        let mut resend: Vec<(u32, u32), MAX_IN_FLIGHT> = Vec::new();
-        let mut failed = None;
-        in_flight.retain_mut(|r| {
-            if r.deadline > now {
-                return true;
+        let then = match &mut self.state {
+            // A new image that never reached the broker in time counts as broken: the bootloader
+            // puts the old one back (reported after that boot).
+            State::AwaitSession { by } if *by <= now => Then::Reset,
+            State::AwaitReset { by: Some(by) } if *by <= now => Then::Reset,
+            State::AwaitTask if self.connected && self.pull_at.is_some_and(|t| t <= now) => Then::Pull,
+            State::Downloading(Download { via: Via::Https(h), .. }) if h.refresh_by.is_some_and(|t| t <= now) => {
+                Then::Expired
             }
-            if r.tries >= self.cfg.retries {
-                if r.peek {
-                    return false; // only an early check: the final verify still runs
+            State::Downloading(Download { via: Via::Mqtt(s), .. }) => {
+                if s.peek.is_some_and(|p| p.deadline <= now) {
+                    s.peek = None; // only an early check: the final verify still runs
                 }
-                failed = Some(failed.map_or(r.offset, |f: u32| f.min(r.offset)));
-                return true;
+                if s.in_flight.iter().any(|r| r.deadline <= now) {
+                    Then::Lost
+                } else if s.retry_at.is_some_and(|t| t <= now) {
+                    Then::Fetch
+                } else {
+                    Then::Nothing
+                }
             }
-            r.tries += 1;
-            r.deadline = now + self.cfg.request_timeout;
-            let _ = resend.push((r.offset, r.len));
-            true
-        });
-        if let Some(offset) = failed {
-            let tries = self.cfg.retries as u32 + 1;
-            self.fail(
-                alink::STEP_DOWNLOAD_FAILED,
-                desc(format_args!("no reply for the block at {offset} after {tries} requests")),
-            );
-            return;
-        }
-        if self.connected {
-            resend.sort_unstable();
-            for (offset, len) in resend {
-                self.push(Out::BlockRequest { stream_id, file_id, offset, len });
+            _ => Then::Nothing,
+        };
+        match then {
+            Then::Nothing => {}
+            Then::Reset => self.reset_now(),
+            Then::Pull => {
+                self.pull_at = Some(now + self.cfg.pull_interval);
+                self.push(Out::FirmwareGet);
             }
+            Then::Expired => self.fail(Failure::UrlExpired),
+            Then::Lost => self.lost(now, Loss::Timeout),
+            Then::Fetch => self.fetch(now),
         }
     }
 
     /// Takes one event.
     pub fn handle(&mut self, now: Instant, ev: Event<'_>) {
         match ev {
-            Event::Booted(r) => self.booted(r),
-            Event::Connected => {
-                self.connected = true;
-                self.announce();
-                self.reissue(now);
+            Event::Booted(r) => self.booted(now, r),
+            Event::Connected => self.connected(now),
+            Event::ConnectRefused(code) => {
+                // A new image the broker refuses for its credentials, where the old one logged in
+                // (the credentials did not change), is broken: not confirmed, reverted.
+                if matches!(self.state, State::AwaitSession { .. }) && alink::credentials_refused(code) {
+                    self.reset_now();
+                }
             }
             Event::Disconnected => {
                 self.connected = false;
-                if let State::Downloading(Download { via: Via::Mqtt { in_flight, next, .. }, written, .. }) =
-                    &mut self.state
-                {
+                if let State::Downloading(Download { via: Via::Mqtt(s), written, .. }) = &mut self.state {
                     // Requests and replies in flight are lost with the session.
-                    in_flight.clear();
-                    *next = *written;
+                    s.in_flight.clear();
+                    s.peek = None;
+                    s.next = *written;
+                }
+            }
+            Event::Acked(pid) => {
+                if self.inform_pid == Some(pid) {
+                    self.inform_pid = None;
+                }
+                self.pending.retain(|p| p.pid != pid);
+                if matches!(self.state, State::AwaitReset { by: Some(_) }) && self.pending.is_empty() {
+                    self.reset_now();
                 }
             }
             Event::SelfTest(pass) => {
                 if !matches!(self.state, State::AwaitSelfTest) {
                     return;
                 }
-                if pass {
+                if !pass {
+                    // Not confirmed: the bootloader puts the old image back, reported then.
+                    self.reset_now();
+                } else if self.connected {
                     self.state = State::AwaitConfirm;
                     self.plain(Plain::Confirm);
                 } else {
-                    // Not confirmed: the bootloader puts the old image back, we report it then.
-                    self.state = State::AwaitReset;
-                    self.plain(Plain::Reset);
+                    self.state = State::AwaitSession { by: now + self.cfg.confirm_deadline };
                 }
             }
             Event::Confirmed(ok) => {
@@ -453,131 +581,192 @@ impl<'a> OtaMachine<'a> {
                 }
                 if ok {
                     self.state = State::AwaitTask;
-                    self.announce();
+                    self.announce(now);
                 } else {
-                    self.state = State::AwaitReset;
-                    self.plain(Plain::Reset);
+                    self.reset_now();
                 }
             }
-            Event::Message { topic: Downlink::DownloadReply, payload } => self.block(now, payload),
+            Event::Message { topic: Downlink::DownloadReply, payload } => self.block_reply(now, payload),
             Event::Message { topic: _, payload } => self.task_message(now, payload),
+            Event::Oversized { topic, len, max } => {
+                // A task we cannot read (its module unknown): refused once, for our module, when
+                // idle. During a download it may be a re-push of the task in progress.
+                if topic != Downlink::DownloadReply && matches!(self.state, State::AwaitTask) {
+                    self.refuse(Failure::MessageTooLarge { len, max }, OVERSIZED);
+                }
+            }
             Event::Rehashed(ok) => self.rehashed(now, ok),
             Event::FlashFailed => {
                 if let Some((w, _)) = self.written() {
-                    self.fail(alink::STEP_FLASH_FAILED, desc(format_args!("flash write failed at {w}")));
+                    self.fail(Failure::FlashWrite { at: w });
                 }
             }
             Event::HttpResponse { status, length } => self.http_response(now, status, length),
             Event::HttpBody(data) => self.http_body(now, data),
             Event::HttpEnd | Event::HttpFailed => self.http_end(),
-            Event::Marked(r) => self.marked(r),
+            Event::Marked(r) => self.marked(now, r),
         }
     }
 
-    fn booted(&mut self, r: BootReport<'_>) {
+    fn reset_now(&mut self) {
+        self.state = State::AwaitReset { by: None };
+        self.plain(Plain::Reset);
+    }
+
+    fn booted(&mut self, now: Instant, r: BootReport<'_>) {
         if !matches!(self.state, State::AwaitBoot) {
             return;
         }
         self.version = String::try_from(r.version).unwrap_or_default();
-        self.running_module = String::try_from(r.module).unwrap_or_default();
+        self.module = String::try_from(r.module).unwrap_or_default();
         self.sec_cnt = r.sec_cnt;
         self.resume = r.resume;
-        self.outcome = Some(r.outcome);
+        // The truth about the last boot goes first, as soon as the broker is reached.
+        match r.outcome {
+            BootOutcome::Reverted => self.report(Failure::Reverted.step(), Failure::Reverted.desc(), None),
+            BootOutcome::Refused(e) => {
+                let f = Failure::BootRefused(e);
+                self.report(f.step(), f.desc(), None)
+            }
+            BootOutcome::Nothing => {}
+        }
         if r.awaiting_confirm {
             self.state = State::AwaitSelfTest;
             self.plain(Plain::RunSelfTest);
         } else {
             self.state = State::AwaitTask;
-            self.announce();
+            self.announce(now);
         }
     }
 
-    /// Once connected and settled: the truth about the last boot, the version, then a pull. After
-    /// a reconnect: the version and a pull again (the platform also re-pushes pending tasks).
-    fn announce(&mut self) {
+    fn connected(&mut self, now: Instant) {
+        self.connected = true;
+        // Reports not yet acknowledged first (the broker of the last session may have lost them).
+        for i in 0..self.pending.len() {
+            let pid = self.pending[i].pid;
+            self.push(Out::Report { pid });
+        }
+        match self.state {
+            State::AwaitSession { .. } => {
+                // The new image reached the broker: that and its self-test make it good.
+                self.state = State::AwaitConfirm;
+                self.plain(Plain::Confirm);
+            }
+            State::AwaitTask => self.announce(now),
+            _ => {
+                if self.inform_pid.is_some() {
+                    self.inform();
+                }
+                if let State::Downloading(Download { via: Via::Mqtt(s), .. }) = &mut self.state {
+                    s.window = 1;
+                    self.fetch(now);
+                }
+            }
+        }
+    }
+
+    /// Once connected and settled: the version, then a pull (the platform also re-pushes
+    /// pending tasks on a reconnect). The pull is repeated every `pull_interval`.
+    fn announce(&mut self, now: Instant) {
         if !self.connected || !matches!(self.state, State::AwaitTask) {
             return;
         }
-        if !self.announced {
-            self.announced = true;
-            match self.outcome.take() {
-                Some(BootOutcome::Reverted) => self.progress(
-                    alink::STEP_UPGRADE_FAILED,
-                    desc(format_args!("new image did not confirm itself; reverted to {}", self.version)),
-                ),
-                Some(BootOutcome::Refused(e)) => {
-                    self.progress(alink::STEP_UPGRADE_FAILED, desc(format_args!("bootloader refused the image: {e}")))
-                }
-                _ => {}
-            }
-        }
-        self.push(Out::Inform);
+        self.inform();
         self.push(Out::FirmwareGet);
+        self.pull_at = Some(now + self.cfg.pull_interval);
+    }
+
+    /// Tells the platform we will not carry out an offer (once while the answer is in flight).
+    fn refuse(&mut self, f: Failure, offer: u64) {
+        if self.pending.iter().any(|p| p.refuses == Some(offer)) {
+            return;
+        }
+        self.report(f.step(), f.desc(), Some(offer));
     }
 
     fn task_message(&mut self, now: Instant, payload: &[u8]) {
-        let task = match alink::parse_task(payload) {
-            Ok(Some(t)) => t,
-            // No task, or one we cannot read (its module is unknown, so it may not be ours).
-            _ => return,
-        };
-        if task.module != self.cfg.module {
+        // No task, or one we cannot read at all (its module unknown, so it may not be ours).
+        let Ok(Some(offer)) = alink::parse_offer(payload) else { return };
+        if module_of(&offer) != self.module.as_str() {
             return;
         }
-        let Ok(digest) = task.digest_bytes() else { return };
-        let key = task_key(&task, &digest);
+        let task = Task::from_offer(&offer);
         match &mut self.state {
             State::AwaitTask => {}
-            State::Downloading(d) if d.key == key => {
-                // The same task again. An HTTPS download waiting for a fresh URL takes it.
-                if let (Via::Https { url, refreshed: true, from, refresh_by, .. }, Source::Https { .. }) =
-                    (&mut d.via, task.source)
-                {
-                    if let Ok(fresh) = unescape_url(&task) {
-                        *url = fresh;
-                        *refresh_by = None;
-                        *from = d.written;
-                        let w = d.written;
+            State::Downloading(d) | State::Rehashing(d) => {
+                let Ok(t) = &task else { return }; // busy: never refuse what may be a re-push of ours
+                if t.key() == d.key {
+                    // The same task again. An HTTPS download waiting for a fresh URL takes it.
+                    let mut get = None;
+                    if let (Via::Https(h), Source::Https { .. }) = (&mut d.via, t.source) {
+                        if h.refreshed && h.refresh_by.is_some() {
+                            if let Ok(fresh) = unescape_url(t) {
+                                h.url = fresh;
+                                h.refresh_by = None;
+                                h.from = d.written;
+                                get = Some(d.written);
+                            }
+                        }
+                    }
+                    if let Some(w) = get {
                         self.plain(Plain::HttpGet(w));
                     }
-                }
-                return;
-            }
-            // Busy (or a duplicate of the task in progress): one task at a time.
-            _ => return,
-        }
-        if task.version == self.version.as_str() {
-            return; // already running it; the inform at boot told the platform
-        }
-        if task.size > self.cfg.slot_size {
-            let (size, slot) = (task.size, self.cfg.slot_size);
-            self.progress(
-                alink::STEP_UPGRADE_FAILED,
-                desc(format_args!("image of {size} bytes does not fit the {slot}-byte slot")),
-            );
-            return;
-        }
-        let via = match task.source {
-            Source::Mqtt { stream_id, file_id } => {
-                Via::Mqtt { stream_id, file_id, next: 0, in_flight: Vec::new(), peeked: false }
-            }
-            Source::Https { .. } => match unescape_url(&task) {
-                Ok(url) => {
-                    Via::Https { url, tries: 0, refreshed: false, from: 0, refresh_by: None, tail: Tail::Unknown }
-                }
-                Err(_) => {
-                    self.progress(
-                        alink::STEP_DOWNLOAD_FAILED,
-                        desc(format_args!("download URL longer than {MAX_URL} bytes")),
-                    );
                     return;
                 }
+                // Another task for our module: the platform has one task per device, so the one
+                // we were downloading is gone (cancelled or replaced). Take the new one.
+                let https = matches!(d.via, Via::Https(_));
+                if https {
+                    self.plain(Plain::HttpClose);
+                }
+                self.state = State::AwaitTask;
+            }
+            // Self-test, confirm, mark, reset: busy.
+            _ => return,
+        }
+        if offer.version.map(|v| v.0) == Some(self.version.as_str()) {
+            // Already running it: the platform did not get our version report. Repeat it.
+            if self.inform_pid.is_none() {
+                self.inform();
+            }
+            return;
+        }
+        let offered = fingerprint(&offer);
+        let task = match task {
+            Ok(t) => t,
+            Err(f) => return self.refuse(f, offered),
+        };
+        if task.size > self.cfg.slot_size {
+            return self.refuse(Failure::TooLarge { size: task.size, slot: self.cfg.slot_size }, offered);
+        }
+        let via = match task.source {
+            Source::Mqtt { stream_id, file_id } => Via::Mqtt(Stream {
+                stream_id,
+                file_id,
+                next: 0,
+                in_flight: Vec::new(),
+                peek: None,
+                peeked: false,
+                window: 1,
+                ceiling: self.cfg.window as u8,
+                cap: self.cfg.block_size,
+                head_tries: 0,
+                retry_at: None,
+                refusal: None,
+            }),
+            Source::Https { .. } if !self.cfg.https => return self.refuse(Failure::HttpsUnsupported, offered),
+            Source::Https { .. } => match unescape_url(&task) {
+                Ok(url) => {
+                    Via::Https(Https { url, tries: 0, refreshed: false, from: 0, refresh_by: None, tail: Tail::Unknown })
+                }
+                Err(()) => return self.refuse(Failure::UrlTooLong, offered),
             },
         };
+        let key = task.key();
         let mut d = Download {
             version: String::try_from(task.version).unwrap_or_default(),
             size: task.size,
-            digest,
+            digest: task.digest,
             method: task.method,
             key,
             hasher: Hasher::new(task.method),
@@ -587,7 +776,7 @@ impl<'a> OtaMachine<'a> {
             last_pct: 1,
             last_report: now,
         };
-        self.progress(1, desc(format_args!("downloading {}", d.version)));
+        self.progress(1);
         match self.resume.take().filter(|r| r.key == key && r.written > 0 && r.written < d.size) {
             Some(r) => {
                 d.written = r.written;
@@ -605,16 +794,19 @@ impl<'a> OtaMachine<'a> {
     }
 
     fn rehashed(&mut self, now: Instant, ok: bool) {
-        let State::Rehashing(d) = &mut self.state else { return };
-        let mut d = d.clone();
+        let state = core::mem::replace(&mut self.state, State::AwaitTask);
+        let State::Rehashing(mut d) = state else {
+            self.state = state;
+            return;
+        };
         if !ok {
             d.written = 0;
             d.saved = 0;
             d.hasher = Hasher::new(d.method);
             self.plain(Plain::ClearProgress);
         }
-        if let Via::Mqtt { next, .. } = &mut d.via {
-            *next = d.written;
+        if let Via::Mqtt(s) = &mut d.via {
+            s.next = d.written;
         }
         let at = d.written;
         self.plain(Plain::BeginDownload(at));
@@ -624,111 +816,171 @@ impl<'a> OtaMachine<'a> {
 
     /// Asks for what is missing: block requests up to the window, or the HTTP body.
     fn fetch(&mut self, now: Instant) {
-        let (window, block, timeout) = (self.cfg.window, self.cfg.block_size, self.cfg.request_timeout);
+        let timeout = self.cfg.request_timeout;
         let connected = self.connected;
-        let State::Downloading(d) = &mut self.state else { return };
-        let size = d.size;
-        let mut reqs: Vec<Out, MAX_IN_FLIGHT> = Vec::new();
+        let OtaMachine { state, out, next_id, .. } = self;
+        let State::Downloading(d) = state else { return };
         match &mut d.via {
-            Via::Mqtt { stream_id, file_id, next, in_flight, .. } => {
-                if !connected {
+            Via::Mqtt(s) => {
+                if !connected || s.retry_at.is_some_and(|t| t > now) {
                     return;
                 }
-                if let Some(r) = in_flight.iter_mut().find(|r| r.early && r.offset == d.written) {
-                    r.early = false;
-                    r.deadline = now + timeout;
-                    let _ = reqs.push(Out::BlockRequest {
-                        stream_id: *stream_id,
-                        file_id: *file_id,
-                        offset: r.offset,
-                        len: r.len,
-                    });
-                }
-                while in_flight.iter().filter(|r| !r.peek).count() < window && *next < size && !in_flight.is_full() {
-                    let len = block.min(size - *next);
-                    let _ = in_flight.push(Request {
-                        offset: *next,
-                        len,
-                        deadline: now + timeout,
-                        tries: 0,
-                        peek: false,
-                        early: false,
-                    });
-                    let _ =
-                        reqs.push(Out::BlockRequest { stream_id: *stream_id, file_id: *file_id, offset: *next, len });
-                    *next += len;
+                s.retry_at = None;
+                while s.in_flight.len() < s.window as usize && s.next < d.size && !s.in_flight.is_full() {
+                    let len = s.cap.min(d.size - s.next);
+                    *next_id = next_id.wrapping_add(1).max(1);
+                    let r = Request { id: *next_id, offset: s.next, len, deadline: now + timeout };
+                    let _ = s.in_flight.push(r);
+                    let (stream_id, file_id) = (s.stream_id, s.file_id);
+                    let o = Out::BlockRequest { id: r.id, stream_id, file_id, offset: r.offset, len };
+                    out.push_back(o).expect("OTA output queue overflow");
+                    s.next += len;
                 }
             }
-            Via::Https { from, .. } => {
-                *from = d.written;
-                let w = d.written;
-                self.plain(Plain::HttpGet(w));
+            Via::Https(h) => {
+                h.from = d.written;
+                out.push_back(Out::Plain(Plain::HttpGet(d.written))).expect("OTA output queue overflow");
+            }
+        }
+    }
+
+    /// The block at `written` has to be asked for again: go back to it with a window of 1 and
+    /// half the ceiling, after a back-off for error replies; give up after `retries`.
+    fn lost(&mut self, now: Instant, why: Loss) {
+        let retries = self.cfg.retries;
+        let State::Downloading(Download { via: Via::Mqtt(s), written, .. }) = &mut self.state else { return };
+        s.head_tries = s.head_tries.saturating_add(1);
+        if s.head_tries > retries {
+            let (offset, tries) = (*written, s.head_tries);
+            let f = match (why, s.refusal.take()) {
+                (Loss::Refused, Some((code, msg))) => Failure::BlockRefused { offset, code, msg },
+                (Loss::Corrupt, _) => Failure::BlockCorrupt { offset, tries },
+                _ => Failure::BlockTimeout { offset, tries },
+            };
+            return self.fail(f);
+        }
+        s.ceiling = (s.window / 2).max(1).min(s.ceiling);
+        s.window = 1;
+        s.in_flight.clear();
+        s.next = *written;
+        s.retry_at = match why {
+            Loss::Timeout => None,
+            Loss::Refused | Loss::Corrupt => Some(now + retry_delay(s.head_tries)),
+        };
+        self.fetch(now);
+    }
+
+    fn block_reply(&mut self, now: Instant, payload: &[u8]) {
+        // Not even a header: whatever it was, the request's timeout takes care of it.
+        let Ok(reply) = alink::parse_download_reply(payload) else { return };
+        let (sec_cnt, timeout) = (self.sec_cnt, self.cfg.request_timeout);
+        let State::Downloading(d) = &mut self.state else { return };
+        let Via::Mqtt(s) = &mut d.via else { return };
+        let (id, offset) = match reply {
+            BlockReply::Data(b) => (b.id, Some(b.offset)),
+            BlockReply::Refused { id, .. } => (id, None),
+            BlockReply::Corrupt { id, offset, .. } => (id, offset),
+        };
+        // The read-ahead is only an early look: any trouble with it just ends it.
+        if s.peek.is_some_and(|p| p.answered_by(id, offset)) {
+            s.peek = None;
+            if let BlockReply::Data(b) = reply {
+                if let Some(image) = protected_sec_cnt(b.data).filter(|&i| i < sec_cnt) {
+                    self.fail(Failure::Downgrade { image, device: sec_cnt });
+                }
+            }
+            return;
+        }
+        let matched = s.in_flight.iter().position(|r| r.answered_by(id, offset));
+        let b = match reply {
+            BlockReply::Data(b) => b,
+            BlockReply::Refused { code, msg, .. } => {
+                // Ours (or unnamed): ask again at once, with a back-off after that.
+                if matched.is_some() || id.is_none() {
+                    let mut m: String<{ super::MAX_PLATFORM_MSG }> = String::new();
+                    for f in EscapedStr(msg).fragments() {
+                        let Ok(f) = f else { break };
+                        let ok = match f {
+                            serde_json_core::str::EscapedStringFragment::NotEscaped(t) => m.push_str(t).is_ok(),
+                            serde_json_core::str::EscapedStringFragment::Escaped(c) => m.push(c).is_ok(),
+                        };
+                        if !ok {
+                            break;
+                        }
+                    }
+                    s.refusal = Some((code, m));
+                    self.lost(now, Loss::Refused);
+                }
                 return;
             }
-        }
-        for r in reqs {
-            self.push(r);
-        }
-    }
-
-    /// After a reconnect, asks again for everything outstanding.
-    fn reissue(&mut self, now: Instant) {
-        if matches!(self.state, State::Downloading(Download { via: Via::Mqtt { .. }, .. })) {
-            self.fetch(now);
-        }
-    }
-
-    fn block(&mut self, now: Instant, payload: &[u8]) {
-        let Ok(b) = alink::parse_download_reply(payload) else { return }; // bad CRC etc.: retried on timeout
-        let sec_cnt = self.sec_cnt;
-        let State::Downloading(d) = &mut self.state else { return };
-        let Via::Mqtt { in_flight, stream_id, file_id, peeked, .. } = &mut d.via else { return };
-        let (stream_id, file_id) = (*stream_id, *file_id);
-        let Some(i) = in_flight.iter().position(|r| r.offset == b.offset && r.len as usize == b.data.len()) else {
-            return; // stale, duplicate or unasked-for
+            BlockReply::Corrupt { .. } => {
+                if matched.is_some() || (id.is_none() && offset.is_none()) {
+                    self.lost(now, Loss::Corrupt);
+                }
+                return;
+            }
         };
-        if in_flight[i].peek {
-            in_flight.remove(i);
-            // The protected TLVs, read ahead: refuse a downgrade before downloading the body.
-            if let Some(image) = protected_sec_cnt(b.data) {
-                if image < sec_cnt {
-                    self.fail(
-                        alink::STEP_UPGRADE_FAILED,
-                        desc(format_args!("security counter {image} below the device's {sec_cnt}: downgrade refused")),
-                    );
+        let end = b.offset as u64 + b.data.len() as u64;
+        let written = d.written;
+        if !(b.offset <= written && (written as u64) < end) {
+            // Not the next bytes. A later request answered while the one for `written` is
+            // still out means that one is lost (replies come in order): ask again now rather
+            // than after its timeout. Anything else is stale (asked before a go-back).
+            if let Some(i) = matched {
+                let head = s.in_flight.iter().find(|r| r.offset <= written && written < r.offset + r.len);
+                if head.is_none_or(|h| h.id < s.in_flight[i].id) {
+                    self.lost(now, Loss::Timeout);
                 }
             }
             return;
         }
-        if b.offset != d.written {
-            in_flight[i].early = true; // no room to keep it: asked again when its turn comes
-            return;
+        let skip = (written - b.offset) as usize;
+        let take = (b.data.len() - skip).min((d.size - written) as usize);
+        let new_written = written + take as u32;
+        let mut short = false;
+        if let Some(i) = matched {
+            let asked = s.in_flight[i].len;
+            // LinkSDK takes a block of another size than asked; so do we, and ask for that much
+            // from now on (never less than Aliyun's 256).
+            if (b.data.len() as u32) < asked && end < d.size as u64 {
+                s.cap = (b.data.len() as u32).max(MIN_BLOCK);
+                short = true;
+            }
+            s.in_flight.remove(i);
         }
-        in_flight.remove(i);
+        s.in_flight.retain(|r| r.offset + r.len > new_written);
+        let covered = s.in_flight.iter().any(|r| r.offset <= new_written && new_written < r.offset + r.len);
+        if short || (new_written < d.size && !covered && s.next > new_written) {
+            // A hole after a short reply: the requests behind it were cut for the old size.
+            s.in_flight.clear();
+            s.next = new_written;
+        }
+        s.head_tries = 0;
+        s.refusal = None;
+        s.window = (s.window + 1).min(s.ceiling);
         // First block: the header says where the protected TLVs are; ask for them now.
-        if b.offset == 0 && !*peeked {
-            *peeked = true;
-            if let Ok(h) = Header::new_checked(b.data).and_then(|h| HeaderRepr::parse(&h)) {
-                if let (Some(at), Some(end)) = (h.body_end(), h.tlv_offset()) {
-                    if end > at && end <= d.size && at >= self.cfg.block_size && !in_flight.is_full() {
-                        let r = Request {
-                            offset: at,
-                            len: end - at,
-                            deadline: now + self.cfg.request_timeout,
-                            tries: 0,
-                            peek: true,
-                            early: false,
-                        };
-                        let _ = in_flight.push(r);
-                        self.out
-                            .push_back(Out::BlockRequest { stream_id, file_id, offset: at, len: end - at })
-                            .expect("OTA output queue overflow");
-                    }
-                }
-            }
+        let peek = if !s.peeked && b.offset == 0 {
+            s.peeked = true;
+            Header::new_checked(b.data).and_then(|h| HeaderRepr::parse(&h)).ok().and_then(|h| {
+                let (at, end) = (h.body_end()?, h.tlv_offset()?);
+                // At least 256 bytes (Aliyun's block rule), clamped at the end of the file.
+                let len = end.saturating_sub(at).max(MIN_BLOCK).min(d.size.saturating_sub(at));
+                (end > at && end <= d.size && at > new_written).then_some((at, len))
+            })
+        } else {
+            None
+        };
+        if let Some((at, len)) = peek {
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            let r = Request { id: self.next_id, offset: at, len, deadline: now + timeout };
+            let State::Downloading(Download { via: Via::Mqtt(s), .. }) = &mut self.state else { return };
+            s.peek = Some(r);
+            let (stream_id, file_id) = (s.stream_id, s.file_id);
+            self.push(Out::BlockRequest { id: r.id, stream_id, file_id, offset: at, len });
         }
-        let start = b.data.as_ptr() as usize - payload.as_ptr() as usize;
-        self.accept(now, b.offset, b.data, start..start + b.data.len());
+        let data = &b.data[skip..skip + take];
+        let start = data.as_ptr() as usize - payload.as_ptr() as usize;
+        self.accept(now, written, data, start..start + take);
     }
 
     /// Takes bytes at the end of what was written: hash, write, progress, persist, continue.
@@ -738,21 +990,24 @@ impl<'a> OtaMachine<'a> {
         d.hasher.update(data);
         d.written += data.len() as u32;
         let (written, size, key) = (d.written, d.size, d.key);
-        self.plain(Plain::Write(offset, range));
         let boundary = written / page * page;
-        let State::Downloading(d) = &mut self.state else { return };
-        if boundary > d.saved && written < size {
+        let save = boundary > d.saved && written < size;
+        if save {
             d.saved = boundary;
-            self.plain(Plain::SaveProgress(Resume { key, written: boundary }));
         }
-        let State::Downloading(d) = &mut self.state else { return };
-        let mqtt = matches!(d.via, Via::Mqtt { .. });
+        let mqtt = matches!(d.via, Via::Mqtt(_));
         let pct = ((written as u64 * 100 / size as u64) as u8).clamp(1, 99);
-        if pct >= d.last_pct.saturating_add(every) && now.since(d.last_report) >= interval {
+        let report = pct >= d.last_pct.saturating_add(every) && now.since(d.last_report) >= interval;
+        if report {
             d.last_pct = pct;
             d.last_report = now;
-            let v = d.version.clone();
-            self.progress(pct as i8, desc(format_args!("downloading {v}")));
+        }
+        self.plain(Plain::Write(offset, range));
+        if save {
+            self.plain(Plain::SaveProgress(Resume { key, written: boundary }));
+        }
+        if report {
+            self.progress(pct as i8);
         }
         if written >= size {
             self.finish();
@@ -762,45 +1017,40 @@ impl<'a> OtaMachine<'a> {
     }
 
     fn finish(&mut self) {
-        let State::Downloading(d) = &self.state else { return };
-        let d = d.clone();
-        if matches!(d.via, Via::Https { .. }) {
+        let state = core::mem::replace(&mut self.state, State::AwaitTask);
+        let State::Downloading(d) = state else {
+            self.state = state;
+            return;
+        };
+        if matches!(d.via, Via::Https(_)) {
             self.plain(Plain::HttpClose);
         }
         if !d.hasher.matches(&d.digest) {
-            let m = match d.method {
-                DigestMethod::Md5 => "MD5",
-                DigestMethod::Sha256 => "SHA-256",
-            };
             self.plain(Plain::ClearProgress);
-            self.fail(alink::STEP_VERIFY_FAILED, desc(format_args!("{m} of the download differs from the task's")));
+            let f = Failure::DigestMismatch(d.method);
+            self.report(f.step(), f.desc(), None);
             return;
         }
         self.state = State::AwaitMark(d);
         self.plain(Plain::VerifyAndMark);
     }
 
-    fn marked(&mut self, r: Result<(), MarkError>) {
+    fn marked(&mut self, now: Instant, r: Result<(), MarkError>) {
         let State::AwaitMark(d) = &self.state else { return };
         let v = d.version.clone();
         match r {
             Ok(()) => {
                 self.plain(Plain::ClearProgress);
-                self.progress(100, desc(format_args!("{v} verified; rebooting to install")));
-                self.state = State::AwaitReset;
-                self.plain(Plain::Reset);
+                self.state = State::AwaitReset { by: Some(now + ACK_WAIT) };
+                self.report(100, fmt(format_args!("{v} verified; rebooting to install")), None);
+                if !self.connected {
+                    self.reset_now();
+                }
             }
-            Err(MarkError::Flash) => {
-                self.fail(alink::STEP_FLASH_FAILED, desc(format_args!("marking {v} for install failed")))
-            }
+            Err(MarkError::Flash) => self.fail(Failure::MarkFailed),
             Err(MarkError::Image(e)) => {
                 self.plain(Plain::ClearProgress);
-                let step = match e {
-                    ImageError::CounterTooLow { .. } | ImageError::TooLargeForSlot { .. } => alink::STEP_UPGRADE_FAILED,
-                    ImageError::Flash(_) => alink::STEP_FLASH_FAILED,
-                    _ => alink::STEP_VERIFY_FAILED,
-                };
-                self.fail(step, desc(format_args!("{v} refused: {e}")));
+                self.fail(Failure::ImageRefused(e));
             }
         }
     }
@@ -808,42 +1058,36 @@ impl<'a> OtaMachine<'a> {
     fn http_response(&mut self, now: Instant, status: u16, length: Option<u32>) {
         let wait = self.cfg.request_timeout;
         let State::Downloading(d) = &mut self.state else { return };
-        let Via::Https { refreshed, from, refresh_by, tail, .. } = &mut d.via else { return };
+        let Via::Https(h) = &mut d.via else { return };
         match status {
             206 => {}
-            200 if *from == 0 => {}
+            200 if h.from == 0 => {}
             200 => {
                 // The server ignored our Range: start over from byte 0 (and skip the early look).
-                *tail = Tail::Done;
+                h.tail = Tail::Done;
                 d.written = 0;
                 d.saved = 0;
-                *from = 0;
+                h.from = 0;
                 d.hasher = Hasher::new(d.method);
                 self.plain(Plain::ClearProgress);
                 self.plain(Plain::BeginDownload(0));
             }
-            401 | 403 if !*refreshed => {
+            401 | 403 if !h.refreshed => {
                 // The pre-signed URL expired: ask for the task again, with a fresh URL.
-                *refreshed = true;
-                *refresh_by = Some(now + wait);
+                h.refreshed = true;
+                h.refresh_by = Some(now + wait);
                 self.plain(Plain::HttpClose);
                 self.push(Out::FirmwareGet);
                 return;
             }
-            s => {
-                self.fail(alink::STEP_DOWNLOAD_FAILED, desc(format_args!("HTTP {s} from the download server")));
-                return;
-            }
+            s => return self.fail(Failure::HttpStatus(s)),
         }
         let State::Downloading(d) = &self.state else { return };
-        let Via::Https { from, .. } = &d.via else { return };
+        let Via::Https(h) = &d.via else { return };
         if let Some(len) = length {
-            if from.checked_add(len) != Some(d.size) {
-                let (w, s) = (*from, d.size);
-                self.fail(
-                    alink::STEP_DOWNLOAD_FAILED,
-                    desc(format_args!("server sends {len} bytes from {w}, task says {s} in all")),
-                );
+            if h.from.checked_add(len) != Some(d.size) {
+                let (from, size) = (h.from, d.size);
+                self.fail(Failure::HttpLength { from, len, size });
             }
         }
     }
@@ -852,8 +1096,8 @@ impl<'a> OtaMachine<'a> {
         let sec_cnt = self.sec_cnt;
         let State::Downloading(d) = &mut self.state else { return };
         let size = d.size;
-        let Via::Https { tail, from, .. } = &mut d.via else { return };
-        if let Tail::Reading { at, buf } = tail {
+        let Via::Https(h) = &mut d.via else { return };
+        if let Tail::Reading { at, buf } = &mut h.tail {
             // The body of the early look at the protected TLVs: kept, not written.
             let want = (size - *at) as usize;
             let take = data.len().min(want - buf.len());
@@ -862,28 +1106,19 @@ impl<'a> OtaMachine<'a> {
                 return;
             }
             let image = protected_sec_cnt(buf);
-            *tail = Tail::Done;
-            *from = d.written;
+            h.tail = Tail::Done;
+            h.from = d.written;
             let w = d.written;
             if let Some(image) = image.filter(|&i| i < sec_cnt) {
-                self.fail(
-                    alink::STEP_UPGRADE_FAILED,
-                    desc(format_args!("security counter {image} below the device's {sec_cnt}: downgrade refused")),
-                );
-                return;
+                return self.fail(Failure::Downgrade { image, device: sec_cnt });
             }
             self.plain(Plain::HttpClose);
             self.plain(Plain::HttpGet(w));
             return;
         }
-        let State::Downloading(d) = &self.state else { return };
         if d.written as u64 + data.len() as u64 > d.size as u64 {
-            let s = d.size;
-            self.fail(
-                alink::STEP_DOWNLOAD_FAILED,
-                desc(format_args!("the server sent more than the task's {s} bytes")),
-            );
-            return;
+            let size = d.size;
+            return self.fail(Failure::HttpTooMuch { size });
         }
         let offset = d.written;
         self.accept(now, offset, data, 0..data.len());
@@ -895,21 +1130,21 @@ impl<'a> OtaMachine<'a> {
     fn look_at_tail(&mut self, offset: u32, data: &[u8]) {
         let State::Downloading(d) = &mut self.state else { return };
         let (size, written) = (d.size, d.written);
-        let Via::Https { tail, from, .. } = &mut d.via else { return };
-        if !matches!(tail, Tail::Unknown) {
+        let Via::Https(h) = &mut d.via else { return };
+        if !matches!(h.tail, Tail::Unknown) {
             return;
         }
-        *tail = Tail::Done;
+        h.tail = Tail::Done;
         if offset != 0 {
             return;
         }
-        let Ok(h) = Header::new_checked(data).and_then(|h| HeaderRepr::parse(&h)) else { return };
-        let (Some(at), Some(end)) = (h.body_end(), h.tlv_offset()) else { return };
+        let Ok(hd) = Header::new_checked(data).and_then(|h| HeaderRepr::parse(&h)) else { return };
+        let (Some(at), Some(end)) = (hd.body_end(), hd.tlv_offset()) else { return };
         if at <= written || end <= at || end > size || size - at > 512 {
             return;
         }
-        *tail = Tail::Reading { at, buf: Vec::new() };
-        *from = at;
+        h.tail = Tail::Reading { at, buf: Vec::new() };
+        h.from = at;
         self.plain(Plain::HttpClose);
         self.plain(Plain::HttpGet(at));
     }
@@ -917,61 +1152,37 @@ impl<'a> OtaMachine<'a> {
     fn http_end(&mut self) {
         let retries = self.cfg.retries;
         let State::Downloading(d) = &mut self.state else { return };
-        let Via::Https { tries, refreshed, tail, from, .. } = &mut d.via else { return };
-        if matches!(tail, Tail::Reading { .. }) {
+        let Via::Https(h) = &mut d.via else { return };
+        if matches!(h.tail, Tail::Reading { .. }) {
             // The early look broke off: go on with the body; the final verify still checks.
-            *tail = Tail::Done;
-            *from = d.written;
+            h.tail = Tail::Done;
+            h.from = d.written;
             let w = d.written;
             self.plain(Plain::HttpGet(w));
             return;
         }
-        if *refreshed && d.written == 0 && *tries == 0 {
+        if h.refreshed && h.refresh_by.is_some() {
             return; // waiting for the fresh URL
         }
         if d.written >= d.size {
             return;
         }
-        if *tries >= retries {
-            let w = d.written;
-            self.fail(
-                alink::STEP_DOWNLOAD_FAILED,
-                desc(format_args!("download broke off at {w} bytes, {retries} retries failed")),
-            );
-            return;
+        if h.tries >= retries {
+            let at = d.written;
+            return self.fail(Failure::HttpBroke { at, retries });
         }
-        *tries += 1;
-        *from = d.written;
+        h.tries += 1;
+        h.from = d.written;
         let w = d.written;
         self.plain(Plain::HttpGet(w));
     }
 
     /// Reports a failure and goes back to waiting for a task (the old image keeps running).
-    fn fail(&mut self, step: i8, d: String<128>) {
-        if let State::Downloading(Download { via: Via::Https { .. }, .. }) = self.state {
+    fn fail(&mut self, f: Failure) {
+        if let State::Downloading(Download { via: Via::Https(_), .. }) = self.state {
             self.plain(Plain::HttpClose);
         }
-        self.progress(step, d);
         self.state = State::AwaitTask;
+        self.report(f.step(), f.desc(), None);
     }
-}
-
-fn unescape_url(task: &Task<'_>) -> Result<String<MAX_URL>, ()> {
-    let mut url = String::new();
-    for piece in task.url_fragments() {
-        match piece.map_err(|_| ())? {
-            UrlPiece::Str(s) => url.push_str(s).map_err(|_| ())?,
-            UrlPiece::Char(c) => url.push(c).map_err(|_| ())?,
-        }
-    }
-    Ok(url)
-}
-
-/// SEC_CNT from bytes that start with the protected TLV area.
-fn protected_sec_cnt(area: &[u8]) -> Option<u32> {
-    let (it, _) = TlvIter::new(area, TLV_PROT_INFO_MAGIC).ok()?;
-    it.filter_map(Result::ok)
-        .find(|t| t.kind == TlvKind::SecCnt)
-        .and_then(|t| t.value.try_into().ok())
-        .map(u32::from_le_bytes)
 }

@@ -1,4 +1,4 @@
-//! The OTA client as a sans-IO state machine (DESIGN.md "OTA flow").
+//! The OTA client as a sans-IO state machine.
 //!
 //! [`OtaMachine`] never touches a clock, a socket or flash. The driver (the app, or a test)
 //! feeds it [`Event`]s with the current time through [`OtaMachine::handle`], wakes it at
@@ -6,18 +6,34 @@
 //! [`Action`] that [`OtaMachine::poll_action`] hands out. Every protocol decision is made here.
 //!
 //! ```text
-//!  Booted ──new image──▶ AwaitSelfTest ──pass──▶ AwaitConfirm ──▶ AwaitTask
-//!     │                      └─fail──▶ AwaitReset (bootloader reverts; reported next boot)
-//!     └────────────────────────────────────────────────────────────▶ AwaitTask
-//!  AwaitTask ──task for our module, fits──▶ [Rehashing ──▶] Downloading ──all bytes,
-//!  digest ok──▶ AwaitMark ──our signature ok, marked──▶ AwaitReset
-//!  any failure ──▶ progress -1..-4 with a desc ──▶ AwaitTask
+//!  Booted ──new image──▶ AwaitSelfTest ──pass──▶ AwaitSession ──connected──▶ AwaitConfirm ──▶ AwaitTask
+//!     │                      │                      └─credentials refused / deadline──▶ AwaitReset (revert)
+//!     │                      └─fail──▶ AwaitReset (the bootloader reverts; reported next boot)
+//!     └────────────────────────────────────────────────────────────────────────────▶ AwaitTask
+//!  AwaitTask ──task for our module──▶ we cannot: progress -1 with the reason (once), AwaitTask
+//!            ──we can──▶ [Rehashing ──▶] Downloading ──all bytes, digest ok──▶ AwaitMark
+//!            ──our signature ok, marked──▶ progress 100 (acknowledged) ──▶ AwaitReset
+//!  any failure ──▶ progress -1..-4 with a typed [`Failure`] as its desc ──▶ AwaitTask
 //! ```
+//!
+//! Version reports and terminal progress (100, negative) go at QoS 1 and are sent again after a
+//! reconnect until acknowledged; `firmware/get` goes at connect and every `pull_interval`.
 
 mod action;
+mod config;
+mod connect;
 mod event;
+mod failure;
 mod machine;
+mod task;
 
 pub use action::Action;
-pub use event::{BootOutcome, BootReport, Event, MarkError, Resume, TaskKey};
-pub use machine::{OtaConfig, OtaMachine, StateName, MAX_URL};
+pub use config::{
+    check_keep_alive, ConfigError, OtaConfig, BLOCK_SIZES, DEFAULT_BLOCK, DEFAULT_CONFIRM, DEFAULT_PULL, DEFAULT_WINDOW,
+    MAX_BLOCK, MAX_WINDOW, MIN_BLOCK,
+};
+pub use connect::{Backoff, BACKOFF_BASE, BACKOFF_CAP, STEADY_SESSION};
+pub use event::{BootOutcome, BootReport, Event, MarkError, Resume};
+pub use failure::{Failure, FailureKind, MAX_PLATFORM_MSG};
+pub use machine::{OtaMachine, StateName, MAX_URL};
+pub use task::{fingerprint, module_of, Source, Task, TaskKey, UrlPiece};
