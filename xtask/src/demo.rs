@@ -178,11 +178,9 @@ pub fn job(release: &Path, protocol: Protocol, tamper: bool, timeout: Duration) 
         package = package.tampered(package.bytes.len() / 2);
     }
     Ok(JobSpec {
-        package,
-        from: vec![],
-        protocol,
         digest: if protocol == Protocol::Https { DigestKind::Sha256 } else { DigestKind::Md5 },
-        timeout,
+        timeout: Some(timeout),
+        ..JobSpec::new(package, protocol)
     })
 }
 
@@ -217,7 +215,7 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
     let mut rows: Vec<(&str, String, String, String)> = Vec::new();
 
     // (a)
-    let j = console.add_job(job(&dir.join("1.4"), Protocol::Mqtt, false, STEP_TIMEOUT)?);
+    let j = console.add_job(job(&dir.join("1.4"), Protocol::Mqtt, false, STEP_TIMEOUT)?)?;
     let t = follow(&console, &id, j, &bar("(a) v1.3 -> v1.4 over MQTT stream"), |_| false)?;
     let _ = runs(&console, &id, "1.4");
     let detail = format!("{} blocks in {:.1} s", t.blocks, t.elapsed_ms as f64 / 1e3);
@@ -230,7 +228,7 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
 
     // (b)
     let before = connects(&console);
-    let j = console.add_job(job(&dir.join("1.5"), Protocol::Https, true, STEP_TIMEOUT)?);
+    let j = console.add_job(job(&dir.join("1.5"), Protocol::Https, true, STEP_TIMEOUT)?)?;
     let t = follow(&console, &id, j, &bar("(b) tampered v1.5 over HTTP Range"), |_| false)?;
     // The device stays up on its image: no reset (no new connection), still online on 1.4.
     std::thread::sleep(Duration::from_millis(300));
@@ -239,7 +237,7 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
     rows.push(("(b) tampered v1.5, HTTP Range", "step -3, runs 1.4".into(), observed, t.desc.clone()));
 
     // (c)
-    let j = console.add_job(job(&dir.join("1.6"), Protocol::Mqtt, false, STEP_TIMEOUT)?);
+    let j = console.add_job(job(&dir.join("1.6"), Protocol::Mqtt, false, STEP_TIMEOUT)?)?;
     let t = follow(&console, &id, j, &bar("(c) v1.6, fails its self-test"), |_| false)?;
     let _ = runs(&console, &id, "1.4");
     rows.push((
@@ -253,7 +251,7 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
     dev.cut();
     dev.start(Some(10), "info")?;
     runs(&console, &id, "1.4")?;
-    let j = console.add_job(job(&dir.join("1.7"), Protocol::Mqtt, false, STEP_TIMEOUT)?);
+    let j = console.add_job(job(&dir.join("1.7"), Protocol::Mqtt, false, STEP_TIMEOUT)?)?;
     let b = bar("(d) v1.7, power cut mid-download");
     let at = follow(&console, &id, j, &b, |t| t.step >= 30)?;
     dev.cut();
@@ -313,7 +311,7 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
     let mut rows: Vec<(&str, String, String, String)> = Vec::new();
 
     // (a)
-    let j = rig.console.add_job(job(&dir.join("1.4"), Protocol::Mqtt, false, STEP_TIMEOUT)?);
+    let j = rig.console.add_job(job(&dir.join("1.4"), Protocol::Mqtt, false, STEP_TIMEOUT)?)?;
     let t = follow(&rig.console, &id, j, &bar("(a) v1.3 -> v1.4 over MQTT stream"), |_| false)?;
     let _ = rig.runs("1.4", STEP_TIMEOUT);
     rows.push((
@@ -325,7 +323,7 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
 
     // (b) Over MQTT too: this board downloads over the modem's socket only.
     let before = connects(&rig);
-    let j = rig.console.add_job(job(&dir.join("1.5"), Protocol::Mqtt, true, STEP_TIMEOUT)?);
+    let j = rig.console.add_job(job(&dir.join("1.5"), Protocol::Mqtt, true, STEP_TIMEOUT)?)?;
     let t = follow(&rig.console, &id, j, &bar("(b) tampered v1.5 over MQTT stream"), |_| false)?;
     std::thread::sleep(Duration::from_millis(500));
     let stayed = if connects(&rig) == before { "" } else { " after a reset" };
@@ -337,7 +335,7 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
     ));
 
     // (c)
-    let j = rig.console.add_job(job(&dir.join("1.6"), Protocol::Mqtt, false, STEP_TIMEOUT)?);
+    let j = rig.console.add_job(job(&dir.join("1.6"), Protocol::Mqtt, false, STEP_TIMEOUT)?)?;
     let t = follow(&rig.console, &id, j, &bar("(c) v1.6, fails its self-test"), |_| false)?;
     let _ = rig.runs("1.4", STEP_TIMEOUT);
     rows.push((
@@ -421,9 +419,9 @@ fn fleet(dir: &Path, bin: &Path, n: usize) -> Result<()> {
     eprintln!("{n} devices online on v1.3 after {:.1} s", booted.as_secs_f64());
 
     let mut spec = job(&dir.join("1.4"), Protocol::Mqtt, false, STEP_TIMEOUT)?;
-    spec.timeout = Duration::from_secs(120 + n as u64 / 2);
+    spec.timeout = Some(Duration::from_secs(120 + n as u64 / 2));
     let t1 = Instant::now();
-    let j = console.add_job(spec.clone());
+    let j = console.add_job(spec.clone())?;
     let b = bar(&format!("fleet of {n}: v1.3 -> v1.4"));
     let done = |e: &crate::console::engine::Engine| {
         ids.iter().filter(|id| e.device(id).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.state.done())).count()
@@ -435,7 +433,7 @@ fn fleet(dir: &Path, bin: &Path, n: usize) -> Result<()> {
         if k == n {
             break;
         }
-        if t1.elapsed() > spec.timeout + Duration::from_secs(10) {
+        if t1.elapsed() > spec.timeout.unwrap_or_default() + Duration::from_secs(60) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));

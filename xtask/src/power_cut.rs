@@ -75,7 +75,7 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
         let delay_ms = rng.below(max_ms + 1);
         let from = rig.dev.output().len();
         let started = Instant::now();
-        let j = rig.console.add_job(crate::demo::job(&dir.join(target), Protocol::Mqtt, false, CYCLE_TIMEOUT)?);
+        let j = rig.console.add_job(crate::demo::job(&dir.join(target), Protocol::Mqtt, false, CYCLE_TIMEOUT)?)?;
         rig.dev.wait_for(from, &anchor, Duration::from_secs(120))?;
         std::thread::sleep(Duration::from_millis(delay_ms));
         rig.dev.cut();

@@ -248,7 +248,7 @@ pub fn run(a: Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     for up in &a.upgrade {
-        let j = rig.console.add_job(crate::demo::job(up, Protocol::Mqtt, false, Duration::from_secs(600))?);
+        let j = rig.console.add_job(crate::demo::job(up, Protocol::Mqtt, false, Duration::from_secs(600))?)?;
         loop {
             echo(&rig);
             if rig.task(j).is_some_and(|t| t.state.done()) {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use xtask::console::engine::{DigestKind, JobSpec, Package, Protocol, TaskState};
+use xtask::console::engine::{JobSpec, Package, Protocol, TaskState};
 use xtask::console::{self, Console, Options, TlsOptions};
 use xtask::modem_sim::{ModemSim, SimOptions};
 use xtask::proc::Killed;
@@ -99,13 +99,7 @@ fn an_upgrade_through_the_modem_survives_a_link_drop() {
     })
     .unwrap();
     let (rel, _) = setup();
-    let job = c.add_job(JobSpec {
-        package: Package::load(&rel.join("1.4")).unwrap(),
-        from: vec![],
-        protocol: Protocol::Mqtt,
-        digest: DigestKind::Md5,
-        timeout: Duration::from_secs(120),
-    });
+    let job = c.add_job(JobSpec::new(Package::load(&rel.join("1.4")).unwrap(), Protocol::Mqtt)).unwrap();
     let done =
         |e: &console::engine::Engine| e.device(&id).and_then(|d| d.tasks.get(&job)).is_some_and(|t| t.state.done());
     c.wait(Duration::from_secs(120), "the task to end", done)

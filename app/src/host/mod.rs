@@ -137,7 +137,9 @@ async fn run(cfg: Config) -> Result<(), String> {
     loop {
         match power_on(&cfg, &host, method, &clock, modem_ca.as_deref()).await? {
             Exit::Reset => log::info!("--- reset: power on again ---"),
-            Exit::BadCredentials(_) => return Err(format!("{host}:{}: the broker refused the credentials", cfg.port)),
+            Exit::BadCredentials(code) => {
+                return Err(format!("{host}:{}: {}", cfg.port, crate::mqtt::MqttError::Refused(code)))
+            }
         }
     }
 }

@@ -121,7 +121,7 @@ pub enum Failure {
 }
 
 /// The kind of a [`Failure`], without its details.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[allow(missing_docs)] // one per Failure variant, same names
 pub enum FailureKind {

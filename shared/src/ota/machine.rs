@@ -1,7 +1,7 @@
 //! [`OtaMachine`]: the whole OTA flow, deterministic, time passed in.
 
 use super::config::{OtaConfig, MAX_WINDOW, MIN_BLOCK};
-use super::task::{fingerprint, module_of, Source, Task, TaskKey, UrlPiece};
+use super::task::{module_of, Source, Task, TaskKey, UrlPiece};
 use super::{Action, BootOutcome, BootReport, Event, Failure, MarkError, Resume};
 use crate::alink::{self, AlinkError, BlockReply, DigestMethod, Downlink, EscapedStr, Topic, Topics};
 use crate::image::{Header, HeaderRepr, TlvIter, TlvKind, TLV_PROT_INFO_MAGIC};
@@ -17,8 +17,6 @@ const OUT_BUF: usize = 384;
 const ACK_WAIT: Duration = Duration::from_secs(5);
 /// QoS 1 reports kept until acknowledged.
 const MAX_PENDING: usize = 4;
-/// The fingerprint of "a task message that did not fit": one such refusal in flight at a time.
-const OVERSIZED: u64 = 0x0BE5_12ED;
 
 /// The states, named after what they wait for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,8 +218,6 @@ struct Pending {
     pid: u16,
     step: i8,
     desc: String<128>,
-    /// The offer it refuses (a duplicate of it is not refused twice while this is unacknowledged).
-    refuses: Option<u64>,
 }
 
 /// The OTA client. See the module docs.
@@ -386,13 +382,13 @@ impl OtaMachine {
 
     /// A terminal report (100, or a failure): QoS 1, kept and sent again after a reconnect until
     /// the broker acknowledges it.
-    fn report(&mut self, step: i8, desc: String<128>, refuses: Option<u64>) {
+    fn report(&mut self, step: i8, desc: String<128>) {
         if self.pending.is_full() {
             // Four reports unacknowledged is a broker that does not acknowledge: the oldest goes.
             self.pending.remove(0);
         }
         let pid = self.new_pid();
-        let _ = self.pending.push(Pending { pid, step, desc, refuses });
+        let _ = self.pending.push(Pending { pid, step, desc });
         if self.connected {
             self.push(Out::Report { pid });
         }
@@ -591,8 +587,8 @@ impl OtaMachine {
             Event::Oversized { topic, len, max } => {
                 // A task we cannot read (its module unknown): refused once, for our module, when
                 // idle. During a download it may be a re-push of the task in progress.
-                if topic != Downlink::DownloadReply && matches!(self.state, State::AwaitTask) {
-                    self.refuse(Failure::MessageTooLarge { len, max }, OVERSIZED);
+                if topic != Downlink::DownloadReply && matches!(self.state, State::AwaitTask) && !self.answering() {
+                    self.refuse(Failure::MessageTooLarge { len, max });
                 }
             }
             Event::Rehashed(ok) => self.rehashed(now, ok),
@@ -623,10 +619,10 @@ impl OtaMachine {
         self.resume = r.resume;
         // The truth about the last boot goes first, as soon as the broker is reached.
         match r.outcome {
-            BootOutcome::Reverted => self.report(Failure::Reverted.step(), Failure::Reverted.desc(), None),
+            BootOutcome::Reverted => self.report(Failure::Reverted.step(), Failure::Reverted.desc()),
             BootOutcome::Refused(e) => {
                 let f = Failure::BootRefused(e);
-                self.report(f.step(), f.desc(), None)
+                self.report(f.step(), f.desc())
             }
             BootOutcome::Nothing => {}
         }
@@ -676,12 +672,17 @@ impl OtaMachine {
         self.pull_at = Some(now + self.cfg.pull_interval);
     }
 
-    /// Tells the platform we will not carry out an offer (once while the answer is in flight).
-    fn refuse(&mut self, f: Failure, offer: u64) {
-        if self.pending.iter().any(|p| p.refuses == Some(offer)) {
-            return;
-        }
-        self.report(f.step(), f.desc(), Some(offer));
+    /// Whether a failure report of ours is on its way. A task failed by it is over on the
+    /// platform, so an offer that crossed it (a push after a reconnect, the get_reply of the same
+    /// moment) is stale: it is not taken or refused again until the broker has the report. An
+    /// offer after that is the platform asking again (a batch's retry), and is answered.
+    fn answering(&self) -> bool {
+        self.pending.iter().any(|p| p.step < 0)
+    }
+
+    /// Tells the platform we will not carry out an offer.
+    fn refuse(&mut self, f: Failure) {
+        self.report(f.step(), f.desc());
     }
 
     fn task_message(&mut self, now: Instant, payload: &[u8]) {
@@ -691,7 +692,9 @@ impl OtaMachine {
             return;
         }
         let task = Task::from_offer(&offer);
+        let answering = self.answering();
         match &mut self.state {
+            State::AwaitTask if answering => return,
             State::AwaitTask => {}
             State::Downloading(d) | State::Rehashing(d) => {
                 let Ok(t) = &task else { return }; // busy: never refuse what may be a re-push of ours
@@ -731,13 +734,12 @@ impl OtaMachine {
             }
             return;
         }
-        let offered = fingerprint(&offer);
         let task = match task {
             Ok(t) => t,
-            Err(f) => return self.refuse(f, offered),
+            Err(f) => return self.refuse(f),
         };
         if task.size > self.cfg.slot_size {
-            return self.refuse(Failure::TooLarge { size: task.size, slot: self.cfg.slot_size }, offered);
+            return self.refuse(Failure::TooLarge { size: task.size, slot: self.cfg.slot_size });
         }
         let via = match task.source {
             Source::Mqtt { stream_id, file_id } => Via::Mqtt(Stream {
@@ -754,12 +756,12 @@ impl OtaMachine {
                 retry_at: None,
                 refusal: None,
             }),
-            Source::Https { .. } if !self.cfg.https => return self.refuse(Failure::HttpsUnsupported, offered),
+            Source::Https { .. } if !self.cfg.https => return self.refuse(Failure::HttpsUnsupported),
             Source::Https { .. } => match unescape_url(&task) {
                 Ok(url) => {
                     Via::Https(Https { url, tries: 0, refreshed: false, from: 0, refresh_by: None, tail: Tail::Unknown })
                 }
-                Err(()) => return self.refuse(Failure::UrlTooLong, offered),
+                Err(()) => return self.refuse(Failure::UrlTooLong),
             },
         };
         let key = task.key();
@@ -882,12 +884,17 @@ impl OtaMachine {
             BlockReply::Corrupt { id, offset, .. } => (id, offset),
         };
         // The read-ahead is only an early look: any trouble with it just ends it.
-        if s.peek.is_some_and(|p| p.answered_by(id, offset)) {
+        if let Some(p) = s.peek.filter(|p| p.answered_by(id, offset)) {
             s.peek = None;
+            let written = d.written;
+            let head_lost = s.in_flight.iter().any(|r| r.offset <= written && written < r.offset + r.len && r.id < p.id);
             if let BlockReply::Data(b) = reply {
                 if let Some(image) = protected_sec_cnt(b.data).filter(|&i| i < sec_cnt) {
-                    self.fail(Failure::Downgrade { image, device: sec_cnt });
+                    return self.fail(Failure::Downgrade { image, device: sec_cnt });
                 }
+            }
+            if head_lost {
+                self.lost(now, Loss::Timeout);
             }
             return;
         }
@@ -970,17 +977,18 @@ impl OtaMachine {
         } else {
             None
         };
-        if let Some((at, len)) = peek {
+        let data = &b.data[skip..skip + take];
+        let start = data.as_ptr() as usize - payload.as_ptr() as usize;
+        self.accept(now, written, data, start..start + take);
+        // The read-ahead goes after the window's requests: its reply coming before theirs then
+        // tells that they were lost (a platform that serves one request at a time).
+        if let (Some((at, len)), State::Downloading(Download { via: Via::Mqtt(s), .. })) = (peek, &mut self.state) {
             self.next_id = self.next_id.wrapping_add(1).max(1);
             let r = Request { id: self.next_id, offset: at, len, deadline: now + timeout };
-            let State::Downloading(Download { via: Via::Mqtt(s), .. }) = &mut self.state else { return };
             s.peek = Some(r);
             let (stream_id, file_id) = (s.stream_id, s.file_id);
             self.push(Out::BlockRequest { id: r.id, stream_id, file_id, offset: at, len });
         }
-        let data = &b.data[skip..skip + take];
-        let start = data.as_ptr() as usize - payload.as_ptr() as usize;
-        self.accept(now, written, data, start..start + take);
     }
 
     /// Takes bytes at the end of what was written: hash, write, progress, persist, continue.
@@ -1028,7 +1036,7 @@ impl OtaMachine {
         if !d.hasher.matches(&d.digest) {
             self.plain(Plain::ClearProgress);
             let f = Failure::DigestMismatch(d.method);
-            self.report(f.step(), f.desc(), None);
+            self.report(f.step(), f.desc());
             return;
         }
         self.state = State::AwaitMark(d);
@@ -1042,7 +1050,7 @@ impl OtaMachine {
             Ok(()) => {
                 self.plain(Plain::ClearProgress);
                 self.state = State::AwaitReset { by: Some(now + ACK_WAIT) };
-                self.report(100, fmt(format_args!("{v} verified; rebooting to install")), None);
+                self.report(100, fmt(format_args!("{v} verified; rebooting to install")));
                 if !self.connected {
                     self.reset_now();
                 }
@@ -1183,6 +1191,6 @@ impl OtaMachine {
             self.plain(Plain::HttpClose);
         }
         self.state = State::AwaitTask;
-        self.report(f.step(), f.desc(), None);
+        self.report(f.step(), f.desc());
     }
 }

@@ -36,4 +36,4 @@ pub use connect::{Backoff, BACKOFF_BASE, BACKOFF_CAP, STEADY_SESSION};
 pub use event::{BootOutcome, BootReport, Event, MarkError, Resume};
 pub use failure::{Failure, FailureKind, MAX_PLATFORM_MSG};
 pub use machine::{OtaMachine, StateName, MAX_URL};
-pub use task::{fingerprint, module_of, Source, Task, TaskKey, UrlPiece};
+pub use task::{module_of, Source, Task, TaskKey, UrlPiece};

@@ -132,26 +132,6 @@ pub enum UrlPiece<'a> {
     Char(char),
 }
 
-/// A short fingerprint of an offer, to answer a task we refuse once per delivery of our answer
-/// (a push and the get_reply that cross at connect are one task, not two refusals).
-pub fn fingerprint(o: &Offer<'_>) -> u64 {
-    // FNV-1a over the fields that name a task.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |b: &[u8]| {
-        for x in b.iter().chain(&[0xFF]) {
-            h ^= *x as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for s in [o.module, o.version, o.sign, o.md5, o.sign_method, o.url, o.d_protocol] {
-        eat(s.map_or(&[][..], |s| s.0.as_bytes()));
-    }
-    eat(&o.size.unwrap_or(u32::MAX).to_le_bytes());
-    eat(&o.stream_id.unwrap_or(u64::MAX).to_le_bytes());
-    eat(&[o.is_diff.unwrap_or(0), o.files.map_or(0, |f| f.count.min(255) as u8)]);
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,17 +212,10 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_tell_tasks_apart_but_not_deliveries() {
-        let a = good();
-        let mut b = good();
-        b.version = e("1.5");
-        assert_ne!(fingerprint(&a), fingerprint(&b));
-        let mut buf = [0u8; 512];
-        let n = crate::alink::emit_push(&mut buf, 1, &a).unwrap();
-        let push = fingerprint(&parse_offer(&buf[..n]).unwrap().unwrap());
-        let n = crate::alink::emit_get_reply(&mut buf, "77", &a).unwrap();
-        let reply = fingerprint(&parse_offer(&buf[..n]).unwrap().unwrap());
-        assert_eq!(push, reply);
-        assert_eq!(module_of(&a), "default");
+    fn an_offer_without_a_module_is_for_the_default_module() {
+        assert_eq!(module_of(&good()), "default");
+        let mut o = good();
+        o.module = e("MCU");
+        assert_eq!(module_of(&o), "MCU");
     }
 }

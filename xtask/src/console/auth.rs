@@ -18,6 +18,17 @@ pub struct DeviceEntry {
 /// Product key and device name: how the console names a device.
 pub type DeviceId = (String, String);
 
+/// A CONNECT whose credentials are right.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Login {
+    /// The device.
+    pub id: DeviceId,
+    /// `securemode` of the client id (2 TLS, 3 plain TCP, ...).
+    pub securemode: i8,
+    /// `_ss=1`: an Aliyun SDK that expects the server to subscribe it to its topics.
+    pub server_subscribes: bool,
+}
+
 /// Why a CONNECT was refused; the text is what the console shows.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -25,6 +36,8 @@ pub enum Refusal {
     Malformed(String),
     /// No such device, or the password does not match its secret (CONNACK 4).
     BadCredentials(String),
+    /// A CONNECT the platform does not serve, e.g. a keep-alive outside 30..=1200 s (CONNACK 3).
+    Unavailable(String),
 }
 
 impl Refusal {
@@ -33,6 +46,7 @@ impl Refusal {
         match self {
             Refusal::Malformed(_) => 2,
             Refusal::BadCredentials(_) => 4,
+            Refusal::Unavailable(_) => 3,
         }
     }
 }
@@ -40,7 +54,7 @@ impl Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::Malformed(s) | Refusal::BadCredentials(s) => f.write_str(s),
+            Refusal::Malformed(s) | Refusal::BadCredentials(s) | Refusal::Unavailable(s) => f.write_str(s),
         }
     }
 }
@@ -67,7 +81,7 @@ impl Registry {
     }
 
     /// Checks one CONNECT; returns the device it authenticates.
-    pub fn check(&self, client_id: &str, username: &str, password: &[u8]) -> Result<DeviceId, Refusal> {
+    pub fn check(&self, client_id: &str, username: &str, password: &[u8]) -> Result<Login, Refusal> {
         let bad = |s: &str| Refusal::Malformed(format!("{s} (client id {client_id:?}, user {username:?})"));
         let (dn, pk) = username.split_once('&').ok_or_else(|| bad("user name is not deviceName&productKey"))?;
         let (prefix, rest) = client_id.split_once('|').ok_or_else(|| bad("client id has no |params| part"))?;
@@ -75,16 +89,18 @@ impl Registry {
         let mut method = None;
         let mut timestamp = None;
         let mut securemode = None;
+        let mut ss = false;
         for kv in params.split(',') {
             match kv.split_once('=') {
                 Some(("signmethod", m)) => method = SignMethod::from_name(m),
                 Some(("timestamp", t)) => timestamp = Some(t),
-                Some(("securemode", s)) => securemode = s.parse::<u8>().ok(),
+                Some(("securemode", s)) => securemode = s.parse::<i8>().ok(),
+                Some(("_ss", s)) => ss = s == "1",
                 _ => {}
             }
         }
         let method = method.ok_or_else(|| bad("client id has no known signmethod (hmacsha256, hmacsha1, hmacmd5)"))?;
-        securemode.ok_or_else(|| bad("client id has no securemode"))?;
+        let securemode = securemode.ok_or_else(|| bad("client id has no securemode"))?;
         let id = (pk.to_string(), dn.to_string());
         let Some(secret) = self.secrets.get(&id) else {
             return Err(Refusal::BadCredentials(format!("no device {dn} in product {pk} is registered")));
@@ -108,7 +124,7 @@ impl Registry {
                 method.name()
             )));
         }
-        Ok(id)
+        Ok(Login { id, securemode, server_subscribes: ss })
     }
 }
 
@@ -134,8 +150,9 @@ mod tests {
     fn the_device_s_own_credentials_pass_with_every_sign_method() {
         for m in [SignMethod::HmacSha256, SignMethod::HmacSha1, SignMethod::HmacMd5] {
             let c = creds("s3cr3t", m);
-            let id = reg().check(&c.client_id, &c.username, c.password.as_bytes()).unwrap();
-            assert_eq!(id, ("a1B2c3D4e5F".to_string(), "dev-001".to_string()));
+            let login = reg().check(&c.client_id, &c.username, c.password.as_bytes()).unwrap();
+            assert_eq!(login.id, ("a1B2c3D4e5F".to_string(), "dev-001".to_string()));
+            assert_eq!((login.securemode, login.server_subscribes), (3, false));
         }
     }
 

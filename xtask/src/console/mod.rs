@@ -16,7 +16,7 @@ pub mod net;
 
 use anyhow::{Context, Result};
 use auth::{DeviceEntry, Registry};
-use engine::{DigestKind, Engine, JobSpec, Package, Protocol, Status};
+use engine::{BlockService, DigestKind, Engine, JobSpec, Package, Protocol, Status};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -48,10 +48,15 @@ pub struct Options {
     pub tls: Option<TlsOptions>,
     /// Rewritten (atomically) whenever something changes.
     pub status_file: Option<PathBuf>,
-    /// How long download URLs stay valid (default 1 hour).
+    /// How long download URLs stay valid (default 24 hours).
     pub url_ttl: Option<Duration>,
+    /// How block requests are served (default: all at once).
+    pub blocks: BlockService,
     /// No log lines on stderr (the demo draws progress bars).
     pub quiet: bool,
+    /// The engine on an outside broker on 127.0.0.1 (mosquitto, for interop tests) as an MQTT
+    /// client, instead of its own broker behind the front door (no credential or topic checks).
+    pub outside_broker: Option<u16>,
 }
 
 /// A running console. Its threads live as long as the process.
@@ -106,6 +111,51 @@ fn broker_config(port: u16, registry: Arc<Registry>) -> rumqttd::Config {
     }
 }
 
+/// The engine's thread: uplinks in (`recv` until a deadline), downlinks out (`send`), timeouts,
+/// the status file.
+fn spawn_pump(
+    e: Arc<Mutex<Engine>>,
+    status_file: Option<PathBuf>,
+    mut recv: impl FnMut(Instant) -> Result<Option<(String, Vec<u8>)>, String> + Send + 'static,
+    mut send: impl FnMut(String, Vec<u8>) -> Result<(), String> + Send + 'static,
+) -> Result<()> {
+    std::thread::Builder::new().name("ota-engine".into()).spawn(move || {
+        let mut written = u64::MAX;
+        let mut last_write = Instant::now();
+        loop {
+            match recv(Instant::now() + Duration::from_millis(50)) {
+                Ok(Some((topic, payload))) => e.lock().unwrap().uplink(&topic, &payload, Instant::now()),
+                Ok(None) => {}
+                Err(err) => {
+                    net::log(&format!("the broker link closed: {err}"));
+                    return;
+                }
+            }
+            let (out, generation) = {
+                let mut g = e.lock().unwrap();
+                g.tick(Instant::now());
+                (g.take_outbox(), g.generation)
+            };
+            for d in out {
+                if let Err(err) = send(d.topic, d.payload) {
+                    net::log(&format!("publishing: {err}"));
+                }
+            }
+            if let Some(path) = &status_file {
+                if generation != written && last_write.elapsed() > Duration::from_millis(200) {
+                    let json = serde_json::to_vec_pretty(&e.lock().unwrap().status()).unwrap_or_default();
+                    let tmp = path.with_extension("json.tmp");
+                    if std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, path)).is_ok() {
+                        written = generation;
+                        last_write = Instant::now();
+                    }
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
 impl Console {
     pub fn start(o: Options) -> Result<Console> {
         net::QUIET.store(o.quiet, std::sync::atomic::Ordering::Relaxed);
@@ -124,84 +174,107 @@ impl Console {
             None => format!("http://127.0.0.1:{http_port}"),
         };
         let ids = o.devices.iter().map(|d| (d.product_key.clone(), d.device_name.clone()));
-        let mut engine = Engine::new(ids, http_base);
+        let mut engine = Engine::new(ids, http_base, Instant::now());
         if let Some(ttl) = o.url_ttl {
             engine.url_ttl = ttl;
         }
+        engine.blocks = o.blocks;
+        engine.door = o.outside_broker.is_none();
         let engine = Arc::new(Mutex::new(engine));
-
-        // The broker, on a loopback port of its own.
-        let broker_port = crate::proc::free_port()?;
-        let mut broker = rumqttd::Broker::new(broker_config(broker_port, registry.clone()));
-        let (mut link_tx, mut link_rx) = broker.link("aliyun-ota-console").context("linking to the broker")?;
-        std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
-            if let Err(e) = broker.start() {
-                net::log(&format!("the broker stopped: {e}"));
-            }
-        })?;
-        crate::proc::wait_port(broker_port, "rumqttd")?;
-        for f in [
+        const UPLINKS: [&str; 4] = [
             "/ota/device/inform/+/+",
             "/ota/device/progress/+/+",
             "/sys/+/+/thing/ota/firmware/get",
             "/sys/+/+/thing/file/download",
-        ] {
-            link_tx.subscribe(f).context("subscribing the console")?;
-        }
+        ];
 
-        // The engine's thread: broker notifications in, downlinks out, timeouts, status file.
-        let (e, status_file) = (engine.clone(), o.status_file.clone());
-        std::thread::Builder::new().name("ota-engine".into()).spawn(move || {
-            let mut written = u64::MAX;
-            let mut last_write = Instant::now();
-            loop {
-                match link_rx.recv_deadline(Instant::now() + Duration::from_millis(50)) {
-                    Ok(Some(rumqttd::Notification::Forward(f))) => {
-                        let topic = String::from_utf8_lossy(&f.publish.topic).into_owned();
-                        e.lock().unwrap().uplink(&topic, &f.publish.payload, Instant::now());
-                    }
-                    Ok(_) | Err(rumqttd::local::LinkError::RecvTimeout(_)) => {}
-                    Err(err) => {
-                        net::log(&format!("the broker link closed: {err}"));
-                        return;
-                    }
+        let broker_port = match o.outside_broker {
+            Some(port) => {
+                // The engine as a client of the outside broker.
+                crate::proc::wait_port(port, "the outside broker")?;
+                let mut mo = rumqttc::MqttOptions::new("aliyun-ota-console", "127.0.0.1", port);
+                mo.set_keep_alive(Duration::from_secs(30));
+                mo.set_max_packet_size(1 << 20, 1 << 20);
+                let (client, mut conn) = rumqttc::Client::new(mo, 1024);
+                for f in UPLINKS {
+                    client.subscribe(f, rumqttc::QoS::AtMostOnce).context("subscribing the console")?;
                 }
-                // rumqttd parks a link whose outgoing buffer filled up until the link says it
-                // is ready again (its TCP links do; a local link must do it itself), or the
-                // console goes deaf after ~200 uplinks in a burst.
-                let _ = link_rx.ready();
-                let (out, generation) = {
-                    let mut g = e.lock().unwrap();
-                    g.tick(Instant::now());
-                    (g.take_outbox(), g.generation)
-                };
-                for d in out {
-                    if let Err(err) = link_tx.publish(d.topic, d.payload) {
-                        net::log(&format!("publishing: {err}"));
-                    }
-                }
-                if let Some(path) = &status_file {
-                    if generation != written && last_write.elapsed() > Duration::from_millis(200) {
-                        let json = serde_json::to_vec_pretty(&e.lock().unwrap().status()).unwrap_or_default();
-                        let tmp = path.with_extension("json.tmp");
-                        if std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, path)).is_ok() {
-                            written = generation;
-                            last_write = Instant::now();
+                let (tx, rx) = std::sync::mpsc::channel::<(String, Vec<u8>)>();
+                std::thread::Builder::new().name("console-mqtt".into()).spawn(move || {
+                    for ev in conn.iter() {
+                        match ev {
+                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                                if tx.send((p.topic, p.payload.to_vec())).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                net::log(&format!("the outside broker link: {e}"));
+                                std::thread::sleep(Duration::from_millis(200));
+                            }
                         }
                     }
-                }
+                })?;
+                let recv = move |deadline: Instant| match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(m) => Ok(Some(m)),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                };
+                let send = move |topic: String, payload: Vec<u8>| {
+                    client.publish(topic, rumqttc::QoS::AtMostOnce, false, payload).map_err(|e| e.to_string())
+                };
+                spawn_pump(engine.clone(), o.status_file.clone(), recv, send)?;
+                std::thread::sleep(Duration::from_millis(300)); // its subscriptions in place
+                port
             }
-        })?;
+            None => {
+                // The broker, on a loopback port of its own.
+                let broker_port = crate::proc::free_port()?;
+                let mut broker = rumqttd::Broker::new(broker_config(broker_port, registry.clone()));
+                let (mut link_tx, mut link_rx) = broker.link("aliyun-ota-console").context("linking to the broker")?;
+                std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
+                    if let Err(e) = broker.start() {
+                        net::log(&format!("the broker stopped: {e}"));
+                    }
+                })?;
+                crate::proc::wait_port(broker_port, "rumqttd")?;
+                for f in UPLINKS {
+                    link_tx.subscribe(f).context("subscribing the console")?;
+                }
+                let recv = move |deadline: Instant| {
+                    let r = match link_rx.recv_deadline(deadline) {
+                        Ok(Some(rumqttd::Notification::Forward(f))) => {
+                            Ok(Some((String::from_utf8_lossy(&f.publish.topic).into_owned(), f.publish.payload.to_vec())))
+                        }
+                        Ok(_) | Err(rumqttd::local::LinkError::RecvTimeout(_)) => Ok(None),
+                        Err(err) => Err(err.to_string()),
+                    };
+                    // rumqttd parks a link whose outgoing buffer filled up until the link says it
+                    // is ready again (its TCP links do; a local link must do it itself), or the
+                    // console goes deaf after ~200 uplinks in a burst.
+                    let _ = link_rx.ready();
+                    r
+                };
+                let send = move |topic: String, payload: Vec<u8>| {
+                    link_tx.publish(topic, payload).map(|_| ()).map_err(|e| e.to_string())
+                };
+                spawn_pump(engine.clone(), o.status_file.clone(), recv, send)?;
+                broker_port
+            }
+        };
 
         // The listeners.
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         {
             let _g = rt.enter();
-            let door = |listener: std::net::TcpListener, acceptor| -> Result<()> {
-                let (registry, engine) = (registry.clone(), engine.clone());
+            let sessions = Arc::new(net::Sessions::default());
+            let door = |listener: std::net::TcpListener, acceptor: Option<tokio_rustls::TlsAcceptor>| -> Result<()> {
+                let (registry, engine, sessions) = (registry.clone(), engine.clone(), sessions.clone());
                 let l = tokio::net::TcpListener::from_std(listener)?;
+                let tls = acceptor.is_some();
                 rt.spawn(net::accept_loop(l, acceptor, move |s| {
-                    net::front_door(s, broker_port, registry.clone(), engine.clone())
+                    net::front_door(s, tls, broker_port, registry.clone(), engine.clone(), sessions.clone())
                 }));
                 Ok(())
             };
@@ -211,10 +284,15 @@ impl Console {
                 rt.spawn(net::accept_loop(l, acceptor, move |s| net::http(s, engine.clone())));
                 Ok(())
             };
-            door(mqtt, None)?;
+            // On an outside broker the devices connect to it; the console's MQTT port is unused.
+            if o.outside_broker.is_none() {
+                door(mqtt, None)?;
+            }
             files(http, None)?;
             if let Some((acceptor, mqtts, https)) = tls {
-                door(mqtts, Some(acceptor.clone()))?;
+                if o.outside_broker.is_none() {
+                    door(mqtts, Some(acceptor.clone()))?;
+                }
                 files(https, Some(acceptor))?;
             }
         }
@@ -224,15 +302,16 @@ impl Console {
             https_port.map_or(String::new(), |p| format!(" and https://127.0.0.1:{p}")),
             registry.len()
         ));
+        let mqtt_port = o.outside_broker.unwrap_or(mqtt_port);
         Ok(Console { engine, mqtt_port, http_port, tls_port, https_port, _rt: rt })
     }
 
-    /// Creates a job; returns its id.
-    pub fn add_job(&self, spec: JobSpec) -> u32 {
+    /// Creates a job (refused as Aliyun's API would); returns its id.
+    pub fn add_job(&self, spec: JobSpec) -> Result<u32> {
         let (v, n) = (spec.package.version.clone(), spec.package.bytes.len());
-        let id = self.engine.lock().unwrap().add_job(spec, Instant::now());
+        let id = self.engine.lock().unwrap().add_job(spec, Instant::now())?;
         net::log(&format!("job {id}: version {v} ({n} bytes)"));
-        id
+        Ok(id)
     }
 
     pub fn status(&self) -> Status {
@@ -300,8 +379,19 @@ struct JobEntry {
     protocol: Protocol,
     #[serde(default = "default_digest")]
     digest: DigestKind,
-    #[serde(default = "default_timeout")]
-    timeout_s: u64,
+    /// TimeoutInMinutes, from the device's first progress report (none when absent).
+    timeout_min: Option<u64>,
+    /// NeedPush: false means devices must pull (`firmware/get`).
+    #[serde(default = "default_true")]
+    need_push: bool,
+    /// extData: batch tags (up to 10), and `udi` as `_package_udi`.
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
+    udi: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_protocol() -> Protocol {
@@ -310,9 +400,7 @@ fn default_protocol() -> Protocol {
 fn default_digest() -> DigestKind {
     DigestKind::Md5
 }
-fn default_timeout() -> u64 {
-    600
-}
+
 
 pub fn run(a: Args) -> Result<()> {
     let text = std::fs::read_to_string(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
@@ -322,12 +410,15 @@ pub fn run(a: Args) -> Result<()> {
     let mut jobs = Vec::new();
     for j in &cfg.job {
         let package = Package::load(&base.join(&j.release))?;
+        let mut ext_data: Vec<(String, String)> = j.tags.clone().into_iter().collect();
+        ext_data.extend(j.udi.clone().map(|u| ("_package_udi".to_string(), u)));
         let spec = JobSpec {
-            package,
             from: j.from.clone(),
-            protocol: j.protocol,
             digest: j.digest,
-            timeout: Duration::from_secs(j.timeout_s),
+            timeout: j.timeout_min.map(|m| Duration::from_secs(m * 60)),
+            need_push: j.need_push,
+            ext_data,
+            ..JobSpec::new(package, j.protocol)
         };
         jobs.push(spec);
     }
@@ -338,11 +429,11 @@ pub fn run(a: Args) -> Result<()> {
         http_port: cfg.http_port,
         tls: cfg.tls,
         status_file: cfg.status.map(|s| base.join(s)),
-        url_ttl: None,
         quiet: false,
+        ..Default::default()
     })?;
     for j in jobs {
-        console.add_job(j);
+        console.add_job(j)?;
     }
     let mut shown = u64::MAX;
     loop {

@@ -1,12 +1,14 @@
 //! The console's listeners: the MQTT front door (Aliyun credential check, then a byte splice to
 //! rumqttd) and the HTTP(S) file server with Range. Both optionally behind TLS.
 
-use super::auth::Registry;
-use super::engine::Engine;
+use super::auth::{DeviceId, Login, Refusal, Registry};
+use super::engine::{Engine, HttpRefusal, MAX_PAYLOAD};
 use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -52,17 +54,124 @@ where
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// One device connection: read its CONNECT, check the Aliyun credentials, then either refuse
-/// with the CONNACK code Aliyun sends (rumqttd would just close the socket, and the device could
-/// not say why) or hand the connection to the broker.
+/// The live connection of each device: a newer login of the same device closes the older one,
+/// as Aliyun does ("each new connection kicks the old one offline").
+#[derive(Default)]
+pub struct Sessions {
+    next: std::sync::atomic::AtomicU64,
+    live: Mutex<HashMap<DeviceId, (u64, Arc<Notify>)>>,
+}
+
+impl Sessions {
+    fn open(&self, id: &DeviceId) -> (u64, Arc<Notify>) {
+        let conn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let kick = Arc::new(Notify::new());
+        if let Some((_, old)) = self.live.lock().unwrap().insert(id.clone(), (conn, kick.clone())) {
+            old.notify_one();
+        }
+        (conn, kick)
+    }
+    fn close(&self, id: &DeviceId, conn: u64) {
+        let mut live = self.live.lock().unwrap();
+        if live.get(id).is_some_and(|(c, _)| *c == conn) {
+            live.remove(id);
+        }
+    }
+}
+
+/// What one device may publish and subscribe to: its own `/ota/device/.../{pk}/{dn}` and
+/// `/sys/{pk}/{dn}/...` topics (and its custom `/{pk}/{dn}/...` ones), wildcards only inside them.
+struct Acl {
+    sys: String,
+    user: String,
+    ota: [String; 4],
+}
+
+impl Acl {
+    fn new((pk, dn): &DeviceId) -> Acl {
+        Acl {
+            sys: format!("/sys/{pk}/{dn}/"),
+            user: format!("/{pk}/{dn}/"),
+            ota: ["upgrade", "inform", "progress", "request"].map(|k| format!("/ota/device/{k}/{pk}/{dn}")),
+        }
+    }
+    fn allows(&self, topic: &str) -> bool {
+        let own = |prefix: &str| topic.strip_prefix(prefix).is_some_and(|rest| !rest.is_empty());
+        own(&self.sys) || own(&self.user) || self.ota.iter().any(|t| t == topic)
+    }
+}
+
+/// Reads an MQTT string (u16 BE length + bytes) at `at`.
+fn mqtt_str(p: &[u8], at: usize) -> Option<(&str, usize)> {
+    let n = u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]) as usize;
+    let s = std::str::from_utf8(p.get(at + 2..at + 2 + n)?).ok()?;
+    Some((s, at + 2 + n))
+}
+
+/// A packet: fixed header byte, remaining length, then `body`.
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut n = body.len();
+    loop {
+        let b = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { b | 0x80 } else { b });
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// The start of the variable header of the packet at the start of `p`.
+fn body_at(p: &[u8]) -> usize {
+    1 + p[1..].iter().take(4).position(|b| b & 0x80 == 0).map_or(4, |i| i + 1)
+}
+
+/// SUBSCRIBE: packet id and (filter, qos) pairs.
+fn parse_subscribe(p: &[u8]) -> Option<(u16, Vec<(String, u8)>)> {
+    let at = body_at(p);
+    let pid = u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]);
+    let mut at = at + 2;
+    let mut filters = Vec::new();
+    while at < p.len() {
+        let (f, next) = mqtt_str(p, at)?;
+        filters.push((f.to_string(), *p.get(next)?));
+        at = next + 1;
+    }
+    Some((pid, filters))
+}
+
+fn subscribe_packet(pid: u16, filters: &[(String, u8)]) -> Vec<u8> {
+    let mut body = pid.to_be_bytes().to_vec();
+    for (f, q) in filters {
+        body.extend_from_slice(&(f.len() as u16).to_be_bytes());
+        body.extend_from_slice(f.as_bytes());
+        body.push(*q);
+    }
+    packet(0x82, &body)
+}
+
+/// The packet id the console's own SUBSCRIBE for an `_ss=1` client uses.
+const SERVER_SUB_PID: u16 = 0xFFF1;
+
+/// One device connection: read its CONNECT, check it as Aliyun does (keep-alive 30..=1200,
+/// securemode 2 on TLS and 3 on plain TCP, the credentials), answer a refusal with its CONNACK
+/// code (rumqttd would just close the socket, and the device could not say why), else hand the
+/// connection to the broker through a filter that applies the device's topic rights, subscribes
+/// `_ss=1` clients to their OTA topics, and tells the engine when the device is subscribed.
+#[allow(clippy::too_many_arguments)]
 pub async fn front_door(
     mut s: Box<dyn Stream>,
+    tls: bool,
     broker_port: u16,
     registry: Arc<Registry>,
     engine: Arc<Mutex<Engine>>,
+    sessions: Arc<Sessions>,
 ) -> Result<()> {
     let mut buf = Vec::with_capacity(512);
-    let (client_id, user, pass) = loop {
+    let (client_id, user, pass, keep_alive) = loop {
         let mut chunk = [0u8; 512];
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await??;
         if n == 0 {
@@ -82,6 +191,7 @@ pub async fn front_door(
                     c.client_id.to_string(),
                     c.username.unwrap_or("").to_string(),
                     c.password.unwrap_or(b"").to_vec(),
+                    c.keep_alive,
                 )
             }
             Ok(Some(_)) => bail!("the first packet is not CONNECT"),
@@ -89,10 +199,21 @@ pub async fn front_door(
             _ => bail!("not an MQTT 3.1.1 CONNECT"),
         }
     };
-    let id = match registry.check(&client_id, &user, &pass) {
-        Ok(id) => id,
+    let guess = user.split_once('&').map(|(dn, pk)| (pk.to_string(), dn.to_string()));
+    let checked = registry.check(&client_id, &user, &pass).and_then(|login| {
+        if !shared::alink::KEEP_ALIVE.contains(&keep_alive) {
+            // The C LinkSDK documents "server unavailable" for a keep-alive below 30 s.
+            return Err(Refusal::Unavailable(format!("keep-alive {keep_alive} s is outside Aliyun's 30..=1200 s")));
+        }
+        match (tls, login.securemode) {
+            (true, 2) | (false, 3) => Ok(login),
+            (true, m) => Err(Refusal::Malformed(format!("securemode={m} on the TLS port (TLS is securemode=2)"))),
+            (false, m) => Err(Refusal::Malformed(format!("securemode={m} on the plain TCP port (plain is securemode=3)"))),
+        }
+    });
+    let login = match checked {
+        Ok(login) => login,
         Err(refusal) => {
-            let guess = user.split_once('&').map(|(dn, pk)| (pk.to_string(), dn.to_string()));
             log(&format!("refused {user:?}: {refusal} (CONNACK {})", refusal.connack_code()));
             engine.lock().unwrap().refused(guess.as_ref(), refusal.to_string());
             s.write_all(&[0x20, 0x02, 0x00, refusal.connack_code()]).await?;
@@ -103,10 +224,147 @@ pub async fn front_door(
     let mut up = TcpStream::connect(("127.0.0.1", broker_port)).await?;
     up.set_nodelay(true)?;
     up.write_all(&buf).await?;
-    engine.lock().unwrap().online(&id, true);
-    let r = tokio::io::copy_bidirectional_with_sizes(&mut s, &mut up, 1 << 16, 1 << 16).await;
-    engine.lock().unwrap().online(&id, false);
-    r.map(|_| ()).map_err(Into::into)
+    let id = login.id.clone();
+    let (conn, kicked) = sessions.open(&id);
+    engine.lock().unwrap().online(&id, true, conn);
+    let r = splice(s, up, &login, &engine, &kicked).await;
+    engine.lock().unwrap().online(&id, false, conn);
+    sessions.close(&id, conn);
+    r
+}
+
+/// Carries the connection's packets both ways, applying the device's rights (see `front_door`).
+async fn splice(
+    client: Box<dyn Stream>,
+    broker: TcpStream,
+    login: &Login,
+    engine: &Mutex<Engine>,
+    kicked: &Notify,
+) -> Result<()> {
+    let id = &login.id;
+    let acl = Acl::new(id);
+    let upgrade = &acl.ota[0];
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut br, mut bw) = broker.into_split();
+    let (mut from_client, mut from_broker) = (Vec::new(), Vec::new());
+    let (mut cbuf, mut bbuf) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    // SUBACKs to fix up: packet id -> which filters the console refused (0x80 in their place),
+    // and whether the device's upgrade topic is among the ones granted.
+    let mut fixups: HashMap<u16, (Vec<bool>, bool)> = HashMap::new();
+    let mut connack_seen = false;
+    let subscribed = |e: &Mutex<Engine>| e.lock().unwrap().subscribed(id, std::time::Instant::now());
+    loop {
+        tokio::select! {
+            _ = kicked.notified() => {
+                log(&format!("{}/{}: a newer connection of the device replaces this one", id.0, id.1));
+                return Ok(());
+            }
+            n = cr.read(&mut cbuf) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok(());
+                }
+                from_client.extend_from_slice(&cbuf[..n]);
+                while let Some(len) = packet_len(&from_client) {
+                    if len > MAX_PAYLOAD + 1024 {
+                        log(&format!("{}/{}: a packet of {len} bytes (Aliyun takes 256 KB): closed", id.0, id.1));
+                        return Ok(());
+                    }
+                    if from_client.len() < len {
+                        break;
+                    }
+                    let p: Vec<u8> = from_client.drain(..len).collect();
+                    match p[0] >> 4 {
+                        3 => {
+                            let at = body_at(&p);
+                            let topic = mqtt_str(&p, at).map(|(t, _)| t.to_string()).unwrap_or_default();
+                            if acl.allows(&topic) {
+                                bw.write_all(&p).await?;
+                            } else {
+                                log(&format!("{}/{}: PUBLISH to {topic:?} dropped (not its topic)", id.0, id.1));
+                                if (p[0] >> 1) & 3 == 1 {
+                                    let pid_at = at + 2 + topic.len();
+                                    if let Some(pid) = p.get(pid_at..pid_at + 2) {
+                                        cw.write_all(&packet(0x40, pid)).await?;
+                                    }
+                                }
+                            }
+                        }
+                        8 => {
+                            let (pid, filters) = parse_subscribe(&p).context("malformed SUBSCRIBE")?;
+                            let refused: Vec<bool> = filters.iter().map(|(f, _)| !acl.allows(f)).collect();
+                            for (f, _) in filters.iter().filter(|(f, _)| !acl.allows(f)) {
+                                log(&format!("{}/{}: SUBSCRIBE to {f:?} refused (0x80: not its topic)", id.0, id.1));
+                            }
+                            let granted: Vec<(String, u8)> =
+                                filters.iter().filter(|(f, _)| acl.allows(f)).cloned().collect();
+                            let has_upgrade = granted.iter().any(|(f, _)| f == upgrade);
+                            if granted.is_empty() {
+                                let mut body = pid.to_be_bytes().to_vec();
+                                body.extend(std::iter::repeat_n(0x80, filters.len()));
+                                cw.write_all(&packet(0x90, &body)).await?;
+                            } else {
+                                fixups.insert(pid, (refused, has_upgrade));
+                                bw.write_all(&subscribe_packet(pid, &granted)).await?;
+                            }
+                        }
+                        1 => bail!("a second CONNECT"),
+                        _ => bw.write_all(&p).await?,
+                    }
+                }
+            }
+            n = br.read(&mut bbuf) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok(());
+                }
+                from_broker.extend_from_slice(&bbuf[..n]);
+                while let Some(len) = packet_len(&from_broker).filter(|&l| l <= from_broker.len()) {
+                    let p: Vec<u8> = from_broker.drain(..len).collect();
+                    match p[0] >> 4 {
+                        2 if !connack_seen => {
+                            connack_seen = true;
+                            cw.write_all(&p).await?;
+                            if p.get(3) == Some(&0) && login.server_subscribes {
+                                // Aliyun subscribes its own SDKs (`_ss=1`) to their topics.
+                                let t = &id;
+                                let filters: Vec<(String, u8)> = [
+                                    format!("/ota/device/upgrade/{}/{}", t.0, t.1),
+                                    format!("/sys/{}/{}/thing/ota/firmware/get_reply", t.0, t.1),
+                                    format!("/sys/{}/{}/thing/file/download_reply", t.0, t.1),
+                                ]
+                                .into_iter()
+                                .map(|f| (f, 1))
+                                .collect();
+                                bw.write_all(&subscribe_packet(SERVER_SUB_PID, &filters)).await?;
+                            }
+                        }
+                        9 => {
+                            let at = body_at(&p);
+                            let pid = u16::from_be_bytes([p[at], p[at + 1]]);
+                            if pid == SERVER_SUB_PID && login.server_subscribes {
+                                subscribed(engine);
+                                continue; // the console's own: the device never asked
+                            }
+                            match fixups.remove(&pid) {
+                                Some((refused, has_upgrade)) => {
+                                    let mut granted = p[at + 2..].iter();
+                                    let mut body = pid.to_be_bytes().to_vec();
+                                    body.extend(refused.iter().map(|&r| if r { 0x80 } else { *granted.next().unwrap_or(&0x80) }));
+                                    if has_upgrade {
+                                        subscribed(engine);
+                                    }
+                                    cw.write_all(&packet(0x90, &body)).await?;
+                                }
+                                None => cw.write_all(&p).await?,
+                            }
+                        }
+                        _ => cw.write_all(&p).await?,
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The whole length of the MQTT packet starting `buf`, once its fixed header is complete.
@@ -140,34 +398,32 @@ pub async fn http(mut s: Box<dyn Stream>, engine: Arc<Mutex<Engine>>) -> Result<
         .find(|(k, _)| k.eq_ignore_ascii_case("range"))
         .map(|(_, v)| v.trim().to_string());
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let param = |k: &str| query.split('&').filter_map(|kv| kv.split_once('=')).find(|(a, _)| *a == k).map(|(_, v)| v);
-    let found = match path.strip_prefix("/ota/").and_then(|p| p.split_once('/')) {
-        Some((job, file)) => job.parse::<u32>().ok().and_then(|j| {
-            let (name, bytes) = engine.lock().unwrap().job_file(j)?;
-            (name == file).then_some((j, bytes))
-        }),
-        None => None,
+    let parsed = match range.as_deref() {
+        None => Some((0, None)),
+        Some(r) => parse_range(r),
     };
-    let Some((job, bytes)) = found else {
-        return respond(&mut s, "404 Not Found", &[], b"no such file\n").await;
+    let Some((first, last)) = parsed else {
+        return respond(&mut s, "416 Range Not Satisfiable", &[], b"").await;
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    if param("Expires").and_then(|e| e.parse::<u64>().ok()).is_none_or(|e| e < now) {
-        return respond(&mut s, "403 Forbidden", &[], b"the URL has expired: ask for a new one (firmware/get)\n").await;
-    }
-    let len = bytes.len() as u64;
-    let (status, first, last) = match range.as_deref().map(parse_range) {
-        None => ("200 OK", 0, len.saturating_sub(1)),
-        Some(Some((a, b))) if a < len => ("206 Partial Content", a, b.unwrap_or(len - 1).min(len - 1)),
-        Some(_) => {
-            let cr = format!("Content-Range: bytes */{len}");
-            return respond(&mut s, "416 Range Not Satisfiable", &[&cr], b"").await;
+    let want = last.map_or(u64::MAX, |l| l + 1 - first);
+    let got = engine.lock().unwrap().http_get(path, query, first, want, std::time::Instant::now());
+    let bytes = match got {
+        Ok(b) => b,
+        Err(HttpRefusal::NotFound) => return respond(&mut s, "404 Not Found", &[], b"no such file\n").await,
+        Err(HttpRefusal::Expired) => {
+            let msg = b"the URL has expired: ask for a new one (firmware/get)\n";
+            return respond(&mut s, "403 Forbidden", &[], msg).await;
         }
     };
-    let device = param("device").and_then(|d| engine.lock().unwrap().device_named(d));
-    engine.lock().unwrap().http_served(device.as_ref(), job, first, last + 1 - first);
+    let len = bytes.len() as u64;
+    if first >= len {
+        let cr = format!("Content-Range: bytes */{len}");
+        return respond(&mut s, "416 Range Not Satisfiable", &[&cr], b"").await;
+    }
+    let last = last.unwrap_or(len - 1).min(len - 1);
+    let status = if range.is_some() { "206 Partial Content" } else { "200 OK" };
     let cr = format!("Content-Range: bytes {first}-{last}/{len}");
-    let extra: Vec<&str> = if status.starts_with("206") { vec![&cr] } else { vec![] };
+    let extra: Vec<&str> = if range.is_some() { vec![&cr] } else { vec![] };
     respond(&mut s, status, &extra, &bytes[first as usize..=last as usize]).await
 }
 
