@@ -10,7 +10,7 @@ pub mod demo;
 pub mod device;
 pub mod flash;
 pub mod keys;
-pub mod mini_console;
+pub mod proxy;
 pub mod modem_sim;
 pub mod package;
 pub mod power_cut;

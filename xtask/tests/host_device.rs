@@ -1,7 +1,8 @@
-//! The host device (the real app for the host board) against mosquitto started here on
-//! 127.0.0.1, with a scripted console in the test: upgrades over MQTT stream and over HTTP with
-//! Range, `kill -9` during the download (resume from a block boundary) and during the swap (a
-//! valid image boots and the device reports the truth).
+//! The host device (the real app for the host board, a Linux process) against the local console
+//! (the strict Aliyun twin) and, for interop, against mosquitto with the console's engine on it:
+//! upgrades over MQTT stream and HTTP Range, `kill -9` during the download and the swap, the
+//! connect policy (a build whose login fails is reverted, an unreachable broker is waited for until
+//! the confirm deadline), the periodic pull, the back-off, the settings Aliyun refuses.
 
 mod common;
 use common::*;
@@ -10,8 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use xtask::mini_console::{is_inform, Console, DN, PK};
+use xtask::console::engine::{BlockService, JobSpec, Package, Protocol, Task, TaskState};
+use xtask::console::{self, auth::DeviceId, Console, Options};
 use xtask::proc::Killed;
+use xtask::proxy::Proxy;
+
+const PK: &str = "a1B2c3D4e5F";
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 fn free_port() -> u16 {
     xtask::proc::free_port().unwrap()
@@ -33,68 +39,85 @@ fn mosquitto_with(dir: &Path, conf: &str, port: u16) -> Killed {
     child
 }
 
-/// A plain broker for anonymous clients.
-fn broker(dir: &Path) -> (Killed, u16) {
-    let port = free_port();
-    (mosquitto_with(dir, &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"), port), port)
-}
-
 struct Releases {
     key: PathBuf,
     device: PathBuf,
-    v13: PathBuf,
-    v14: Vec<u8>,
+    dir: PathBuf,
 }
 
+impl Releases {
+    fn path(&self, v: &str) -> PathBuf {
+        self.dir.join(v)
+    }
+    fn package(&self, v: &str) -> Package {
+        Package::load(&self.path(v)).unwrap()
+    }
+}
+
+/// 1.3 (factory), 1.4, 1.5 (its build sends a wrong password), 1.6 (1 MB), signed with a test key.
 fn releases() -> &'static Releases {
     static R: OnceLock<Releases> = OnceLock::new();
     R.get_or_init(|| {
         let d = scratch("host_releases");
         let key = d.join("k.pem");
         xtask_ok(&["keygen", "--out", s(&key)]);
-        for (v, size) in [("1.3", "8192"), ("1.4", "40000")] {
-            xtask_ok(&[
-                "release",
-                "--board",
-                "host",
-                "--version",
-                v,
-                "--key",
-                s(&key),
-                "--body-size",
-                size,
-                "--out",
-                s(&d.join(v)),
-            ]);
+        let releases = [
+            ("1.3", "8192", None),
+            ("1.4", "40000", None),
+            ("1.5", "40000", Some("--failing-login")),
+            ("1.6", "1000000", None),
+        ];
+        for (v, size, extra) in releases {
+            let mut args = vec!["release", "--board", "host", "--version", v, "--key", s(&key), "--body-size", size];
+            let out = d.join(v);
+            args.extend(["--out", s(&out)]);
+            args.extend(extra);
+            xtask_ok(&args);
         }
         let device =
             PathBuf::from(xtask_ok(&["build", "--board", "host", "--key", s(&key)]).trim().lines().last().unwrap());
-        Releases { key, device, v13: d.join("1.3"), v14: std::fs::read(d.join("1.4/firmware-1.4.bin")).unwrap() }
+        Releases { key, device, dir: d }
     })
 }
 
+fn console_with(names: &[&str], f: impl FnOnce(&mut Options)) -> Console {
+    let mut o = Options {
+        devices: names.iter().map(|n| console::device(PK, n, SECRET)).collect(),
+        quiet: true,
+        ..Default::default()
+    };
+    f(&mut o);
+    Console::start(o).unwrap()
+}
+
 struct Dev {
+    name: String,
     dir: PathBuf,
     config: PathBuf,
     flash: PathBuf,
 }
 
 impl Dev {
-    fn new(name: &str, port: u16) -> Dev {
+    /// A device on factory 1.3 reaching the broker on `port`; `extra` lines go into device.toml.
+    fn new(name: &str, port: u16, extra: &str) -> Dev {
         let dir = scratch(name);
         let flash = dir.join("flash.bin");
-        std::fs::copy(releases().v13.join("factory.bin"), &flash).unwrap();
+        std::fs::copy(releases().path("1.3").join("factory.bin"), &flash).unwrap();
         let config = dir.join("device.toml");
         std::fs::write(
             &config,
             format!(
-                "product_key = \"{PK}\"\ndevice_name = \"{DN}\"\ndevice_secret = \"0123456789abcdef0123456789abcdef\"\n\
-                 host = \"127.0.0.1\"\nport = {port}\ntls = false\nflash = \"{}\"\nblock_size = 2048\n",
+                "product_key = \"{PK}\"\ndevice_name = \"{name}\"\ndevice_secret = \"{SECRET}\"\n\
+                 host = \"127.0.0.1\"\nport = {port}\ntls = false\nflash = \"{}\"\nblock_size = 2048\n{extra}\n",
                 flash.display()
             ),
         )
         .unwrap();
-        Dev { dir, config, flash }
+        Dev { name: name.into(), dir, config, flash }
+    }
+
+    fn id(&self) -> DeviceId {
+        (PK.to_string(), self.name.clone())
     }
 
     fn start(&self, env: &[(&str, &str)]) -> Killed {
@@ -122,6 +145,29 @@ impl Dev {
             .expect("ACTIVE verifies");
         info.aliyun_version.unwrap().to_string()
     }
+
+    /// Waits until the console sees the device online on `version`.
+    fn runs(&self, c: &Console, version: &str, secs: u64) {
+        let id = self.id();
+        c.wait(Duration::from_secs(secs), &format!("{} online on {version}", self.name), |e| {
+            e.device(&id).is_some_and(|d| d.online && d.version() == Some(version))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+    }
+
+    /// Waits for the task of `job` to end; returns it.
+    fn outcome(&self, c: &Console, job: u32, secs: u64) -> Task {
+        let id = self.id();
+        c.wait(Duration::from_secs(secs), "the task to end", |e| {
+            e.device(&id).and_then(|d| d.tasks.get(&job)).is_some_and(|t| t.state.done())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        c.with(|e| e.device(&id).unwrap().tasks[&job].clone())
+    }
+
+    fn violations(&self, c: &Console) -> Vec<String> {
+        c.with(|e| e.device(&self.id()).unwrap().violations.clone())
+    }
 }
 
 fn load_pub(key: &Path) -> [u8; 32] {
@@ -129,38 +175,39 @@ fn load_pub(key: &Path) -> [u8; 32] {
     o.stdout[o.stdout.len() - 32..].try_into().unwrap()
 }
 
+fn job(v: &str, protocol: Protocol) -> JobSpec {
+    let mut j = JobSpec::new(releases().package(v), protocol);
+    j.from = vec!["1.3".into()];
+    j
+}
+
 #[test]
-fn host_device_upgrades_over_mqtt_stream() {
-    let r = releases();
-    let dir = scratch("host_mqtt");
-    let (_broker, port) = broker(&dir);
-    let dev = Dev::new("host_mqtt_dev", port);
-    let mut console = Console::new(port, r.v14.clone());
+fn host_device_upgrades_over_mqtt_stream_through_mosquitto() {
+    // Interop: an independent broker, the console's engine a client of it.
+    let dir = scratch("host_mosquitto");
+    let port = free_port();
+    let _b = mosquitto_with(&dir, &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"), port);
+    let c = console_with(&["dev-mq"], |o| o.outside_broker = Some(port));
+    let dev = Dev::new("dev-mq", port, "");
     let _d = dev.start(&[]);
-    console.run_until(Duration::from_secs(30), None, |t, v| is_inform(t, v, "1.3"));
-    console.push(None);
-    console.run_until(Duration::from_secs(60), None, |t, v| is_inform(t, v, "1.4"));
-    let steps = console.steps();
-    assert_eq!(steps.first(), Some(&1), "{steps:?}");
-    assert_eq!(steps.last(), Some(&100), "{steps:?}");
-    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    dev.runs(&c, "1.3", 30);
+    let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
+    let t = dev.outcome(&c, j, 60);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", dev.log());
     assert_eq!(dev.active_version(), "1.4");
     let log = dev.log();
-    assert!(!log.contains("0123456789abcdef0123456789abcdef"), "the secret is in the log:\n{log}");
+    assert!(!log.contains(SECRET), "the secret is in the log:\n{log}");
     assert!(log.contains("verify: OK") && log.contains("reset") && log.contains("confirm: done"), "{log}");
 }
 
 #[test]
-fn host_device_upgrades_over_http_with_range() {
-    let r = releases();
-    let dir = scratch("host_http");
-    let (_broker, port) = broker(&dir);
-    let dev = Dev::new("host_http_dev", port);
-    // An HTTP server with Range, which breaks the body off half way.
+fn host_device_upgrades_over_http_with_range_from_a_server_that_breaks_off() {
+    // Download URLs point at a server (a CDN) that breaks the body off half way the first time.
     let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let http_port = server.server_addr().to_ip().unwrap().port();
     let ranges = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (image, seen) = (r.v14.clone(), ranges.clone());
+    let image = std::fs::read(releases().path("1.4").join("firmware-1.4.bin")).unwrap();
+    let seen = ranges.clone();
     std::thread::spawn(move || {
         for (i, req) in server.incoming_requests().enumerate() {
             let range =
@@ -182,96 +229,206 @@ fn host_device_upgrades_over_http_with_range() {
             let _ = req.respond(resp);
         }
     });
-    let mut console = Console::new(port, r.v14.clone());
+    let c = console_with(&["dev-http"], |o| o.download_base = Some(format!("http://127.0.0.1:{http_port}")));
+    let dev = Dev::new("dev-http", c.mqtt_port, "");
     let _d = dev.start(&[]);
-    console.run_until(Duration::from_secs(30), None, |t, v| is_inform(t, v, "1.3"));
-    let url = format!("http://127.0.0.1:{http_port}/ota/pkg.bin?Expires=1&Signature=x");
-    console.push(Some(&url));
-    console.run_until(Duration::from_secs(60), None, |t, v| is_inform(t, v, "1.4"));
+    dev.runs(&c, "1.3", 30);
+    let j = c.add_job(job("1.4", Protocol::Https)).unwrap();
+    let t = dev.outcome(&c, j, 60);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", dev.log());
     let ranges = ranges.lock().unwrap().clone();
     let from = |r: &String| r.trim_start_matches("bytes=").trim_end_matches('-').parse::<usize>().unwrap();
     assert_eq!(ranges.first().map(String::as_str), Some("bytes=0-"), "{ranges:?}");
-    let tail = 0x200 + 40_000; // the protected TLVs of the 1.4 release, read before the body
-    assert_eq!(from(&ranges[1]), tail, "{ranges:?}");
-    assert!(ranges.len() >= 4 && from(&ranges[3]) > from(&ranges[2]), "resumed after the break with Range: {ranges:?}");
+    assert_eq!(from(&ranges[1]), 0x200 + 40_000, "the protected TLVs, read before the body: {ranges:?}");
+    assert!(ranges.len() >= 4 && from(&ranges[3]) > from(&ranges[2]), "resumed after the break: {ranges:?}");
     assert_eq!(dev.active_version(), "1.4");
-    assert!(!dev.log().contains("Signature=x"), "pre-signed URL credentials are not logged");
+    assert!(!dev.log().contains("Expires="), "pre-signed URL credentials are not logged");
+    assert!(dev.violations(&c).is_empty(), "{:?}", dev.violations(&c));
 }
 
 #[test]
-fn kill_9_during_download_resumes_from_a_block_boundary() {
-    let r = releases();
-    let dir = scratch("host_kill_download");
-    let (_broker, port) = broker(&dir);
-    let dev = Dev::new("host_kill_download_dev", port);
-    let mut console = Console::new(port, r.v14.clone());
-    console.serve_below = 20 * 1024; // then the network stalls
-    let d = dev.start(&[]);
-    console.run_until(Duration::from_secs(30), None, |t, v| is_inform(t, v, "1.3"));
-    console.push(None);
-    console.run_until(Duration::from_secs(30), None, |t, v| {
-        t.ends_with("/file/download") && v["params"]["fileBlock"]["offset"].as_u64() >= Some(20 * 1024)
-    });
-    std::thread::sleep(Duration::from_millis(300)); // the last blocks written and their page saved
+fn kill_9_during_download_resumes_from_a_page_boundary() {
+    let c = console_with(&["dev-cut"], |_| {});
+    let dev = Dev::new("dev-cut", c.mqtt_port, "");
+    // Slow flash, so that the cut lands in the middle of the download.
+    let d = dev.start(&[("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "10")]);
+    dev.runs(&c, "1.3", 30);
+    let j = c.add_job(job("1.6", Protocol::Mqtt)).unwrap();
+    let id = dev.id();
+    c.wait(Duration::from_secs(60), "progress 30", |e| {
+        e.device(&id).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.step >= 30)
+    })
+    .unwrap();
     drop(d); // kill -9
-    console.requests.clear();
-    console.serve_below = u32::MAX;
     let _d = dev.start(&[]);
-    // After the restart the platform still has the task: it comes back through firmware/get.
-    console.run_until(Duration::from_secs(60), Some(None), |t, v| is_inform(t, v, "1.4"));
-    let first = console.requests[0];
-    assert!(first >= 4096 && first % 4096 == 0, "resumed at {first}, not from zero: {:?}", console.requests);
+    let t = dev.outcome(&c, j, 60);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", dev.log());
+    let starts = t.starts();
+    assert!(starts.len() >= 2 && starts[1] > 0 && starts[1] % 4096 == 0, "resumed, not from zero: {t:?}");
     assert!(dev.log().contains("resume: re-hashing"), "{}", dev.log());
-    assert_eq!(dev.active_version(), "1.4");
+    assert_eq!(dev.active_version(), "1.6");
 }
 
 #[test]
 fn kill_9_during_the_swap_boots_a_valid_image_and_reports_the_truth() {
-    let r = releases();
-    for (i, cut_ms) in [150u64, 400, 900].into_iter().enumerate() {
-        let dir = scratch(&format!("host_kill_swap_{i}"));
-        let (_broker, port) = broker(&dir);
-        let dev = Dev::new(&format!("host_kill_swap_dev_{i}"), port);
-        let mut console = Console::new(port, r.v14.clone());
+    let names = ["dev-swap-0", "dev-swap-1", "dev-swap-2"];
+    let c = console_with(&names, |_| {});
+    // One job: each device gets its task when it comes online on 1.3 (one task per device).
+    let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
+    for (name, cut_ms) in names.into_iter().zip([150u64, 400, 900]) {
+        let dev = Dev::new(name, c.mqtt_port, "");
         let d = dev.start(&[("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "20")]);
-        console.run_until(Duration::from_secs(30), None, |t, v| is_inform(t, v, "1.3"));
-        console.push(None);
-        console
-            .run_until(Duration::from_secs(120), None, |t, v| t.contains("/progress/") && v["params"]["step"] == "100");
+        let id = dev.id();
+        c.wait(Duration::from_secs(120), "progress 100", |e| {
+            e.device(&id).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.downloaded_ms.is_some())
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", c.with(|e| e.device(&id).cloned()), dev.log()));
         std::thread::sleep(Duration::from_millis(cut_ms)); // the device resets and swaps: cut it
         drop(d);
         let _d = dev.start(&[]);
-        let v = console.run_until(Duration::from_secs(60), None, |t, _| t.contains("/inform/"));
-        let reported = v["params"]["version"].as_str().unwrap().to_string();
-        assert_eq!(
-            reported,
-            dev.active_version(),
-            "cut after {cut_ms} ms: the device reports what runs\n{}",
-            dev.log()
-        );
-        if reported == "1.3" {
-            let steps = console.steps();
-            assert_eq!(steps.last(), Some(&-1), "a revert is reported as -1: {steps:?}");
+        let t = dev.outcome(&c, j, 60);
+        let runs = dev.active_version();
+        dev.runs(&c, &runs, 30);
+        match t.state {
+            TaskState::Succeeded => assert_eq!(runs, "1.4"),
+            _ => {
+                assert_eq!(runs, "1.3", "cut after {cut_ms} ms: {t:?}");
+                assert_eq!(t.failure, Some(shared::ota::FailureKind::Reverted), "a revert is reported: {t:?}");
+            }
         }
     }
 }
 
 #[test]
+fn a_build_whose_login_fails_is_reverted_and_reported() {
+    let c = console_with(&["dev-login"], |_| {});
+    let dev = Dev::new("dev-login", c.mqtt_port, "");
+    let _d = dev.start(&[]);
+    dev.runs(&c, "1.3", 30);
+    let j = c.add_job(job("1.5", Protocol::Mqtt)).unwrap();
+    let t = dev.outcome(&c, j, 60);
+    assert_eq!((t.state, t.failure), (TaskState::Failed, Some(shared::ota::FailureKind::Reverted)), "{t:?}");
+    dev.runs(&c, "1.3", 30);
+    assert_eq!(dev.active_version(), "1.3");
+    let refused = c.with(|e| e.device(&dev.id()).unwrap().refused);
+    assert_eq!(refused, 1, "one CONNECT of the broken build, then it was reverted");
+    assert!(dev.log().contains("CONNACK 4"), "{}", dev.log());
+}
+
+#[test]
+fn an_unreachable_broker_does_not_count_against_a_new_image_until_its_deadline() {
+    let c = console_with(&["dev-wait", "dev-late"], |_| {});
+    // Within the deadline: the network goes as 1.4 reboots, and comes back 8 s later.
+    let proxy = Proxy::start(c.mqtt_port, Duration::from_millis(1)).unwrap();
+    let dev = Dev::new("dev-wait", proxy.port, "confirm_deadline_s = 120");
+    // Slow flash: the swap takes a while, and the network is gone before the new image starts.
+    let slow = [("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "20")];
+    let _d = dev.start(&slow);
+    dev.runs(&c, "1.3", 30);
+    let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
+    let id = dev.id();
+    c.wait(Duration::from_secs(60), "progress 100", |e| {
+        e.device(&id).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.downloaded_ms.is_some())
+    })
+    .unwrap();
+    proxy.set_offline(true);
+    std::thread::sleep(Duration::from_secs(8));
+    proxy.set_offline(false);
+    let t = dev.outcome(&c, j, 60);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", dev.log());
+    assert_eq!(dev.active_version(), "1.4");
+    // It backed off, doubling (with jitter): 1 s, 2 s, 4 s...
+    let delays: Vec<f64> = dev
+        .log()
+        .lines()
+        .filter_map(|l| l.split("reconnecting in ").nth(1))
+        .filter_map(|r| r.trim_end_matches(" s").parse().ok())
+        .collect();
+    assert!(delays.len() >= 3, "{delays:?}");
+    assert!(delays.windows(2).take(3).all(|w| w[1] > w[0]), "the back-off doubles: {delays:?}");
+
+    // Past the deadline: the new image is reverted, and says so when the network is back.
+    let proxy = Proxy::start(c.mqtt_port, Duration::from_millis(1)).unwrap();
+    let dev = Dev::new("dev-late", proxy.port, "confirm_deadline_s = 3");
+    let _d = dev.start(&slow); // the job above matches it too
+    let id = dev.id();
+    c.wait(Duration::from_secs(60), "progress 100", |e| {
+        e.device(&id).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.downloaded_ms.is_some())
+    })
+    .unwrap();
+    proxy.set_offline(true);
+    std::thread::sleep(Duration::from_secs(10));
+    proxy.set_offline(false);
+    let t = dev.outcome(&c, j, 60);
+    assert_eq!((t.state, t.failure), (TaskState::Failed, Some(shared::ota::FailureKind::Reverted)), "{t:?}");
+    dev.runs(&c, "1.3", 30);
+}
+
+#[test]
+fn a_job_without_push_reaches_the_device_by_its_periodic_pull() {
+    let c = console_with(&["dev-pull"], |_| {});
+    let dev = Dev::new("dev-pull", c.mqtt_port, "pull_interval_s = 2");
+    let _d = dev.start(&[]);
+    dev.runs(&c, "1.3", 30);
+    let mut spec = job("1.4", Protocol::Mqtt);
+    spec.need_push = false;
+    let j = c.add_job(spec).unwrap();
+    let t = dev.outcome(&c, j, 60);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    assert_eq!(t.pushes, 0, "never pushed: {t:?}");
+    assert!(t.get_replies >= 1);
+}
+
+#[test]
+fn the_window_falls_back_to_stop_and_wait_on_a_console_that_serves_one_request_at_a_time() {
+    let c = console_with(&["dev-one"], |o| o.blocks = BlockService::OneAtATime { busy: Duration::from_millis(20) });
+    let proxy = Proxy::start(c.mqtt_port, Duration::from_millis(25)).unwrap();
+    let dev = Dev::new("dev-one", proxy.port, "window = 4");
+    let _d = dev.start(&[]);
+    dev.runs(&c, "1.3", 30);
+    let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
+    let t = dev.outcome(&c, j, 120);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", dev.log());
+    let dropped = c.with(|e| e.device(&dev.id()).unwrap().dropped_requests);
+    assert!((1..=6).contains(&dropped), "{dropped} requests dropped");
+}
+
+#[test]
+fn settings_aliyun_refuses_are_said_clearly() {
+    for (extra, says) in [
+        ("keep_alive = 20", "keep_alive 20 s is outside Aliyun's 30..=1200 s"),
+        ("keep_alive = 1300", "keep_alive 1300 s is outside"),
+        ("window = 9", "window 9 is outside 1..=8"),
+    ] {
+        let dev = Dev::new("dev-settings", 9, extra);
+        let mut d = dev.start(&[]);
+        let status = d.0.wait().unwrap();
+        assert!(!status.success());
+        assert!(dev.log().contains(says), "{extra}: {}", dev.log());
+    }
+    // The block size line is in the default config: replace it.
+    let dev = Dev::new("dev-settings", 9, "");
+    let cfg = std::fs::read_to_string(&dev.config).unwrap().replace("block_size = 2048", "block_size = 100");
+    std::fs::write(&dev.config, cfg).unwrap();
+    let mut d = dev.start(&[]);
+    assert!(!d.0.wait().unwrap().success());
+    assert!(dev.log().contains("block_size 100 is outside Aliyun's 256..=131072"), "{}", dev.log());
+}
+
+#[test]
 fn a_wrong_secret_is_refused_and_said_clearly() {
     let dir = scratch("host_wrong_secret");
-    // mosquitto with a password file stands in for Aliyun's credential check here.
+    // mosquitto with a password file: an independent broker refusing the login.
     let port = free_port();
     let pw = dir.join("passwd");
     std::fs::write(&pw, "").unwrap();
-    let o =
-        Command::new("mosquitto_passwd").arg("-b").arg(&pw).arg(format!("{DN}&{PK}")).arg("not-the-password").output();
+    let o = Command::new("mosquitto_passwd").arg("-b").arg(&pw).arg(format!("dev-x&{PK}")).arg("not-it").output();
     if o.map(|o| !o.status.success()).unwrap_or(true) {
-        // mosquitto_passwd ships with mosquitto; without it, deny everyone by an empty password file.
-        std::fs::write(&pw, "").unwrap();
+        std::fs::write(&pw, "").unwrap(); // without mosquitto_passwd: nobody gets in
     }
     let conf = format!("listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n", pw.display());
     let _b = mosquitto_with(&dir, &conf, port);
-    let dev = Dev::new("host_wrong_secret_dev", port);
+    let dev = Dev::new("dev-x", port, "");
     let mut d = dev.start(&[]);
     let t0 = Instant::now();
     let status = loop {
@@ -289,7 +446,6 @@ fn a_wrong_secret_is_refused_and_said_clearly() {
 
 #[test]
 fn host_device_connects_over_tls_and_checks_the_certificate() {
-    let r = releases();
     let dir = scratch("host_tls");
     let (ca, srv, srv_key) = tls_files(&dir, "good");
     let (other_ca, _, _) = tls_files(&dir, "other");
@@ -301,24 +457,21 @@ fn host_device_connects_over_tls_and_checks_the_certificate() {
         srv_key.display()
     );
     let _b = mosquitto_with(&dir, &conf, plain);
-    let mut console = Console::new(plain, r.v14.clone());
-    for (name, ca_file, trusted) in [("host_tls_good", &ca, true), ("host_tls_other", &other_ca, false)] {
-        let dev = Dev::new(name, tls);
+    let c = console_with(&["dev-tls-good", "dev-tls-other"], |o| o.outside_broker = Some(plain));
+    for (name, ca_file, trusted) in [("dev-tls-good", &ca, true), ("dev-tls-other", &other_ca, false)] {
+        let dev = Dev::new(name, tls, "");
         let cfg = std::fs::read_to_string(&dev.config)
             .unwrap()
             .replace("tls = false", &format!("tls = true\nca = \"{}\"", ca_file.display()));
         std::fs::write(&dev.config, cfg).unwrap();
         let _d = dev.start(&[]);
         if trusted {
-            console.run_until(Duration::from_secs(30), None, |t, v| is_inform(t, v, "1.3"));
-            assert!(dev.log().contains("(TLS)"), "{}", dev.log());
+            dev.runs(&c, "1.3", 30);
+            assert!(dev.log().contains("securemode=2"), "{}", dev.log());
         } else {
             std::thread::sleep(Duration::from_secs(3));
             let log = dev.log();
-            assert!(
-                log.contains("TLS to 127.0.0.1") && !log.contains("connected to"),
-                "an unknown CA must not connect:\n{log}"
-            );
+            assert!(log.contains("TLS to 127.0.0.1") && !log.contains("connected as"), "an unknown CA must not connect:\n{log}");
         }
     }
 }
@@ -332,7 +485,7 @@ fn xtask_device_writes_the_factory_image_and_says_what_is_wrong() {
     std::fs::write(
         &config,
         format!(
-            "product_key = \"{PK}\"\ndevice_name = \"{DN}\"\ndevice_secret = \"x\"\nhost = \"127.0.0.1\"\nport = 9\ntls = false\nflash = \"{}\"\n",
+            "product_key = \"{PK}\"\ndevice_name = \"d\"\ndevice_secret = \"x\"\nhost = \"127.0.0.1\"\nport = 9\ntls = false\nflash = \"{}\"\n",
             flash.display()
         ),
     )
@@ -349,7 +502,7 @@ fn xtask_device_writes_the_factory_image_and_says_what_is_wrong() {
     // A host release is written into the flash file, then the device starts (and, with no
     // broker on port 9, keeps retrying: stop it).
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["device", "--config", s(&config), "--factory", s(&r.v13), "--key", s(&r.key)])
+        .args(["device", "--config", s(&config), "--factory", s(&r.path("1.3")), "--key", s(&r.key)])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -361,5 +514,5 @@ fn xtask_device_writes_the_factory_image_and_says_what_is_wrong() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(std::fs::read(&flash).unwrap(), std::fs::read(r.v13.join("factory.bin")).unwrap());
+    assert_eq!(std::fs::read(&flash).unwrap(), std::fs::read(r.path("1.3").join("factory.bin")).unwrap());
 }

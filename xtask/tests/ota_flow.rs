@@ -972,3 +972,32 @@ impl Sim {
         self.e.device(&self.id).unwrap().tasks.get(&job).cloned()
     }
 }
+
+#[test]
+fn progress_0_or_an_inform_of_a_foreign_version_ends_the_task_as_failed() {
+    // What Aliyun does with reports our device never sends: the engine as the platform.
+    for (topic, payload, says) in [
+        ("progress", r#"{"id":"9","params":{"step":"0","desc":""}}"#, "progress 0"),
+        ("inform", r#"{"id":"9","params":{"version":"0.9"}}"#, "neither 1.3 nor 1.4"),
+    ] {
+        let mut s = online("1.3");
+        let j = s.add_job(job("1.4", 10_000, Protocol::Mqtt));
+        let now = s.now();
+        s.e.uplink(&format!("/ota/device/{topic}/{PK}/{DN}"), payload.as_bytes(), now);
+        let t = s.task(j);
+        assert_eq!(t.state, TaskState::Failed, "{topic}: {t:?}");
+        assert!(t.desc.contains(says) || s.violations().iter().any(|v| v.contains(says)), "{t:?} {:?}", s.violations());
+    }
+}
+
+#[test]
+fn pending_tasks_are_pushed_again_on_every_reconnect_and_given_on_firmware_get() {
+    let mut s = online("1.3");
+    s.disconnect();
+    let j = s.add_job(job("1.4", 10_000, Protocol::Mqtt));
+    assert_eq!(s.task(j).pushes, 0, "offline: not pushed");
+    s.connect();
+    s.run_until(1000, |_| false);
+    let t = s.task(j);
+    assert_eq!((t.pushes, t.get_replies), (1, 1), "the re-push at the subscription, and the pull: {t:?}");
+}

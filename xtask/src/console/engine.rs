@@ -210,6 +210,8 @@ pub struct Task {
     pub failure: Option<FailureKind>,
     /// Task made to success or failure.
     pub elapsed_ms: u64,
+    /// Task made to the device's progress 100 (downloaded and verified).
+    pub downloaded_ms: Option<u64>,
     pub pushes: u32,
     pub get_replies: u32,
     /// For each push that was followed by a download, the lowest offset requested after it: a
@@ -536,6 +538,15 @@ impl Engine {
         let parts: Vec<&str> = topic.split('/').collect();
         let v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
         let dev = |pk: &str, dn: &str| (pk.to_string(), dn.to_string());
+        if !self.door {
+            // On an outside broker the engine learns that a device is online from what it says.
+            if let (Some(pk), Some(dn)) = (parts.get(parts.len().wrapping_sub(2)), parts.last()) {
+                let id = if parts.get(1) == Some(&"sys") { dev(parts[2], parts[3]) } else { dev(pk, dn) };
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.online = true;
+                }
+            }
+        }
         match parts.as_slice() {
             ["", "ota", "device", "inform", pk, dn] => self.on_inform(&dev(pk, dn), &v, now),
             ["", "ota", "device", "progress", pk, dn] => self.on_progress(&dev(pk, dn), &v, now),
@@ -605,6 +616,7 @@ impl Engine {
                 desc: String::new(),
                 failure: None,
                 elapsed_ms: 0,
+                downloaded_ms: None,
                 pushes: 0,
                 get_replies: 0,
                 lowest_offsets: Vec::new(),
@@ -759,7 +771,10 @@ impl Engine {
                 t.failure = FailureKind::of_desc(&t.desc);
                 t.end(TaskState::Failed, now);
             }
-            100 => t.state = TaskState::Installing,
+            100 => {
+                t.state = TaskState::Installing;
+                t.downloaded_ms = Some(now.saturating_duration_since(t.created).as_millis() as u64);
+            }
             _ => t.state = TaskState::Downloading,
         }
     }

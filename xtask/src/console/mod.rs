@@ -52,6 +52,8 @@ pub struct Options {
     pub url_ttl: Option<Duration>,
     /// How block requests are served (default: all at once).
     pub blocks: BlockService,
+    /// Where download URLs point instead of the console's own HTTP(S) server (a CDN in front).
+    pub download_base: Option<String>,
     /// No log lines on stderr (the demo draws progress bars).
     pub quiet: bool,
     /// The engine on an outside broker on 127.0.0.1 (mosquitto, for interop tests) as an MQTT
@@ -174,6 +176,7 @@ impl Console {
             None => format!("http://127.0.0.1:{http_port}"),
         };
         let ids = o.devices.iter().map(|d| (d.product_key.clone(), d.device_name.clone()));
+        let http_base = o.download_base.clone().unwrap_or(http_base);
         let mut engine = Engine::new(ids, http_base, Instant::now());
         if let Some(ttl) = o.url_ttl {
             engine.url_ttl = ttl;
@@ -316,6 +319,11 @@ impl Console {
 
     pub fn status(&self) -> Status {
         self.engine.lock().unwrap().status()
+    }
+
+    /// Changes the engine under its lock (its service modes, for tests and benches).
+    pub fn with_mut<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
+        f(&mut self.engine.lock().unwrap())
     }
 
     /// Reads the engine under its lock.
