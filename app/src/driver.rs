@@ -118,7 +118,13 @@ pub struct Settings<'a> {
 impl<'a> Settings<'a> {
     /// These credentials with the defaults: keep-alive 300 s, `shared::ota`'s block size,
     /// window, pull interval and confirm deadline.
-    pub fn new(product_key: &'a str, device_name: &'a str, device_secret: &'a str, sign_method: SignMethod, tls: bool) -> Self {
+    pub fn new(
+        product_key: &'a str,
+        device_name: &'a str,
+        device_secret: &'a str,
+        sign_method: SignMethod,
+        tls: bool,
+    ) -> Self {
         Settings {
             product_key,
             device_name,

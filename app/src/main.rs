@@ -52,3 +52,16 @@ fn main() {
     );
     std::process::exit(2);
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_endpoint_s_port_picks_the_root_ca() {
+        assert_eq!(super::root_ca(8883), super::ALIYUN_IOT_ROOT_CA);
+        assert_eq!(super::root_ca(1883), super::GLOBALSIGN_ROOT_CA_R1);
+        assert_eq!(super::root_ca(443), super::GLOBALSIGN_ROOT_CA_R1);
+        for pem in [super::ALIYUN_IOT_ROOT_CA, super::GLOBALSIGN_ROOT_CA_R1] {
+            assert!(pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
+        }
+    }
+}

@@ -204,17 +204,18 @@ pub fn run(image_kib: usize) -> Result<()> {
             t[3].push(b.download(&v15, proxy.port, saw, true)?);
         }
         let [mcu_d, saw_d, mcu_one, saw_one] = t.map(median);
-        println!(
-            "{} KiB image through a {rtt} ms round trip (median of 3):",
-            small_len / 1024
-        );
+        println!("{} KiB image through a {rtt} ms round trip (median of 3):", small_len / 1024);
         for (name, d) in [
             ("MCU defaults: 4 KiB blocks, window up to 4", mcu_d),
             ("stop-and-wait: 5 KiB blocks", saw_d),
             ("MCU defaults, one-at-a-time console", mcu_one),
             ("stop-and-wait, one-at-a-time console", saw_one),
         ] {
-            println!("  {name:<50} {:>9.1} s {:>8.1} KiB/s", d.as_secs_f64(), small_len as f64 / 1024.0 / d.as_secs_f64());
+            println!(
+                "  {name:<50} {:>9.1} s {:>8.1} KiB/s",
+                d.as_secs_f64(),
+                small_len as f64 / 1024.0 / d.as_secs_f64()
+            );
         }
         println!(
             "  MCU defaults vs stop-and-wait: {:.1}x faster (goal at 300 ms: >= 3x); on the one-at-a-time \

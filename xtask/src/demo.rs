@@ -297,7 +297,8 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
 pub const QEMU_RELEASES: &[(&str, &[&str])] =
     &[("1.3", &[]), ("1.4", &[]), ("1.5", &[]), ("1.6", &["--failing-self-test"])];
 
-/// `demo --qemu`: (a)-(c) with the real bootloader and app under QEMU.
+/// `demo --qemu`: (a)-(c) with the real bootloader and app under QEMU, and (d) a push larger than
+/// the board's MQTT buffer.
 fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
     eprintln!("building the qemu-an386 bootloader, app and releases (dev key) in {} ...", dir.display());
     qemu::releases(dir, QEMU_RELEASES)?;
@@ -342,6 +343,27 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
         "(c) v1.6 fails its self-test",
         "step -1, runs 1.4".into(),
         format!("{}, runs {}", outcome(&t), rig.version()),
+        t.desc.clone(),
+    ));
+
+    // (d) A push larger than the board's MQTT buffer (8 KiB + 512): batch tags and a udi as long
+    // as Aliyun allows. Read, discarded, refused with a reason; no reconnect loop.
+    let before = connects(&rig);
+    let mut spec = job(&dir.join("1.5"), Protocol::Mqtt, false, STEP_TIMEOUT)?;
+    spec.ext_data = (0..10).map(|i| (format!("tag{i}"), "v".repeat(1024))).collect();
+    spec.ext_data.push(("_package_udi".into(), "u".repeat(4096)));
+    let j = rig.console.add_job(spec)?;
+    let t = follow(&rig.console, &id, j, &bar("(d) v1.5 with 14 KB of extData"), |_| false)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let stayed = if connects(&rig) == before { "" } else { " after a reconnect" };
+    let why = match t.failure {
+        Some(shared::ota::FailureKind::MessageTooLarge) => "too large",
+        _ => "other",
+    };
+    rows.push((
+        "(d) push over the MQTT buffer",
+        "step -1 too large, runs 1.4".into(),
+        format!("{} {why}, runs {}{stayed}", outcome(&t), rig.version()),
         t.desc.clone(),
     ));
 

@@ -9,12 +9,14 @@
 //! - the device ends on the right version: the target of a good release, the version it ran
 //!   before for the release that fails its self-test (and for a good one cut after its swap
 //!   completed but before it confirmed: such an image is reverted, as MCUboot would);
-//! - what it reported is true: success for the good release, step -1 for the failing one, and
+//! - what it reported is true: success for the good release, a revert (`FailureKind::Reverted`,
+//!   step -1) for the failing one, and
 //!   the version it informs is the one the bootloader last jumped to.
 
 use crate::console::engine::{Protocol, TaskState};
 use crate::qemu::{self, Rig};
 use anyhow::{bail, ensure, Result};
+use shared::ota::FailureKind;
 use shared::sim::Rng;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -152,10 +154,14 @@ fn settle(
         let pre = &out[from..cut_at];
         pre.rfind("marked for install").is_some_and(|at| !pre[at..].contains("confirm: done"))
     };
-    let (runs, reported) = match (good, task.state, task.step) {
+    // The device's reason, read back from its report: never prose or log lines.
+    let reverted = task.state == TaskState::Failed && task.failure == Some(FailureKind::Reverted);
+    let (runs, reported) = match (good, task.state, reverted) {
         (true, TaskState::Succeeded, _) => (target, "success"),
-        (true, TaskState::Failed, -1) if unconfirmed_at_cut => (before, "step -1 (swapped in, cut before its confirm)"),
-        (false, TaskState::Failed, -1) => (before, "step -1"),
+        (true, TaskState::Failed, true) if unconfirmed_at_cut => {
+            (before, "reverted (swapped in, cut before its confirm)")
+        }
+        (false, TaskState::Failed, true) => (before, "reverted"),
         _ => bail!(
             "job {job} ({target}) ended {:?} step {} ({}); device output:\n{}",
             task.state,

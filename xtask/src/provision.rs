@@ -38,12 +38,13 @@ pub struct Fields {
     /// MQTT host: `{instance}.mqtt.iothub.aliyuncs.com`, or `{pk}.iot-as-mqtt.{region}.aliyuncs.com`.
     #[arg(long)]
     pub host: String,
-    /// MQTT port.
-    #[arg(long, default_value_t = 1883)]
-    pub port: u16,
-    /// TLS to the broker, done by the modem (AT+QSSLOPEN; use port 8883).
+    /// MQTT port (default: 8883 with TLS, 1883 with --plain).
     #[arg(long)]
-    pub tls: bool,
+    pub port: Option<u16>,
+    /// Plain TCP instead of TLS (Aliyun refuses it for devices created since August 2022; for a
+    /// local broker). TLS is done by the modem (AT+QSSLOPEN), verified with the endpoint's root.
+    #[arg(long)]
+    pub plain: bool,
     /// The SIM's APN.
     #[arg(long, default_value = "CMNET")]
     pub apn: String,
@@ -53,6 +54,11 @@ pub struct Fields {
 }
 
 impl Fields {
+    /// The port the device connects to.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.plain { 1883 } else { 8883 })
+    }
+
     /// The page as it goes into flash: the record, then erased bytes.
     pub fn page(&self, layout: &Layout) -> Result<Vec<u8>> {
         ensure!(
@@ -66,8 +72,8 @@ impl Fields {
             device_secret: &self.device_secret,
             sign_method: &self.sign_method,
             host: &self.host,
-            port: self.port,
-            tls: self.tls,
+            port: self.port(),
+            tls: !self.plain,
             apn: &self.apn,
         };
         let mut page = vec![layout.geometry.erased; layout.provision.length as usize];

@@ -162,8 +162,8 @@ pub fn fields(mqtt_port: u16) -> Fields {
         device_name: DN.into(),
         device_secret: SECRET.into(),
         host: "127.0.0.1".into(),
-        port: mqtt_port,
-        tls: false,
+        port: Some(mqtt_port),
+        plain: true,
         apn: "CMNET".into(),
         sign_method: "hmacsha256".into(),
     }

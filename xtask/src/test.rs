@@ -71,6 +71,50 @@ pub fn run(a: Args) -> Result<()> {
     let ok = self_run(&["bench", "qemu"]);
     steps.push(("bench qemu: bootloader instructions to the jump under -icount (3 boots)".into(), ok));
 
+    // The app's own unit tests (MQTT codec, CA choice), on the host board.
+    let dev_keys = hex::encode(keys::load_public_key(&keys::dev_key())?.0);
+    let ok = Command::new(env!("CARGO"))
+        .current_dir(crate::root())
+        .args(["test", "-p", "app", "--features", "app/host"])
+        .env(memory_layouts::build::PUBKEY_ENV, &dev_keys)
+        .env("CARGO_TARGET_DIR", crate::build::target_dir())
+        .status()?
+        .success();
+    steps.push(("app unit tests (host board)".into(), ok));
+
+    // Lints: clippy with warnings as errors on the host crates, the host device and both thumb
+    // boards; rustfmt.
+    let clippy = |args: &[&str], target_dir: Option<std::path::PathBuf>| -> Result<bool> {
+        let mut c = Command::new(env!("CARGO"));
+        c.current_dir(crate::root()).arg("clippy").args(args).args(["--", "-D", "warnings"]);
+        c.env(memory_layouts::build::PUBKEY_ENV, &dev_keys);
+        if let Some(d) = target_dir {
+            c.env("CARGO_TARGET_DIR", d);
+        }
+        Ok(c.status().context("running cargo clippy")?.success())
+    };
+    let ok = clippy(&["--workspace", "--exclude", "app", "--exclude", "bootloader", "--all-targets"], None)?;
+    steps.push(("clippy -D warnings: shared, memory-layouts, xtask (all targets)".into(), ok));
+    let ok = clippy(&["-p", "app", "--features", "app/host", "--all-targets"], Some(crate::build::target_dir()))?;
+    steps.push(("clippy -D warnings: app for the host board".into(), ok));
+    tools::ensure_rust_target("thumbv7em-none-eabihf")?;
+    for board in Board::ALL.into_iter().filter(|b| b.target().is_some()) {
+        let mut ok = true;
+        for c in ["app", "bootloader"] {
+            let features = format!("{c}/{}", board.name());
+            let args = ["-p", c, "--release", "--target", "thumbv7em-none-eabihf", "--features", &features];
+            ok &= clippy(&args, Some(crate::build::target_dir()))?;
+        }
+        steps.push((format!("clippy -D warnings: app and bootloader for {}", board.name()), ok));
+    }
+    let ok = Command::new(env!("CARGO"))
+        .current_dir(crate::root())
+        .args(["fmt", "--all", "--check"])
+        .status()
+        .context("running cargo fmt")?
+        .success();
+    steps.push(("cargo fmt --check".into(), ok));
+
     // The firmware verifies signatures with salty: run the image tests with it too.
     let ok = Command::new(env!("CARGO"))
         .current_dir(crate::root())
@@ -80,7 +124,6 @@ pub fn run(a: Args) -> Result<()> {
     steps.push(("shared unit tests with the firmware's Ed25519 (salty)".into(), ok));
 
     // shared is no_std: it must build for the thumb target bare and with defmt.
-    tools::ensure_rust_target("thumbv7em-none-eabihf")?;
     for features in ["", "defmt"] {
         let ok = Command::new(env!("CARGO"))
             .current_dir(crate::root())

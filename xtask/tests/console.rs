@@ -234,7 +234,10 @@ impl Peer {
         self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec()).unwrap();
     }
     fn inform(&self, dn: &str, v: &str) {
-        self.publish(format!("/ota/device/inform/{PK}/{dn}"), format!(r#"{{"id":"1","params":{{"version":"{v}"}}}}"#).as_bytes());
+        self.publish(
+            format!("/ota/device/inform/{PK}/{dn}"),
+            format!(r#"{{"id":"1","params":{{"version":"{v}"}}}}"#).as_bytes(),
+        );
     }
 }
 
@@ -263,7 +266,9 @@ fn a_keep_alive_outside_30_to_1200_s_and_a_securemode_for_the_other_listener_are
         ("securemode=3", 1300, "ServiceUnavailable"),
         ("securemode=2", 60, "BadClientId"),
     ] {
-        let e = login(c.mqtt_port, "k1", params, keep_alive).err().unwrap_or_else(|| panic!("{params} {keep_alive} connected"));
+        let e = login(c.mqtt_port, "k1", params, keep_alive)
+            .err()
+            .unwrap_or_else(|| panic!("{params} {keep_alive} connected"));
         assert!(e.contains(want), "{params} {keep_alive}: {e}");
     }
     assert!(login(c.mqtt_port, "k1", "securemode=3", 30).is_ok());
@@ -310,7 +315,10 @@ fn a_device_uses_only_its_own_topics_and_cannot_read_another_s_download_url() {
     assert_eq!(codes[..3], ["[Failure]", "[Failure]", "[Failure]"], "foreign filters get 0x80: {codes:?}");
     assert!(codes[3].contains("Success"), "its own tree is granted: {codes:?}");
     // The thief asks for the victim's task: the PUBLISH to a foreign topic is dropped.
-    victim.client.subscribe(format!("/sys/{PK}/victim/thing/ota/firmware/get_reply"), rumqttc::QoS::AtLeastOnce).unwrap();
+    victim
+        .client
+        .subscribe(format!("/sys/{PK}/victim/thing/ota/firmware/get_reply"), rumqttc::QoS::AtLeastOnce)
+        .unwrap();
     victim.inform("victim", "1.3");
     c.add_job(JobSpec::new(package("1.4", 1000), Protocol::Https)).unwrap();
     let gets = c.with(|e| e.counts.firmware_get);
@@ -341,7 +349,9 @@ fn block_requests_outside_aliyun_s_rules_get_an_error_reply_never_silence() {
         let mut b = [0u8; 256];
         let n = shared::alink::download_request(&mut b, id, "t", stream, file, offset, size).unwrap();
         p.publish(format!("/sys/{PK}/b1/thing/file/download"), &b[..n]);
-        let Some(rumqttc::Packet::Publish(r)) = p.next(5, is_publish("/download_reply")) else { panic!("silence for {id}") };
+        let Some(rumqttc::Packet::Publish(r)) = p.next(5, is_publish("/download_reply")) else {
+            panic!("silence for {id}")
+        };
         r.payload.to_vec()
     };
     for (id, stream, file, offset, size, code, says) in [
@@ -389,7 +399,8 @@ fn pushes_carry_what_aliyun_s_carry() {
     std::thread::sleep(Duration::from_millis(300));
     let mut spec = JobSpec::new(package("1.4", 1000), Protocol::Https);
     spec.digest = xtask::console::engine::DigestKind::Sha256;
-    spec.ext_data = vec![("_package_udi".into(), r#"{"notes":"a \"quoted\" note"}"#.into()), ("region".into(), "east".into())];
+    spec.ext_data =
+        vec![("_package_udi".into(), r#"{"notes":"a \"quoted\" note"}"#.into()), ("region".into(), "east".into())];
     c.add_job(spec).unwrap();
     let Some(rumqttc::Packet::Publish(push)) = p.next(5, is_publish("/j1")) else { panic!("no push") };
     let v: serde_json::Value = serde_json::from_slice(&push.payload).unwrap();

@@ -471,7 +471,10 @@ fn host_device_connects_over_tls_and_checks_the_certificate() {
         } else {
             std::thread::sleep(Duration::from_secs(3));
             let log = dev.log();
-            assert!(log.contains("TLS to 127.0.0.1") && !log.contains("connected as"), "an unknown CA must not connect:\n{log}");
+            assert!(
+                log.contains("TLS to 127.0.0.1") && !log.contains("connected as"),
+                "an unknown CA must not connect:\n{log}"
+            );
         }
     }
 }

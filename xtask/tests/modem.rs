@@ -174,20 +174,23 @@ fn tls_in_the_modem_verifies_the_broker_with_the_uploaded_ca() {
     let at = cmds.iter().position(|c| c == &want[0]).unwrap_or_else(|| panic!("no upload: {cmds:#?}"));
     assert_eq!(cmds[at..at + want.len()], want, "{cmds:#?}");
 
-    // Without `ca` the module gets Aliyun's CA, which did not sign the console's certificate:
-    // the TLS handshake fails and the device says so instead of talking to an unverified broker.
+    // Without `ca` the module gets the root its endpoint chains to (a TLS port other than 8883:
+    // GlobalSign Root CA R1), which did not sign the console's certificate: the TLS handshake
+    // fails and the device says so instead of talking to an unverified broker.
     let sim = ModemSim::start(SimOptions::default()).unwrap();
     let (_d, log) = device(&dir, "m4", sim.port, tls_port, true);
     let text = wait_log(&log, "AT+QSSLOPEN failed");
     assert!(text.contains("modem: AT+QSSLOPEN failed"), "{text}");
     assert!(!c.with(|e| e.device(&(PK.to_string(), "m4".to_string())).is_some_and(|d| d.online)));
-    let pem_len = crate_ca_len();
-    assert!(sim.log().commands.iter().any(|c| c == &format!("AT+QFUPL=\"UFS:ota-ca.pem\",{pem_len},10")));
+    let pem_len = crate_ca_len("globalsign-root-ca-r1.pem");
+    assert_ne!(pem_len, crate_ca_len("aliyun-iot-root-ca.pem"));
+    let cmds = sim.log().commands;
+    assert!(cmds.iter().any(|c| c == &format!("AT+QFUPL=\"UFS:ota-ca.pem\",{pem_len},10")), "{cmds:#?}");
 }
 
-/// The size of the built-in Aliyun IoT Root CA (what the module gets without `ca`).
-fn crate_ca_len() -> usize {
-    std::fs::read(xtask::root().join("app/certs/aliyun-iot-root-ca.pem")).unwrap().len()
+/// The size of a built-in root CA (what the module gets without `ca`).
+fn crate_ca_len(file: &str) -> usize {
+    std::fs::read(xtask::root().join("app/certs").join(file)).unwrap().len()
 }
 
 #[test]

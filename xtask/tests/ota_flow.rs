@@ -8,7 +8,9 @@ use ed25519_dalek::SigningKey;
 use serde_json::Value;
 use shared::alink::{Downlink, Topics};
 use shared::image::{sign_image, ImageVersion, PublicKey, SignParams, SliceFlash, VerifyOptions};
-use shared::ota::{Action, BootOutcome, BootReport, Event, FailureKind, MarkError, OtaConfig, OtaMachine, Resume, StateName};
+use shared::ota::{
+    Action, BootOutcome, BootReport, Event, FailureKind, MarkError, OtaConfig, OtaMachine, Resume, StateName,
+};
 use std::collections::VecDeque;
 use xtask::console::auth::DeviceId;
 use xtask::console::engine::{BlockService, Engine, JobSpec, Package, Protocol, Quirk, Task, TaskState};
@@ -256,7 +258,10 @@ impl Sim {
                     match self.e.http_get(&path, &query, from as u64, u64::MAX, now) {
                         Ok(bytes) => {
                             let body = bytes[from as usize..].to_vec();
-                            self.schedule(t, Hop::HttpHead(g, if from > 0 { 206 } else { 200 }, Some(body.len() as u32)));
+                            self.schedule(
+                                t,
+                                Hop::HttpHead(g, if from > 0 { 206 } else { 200 }, Some(body.len() as u32)),
+                            );
                             let end = match self.http_break_at {
                                 Some(b) if (from as usize) < b => b - from as usize,
                                 _ => body.len(),
@@ -414,7 +419,12 @@ impl Sim {
         self.sent
             .iter()
             .filter(|s| s.1.contains("/progress/"))
-            .map(|s| (s.2["params"]["step"].as_str().unwrap().parse().unwrap(), s.2["params"]["desc"].as_str().unwrap().into()))
+            .map(|s| {
+                (
+                    s.2["params"]["step"].as_str().unwrap().parse().unwrap(),
+                    s.2["params"]["desc"].as_str().unwrap().into(),
+                )
+            })
             .collect()
     }
 
@@ -436,10 +446,14 @@ impl Sim {
 
     /// The most block requests out at once (answered or not) as the device saw it.
     fn max_window(&self) -> usize {
-        self.sent.iter().filter(|s| s.1.ends_with("/download")).fold((0, 0, 0u64), |(max, run, t), s| {
-            let run = if s.0 == t { run + 1 } else { 1 };
-            (max.max(run), run, s.0)
-        }).0
+        self.sent
+            .iter()
+            .filter(|s| s.1.ends_with("/download"))
+            .fold((0, 0, 0u64), |(max, run, t), s| {
+                let run = if s.0 == t { run + 1 } else { 1 };
+                (max.max(run), run, s.0)
+            })
+            .0
     }
 }
 
@@ -807,7 +821,8 @@ fn the_refusal_is_sent_again_after_a_reconnect_until_acknowledged() {
 #[test]
 fn an_image_too_large_for_the_slot_or_an_https_task_on_an_mqtt_only_board_is_refused() {
     let mut s = online("1.3");
-    let j = s.add_job(JobSpec::new(Package::new("big.bin", "default", "2.0", vec![0; SLOT as usize + 1]), Protocol::Mqtt));
+    let j =
+        s.add_job(JobSpec::new(Package::new("big.bin", "default", "2.0", vec![0; SLOT as usize + 1]), Protocol::Mqtt));
     s.run();
     assert_eq!(s.task(j).failure, Some(FailureKind::TooLarge));
     let mut s = Sim::with(|c| c.https = false);
@@ -865,7 +880,11 @@ fn a_task_message_larger_than_the_buffer_is_refused_once_and_fits_a_bigger_one()
 fn a_task_for_another_module_or_a_malformed_message_changes_nothing() {
     let mut s = online("1.3");
     let before = s.sent.len();
-    for p in [&br#"{"code":"1000","data":{"version":"2","module":"wifi","size":1}}"#[..], b"\xff{not json", b"{\"code\":\"1000\"}"] {
+    for p in [
+        &br#"{"code":"1000","data":{"version":"2","module":"wifi","size":1}}"#[..],
+        b"\xff{not json",
+        b"{\"code\":\"1000\"}",
+    ] {
         let at = s.at();
         s.m.handle(at, Event::Message { topic: Downlink::Upgrade, payload: p });
         s.drain(p);

@@ -120,3 +120,25 @@ fn release_refuses_a_version_aliyun_would_refuse() {
     assert!(err.contains("--image-version"), "{err}");
     assert!(std::fs::read_dir(&d).unwrap().next().is_none(), "nothing is written on refusal");
 }
+
+#[test]
+fn provision_defaults_to_tls_on_8883_and_plain_1883_only_when_asked() {
+    let d = scratch("provision_defaults");
+    let flash = d.join("flash.bin");
+    let l = Board::QemuAn386.layout();
+    let args = |extra: &[&str]| {
+        std::fs::write(&flash, vec![0xFFu8; l.flash.length as usize]).unwrap();
+        let mut a = vec!["provision", "--board", "qemu-an386", "--flash", s(&flash), "--product-key", "a1B2c3D4e5F"];
+        a.extend(["--device-name", "dev-001", "--device-secret", "x", "--host", "iot-06z00.mqtt.iothub.aliyuncs.com"]);
+        a.extend(extra);
+        xtask_ok(&a);
+        let f = std::fs::read(&flash).unwrap();
+        let at = (l.provision.origin - l.flash.origin) as usize;
+        let p = shared::provision::decode(&f[at..at + l.provision.length as usize]).unwrap();
+        (p.tls, p.port)
+    };
+    assert_eq!(args(&[]), (true, 8883));
+    assert_eq!(args(&["--plain"]), (false, 1883));
+    assert_eq!(args(&["--plain", "--port", "1999"]), (false, 1999));
+    assert_eq!(args(&["--port", "443"]), (true, 443));
+}

@@ -110,7 +110,12 @@ impl crate::driver::Link for HostLink<'_> {
             port.modem = None;
             return Err(format!("{e} (UART {})", port.uart));
         }
-        log::info!("modem: {} socket to {}:{} open (transparent mode)", if self.tls { "TLS" } else { "TCP" }, self.host, self.port);
+        log::info!(
+            "modem: {} socket to {}:{} open (transparent mode)",
+            if self.tls { "TLS" } else { "TCP" },
+            self.host,
+            self.port
+        );
         Ok(Link::Modem(port.modem.as_mut().expect("opened above")))
     }
 }

@@ -139,7 +139,11 @@ async fn main(spawner: Spawner) {
         Ok(Exit::BadCredentials(code)) => {
             // Nothing to gain from retrying soon: the credentials may be fixed in the console.
             let wait = shared::ota::BACKOFF_CAP;
-            defmt::println!("app: credentials refused (CONNACK {}); trying again in {} s", code, wait.as_millis() / 1000);
+            defmt::println!(
+                "app: credentials refused (CONNACK {}); trying again in {} s",
+                code,
+                wait.as_millis() / 1000
+            );
             clock.sleep_until(clock.now() + wait).await;
         }
         Err(e) => {

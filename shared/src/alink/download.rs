@@ -188,7 +188,10 @@ pub fn parse_download_reply(p: &[u8]) -> Result<BlockReply<'_>, AlinkError> {
 /// Writes an error `download_reply` (what the console sends for a request Aliyun refuses): the
 /// length-prefixed JSON header `{"id":..,"code":N,"msg":".."}` alone.
 pub fn emit_download_error(out: &mut [u8], id: &str, code: u16, msg: &str) -> Result<usize, AlinkError> {
-    let n = serde_json_core::to_slice(&ErrorOut { id, code, msg }, out.get_mut(field::HEADER..).ok_or(AlinkError::TooLong)?)?;
+    let n = serde_json_core::to_slice(
+        &ErrorOut { id, code, msg },
+        out.get_mut(field::HEADER..).ok_or(AlinkError::TooLong)?,
+    )?;
     if n > u16::MAX as usize {
         return Err(AlinkError::TooLong);
     }
@@ -276,7 +279,14 @@ mod tests {
         f[2 + 0x71 + 3] ^= 1;
         let r = parse_download_reply(&f).unwrap();
         assert!(
-            matches!(r, BlockReply::Corrupt { id: Some("1"), offset: Some(0), why: AlinkError::CrcMismatch { trailer: 0x170A, .. } }),
+            matches!(
+                r,
+                BlockReply::Corrupt {
+                    id: Some("1"),
+                    offset: Some(0),
+                    why: AlinkError::CrcMismatch { trailer: 0x170A, .. }
+                }
+            ),
             "{r:?}"
         );
     }
@@ -305,7 +315,10 @@ mod tests {
         let mut f = (h.len() as u16).to_be_bytes().to_vec();
         f.extend_from_slice(h);
         f.extend_from_slice(&[0, 0]);
-        assert_eq!(parse_download_reply(&f), Ok(BlockReply::Refused { id: Some("8"), code: 9201, msg: "stream not found" }));
+        assert_eq!(
+            parse_download_reply(&f),
+            Ok(BlockReply::Refused { id: Some("8"), code: 9201, msg: "stream not found" })
+        );
         // A header without a code is not a reply.
         let h = br#"{"id":"1"}"#;
         let mut f = (h.len() as u16).to_be_bytes().to_vec();

@@ -309,7 +309,12 @@ mod tests {
         let mut buf = [0u8; 2048];
         for o in &offers {
             let n = emit_push(&mut buf, 1695281536874, o).unwrap();
-            assert_eq!(parse_offer(&buf[..n]).unwrap().as_ref(), Some(o), "{}", core::str::from_utf8(&buf[..n]).unwrap());
+            assert_eq!(
+                parse_offer(&buf[..n]).unwrap().as_ref(),
+                Some(o),
+                "{}",
+                core::str::from_utf8(&buf[..n]).unwrap()
+            );
             let n = emit_get_reply(&mut buf, "12", o).unwrap();
             assert_eq!(parse_offer(&buf[..n]).unwrap().as_ref(), Some(o));
             // serde_json reads what we write as JSON, with the top-level shapes of the doc.
@@ -318,7 +323,10 @@ mod tests {
         }
         let n = emit_push(&mut buf, 7, &offers[0]).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
-        assert_eq!((v["code"].as_str(), v["id"].as_u64(), v["message"].as_str()), (Some("1000"), Some(7), Some("success")));
+        assert_eq!(
+            (v["code"].as_str(), v["id"].as_u64(), v["message"].as_str()),
+            (Some("1000"), Some(7), Some("success"))
+        );
         assert!(v["data"].get("url").is_none() && v["data"].get("isDiff").is_none(), "absent fields are left out");
     }
 

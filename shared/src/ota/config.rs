@@ -99,7 +99,9 @@ impl OtaConfig {
     /// every 5 % and at most once a second, a pull every 24 h, 10 minutes for a new image to reach
     /// the broker, no HTTPS.
     pub fn new(product_key: &str, device_name: &str, slot_size: u32, page_size: u32) -> Result<Self, ConfigError> {
-        let name = |s: &str, what| String::try_from(s).ok().filter(|s: &String<64>| !s.is_empty()).ok_or(ConfigError::Name(what));
+        let name = |s: &str, what| {
+            String::try_from(s).ok().filter(|s: &String<64>| !s.is_empty()).ok_or(ConfigError::Name(what))
+        };
         Ok(OtaConfig {
             product_key: name(product_key, "product_key")?,
             device_name: name(device_name, "device_name")?,

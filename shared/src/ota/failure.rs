@@ -346,7 +346,11 @@ mod tests {
             Failure::Reverted,
             Failure::BootRefused(ImageError::BadSignature),
             Failure::BlockTimeout { offset: 4096, tries: 4 },
-            Failure::BlockRefused { offset: 0, code: 400, msg: "file size has exceeded the limit 16 MB".try_into().unwrap() },
+            Failure::BlockRefused {
+                offset: 0,
+                code: 400,
+                msg: "file size has exceeded the limit 16 MB".try_into().unwrap(),
+            },
             Failure::BlockCorrupt { offset: 8192, tries: 4 },
             Failure::UrlExpired,
             Failure::HttpStatus(404),

@@ -174,26 +174,42 @@ struct Download {
 enum State {
     AwaitBoot,
     AwaitSelfTest,
-    AwaitSession { by: Instant },
+    AwaitSession {
+        by: Instant,
+    },
     AwaitConfirm,
     AwaitTask,
     Rehashing(Download),
     Downloading(Download),
     AwaitMark(Download),
     /// `by`: reset then at the latest; `None` once the reset was asked for.
-    AwaitReset { by: Option<Instant> },
+    AwaitReset {
+        by: Option<Instant>,
+    },
 }
 
 /// A queued output; turned into an [`Action`] (JSON built then) by `poll_action`.
 #[derive(Clone, Debug)]
 enum Out {
-    Inform { pid: u16 },
+    Inform {
+        pid: u16,
+    },
     FirmwareGet,
     /// A progress report on the way (1..99; its desc is made when it is sent).
-    Progress { step: i8 },
+    Progress {
+        step: i8,
+    },
     /// A QoS 1 report of `pending`.
-    Report { pid: u16 },
-    BlockRequest { id: u32, stream_id: u64, file_id: u32, offset: u32, len: u32 },
+    Report {
+        pid: u16,
+    },
+    BlockRequest {
+        id: u32,
+        stream_id: u64,
+        file_id: u32,
+        offset: u32,
+        len: u32,
+    },
     Plain(Plain),
 }
 
@@ -410,7 +426,8 @@ impl OtaMachine {
             Out::Inform { pid } => {
                 self.next_id = self.next_id.wrapping_add(1).max(1);
                 let _ = write!(id, "{}", self.next_id);
-                t.inform().and_then(|tp| Ok((tp, alink::inform(&mut self.buf, &id, &self.version, module)?, Some(*pid))))
+                t.inform()
+                    .and_then(|tp| Ok((tp, alink::inform(&mut self.buf, &id, &self.version, module)?, Some(*pid))))
             }
             Out::FirmwareGet => {
                 self.next_id = self.next_id.wrapping_add(1).max(1);
@@ -758,9 +775,14 @@ impl OtaMachine {
             }),
             Source::Https { .. } if !self.cfg.https => return self.refuse(Failure::HttpsUnsupported),
             Source::Https { .. } => match unescape_url(&task) {
-                Ok(url) => {
-                    Via::Https(Https { url, tries: 0, refreshed: false, from: 0, refresh_by: None, tail: Tail::Unknown })
-                }
+                Ok(url) => Via::Https(Https {
+                    url,
+                    tries: 0,
+                    refreshed: false,
+                    from: 0,
+                    refresh_by: None,
+                    tail: Tail::Unknown,
+                }),
                 Err(()) => return self.refuse(Failure::UrlTooLong),
             },
         };
@@ -887,7 +909,8 @@ impl OtaMachine {
         if let Some(p) = s.peek.filter(|p| p.answered_by(id, offset)) {
             s.peek = None;
             let written = d.written;
-            let head_lost = s.in_flight.iter().any(|r| r.offset <= written && written < r.offset + r.len && r.id < p.id);
+            let head_lost =
+                s.in_flight.iter().any(|r| r.offset <= written && written < r.offset + r.len && r.id < p.id);
             if let BlockReply::Data(b) = reply {
                 if let Some(image) = protected_sec_cnt(b.data).filter(|&i| i < sec_cnt) {
                     return self.fail(Failure::Downgrade { image, device: sec_cnt });

@@ -29,8 +29,8 @@ mod task;
 
 pub use action::Action;
 pub use config::{
-    check_keep_alive, ConfigError, OtaConfig, BLOCK_SIZES, DEFAULT_BLOCK, DEFAULT_CONFIRM, DEFAULT_PULL, DEFAULT_WINDOW,
-    MAX_BLOCK, MAX_WINDOW, MIN_BLOCK,
+    check_keep_alive, ConfigError, OtaConfig, BLOCK_SIZES, DEFAULT_BLOCK, DEFAULT_CONFIRM, DEFAULT_PULL,
+    DEFAULT_WINDOW, MAX_BLOCK, MAX_WINDOW, MIN_BLOCK,
 };
 pub use connect::{Backoff, BACKOFF_BASE, BACKOFF_CAP, STEADY_SESSION};
 pub use event::{BootOutcome, BootReport, Event, MarkError, Resume};

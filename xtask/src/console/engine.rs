@@ -824,7 +824,9 @@ impl Engine {
         let job = self.jobs.iter().find(|j| Some(stream_id(j.id)) == stream && j.spec.protocol == Protocol::Mqtt);
         let refusal: Option<(u16, String)> = match (job, off, size) {
             (None, ..) => Some((404, format!("stream {} not found", p["fileInfo"]["streamId"]))),
-            (Some(_), ..) if file_id != Some(1) => Some((404, format!("file {} not found in the stream", p["fileInfo"]["fileId"]))),
+            (Some(_), ..) if file_id != Some(1) => {
+                Some((404, format!("file {} not found in the stream", p["fileInfo"]["fileId"])))
+            }
             (Some(j), ..) if !d.tasks.get(&j.id).is_some_and(|t| !t.state.done()) => {
                 Some((403, "the device has no OTA task for this stream".into()))
             }
@@ -877,8 +879,16 @@ impl Engine {
 
     /// The package behind a download URL `/ota/{job}/{file}` with its query, if it is valid at
     /// `now` (the HTTP server and the in-memory tests call this); records the request.
-    pub fn http_get(&mut self, path: &str, query: &str, first: u64, len: u64, now: Instant) -> Result<Arc<Vec<u8>>, HttpRefusal> {
-        let param = |k: &str| query.split('&').filter_map(|kv| kv.split_once('=')).find(|(a, _)| *a == k).map(|(_, v)| v);
+    pub fn http_get(
+        &mut self,
+        path: &str,
+        query: &str,
+        first: u64,
+        len: u64,
+        now: Instant,
+    ) -> Result<Arc<Vec<u8>>, HttpRefusal> {
+        let param =
+            |k: &str| query.split('&').filter_map(|kv| kv.split_once('=')).find(|(a, _)| *a == k).map(|(_, v)| v);
         let (job, file) = path.strip_prefix("/ota/").and_then(|p| p.split_once('/')).ok_or(HttpRefusal::NotFound)?;
         let job: u32 = job.parse().map_err(|_| HttpRefusal::NotFound)?;
         let (name, bytes) = self.job_file(job).ok_or(HttpRefusal::NotFound)?;

@@ -219,7 +219,9 @@ impl Console {
                         }
                     }
                 })?;
-                let recv = move |deadline: Instant| match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                let recv = move |deadline: Instant| match rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                {
                     Ok(m) => Ok(Some(m)),
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
                     Err(e) => Err(e.to_string()),
@@ -247,9 +249,10 @@ impl Console {
                 }
                 let recv = move |deadline: Instant| {
                     let r = match link_rx.recv_deadline(deadline) {
-                        Ok(Some(rumqttd::Notification::Forward(f))) => {
-                            Ok(Some((String::from_utf8_lossy(&f.publish.topic).into_owned(), f.publish.payload.to_vec())))
-                        }
+                        Ok(Some(rumqttd::Notification::Forward(f))) => Ok(Some((
+                            String::from_utf8_lossy(&f.publish.topic).into_owned(),
+                            f.publish.payload.to_vec(),
+                        ))),
                         Ok(_) | Err(rumqttd::local::LinkError::RecvTimeout(_)) => Ok(None),
                         Err(err) => Err(err.to_string()),
                     };
@@ -408,7 +411,6 @@ fn default_protocol() -> Protocol {
 fn default_digest() -> DigestKind {
     DigestKind::Md5
 }
-
 
 pub fn run(a: Args) -> Result<()> {
     let text = std::fs::read_to_string(&a.config).with_context(|| format!("reading {}", a.config.display()))?;

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
 /// A TLS acceptor from a certificate chain and key (PEM files).
@@ -208,7 +208,9 @@ pub async fn front_door(
         match (tls, login.securemode) {
             (true, 2) | (false, 3) => Ok(login),
             (true, m) => Err(Refusal::Malformed(format!("securemode={m} on the TLS port (TLS is securemode=2)"))),
-            (false, m) => Err(Refusal::Malformed(format!("securemode={m} on the plain TCP port (plain is securemode=3)"))),
+            (false, m) => {
+                Err(Refusal::Malformed(format!("securemode={m} on the plain TCP port (plain is securemode=3)")))
+            }
         }
     });
     let login = match checked {
