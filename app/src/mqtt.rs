@@ -77,9 +77,20 @@ fn packet_len(buf: &[u8]) -> Option<Result<usize, MqttError>> {
     Some(Err(MqttError::Protocol))
 }
 
-/// What a PUBLISH too large for the buffer starts with: (header bytes, topic, QoS 1 packet id,
-/// payload length), once that much is buffered.
-fn publish_head(buf: &[u8], total: usize) -> Option<Result<(usize, &str, Option<u16>, usize), MqttError>> {
+/// The start of a PUBLISH too large for the buffer.
+#[derive(Debug, PartialEq, Eq)]
+struct Head<'a> {
+    /// Bytes up to the payload.
+    end: usize,
+    topic: &'a str,
+    /// Its packet id, at QoS 1.
+    pid: Option<u16>,
+    /// Bytes of its payload.
+    payload: usize,
+}
+
+/// What a PUBLISH too large for the buffer starts with, once that much is buffered.
+fn publish_head(buf: &[u8], total: usize) -> Option<Result<Head<'_>, MqttError>> {
     let first = *buf.first()?;
     let hdr = 1 + buf.get(1..)?.iter().take(4).position(|b| b & 0x80 == 0)? + 1;
     let tlen = u16::from_be_bytes([*buf.get(hdr)?, *buf.get(hdr + 1)?]) as usize;
@@ -91,7 +102,7 @@ fn publish_head(buf: &[u8], total: usize) -> Option<Result<(usize, &str, Option<
     };
     let pid = (qos > 0).then(|| u16::from_be_bytes([head[pid_at], head[pid_at + 1]]));
     let topic = core::str::from_utf8(topic).map_err(|_| MqttError::Protocol);
-    Some(topic.map(|t| (end, t, pid, total.saturating_sub(end))))
+    Some(topic.map(|topic| Head { end, topic, pid, payload: total.saturating_sub(end) }))
 }
 
 /// One connected session.
@@ -243,7 +254,7 @@ impl<'b, T: Read + Write> Mqtt<'b, T> {
                 if len > self.rx.len() && self.rx[0] >> 4 == 3 {
                     // A PUBLISH larger than the buffer: keep its head, drop the rest as it comes.
                     if let Some(head) = publish_head(&self.rx[..self.have], len) {
-                        let (end, topic, pid, payload) = head?;
+                        let Head { end, topic, pid, payload } = head?;
                         let mut t = heapless::String::new();
                         let _ = t.push_str(topic);
                         let n = end.min(self.have);
@@ -331,8 +342,9 @@ mod tests {
         for cut in 0..10 {
             assert_eq!(publish_head(&p[..cut], 203), None, "cut {cut}");
         }
-        assert_eq!(publish_head(&p[..10], 203), Some(Ok((10, "a/b", Some(0x0102), 193))));
+        let head = |end, pid, payload| Some(Ok(Head { end, topic: "a/b", pid, payload }));
+        assert_eq!(publish_head(&p[..10], 203), head(10, Some(0x0102), 193));
         p[0] = 0x30; // QoS 0: no packet id
-        assert_eq!(publish_head(&p[..10], 203), Some(Ok((8, "a/b", None, 195))));
+        assert_eq!(publish_head(&p[..10], 203), head(8, None, 195));
     }
 }

@@ -167,15 +167,15 @@ impl Layout {
     pub const fn check(&self) {
         let g = self.geometry;
         assert!(g.erase_size.is_power_of_two() && g.write_size.is_power_of_two());
-        assert!(g.erase_size % g.write_size == 0, "erase size must be a multiple of write size");
+        assert!(g.erase_size.is_multiple_of(g.write_size), "erase size must be a multiple of write size");
         assert!(g.erased == 0xFF || g.erased == 0x00, "erased value must be 0xFF or 0x00");
         let regions = self.flash_regions();
         let mut i = 0;
         while i < regions.len() {
             let r = regions[i].1;
             assert!(r.length > 0, "every flash region must be non-empty");
-            assert!((r.origin - self.flash.origin) % g.erase_size == 0, "regions must be page aligned");
-            assert!(r.length % g.erase_size == 0, "region lengths must be whole pages");
+            assert!((r.origin - self.flash.origin).is_multiple_of(g.erase_size), "regions must be page aligned");
+            assert!(r.length.is_multiple_of(g.erase_size), "region lengths must be whole pages");
             assert!(r.origin >= self.flash.origin && r.end() <= self.flash.end(), "region outside flash");
             if i > 0 {
                 assert!(regions[i - 1].1.end() <= r.origin, "regions must be in order and not overlap");
@@ -192,9 +192,12 @@ impl Layout {
         );
         // BOOT_RECORD: two copies, each on its own page(s).
         assert!(self.boot_record.length >= 2 * g.erase_size, "BOOT_RECORD needs two pages");
-        assert!((self.boot_record.length / g.erase_size) % 2 == 0, "BOOT_RECORD halves must be whole pages");
+        assert!((self.boot_record.length / g.erase_size).is_multiple_of(2), "BOOT_RECORD halves must be whole pages");
         // The vector table must be aligned (VTOR needs 128-byte alignment at least, 512 for 112 IRQs).
-        assert!(self.image_header_size >= 32 && self.image_header_size % 512 == 0, "header size must be n*0x200");
+        assert!(
+            self.image_header_size >= 32 && self.image_header_size.is_multiple_of(512),
+            "header size must be n*0x200"
+        );
         assert!(self.app_max_len() > 0);
     }
 }

@@ -18,7 +18,7 @@ pub struct RamNor<'a, const ERASE: usize, const WRITE: usize> {
 impl<'a, const ERASE: usize, const WRITE: usize> RamNor<'a, ERASE, WRITE> {
     /// Wraps `mem` (its length must be whole pages).
     pub fn new(mem: &'a mut [u8]) -> Self {
-        assert!(mem.len() % ERASE == 0 && ERASE % WRITE == 0, "RamNor geometry");
+        assert!(mem.len().is_multiple_of(ERASE) && ERASE.is_multiple_of(WRITE), "RamNor geometry");
         RamNor { mem }
     }
 
@@ -49,7 +49,7 @@ impl<const ERASE: usize, const WRITE: usize> NorFlash for RamNor<'_, ERASE, WRIT
     const WRITE_SIZE: usize = WRITE;
     const ERASE_SIZE: usize = ERASE;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-        if from > to || from as usize % ERASE != 0 || to as usize % ERASE != 0 {
+        if from > to || !(from as usize).is_multiple_of(ERASE) || !(to as usize).is_multiple_of(ERASE) {
             return Err(NorFlashErrorKind::NotAligned);
         }
         let r = self.range(from, (to - from) as usize)?;
@@ -57,7 +57,7 @@ impl<const ERASE: usize, const WRITE: usize> NorFlash for RamNor<'_, ERASE, WRIT
         Ok(())
     }
     fn write(&mut self, off: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        if off as usize % WRITE != 0 || bytes.len() % WRITE != 0 {
+        if !(off as usize).is_multiple_of(WRITE) || !bytes.len().is_multiple_of(WRITE) {
             return Err(NorFlashErrorKind::NotAligned);
         }
         let r = self.range(off, bytes.len())?;

@@ -113,8 +113,8 @@ impl<const ERASE: usize, const WRITE: usize> fmt::Debug for SimFlash<ERASE, WRIT
 impl<const ERASE: usize, const WRITE: usize> SimFlash<ERASE, WRITE> {
     /// An erased flash of `size` bytes (whole pages) reading back `erased` (0xFF or 0x00).
     pub fn new(size: usize, erased: u8) -> Self {
-        const { assert!(ERASE % WRITE == 0 && WRITE.is_power_of_two()) };
-        assert!(size % ERASE == 0, "size must be whole pages");
+        const { assert!(ERASE.is_multiple_of(WRITE) && WRITE.is_power_of_two()) };
+        assert!(size.is_multiple_of(ERASE), "size must be whole pages");
         assert!(erased == 0xFF || erased == 0x00);
         SimFlash {
             data: vec![erased; size],
@@ -253,7 +253,7 @@ impl<const ERASE: usize, const WRITE: usize> NorFlash for SimFlash<ERASE, WRITE>
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), SimError> {
         assert!(
-            from <= to && from as usize % ERASE == 0 && to as usize % ERASE == 0,
+            from <= to && (from as usize).is_multiple_of(ERASE) && (to as usize).is_multiple_of(ERASE),
             "misaligned erase {from:#x}..{to:#x}"
         );
         self.check_range(from, (to - from) as usize)?;
@@ -264,7 +264,7 @@ impl<const ERASE: usize, const WRITE: usize> NorFlash for SimFlash<ERASE, WRITE>
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), SimError> {
         assert!(
-            offset as usize % WRITE == 0 && bytes.len() % WRITE == 0,
+            (offset as usize).is_multiple_of(WRITE) && bytes.len().is_multiple_of(WRITE),
             "misaligned write {offset:#x}+{}",
             bytes.len()
         );

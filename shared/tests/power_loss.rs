@@ -89,11 +89,7 @@ enum Fail {
 }
 
 fn is_power(e: &Fail) -> bool {
-    match e {
-        Fail::Power => true,
-        Fail::Boot(boot::BootError::Flash(_)) | Fail::Update(UpdateError::Flash(_)) => true,
-        _ => false,
-    }
+    matches!(e, Fail::Power | Fail::Boot(boot::BootError::Flash(_)) | Fail::Update(UpdateError::Flash(_)))
 }
 
 impl<const E: usize, const W: usize> Device<E, W> {

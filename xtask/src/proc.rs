@@ -45,7 +45,7 @@ pub fn raise_fd_limit() -> Result<u64> {
         ensure!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0, "getrlimit failed");
         r.rlim_cur = r.rlim_max;
         ensure!(libc::setrlimit(libc::RLIMIT_NOFILE, &r) == 0, "setrlimit failed");
-        Ok(r.rlim_cur as u64)
+        Ok(r.rlim_cur)
     }
 }
 

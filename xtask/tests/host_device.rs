@@ -264,7 +264,7 @@ fn kill_9_during_download_resumes_from_a_page_boundary() {
     let t = dev.outcome(&c, j, 60);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", dev.log());
     let starts = t.starts();
-    assert!(starts.len() >= 2 && starts[1] > 0 && starts[1] % 4096 == 0, "resumed, not from zero: {t:?}");
+    assert!(starts.len() >= 2 && starts[1] > 0 && starts[1].is_multiple_of(4096), "resumed, not from zero: {t:?}");
     assert!(dev.log().contains("resume: re-hashing"), "{}", dev.log());
     assert_eq!(dev.active_version(), "1.6");
 }

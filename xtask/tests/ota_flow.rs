@@ -59,6 +59,9 @@ enum Hop {
     HttpEnd(u32),
 }
 
+/// A network fault on block replies: the n-th reply's bytes in, what arrives out (`None`: lost).
+type Fault = Box<dyn FnMut(usize, Vec<u8>) -> Option<Vec<u8>>>;
+
 struct Sim {
     t: u64,
     base: std::time::Instant,
@@ -82,7 +85,7 @@ struct Sim {
     acks: bool,
     /// Network faults on downlinks: `Some(bytes)` replaces, `None` drops (the n-th block reply,
     /// counting from 0, gets `fault(n, bytes)`).
-    fault: Box<dyn FnMut(usize, Vec<u8>) -> Option<Vec<u8>>>,
+    fault: Fault,
     block_replies: usize,
     /// The network loses every `firmware/get` reply.
     lose_get_replies: bool,
@@ -520,7 +523,7 @@ fn a_new_image_refused_for_its_credentials_is_reverted_other_refusals_are_retrie
         s.m.handle(at, Event::ConnectRefused(code));
         s.drain(&[]);
         assert_eq!(s.log.last().map(String::as_str) == Some("reset"), reverts, "CONNACK {code}: {:?}", s.log);
-        assert_eq!(s.log.contains(&"confirm".to_string()), false);
+        assert!(!s.log.contains(&"confirm".to_string()));
     }
     // A confirmed image refused: nothing to revert (the board stops or waits).
     let mut s = online("1.3");
@@ -772,7 +775,7 @@ fn every_task_it_cannot_carry_out_gets_one_minus_one_with_the_reason() {
         let t = s.task(j);
         assert_eq!((t.state, t.step, t.failure), (TaskState::Failed, -1, Some(kind)), "{quirks:?}: {t:?}");
         assert_eq!(s.steps(), [-1], "{quirks:?}: exactly one report");
-        assert_eq!(s.sent.iter().filter(|x| x.1.contains("/progress/")).all(|x| x.3.is_some()), true, "at QoS 1");
+        assert!(s.sent.iter().filter(|x| x.1.contains("/progress/")).all(|x| x.3.is_some()), "at QoS 1");
         assert!(s.requests().is_empty() && s.m.state() == StateName::AwaitTask);
         assert_eq!(t.late_reports, 0);
     }
@@ -950,10 +953,10 @@ fn a_job_without_push_reaches_a_device_that_stays_online_by_its_periodic_pull() 
     spec.need_push = false;
     let j = s.add_job(spec);
     assert_eq!(s.task_opt(j).map(|t| (t.pushes, t.state)), Some((0, TaskState::Pending)), "not pushed");
-    assert!(s.run_until(2 * 3600_000, |s| s.reset), "the hourly pull found it");
+    assert!(s.run_until(2 * 3_600_000, |s| s.reset), "the hourly pull found it");
     let t = s.task(j);
     assert_eq!((t.pushes, t.get_replies), (0, 1), "{t:?}");
-    assert!(s.t >= 3600_000);
+    assert!(s.t >= 3_600_000);
 }
 
 #[test]

@@ -67,7 +67,7 @@ impl NorFlash for FileFlash {
     const WRITE_SIZE: usize = WRITE;
     const ERASE_SIZE: usize = ERASE;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-        if from > to || from as usize % ERASE != 0 || to as usize % ERASE != 0 {
+        if from > to || !(from as usize).is_multiple_of(ERASE) || !(to as usize).is_multiple_of(ERASE) {
             return Err(NorFlashErrorKind::NotAligned);
         }
         self.check(from, (to - from) as usize)?;
@@ -79,7 +79,7 @@ impl NorFlash for FileFlash {
         Ok(())
     }
     fn write(&mut self, off: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        if off as usize % WRITE != 0 || bytes.len() % WRITE != 0 {
+        if !(off as usize).is_multiple_of(WRITE) || !bytes.len().is_multiple_of(WRITE) {
             return Err(NorFlashErrorKind::NotAligned);
         }
         self.check(off, bytes.len())?;

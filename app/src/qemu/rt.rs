@@ -119,8 +119,7 @@ fn SysTick() {
 /// External interrupts (no device crate: cortex-m-rt routes them all here with their number).
 #[exception]
 unsafe fn DefaultHandler(irqn: i16) {
-    match irqn {
-        super::uart::RX_IRQ => super::uart::on_rx_interrupt(),
-        _ => {}
+    if irqn == super::uart::RX_IRQ {
+        super::uart::on_rx_interrupt()
     }
 }

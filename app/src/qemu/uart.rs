@@ -97,7 +97,7 @@ fn pop(cs: &CriticalSection, buf: &mut [u8]) -> usize {
 }
 
 pub(super) fn on_rx_interrupt() {
-    free(|cs| drain(cs));
+    free(drain);
     super::rt::wake();
 }
 
@@ -120,7 +120,7 @@ impl Uart {
         }
         write_reg(CTRL, CTRL_TX_EN | CTRL_RX_EN | CTRL_RX_INTEN);
         // A byte that arrived before the interrupt was enabled raises none: take it now.
-        free(|cs| drain(cs));
+        free(drain);
         Uart(())
     }
 }

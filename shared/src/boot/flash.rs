@@ -82,7 +82,7 @@ impl<'a, F: NorFlash> StateGuard<'a, F> {
     /// Word `index` or later, read or written alone.
     fn is_word_from(index: u32, off: u32, len: usize) -> bool {
         let w = F::WRITE_SIZE as u32;
-        off >= index * w && off % w == 0 && len == F::WRITE_SIZE
+        off >= index * w && off.is_multiple_of(w) && len == F::WRITE_SIZE
     }
 
     /// The magic in word 0.

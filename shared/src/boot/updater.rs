@@ -59,13 +59,13 @@ impl<D: NorFlash, S: NorFlash> Updater<D, S> {
     /// download; after a reset, the last page boundary the download reached).
     pub fn new(dfu: D, state: S, erased: u8, resume_at: u32) -> Self {
         const { assert!(D::WRITE_SIZE <= 64) };
-        assert!(resume_at as usize % D::ERASE_SIZE == 0, "resume at a page boundary");
+        assert!((resume_at as usize).is_multiple_of(D::ERASE_SIZE), "resume at a page boundary");
         Updater { dfu, state, erased, pos: resume_at, carry: [erased; 64] }
     }
 
     /// Starts over at `at` (a page boundary): a new download, or a resume.
     pub fn restart(&mut self, at: u32) {
-        assert!(at as usize % D::ERASE_SIZE == 0, "resume at a page boundary");
+        assert!((at as usize).is_multiple_of(D::ERASE_SIZE), "resume at a page boundary");
         self.pos = at;
     }
 
@@ -88,7 +88,7 @@ impl<D: NorFlash, S: NorFlash> Updater<D, S> {
     fn program(&mut self, mut at: u32, mut bytes: &[u8]) -> Result<(), UpdateError> {
         let page = D::ERASE_SIZE as u32;
         while !bytes.is_empty() {
-            if at % page == 0 {
+            if at.is_multiple_of(page) {
                 self.dfu.erase(at, at + page)?;
             }
             let n = bytes.len().min((page - at % page) as usize);
@@ -144,9 +144,8 @@ impl<D: NorFlash, S: NorFlash> Updater<D, S> {
         self.flush()?;
         let info = image::verify(&mut self.dfu, opts, buf).map_err(UpdateError::Image)?;
         let mut guard = StateGuard::new(&mut self.state, self.erased);
-        match guard.state(buf)? {
-            State::Swap => return Err(UpdateError::BadState),
-            _ => {}
+        if guard.state(buf)? == State::Swap {
+            return Err(UpdateError::BadState);
         }
         let word = &mut buf[..S::WRITE_SIZE];
         BlockingFirmwareState::new(guard, word)

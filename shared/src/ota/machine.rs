@@ -138,6 +138,8 @@ struct Https {
     tail: Tail,
 }
 
+// One download at a time, kept in place: no allocator to box the URL into.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Via {
     Mqtt(Stream),
@@ -146,6 +148,7 @@ enum Via {
 
 /// The early look at an HTTPS image's protected TLVs (its security counter), read with a Range
 /// GET once the header says where they are, before the body.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Tail {
     /// The header has not been seen yet.

@@ -167,7 +167,8 @@ mod tests {
 
     #[test]
     fn every_offer_we_cannot_carry_out_says_why() {
-        let cases: [(fn(&mut Offer<'static>), Failure); 10] = [
+        type Break = fn(&mut Offer<'static>);
+        let cases: [(Break, Failure); 10] = [
             (|o| o.is_diff = Some(1), Failure::DiffUnsupported),
             (|o| o.sign_method = e("Crc32"), Failure::SignMethodUnsupported),
             (

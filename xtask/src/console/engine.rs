@@ -827,7 +827,7 @@ impl Engine {
             (Some(_), ..) if file_id != Some(1) => {
                 Some((404, format!("file {} not found in the stream", p["fileInfo"]["fileId"])))
             }
-            (Some(j), ..) if !d.tasks.get(&j.id).is_some_and(|t| !t.state.done()) => {
+            (Some(j), ..) if d.tasks.get(&j.id).is_none_or(|t| t.state.done()) => {
                 Some((403, "the device has no OTA task for this stream".into()))
             }
             (Some(_), None, _) | (Some(_), _, None) => Some((400, "fileBlock needs offset and size".into())),
