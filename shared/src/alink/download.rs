@@ -360,4 +360,18 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn mutated_frames_never_panic_and_never_pass_a_bad_crc(at in 0usize..133, val in proptest::prelude::any::<u8>()) {
+            let mut f = frame();
+            let changed = f[at] != val;
+            f[at] = val;
+            if let Ok(BlockReply::Data(b)) = parse_download_reply(&f) {
+                // Only header bytes that do not change the data may still parse as a good block.
+                proptest::prop_assert!(!changed || at < 2 + 0x71, "a changed data or CRC byte passed");
+                proptest::prop_assert_eq!(b.data.len(), 16);
+            }
+        }
+    }
 }

@@ -359,4 +359,20 @@ mod tests {
         let o = parse_offer(j.as_bytes()).unwrap().unwrap();
         assert_eq!(o.ext_data.unwrap().0.len(), MAX_EXT);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_and_mutated_pushes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            at in 0usize..400, val in proptest::prelude::any::<u8>(),
+        ) {
+            let _ = parse_offer(&bytes);
+            let mut p = HTTPS_PUSH.as_bytes().to_vec();
+            let at = at % p.len();
+            p[at] = val;
+            if let Ok(Some(o)) = parse_offer(&p) {
+                let _ = crate::ota::Task::from_offer(&o);
+            };
+        }
+    }
 }

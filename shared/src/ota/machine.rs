@@ -231,6 +231,21 @@ enum Plain {
     Reset,
 }
 
+/// After a failure report, offers come only from pulls sent after it. The task the report fails is
+/// over on the platform, so an offer that crossed the report (the push of a reconnect, a push
+/// sent late, the reply to a pull sent before it) may be stale: taking it would download again
+/// what just failed, refusing it would report twice. A push then only makes the device pull (at
+/// most once per request timeout), and the reply to a pull sent after the report, which the
+/// platform answered knowing the report, is acted on. Taking a task ends the hold; so does a
+/// pull that gets no reply in time (pulls go unanswered here: pushes count again).
+#[derive(Clone, Copy, Debug)]
+struct Hold {
+    /// The id of the first pull sent after the report (replies to older ones are stale).
+    fresh: Option<u32>,
+    /// When that pull went out, until its reply came.
+    sent: Option<Instant>,
+}
+
 /// A terminal progress report (100 or a failure) kept until the broker acknowledged it.
 #[derive(Clone, Debug)]
 struct Pending {
@@ -254,6 +269,12 @@ pub struct OtaMachine {
     pending: Vec<Pending, MAX_PENDING>,
     /// The version report not yet acknowledged, if one was sent.
     inform_pid: Option<u16>,
+    /// After a failure report: offers come from pulls sent after it.
+    hold: Option<Hold>,
+    /// When the last `firmware/get` went out.
+    last_pull: Option<Instant>,
+    /// The time of the last event (when a pull is queued, its reply is awaited until then + timeout).
+    now: Instant,
     pull_at: Option<Instant>,
     topic: Topic,
     buf: [u8; OUT_BUF],
@@ -315,6 +336,9 @@ impl OtaMachine {
             out: Deque::new(),
             pending: Vec::new(),
             inform_pid: None,
+            hold: None,
+            last_pull: None,
+            now: Instant::from_millis(0),
             pull_at: None,
             topic: Topic::new(),
             buf: [0; OUT_BUF],
@@ -411,6 +435,29 @@ impl OtaMachine {
         if self.connected {
             self.push(Out::Report { pid });
         }
+        if step < 0 {
+            self.hold = Some(Hold { fresh: None, sent: None });
+            self.ask_pull();
+        }
+    }
+
+    /// A `firmware/get` now, or after the request timeout since the last one (so that a platform
+    /// that keeps offering what the device refuses is not answered in a storm).
+    fn ask_pull(&mut self) {
+        let soon = self.last_pull.map_or(self.now, |t| t + self.cfg.request_timeout);
+        if !self.connected {
+        } else if soon <= self.now {
+            self.pull();
+        } else {
+            self.pull_at = Some(self.pull_at.map_or(soon, |t| t.min(soon)));
+        }
+    }
+
+    /// A `firmware/get` (at connect, every `pull_interval`, after a failure report).
+    fn pull(&mut self) {
+        self.pull_at = Some(self.now + self.cfg.pull_interval);
+        self.last_pull = Some(self.now);
+        self.push(Out::FirmwareGet);
     }
 
     fn inform(&mut self) {
@@ -435,6 +482,10 @@ impl OtaMachine {
             Out::FirmwareGet => {
                 self.next_id = self.next_id.wrapping_add(1).max(1);
                 let _ = write!(id, "{}", self.next_id);
+                if let Some(h) = self.hold.as_mut().filter(|h| h.fresh.is_none()) {
+                    h.fresh = Some(self.next_id);
+                    h.sent = Some(self.now);
+                }
                 t.firmware_get().and_then(|tp| Ok((tp, alink::firmware_get(&mut self.buf, &id, module)?, None)))
             }
             Out::Progress { step } => {
@@ -491,7 +542,10 @@ impl OtaMachine {
         match &self.state {
             State::AwaitSession { by } => Some(*by),
             State::AwaitReset { by } => *by,
-            State::AwaitTask => self.pull_at.filter(|_| self.connected),
+            State::AwaitTask => {
+                let hold = self.hold.and_then(|h| h.sent).map(|t| t + self.cfg.request_timeout);
+                self.pull_at.filter(|_| self.connected).into_iter().chain(hold).min()
+            }
             State::Downloading(Download { via: Via::Mqtt(s), .. }) => {
                 let deadlines = s.in_flight.iter().chain(s.peek.iter()).map(|r| r.deadline);
                 deadlines.chain(s.retry_at).min()
@@ -503,6 +557,10 @@ impl OtaMachine {
 
     /// Runs what is due at `now`: block requests again, the pull, the reset, the confirm deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if self.hold.is_some_and(|h| h.sent.is_some_and(|t| t + self.cfg.request_timeout <= now)) {
+            self.hold = None; // the reply to our pull never came: take offers again
+        }
         enum Then {
             Nothing,
             Reset,
@@ -517,6 +575,7 @@ impl OtaMachine {
             State::AwaitSession { by } if *by <= now => Then::Reset,
             State::AwaitReset { by: Some(by) } if *by <= now => Then::Reset,
             State::AwaitTask if self.connected && self.pull_at.is_some_and(|t| t <= now) => Then::Pull,
+            State::AwaitTask => Then::Nothing,
             State::Downloading(Download { via: Via::Https(h), .. }) if h.refresh_by.is_some_and(|t| t <= now) => {
                 Then::Expired
             }
@@ -537,10 +596,7 @@ impl OtaMachine {
         match then {
             Then::Nothing => {}
             Then::Reset => self.reset_now(),
-            Then::Pull => {
-                self.pull_at = Some(now + self.cfg.pull_interval);
-                self.push(Out::FirmwareGet);
-            }
+            Then::Pull => self.pull(),
             Then::Expired => self.fail(Failure::UrlExpired),
             Then::Lost => self.lost(now, Loss::Timeout),
             Then::Fetch => self.fetch(now),
@@ -549,8 +605,9 @@ impl OtaMachine {
 
     /// Takes one event.
     pub fn handle(&mut self, now: Instant, ev: Event<'_>) {
+        self.now = self.now.max(now);
         match ev {
-            Event::Booted(r) => self.booted(now, r),
+            Event::Booted(r) => self.booted(r),
             Event::Connected => self.connected(now),
             Event::ConnectRefused(code) => {
                 // A new image the broker refuses for its credentials, where the old one logged in
@@ -597,17 +654,20 @@ impl OtaMachine {
                 }
                 if ok {
                     self.state = State::AwaitTask;
-                    self.announce(now);
+                    self.announce();
                 } else {
                     self.reset_now();
                 }
             }
             Event::Message { topic: Downlink::DownloadReply, payload } => self.block_reply(now, payload),
-            Event::Message { topic: _, payload } => self.task_message(now, payload),
+            Event::Message { topic, payload } => self.task_message(now, topic, payload),
             Event::Oversized { topic, len, max } => {
                 // A task we cannot read (its module unknown): refused once, for our module, when
                 // idle. During a download it may be a re-push of the task in progress.
-                if topic != Downlink::DownloadReply && matches!(self.state, State::AwaitTask) && !self.answering() {
+                if topic == Downlink::DownloadReply || !matches!(self.state, State::AwaitTask) {
+                } else if self.hold.is_some() {
+                    self.ask_pull(); // it may be stale; it cannot say which
+                } else {
                     self.refuse(Failure::MessageTooLarge { len, max });
                 }
             }
@@ -629,7 +689,7 @@ impl OtaMachine {
         self.plain(Plain::Reset);
     }
 
-    fn booted(&mut self, now: Instant, r: BootReport<'_>) {
+    fn booted(&mut self, r: BootReport<'_>) {
         if !matches!(self.state, State::AwaitBoot) {
             return;
         }
@@ -651,12 +711,15 @@ impl OtaMachine {
             self.plain(Plain::RunSelfTest);
         } else {
             self.state = State::AwaitTask;
-            self.announce(now);
+            self.announce();
         }
     }
 
     fn connected(&mut self, now: Instant) {
         self.connected = true;
+        if let Some(h) = &mut self.hold {
+            *h = Hold { fresh: None, sent: None }; // the pull of this connect is the fresh one
+        }
         // Reports not yet acknowledged first (the broker of the last session may have lost them).
         for i in 0..self.pending.len() {
             let pid = self.pending[i].pid;
@@ -668,7 +731,7 @@ impl OtaMachine {
                 self.state = State::AwaitConfirm;
                 self.plain(Plain::Confirm);
             }
-            State::AwaitTask => self.announce(now),
+            State::AwaitTask => self.announce(),
             _ => {
                 if self.inform_pid.is_some() {
                     self.inform();
@@ -683,21 +746,12 @@ impl OtaMachine {
 
     /// Once connected and settled: the version, then a pull (the platform also re-pushes
     /// pending tasks on a reconnect). The pull is repeated every `pull_interval`.
-    fn announce(&mut self, now: Instant) {
+    fn announce(&mut self) {
         if !self.connected || !matches!(self.state, State::AwaitTask) {
             return;
         }
         self.inform();
-        self.push(Out::FirmwareGet);
-        self.pull_at = Some(now + self.cfg.pull_interval);
-    }
-
-    /// Whether a failure report of ours is on its way. A task failed by it is over on the
-    /// platform, so an offer that crossed it (a push after a reconnect, the get_reply of the same
-    /// moment) is stale: it is not taken or refused again until the broker has the report. An
-    /// offer after that is the platform asking again (a batch's retry), and is answered.
-    fn answering(&self) -> bool {
-        self.pending.iter().any(|p| p.step < 0)
+        self.pull();
     }
 
     /// Tells the platform we will not carry out an offer.
@@ -705,16 +759,27 @@ impl OtaMachine {
         self.report(f.step(), f.desc());
     }
 
-    fn task_message(&mut self, now: Instant, payload: &[u8]) {
+    fn task_message(&mut self, now: Instant, topic: Downlink, payload: &[u8]) {
+        if let Some(h) = &mut self.hold {
+            if !matches!(self.state, State::AwaitTask) {
+            } else if topic == Downlink::Upgrade {
+                return self.ask_pull();
+            } else {
+                // Only replies to pulls sent after the failure report count.
+                let id = alink::json::top_level(payload, "id").and_then(|i| i.text().parse::<u32>().ok());
+                if h.fresh.is_none() || id < h.fresh {
+                    return;
+                }
+                h.sent = None;
+            }
+        }
         // No task, or one we cannot read at all (its module unknown, so it may not be ours).
         let Ok(Some(offer)) = alink::parse_offer(payload) else { return };
         if module_of(&offer) != self.module.as_str() {
             return;
         }
         let task = Task::from_offer(&offer);
-        let answering = self.answering();
         match &mut self.state {
-            State::AwaitTask if answering => return,
             State::AwaitTask => {}
             State::Downloading(d) | State::Rehashing(d) => {
                 let Ok(t) = &task else { return }; // busy: never refuse what may be a re-push of ours
@@ -803,6 +868,7 @@ impl OtaMachine {
             last_pct: 1,
             last_report: now,
         };
+        self.hold = None;
         self.progress(1);
         match self.resume.take().filter(|r| r.key == key && r.written > 0 && r.written < d.size) {
             Some(r) => {
