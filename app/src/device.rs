@@ -95,6 +95,11 @@ where
     C: Clock,
 {
     let OtaState { machine, modem, mqtt, work } = state;
+    let mut f = f;
+    let booted = driver::boot(&mut f, b.layout, &mut work[..], b.say).map_err(|e| {
+        (b.say)(format_args!("app: {}", e));
+        "cannot read the boot info"
+    })?;
     let prov: Provision<'_> = provision::decode(b.provision).map_err(|e| {
         (b.say)(format_args!("app: {}", e));
         "no credentials"
@@ -124,7 +129,7 @@ where
         say: b.say,
     };
     let bufs = Buffers { mqtt: &mut mqtt[..], http: &mut [], work: &mut work[..] };
-    driver::run(f, board, &settings, machine, bufs).await.map_err(|e| {
+    driver::run(booted, f, board, &settings, machine, bufs).await.map_err(|e| {
         (b.say)(format_args!("app: {}", e));
         "cannot start"
     })

@@ -251,10 +251,39 @@ fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// What the boot left: the running image, the boot's outcome, an interrupted download.
+pub struct Booted {
+    info: shared::boot::BootInfo,
+    resume: Option<shared::ota::Resume>,
+}
+
+/// Reads what the boot left and says which image runs (before anything else can fail).
+pub fn boot<A, R, S, D>(
+    f: &mut Flashes<A, R, S, D>,
+    layout: &Layout,
+    work: &mut [u8],
+    say: fn(Arguments<'_>),
+) -> Result<Booted, SetupError>
+where
+    A: ReadNorFlash,
+    R: ReadNorFlash,
+    S: NorFlash,
+    D: NorFlash,
+{
+    let keys = TRUSTED_KEYS.map(PublicKey);
+    let info = boot_info(&mut f.active, &mut f.boot_record, &mut f.state, &keys, layout.geometry.erased, work)
+        .map_err(SetupError::BootInfo)?;
+    let resume = progress::load(&mut f.dfu).ok().flatten();
+    let r = BootReport::new(&info, resume);
+    say(format_args!("app: running {} (module {})", r.version, r.module));
+    Ok(Booted { info, resume })
+}
+
 /// Runs the device until the machine asks for a reset ([`Exit`]); `Err` when it cannot start.
 /// `slot` keeps the machine (a static on a microcontroller; it is never dropped).
 pub async fn run<L, H, C, A, R, S, D>(
-    mut f: Flashes<A, R, S, D>,
+    booted: Booted,
+    f: Flashes<A, R, S, D>,
     b: Board<'_, L, H, C>,
     s: &Settings<'_>,
     slot: &mut core::mem::MaybeUninit<OtaMachine>,
@@ -272,10 +301,7 @@ where
     let Buffers { mqtt: rx, http: body, work } = bufs;
     let (l, clock) = (b.layout, b.clock);
     let keys = TRUSTED_KEYS.map(PublicKey);
-    let info = boot_info(&mut f.active, &mut f.boot_record, &mut f.state, &keys, l.geometry.erased, work)
-        .map_err(SetupError::BootInfo)?;
-    let report = BootReport::new(&info, progress::load(&mut f.dfu).ok().flatten());
-    (b.say)(format_args!("app: running {} (module {})", report.version, report.module));
+    let info = booted.info;
     check_keep_alive(s.keep_alive)?;
     let mut cfg = OtaConfig::new(s.product_key, s.device_name, l.active.length, l.geometry.erase_size)?;
     cfg.block_size = s.block_size;
@@ -285,7 +311,7 @@ where
     cfg.https = b.http.available();
     cfg.check()?;
     let m = slot.write(OtaMachine::new(cfg));
-    m.handle(clock.now(), Event::Booted(report));
+    m.handle(clock.now(), Event::Booted(BootReport::new(&info, booted.resume)));
     let dev = DeviceSecret { product_key: s.product_key, device_name: s.device_name, device_secret: s.device_secret };
     let creds = alink::credentials(&dev, s.sign_method, None, None, alink::securemode(s.tls))?;
     let subs = m.topics().downlinks()?;

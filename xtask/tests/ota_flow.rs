@@ -1034,3 +1034,19 @@ fn pending_tasks_are_pushed_again_on_every_reconnect_and_given_on_firmware_get()
     let t = s.task(j);
     assert_eq!((t.pushes, t.get_replies), (1, 1), "the re-push at the subscription, and the pull: {t:?}");
 }
+
+#[test]
+fn a_task_message_too_large_is_refused_after_an_earlier_failure_too() {
+    // Offers after a failure come from pulls: the oversized reply to one is answered.
+    let mut s = Sim::new();
+    s.max_msg = 8192 + 512;
+    s.boot("1.3", BootOutcome::Reverted, false);
+    s.connect();
+    s.run();
+    let mut spec = job("1.4", 10_000, Protocol::Mqtt);
+    spec.ext_data = (0..6).map(|i| (format!("t{i}"), "v".repeat(1024))).collect();
+    spec.ext_data.push(("_package_udi".into(), "u".repeat(4096)));
+    let j = s.add_job(spec);
+    assert!(s.run_until(60_000, is_done(j)));
+    assert_eq!(s.task(j).failure, Some(FailureKind::MessageTooLarge), "{:?}", s.task(j));
+}

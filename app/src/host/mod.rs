@@ -207,18 +207,13 @@ async fn power_on(
         clock,
     };
     let mut http = net::HostHttp::new(cfg.ca.as_deref())?;
-    let board = driver::Board {
-        layout,
-        link: &mut link,
-        http: &mut http,
-        clock,
-        self_test: behaviour.self_test,
-        say: |args| log::info!("{args}"),
-    };
+    let say: fn(core::fmt::Arguments<'_>) = |args| log::info!("{args}");
+    let board = driver::Board { layout, link: &mut link, http: &mut http, clock, self_test: behaviour.self_test, say };
     let Slots { active, dfu, state, boot_record } = slots;
-    let flashes = Flashes { active, boot_record, state, dfu };
+    let mut flashes = Flashes { active, boot_record, state, dfu };
     let (mut rx, mut body, mut work) = (vec![0u8; MQTT_RX], vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
+    let booted = driver::boot(&mut flashes, layout, &mut work, say).map_err(|e| e.to_string())?;
     let bufs = Buffers { mqtt: &mut rx, http: &mut body, work: &mut work };
     let mut machine = core::mem::MaybeUninit::uninit();
-    driver::run(flashes, board, &settings, &mut machine, bufs).await.map_err(|e| e.to_string())
+    driver::run(booted, flashes, board, &settings, &mut machine, bufs).await.map_err(|e| e.to_string())
 }

@@ -242,7 +242,7 @@ enum Plain {
 struct Hold {
     /// The id of the first pull sent after the report (replies to older ones are stale).
     fresh: Option<u32>,
-    /// When that pull went out, until its reply came.
+    /// When the last pull since went out, until its reply came.
     sent: Option<Instant>,
 }
 
@@ -482,8 +482,8 @@ impl OtaMachine {
             Out::FirmwareGet => {
                 self.next_id = self.next_id.wrapping_add(1).max(1);
                 let _ = write!(id, "{}", self.next_id);
-                if let Some(h) = self.hold.as_mut().filter(|h| h.fresh.is_none()) {
-                    h.fresh = Some(self.next_id);
+                if let Some(h) = &mut self.hold {
+                    h.fresh = h.fresh.or(Some(self.next_id));
                     h.sent = Some(self.now);
                 }
                 t.firmware_get().and_then(|tp| Ok((tp, alink::firmware_get(&mut self.buf, &id, module)?, None)))
@@ -664,10 +664,14 @@ impl OtaMachine {
             Event::Oversized { topic, len, max } => {
                 // A task we cannot read (its module unknown): refused once, for our module, when
                 // idle. During a download it may be a re-push of the task in progress.
+                // Its id cannot be read: a push is a hint as ever, a get_reply while the pull sent
+                // after a failure report is out is taken as its answer.
+                let fresh = topic == Downlink::FirmwareGetReply && self.hold.is_some_and(|h| h.sent.is_some());
                 if topic == Downlink::DownloadReply || !matches!(self.state, State::AwaitTask) {
-                } else if self.hold.is_some() {
-                    self.ask_pull(); // it may be stale; it cannot say which
+                } else if self.hold.is_some() && !fresh {
+                    self.ask_pull();
                 } else {
+                    self.hold = None;
                     self.refuse(Failure::MessageTooLarge { len, max });
                 }
             }
