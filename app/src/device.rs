@@ -13,7 +13,7 @@ use shared::ota::OtaMachine;
 use shared::provision::{self, Provision};
 use shared::time::Duration;
 
-/// The largest MQTT packet taken: a 4 KiB download block with its header and topic, or a push of
+/// The largest MQTT packet taken: a 5 KiB download block with its header and topic, or a push of
 /// up to 8 KiB (an HTTPS URL with an STS token, `_package_udi` and batch tags); a larger one is
 /// read, discarded and refused with a reason.
 pub const MQTT_RX: usize = 8192 + 512;

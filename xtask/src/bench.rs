@@ -1,7 +1,9 @@
 //! `cargo xtask bench boot`: flash wear of one update, ours against embassy-boot's whole-slot
 //! swap, side by side in one run on the simulator with the qemu-an386 geometry.
-//! `cargo xtask bench ota`: a 1 MiB image over MQTT stream on loopback, side by side: our client,
-//! stop-and-wait with 5 KiB blocks (the C LinkSDK default), and the broker's raw throughput.
+//! `cargo xtask bench ota`: downloads over MQTT stream from the local console, side by side: on
+//! loopback (our client, stop-and-wait with 5 KiB blocks, the broker's raw throughput) and through
+//! a delay proxy with 100 and 300 ms round trips (also against a console that serves one block
+//! request at a time).
 //! `cargo xtask bench qemu`: instructions from main to the jump of the real bootloader under
 //! QEMU's `-icount shift=0`, with nothing to do, with a 256 KiB image, and for an update.
 

@@ -218,7 +218,7 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
     let j = console.add_job(job(&dir.join("1.4"), Protocol::Mqtt, false, STEP_TIMEOUT)?)?;
     let t = follow(&console, &id, j, &bar("(a) v1.3 -> v1.4 over MQTT stream"), |_| false)?;
     let _ = runs(&console, &id, "1.4");
-    let detail = format!("{} blocks in {:.1} s", t.blocks, t.elapsed_ms as f64 / 1e3);
+    let detail = format!("{} blocks in {:.2} s", t.blocks, t.elapsed_ms as f64 / 1e3);
     rows.push((
         "(a) v1.3 -> v1.4, MQTT stream",
         "success, runs 1.4".into(),
@@ -319,7 +319,7 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
         "(a) v1.3 -> v1.4, MQTT stream",
         "success, runs 1.4".into(),
         format!("{}, runs {}", outcome(&t), rig.version()),
-        format!("{} blocks in {:.1} s", t.blocks, t.elapsed_ms as f64 / 1e3),
+        format!("{} blocks in {:.2} s", t.blocks, t.elapsed_ms as f64 / 1e3),
     ));
 
     // (b) Over MQTT too: this board downloads over the modem's socket only.

@@ -42,10 +42,11 @@ enum Cmd {
     /// The real firmware under QEMU (mps2-an386) against the local console, through the modem
     /// simulator; `--upgrade DIR` pushes releases to it.
     Qemu(qemu::Args),
-    /// The whole OTA loop on this machine: console + host device, four scenarios, a verdict table.
+    /// The whole OTA loop on this machine: console + host device, five scenarios, a verdict table.
     Demo(demo::Args),
     /// Benchmarks: `boot` = flash wear of one update, ours vs embassy-boot's whole-slot swap;
-    /// `ota` = 1 MiB over MQTT stream, ours vs stop-and-wait vs the raw broker; `qemu` = the real
+    /// `ota` = MQTT stream downloads from the console, ours vs stop-and-wait vs the raw broker, on
+    /// loopback and through 100/300 ms round trips; `qemu` = the real
     /// bootloader's instructions from main to the jump under QEMU -icount.
     Bench(bench::Args),
     /// Code size of bootloader and app per board (text/data/bss, release profile).

@@ -64,7 +64,8 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
         let failing = phase == Phase::Revert || (matches!(phase, Phase::Download | Phase::Mark) && rng.below(4) == 0);
         let target = if failing { "1.6" } else { good };
         let size = std::fs::metadata(dir.join(target).join(format!("firmware-{target}.bin")))?.len();
-        let last_block = (size - 1) / 4096 * 4096;
+        let block = shared::ota::DEFAULT_BLOCK as u64;
+        let last_block = (size - 1) / block * block;
         let (anchor, max_ms) = match phase {
             Phase::Download => ("download into DFU".to_string(), 9000),
             Phase::Mark => (format!("\"offset\":{last_block}}}"), 600),

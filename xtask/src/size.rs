@@ -62,7 +62,7 @@ pub fn run(_: Args) -> Result<()> {
         })
         .context("no OTA_MQTT_SESSION symbol")?;
     println!(
-        "OTA path RAM on qemu-an386 (4 KiB blocks): {ota} bytes static (OtaMachine, payload, modem, work buffer) + {session} bytes MQTT session in the task = {} bytes",
+        "OTA path RAM on qemu-an386 (5 KiB blocks): {ota} bytes static (OtaMachine, MQTT receive buffer, modem, work buffer) + {session} bytes MQTT session in the task = {} bytes",
         ota + session
     );
     Ok(())

@@ -165,6 +165,15 @@ impl Dev {
         c.with(|e| e.device(&id).unwrap().tasks[&job].clone())
     }
 
+    /// Waits until the device reported progress 100 for `job` (downloaded and verified).
+    fn downloaded(&self, c: &Console, job: u32, secs: u64) {
+        let id = self.id();
+        c.wait(Duration::from_secs(secs), "progress 100", |e| {
+            e.device(&id).and_then(|d| d.tasks.get(&job)).is_some_and(|t| t.downloaded_ms.is_some())
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", c.with(|e| e.device(&id).cloned()), self.log()));
+    }
+
     fn violations(&self, c: &Console) -> Vec<String> {
         c.with(|e| e.device(&self.id()).unwrap().violations.clone())
     }
@@ -278,11 +287,7 @@ fn kill_9_during_the_swap_boots_a_valid_image_and_reports_the_truth() {
     for (name, cut_ms) in names.into_iter().zip([150u64, 400, 900]) {
         let dev = Dev::new(name, c.mqtt_port, "");
         let d = dev.start(&[("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "20")]);
-        let id = dev.id();
-        c.wait(Duration::from_secs(120), "progress 100", |e| {
-            e.device(&id).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.downloaded_ms.is_some())
-        })
-        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", c.with(|e| e.device(&id).cloned()), dev.log()));
+        dev.downloaded(&c, j, 120);
         std::thread::sleep(Duration::from_millis(cut_ms)); // the device resets and swaps: cut it
         drop(d);
         let _d = dev.start(&[]);
@@ -326,11 +331,7 @@ fn an_unreachable_broker_does_not_count_against_a_new_image_until_its_deadline()
     let _d = dev.start(&slow);
     dev.runs(&c, "1.3", 30);
     let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
-    let id = dev.id();
-    c.wait(Duration::from_secs(60), "progress 100", |e| {
-        e.device(&id).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.downloaded_ms.is_some())
-    })
-    .unwrap();
+    dev.downloaded(&c, j, 60);
     proxy.set_offline(true);
     std::thread::sleep(Duration::from_secs(8));
     proxy.set_offline(false);
@@ -351,11 +352,7 @@ fn an_unreachable_broker_does_not_count_against_a_new_image_until_its_deadline()
     let proxy = Proxy::start(c.mqtt_port, Duration::from_millis(1)).unwrap();
     let dev = Dev::new("dev-late", proxy.port, "confirm_deadline_s = 3");
     let _d = dev.start(&slow); // the job above matches it too
-    let id = dev.id();
-    c.wait(Duration::from_secs(60), "progress 100", |e| {
-        e.device(&id).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.downloaded_ms.is_some())
-    })
-    .unwrap();
+    dev.downloaded(&c, j, 60);
     proxy.set_offline(true);
     std::thread::sleep(Duration::from_secs(10));
     proxy.set_offline(false);

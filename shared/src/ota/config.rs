@@ -14,8 +14,9 @@ pub const MAX_BLOCK: u32 = 131_072;
 /// may be shorter).
 pub const BLOCK_SIZES: core::ops::RangeInclusive<u32> = MIN_BLOCK..=MAX_BLOCK;
 
-/// Default bytes per block request: fits a microcontroller's RAM.
-pub const DEFAULT_BLOCK: u32 = 4096;
+/// Default bytes per block request: the C LinkSDK's, and it fits a microcontroller's RAM (fewer
+/// round trips than 4 KiB at the same MQTT buffer).
+pub const DEFAULT_BLOCK: u32 = 5120;
 /// Default most block requests in flight.
 pub const DEFAULT_WINDOW: usize = 4;
 /// Default time between two `firmware/get`.
@@ -35,7 +36,7 @@ pub struct OtaConfig {
     pub slot_size: u32,
     /// DFU erase size: downloads resume from a multiple of it.
     pub page_size: u32,
-    /// Bytes per MQTT stream block request ([`BLOCK_SIZES`]; 4096 fits small MCUs).
+    /// Bytes per MQTT stream block request ([`BLOCK_SIZES`]; 5120 fits small MCUs).
     pub block_size: u32,
     /// Most block requests in flight (1..=[`MAX_WINDOW`]). The window starts at 1 and grows to
     /// this while every request is answered; a lost one halves the ceiling and falls back to 1.
@@ -95,7 +96,7 @@ pub fn check_keep_alive(s: u16) -> Result<(), ConfigError> {
 }
 
 impl OtaConfig {
-    /// Defaults for a device: 4 KiB blocks, up to 4 in flight, 10 s timeout, 3 retries, progress
+    /// Defaults for a device: 5 KiB blocks, up to 4 in flight, 10 s timeout, 3 retries, progress
     /// every 5 % and at most once a second, a pull every 24 h, 10 minutes for a new image to reach
     /// the broker, no HTTPS.
     pub fn new(product_key: &str, device_name: &str, slot_size: u32, page_size: u32) -> Result<Self, ConfigError> {

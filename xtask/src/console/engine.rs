@@ -6,7 +6,7 @@
 //!
 //! | rule | what the engine does |
 //! |---|---|
-//! | targeting | a job ships one package (module + destination version) to devices whose last informed version of the module is one of its sources (any when none); one task per device at a time |
+//! | targeting | a job ships one package (module + destination version) to devices whose last informed version of the module is one of its sources (any when none), all of them or the ones it names (`TargetSelection` SPECIFIC); one task per device at a time |
 //! | push | to matching online devices when the job is created, and again on every reconnect while the task is not done (not with `need_push = false`: those devices must pull) |
 //! | `firmware/get` | answered with the device's task (pending or in progress), else `"data":{}` |
 //! | success | the device informs the destination version |
@@ -130,6 +130,8 @@ pub struct JobSpec {
     pub timeout: Option<Duration>,
     /// `NeedPush`: false means devices get the task only by asking (`firmware/get`).
     pub need_push: bool,
+    /// `TargetSelection` SPECIFIC: only these device names (none: every device of the product).
+    pub devices: Option<Vec<String>>,
     /// `extData`: batch tags (up to 10) and `_package_udi` (up to 4096 characters).
     pub ext_data: Vec<(String, String)>,
     pub quirks: Vec<Quirk>,
@@ -145,6 +147,7 @@ impl JobSpec {
             digest: DigestKind::Md5,
             timeout: None,
             need_push: true,
+            devices: None,
             ext_data: vec![],
             quirks: vec![],
         }
@@ -601,6 +604,9 @@ impl Engine {
         for j in self.jobs.iter().rev() {
             let p = &j.spec.package;
             if p.module != module || d.tasks.contains_key(&j.id) {
+                continue;
+            }
+            if j.spec.devices.as_ref().is_some_and(|names| !names.contains(&id.1)) {
                 continue;
             }
             if v == p.version || !(j.spec.from.is_empty() || j.spec.from.contains(&v)) {

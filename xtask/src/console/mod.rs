@@ -1,14 +1,17 @@
-//! `cargo xtask console`: a local stand-in for Aliyun's IoT Platform OTA service.
+//! `cargo xtask console`: a local stand-in for Aliyun's IoT Platform OTA service, as strict as it
+//! (the rules are listed in `engine.rs` and `net.rs`).
 //!
 //! ```text
 //!  device --TCP/TLS--> front door (net.rs) --127.0.0.1--> rumqttd <--local link--> engine.rs
-//!         CONNECT checked against the registry (auth.rs);   broker      jobs, pushes, blocks
-//!         refused with CONNACK 4, else spliced through
+//!         CONNECT checked (auth.rs: credentials;        broker      jobs, pushes, blocks
+//!         keep-alive, securemode), refused with its CONNACK code; then every packet
+//!         filtered: own topics only, 256 KB, `_ss=1` subscribed by the server
 //!  device --HTTP(S) Range--> file server (net.rs) ------------------------------> job files
 //! ```
 //!
 //! rumqttd also checks every CONNECT itself (its external auth handler runs the same registry), so
-//! its loopback listener is no way around the credentials.
+//! its loopback listener is no way around the credentials. With `outside_broker` the engine is a
+//! client of another broker (mosquitto, for interop) and nothing is filtered.
 
 pub mod auth;
 pub mod engine;
@@ -124,6 +127,7 @@ fn spawn_pump(
     std::thread::Builder::new().name("ota-engine".into()).spawn(move || {
         let mut written = u64::MAX;
         let mut last_write = Instant::now();
+        let mut last_tick = Instant::now();
         loop {
             match recv(Instant::now() + Duration::from_millis(50)) {
                 Ok(Some((topic, payload))) => e.lock().unwrap().uplink(&topic, &payload, Instant::now()),
@@ -135,7 +139,10 @@ fn spawn_pump(
             }
             let (out, generation) = {
                 let mut g = e.lock().unwrap();
-                g.tick(Instant::now());
+                if last_tick.elapsed() >= Duration::from_millis(100) {
+                    last_tick = Instant::now();
+                    g.tick(last_tick); // timeouts are minutes: no need to look at every uplink
+                }
                 (g.take_outbox(), g.generation)
             };
             for d in out {
@@ -395,6 +402,8 @@ struct JobEntry {
     /// NeedPush: false means devices must pull (`firmware/get`).
     #[serde(default = "default_true")]
     need_push: bool,
+    /// TargetSelection SPECIFIC: only these device names (default: every registered device).
+    devices: Option<Vec<String>>,
     /// extData: batch tags (up to 10), and `udi` as `_package_udi`.
     #[serde(default)]
     tags: std::collections::BTreeMap<String, String>,
@@ -427,6 +436,7 @@ pub fn run(a: Args) -> Result<()> {
             digest: j.digest,
             timeout: j.timeout_min.map(|m| Duration::from_secs(m * 60)),
             need_push: j.need_push,
+            devices: j.devices.clone(),
             ext_data,
             ..JobSpec::new(package, j.protocol)
         };
