@@ -61,7 +61,7 @@ pub fn run(a: Args) -> Result<()> {
     let qemu_demo = crate::root().join("target/test-demo-qemu");
     let ok = self_run(&["demo", "--qemu", "--dir", qemu_demo.to_str().unwrap_or("target/test-demo-qemu")]);
     steps.push((
-        "demo --qemu: real bootloader + app under QEMU: upgrade, tampered -3, self-test rollback -1".into(),
+        "demo --qemu: real bootloader + app under QEMU: upgrade, tampered -3, self-test rollback -1, push over the buffer -1".into(),
         ok,
     ));
     let cuts = if a.full { "100" } else { "10" };

@@ -662,10 +662,10 @@ impl OtaMachine {
             Event::Message { topic: Downlink::DownloadReply, payload } => self.block_reply(now, payload),
             Event::Message { topic, payload } => self.task_message(now, topic, payload),
             Event::Oversized { topic, len, max } => {
-                // A task we cannot read (its module unknown): refused once, for our module, when
-                // idle. During a download it may be a re-push of the task in progress.
-                // Its id cannot be read: a push is a hint as ever, a get_reply while the pull sent
-                // after a failure report is out is taken as its answer.
+                // A task we cannot read (its module unknown): refused for our module, when idle
+                // (during a download it may be a re-push of the task in progress). Neither can its
+                // id be read: after a failure report a push is only a hint to pull, and a
+                // get_reply while the pull sent since is out is taken as that pull's answer.
                 let fresh = topic == Downlink::FirmwareGetReply && self.hold.is_some_and(|h| h.sent.is_some());
                 if topic == Downlink::DownloadReply || !matches!(self.state, State::AwaitTask) {
                 } else if self.hold.is_some() && !fresh {
