@@ -410,10 +410,9 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
         log::info!("connected as {}", creds.client_id.as_str());
         let clock = self.clock;
         self.m.handle(clock.now(), Event::Connected);
-        let topics = self.m.config().topics();
-        let (pk, dn) = (topics.product_key, topics.device_name);
-        let mut pk_dn: heapless::String<130> = heapless::String::new();
-        let _ = core::fmt::write(&mut pk_dn, format_args!("{pk}\u{0}{dn}"));
+        // The machine's names, copied: the topics are read while the machine is handed events.
+        let (pk, dn) = (self.m.config().product_key.clone(), self.m.config().device_name.clone());
+        let topics = alink::Topics { product_key: &pk, device_name: &dn };
         let ping_every = Duration::from_secs(keep_alive as u64 / 2);
         let mut next_ping = clock.now() + ping_every;
         // What had come from the broker at the last PINGREQ: nothing since then (not even its
@@ -426,8 +425,6 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
             }
             let wake = self.m.poll_timeout().map_or(next_ping, |t| t.min(next_ping));
             let next = select3(mqtt.next(), clock.sleep_until(wake), self.http.read(self.body)).await;
-            let (pk, dn) = pk_dn.split_once('\u{0}').unwrap_or(("", ""));
-            let topics = alink::Topics { product_key: pk, device_name: dn };
             last = Last::None;
             let now = clock.now();
             match next {

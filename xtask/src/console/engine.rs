@@ -16,7 +16,7 @@
 //! | URLs | pre-signed, valid 24 h by default |
 
 use super::auth::DeviceId;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use md5::Md5;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -918,12 +918,4 @@ impl Engine {
 /// The `streamId` of a job's MQTT stream.
 pub fn stream_id(job: u32) -> u64 {
     1_000_000 + job as u64
-}
-
-/// Fails unless `what` holds (for tests reading a task's outcome).
-pub fn expect_failure(t: &Task, kind: FailureKind) -> Result<()> {
-    if t.state != TaskState::Failed || t.failure != Some(kind) {
-        bail!("task {} ended {:?} step {} ({}), not a {kind:?} failure", t.job, t.state, t.step, t.desc);
-    }
-    Ok(())
 }
