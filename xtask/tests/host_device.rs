@@ -23,19 +23,24 @@ fn free_port() -> u16 {
     xtask::proc::free_port().unwrap()
 }
 
-/// Starts mosquitto with `conf` and waits until it listens on `port`.
+/// Starts mosquitto with `conf` and waits until it listens on `port`. Started as root it would
+/// drop to the `mosquitto` user, who cannot read the test's files under a private checkout
+/// (`mktemp -d` makes it 0700): `user root` keeps it as it was started (a no-op otherwise).
 fn mosquitto_with(dir: &Path, conf: &str, port: u16) -> Killed {
     let path = dir.join("mosquitto.conf");
-    std::fs::write(&path, conf).unwrap();
+    std::fs::write(&path, format!("user root\n{conf}")).unwrap();
+    let log = dir.join("mosquitto.log");
     let child = Command::new(mosquitto())
         .arg("-c")
         .arg(&path)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("mosquitto");
     let child = Killed(child);
-    xtask::proc::wait_port(port, "mosquitto").unwrap();
+    if let Err(e) = xtask::proc::wait_port(port, "mosquitto") {
+        panic!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
     child
 }
 
