@@ -19,30 +19,46 @@ use embassy_boot::BlockingFirmwareState;
 use embassy_embedded_hal::flash::partition::BlockingPartition;
 use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
 use embedded_storage::nor_flash::NorFlashErrorKind;
-use shared::boot::{self, boot_info, confirm, BootInfo, LastBoot, Slots, UpdateError, Updater};
-use shared::image::ImageError;
-use shared::image::{sign_image, ImageVersion, PublicKey, SignParams, VerifyOptions};
+use shared::boot::{self, boot_info, confirm, request_revert, BootInfo, BootRecord, LastBoot, Phase, Policy, Slots};
+use shared::boot::{UpdateError, Updater};
+use shared::image::{self, sign_image, ImageError, ImageVersion, PublicKey, SignParams, SliceFlash, VerifyOptions};
 use shared::sim::{CutMode, FaultyFlash, Rng, SimFlash};
 
 /// Test layout in pages: BOOT_RECORD 2, STATE 1, ACTIVE 16, DFU 17.
 const ACTIVE_PAGES: usize = 16;
+/// Starts an unconfirmed image gets (the boards' default).
+const ATTEMPTS: u8 = 3;
+/// Cases the sweeps must at least run (a little under what they do run: a sweep that shrinks
+/// by much has stopped testing what it did).
+const MIN_CONFIRM: u64 = 4_300;
+const MIN_REVERT: u64 = 16_500;
+const MIN_REFUSAL: u64 = 2_800;
+const MIN_ROTATION: u64 = 2_700;
+const MIN_AFTER_CONFIRM: u64 = 1_100;
 const REGIONS: [usize; 4] = [2, 1, ACTIVE_PAGES, ACTIVE_PAGES + 1];
 
 fn full() -> bool {
     std::env::var_os("ALIYUN_OTA_FULL").is_some()
 }
 
-fn key() -> SigningKey {
-    SigningKey::from_bytes(&[42; 32])
+/// Trusted key `slot` (the device trusts slots 0 and 1).
+fn key_in(slot: u8) -> SigningKey {
+    SigningKey::from_bytes(&[42 + slot; 32])
 }
 
-fn keys() -> [PublicKey; 1] {
-    [PublicKey(key().verifying_key().to_bytes())]
+fn keys() -> [PublicKey; 2] {
+    [0, 1].map(|s| PublicKey(key_in(s).verifying_key().to_bytes()))
 }
 
 /// A signed image of exactly `total` bytes (header 0x200, TLVs included), version `v`.
 fn image(total: usize, v: u8, sec_cnt: u32) -> Vec<u8> {
-    let tlvs = 4 + 8 + 4 + 7 + 4 + 3 + 4 + 36 + 36 + 68; // SEC_CNT, module "default", version "1.x"
+    image_by(total, v, sec_cnt, 0, 0)
+}
+
+/// The same, signed by trusted key `slot`, revoking the key slots in `revoke` once confirmed.
+fn image_by(total: usize, v: u8, sec_cnt: u32, slot: u8, revoke: u32) -> Vec<u8> {
+    // SEC_CNT, module "default", version "1.x", REVOKE_KEYS when there is one
+    let tlvs = 4 + 8 + 4 + 7 + 4 + 3 + 4 + 36 + 36 + 68 + if revoke != 0 { 8 } else { 0 };
     let body: Vec<u8> = (0..total - 0x200 - tlvs).map(|i| (i as u8).wrapping_mul(31).wrapping_add(v)).collect();
     let vs = format!("1.{v}");
     let p = SignParams {
@@ -51,8 +67,9 @@ fn image(total: usize, v: u8, sec_cnt: u32) -> Vec<u8> {
         sec_cnt,
         module: Some("default"),
         aliyun_version: Some(&vs),
+        revoke_keys: revoke,
     };
-    let img = sign_image(&body, &p, &key());
+    let img = sign_image(&body, &p, &key_in(slot));
     assert_eq!(img.len(), total);
     img
 }
@@ -100,6 +117,17 @@ impl<const E: usize, const W: usize> Device<E, W> {
         Device { flash: FaultyFlash::new(sim, seed) }
     }
 
+    /// A device whose BOOT_RECORD already holds `revoked` (what an earlier update left).
+    fn with_revoked(mut self, revoked: u32) -> Self {
+        self.with(|p| BootRecord { revoked, ..BootRecord::default() }.store(&mut p.boot_record, 0xFF)).unwrap();
+        self
+    }
+
+    /// The record as flash holds it now (what the next boot starts from).
+    fn record(&mut self) -> BootRecord {
+        self.with(|p| BootRecord::load(&mut p.boot_record)).ok().flatten().map(|(_, r)| r).unwrap_or_default()
+    }
+
     fn with<T>(&mut self, f: impl FnOnce(&mut Parts<'_, E, W>) -> T) -> T {
         let flash = std::mem::replace(&mut self.flash, FaultyFlash::new(SimFlash::new(E, 0xFF), 0));
         let m = Mutex::<NoopRawMutex, _>::new(RefCell::new(flash));
@@ -132,7 +160,8 @@ impl<const E: usize, const W: usize> Device<E, W> {
                     state: &mut p.state,
                     boot_record: &mut p.boot_record,
                 };
-                boot::boot(&mut slots, &keys(), 0xFF, &mut [0u8; 1024])
+                let policy = Policy { keys: &keys(), erased: 0xFF, boot_attempts: ATTEMPTS };
+                boot::boot(&mut slots, &policy, &mut [0u8; 1024])
             },
             Fail::Boot,
         )
@@ -140,7 +169,8 @@ impl<const E: usize, const W: usize> Device<E, W> {
 
     /// App: download `img` into DFU in 1 KiB blocks and mark it (after our verify when
     /// `checked`; an app with a bug marks it without).
-    fn download_as(&mut self, img: &[u8], checked: bool) -> Result<(), Fail> {
+    fn download_as(&mut self, img: &[u8], checked: bool, info: &BootInfo) -> Result<(), Fail> {
+        let (revoked, min_sec_cnt) = (info.revoked, info.sec_cnt);
         self.op(
             |p| {
                 let mut u = Updater::new(&mut p.dfu, &mut p.state, 0xFF, 0);
@@ -148,8 +178,8 @@ impl<const E: usize, const W: usize> Device<E, W> {
                     u.write((i * 1024) as u32, chunk)?;
                 }
                 if checked {
-                    let opts =
-                        VerifyOptions { keys: &keys(), min_sec_cnt: 0, slot_size: Some((ACTIVE_PAGES * E) as u32) };
+                    let slot_size = Some((ACTIVE_PAGES * E) as u32);
+                    let opts = VerifyOptions { keys: &keys(), revoked, min_sec_cnt, slot_size };
                     return u.finish(&opts, &mut [0u8; 512]).map(|_| ());
                 }
                 u.flush()?;
@@ -163,11 +193,8 @@ impl<const E: usize, const W: usize> Device<E, W> {
     }
 
     fn download(&mut self, img: &[u8]) -> Result<(), Fail> {
-        self.download_as(img, true)
-    }
-
-    fn download_unchecked(&mut self, img: &[u8]) -> Result<(), Fail> {
-        self.download_as(img, false)
+        let info = self.info()?;
+        self.download_as(img, true, &info)
     }
 
     fn info(&mut self) -> Result<BootInfo, Fail> {
@@ -181,6 +208,11 @@ impl<const E: usize, const W: usize> Device<E, W> {
         self.op(|p| confirm(&mut p.state, 0xFF, &mut [0u8; 64]), Fail::Update)
     }
 
+    /// App: its self-test failed; it asks for the revert (then resets).
+    fn request_revert(&mut self) -> Result<(), Fail> {
+        self.op(|p| request_revert(&mut p.state, 0xFF, &mut [0u8; 64]), Fail::Update)
+    }
+
     fn active(&self) -> &[u8] {
         let at = (REGIONS[0] + REGIONS[1]) * E;
         &self.flash.inner().bytes()[at..at + ACTIVE_PAGES * E]
@@ -190,8 +222,12 @@ impl<const E: usize, const W: usize> Device<E, W> {
 /// What the app does with a new image once it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SelfTest {
+    /// It confirms.
     Passes,
+    /// Its self-test fails: it asks for the revert at once and resets.
     Fails,
+    /// It hangs or crashes before confirming: the watchdog resets it, again and again.
+    Hangs,
 }
 
 /// The outcome a scenario must reach.
@@ -213,16 +249,32 @@ struct Scenario<'a> {
     app_verifies: bool,
 }
 
+/// SHA-256 of an image's header, body and protected TLVs: what `ImageInfo::digest` must say.
+fn digest_of(img: &[u8]) -> [u8; 32] {
+    let opts = VerifyOptions { keys: &keys(), revoked: 0, min_sec_cnt: 0, slot_size: None };
+    image::verify(&mut SliceFlash(img), &opts, &mut [0u8; 512]).map(|i| i.digest).unwrap_or([0; 32])
+}
+
 /// Plans further random cuts after each power-up (multi-cut runs).
 struct MoreCuts {
     rng: Rng,
     left: u32,
 }
 
+/// What a settled run saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Boots that started the new image unconfirmed (its self-test ran).
+    new_started: u32,
+    /// Bootloader runs that began with the record in `Testing` (cut ones included): each is one
+    /// more start of the image under test, or its revert.
+    testing_boots: u32,
+}
+
 /// Runs the device (boot, app, boot, ...) until the scenario settles, checking every boot.
-/// Returns Err(what) on an invariant broken; Ok(()) once settled. Power cuts inside are
-/// recovered by power-cycling and carrying on.
-fn drive<const E: usize, const W: usize>(d: &mut Device<E, W>, s: &Scenario<'_>) -> Result<(), String> {
+/// Returns Err(what) on an invariant broken; Ok(what it saw) once settled. Power cuts inside
+/// are recovered by power-cycling and carrying on.
+fn drive<const E: usize, const W: usize>(d: &mut Device<E, W>, s: &Scenario<'_>) -> Result<Seen, String> {
     drive_cuts(d, s, None)
 }
 
@@ -230,17 +282,23 @@ fn drive_cuts<const E: usize, const W: usize>(
     d: &mut Device<E, W>,
     s: &Scenario<'_>,
     mut more: Option<MoreCuts>,
-) -> Result<(), String> {
-    let start_seq = d.info().map(|i| i.record_seq).unwrap_or(0);
+) -> Result<Seen, String> {
+    let multi_cut = more.is_some();
+    let start = d.record();
+    let (new_digest, old_digest) = (digest_of(s.new), digest_of(s.old));
+    let mut seen = Seen::default();
     let mut power_up = |d: &mut Device<E, W>| {
         d.flash.power_cycle();
         if let Some(m) = more.as_mut().filter(|m| m.left > 0) {
             m.left -= 1;
             let mode = CutMode::ALL[m.rng.below(3) as usize];
-            d.flash.cut_at(m.rng.below(400), mode);
+            d.flash.cut_at(m.rng.below(150), mode);
         }
     };
-    for _round in 0..24 {
+    for _round in 0..32 {
+        if matches!(d.record().phase, Phase::Testing { .. }) {
+            seen.testing_boots += 1;
+        }
         let booted = match d.boot() {
             Ok(b) => b,
             Err(e) if is_power(&e) => {
@@ -256,9 +314,18 @@ fn drive_cuts<const E: usize, const W: usize>(
         if !running_new && !running_old {
             return Err("ACTIVE holds neither the old nor the new image".into());
         }
-        let expect_digest = if running_new { &s.new } else { &s.old };
-        if booted.image.total_len as usize != expect_digest.len() {
+        let expect_digest = if running_new { new_digest } else { old_digest };
+        if booted.image.digest != expect_digest {
             return Err("the verified image is not the one in ACTIVE".into());
+        }
+        // Revocations are stored only once an image is confirmed; starts are bounded.
+        if let Phase::Testing { boots, .. } = booted.record.phase {
+            if booted.record.revoked != start.revoked {
+                return Err(format!("keys revoked while an image is under test (start {boots})"));
+            }
+            if boots > ATTEMPTS {
+                return Err(format!("the image under test was started {boots} times (at most {ATTEMPTS})"));
+            }
         }
         let info = match d.info() {
             Ok(i) => i,
@@ -277,44 +344,52 @@ fn drive_cuts<const E: usize, const W: usize>(
         if running_old && info.last == LastBoot::SwappedIn {
             return Err("the record says swapped in while the old image runs".into());
         }
-        let this_cycle = info.record_seq > start_seq;
+        let this_cycle = info.record_seq > start.seq;
         if std::env::var_os("SIM_TRACE").is_some() {
             eprintln!(
-                "boot: new {running_new} info {:?} {:?} seq {} sec {}",
-                info.awaiting_confirm, info.last, info.record_seq, info.sec_cnt
+                "boot: new {running_new} info {:?} {:?} seq {} sec {} rec {:?}",
+                info.awaiting_confirm, info.last, info.record_seq, info.sec_cnt, booted.record.phase
             );
         }
         // Settled?
         match s.expect {
             Expect::New if running_new && !info.awaiting_confirm => {
-                if info.sec_cnt < booted.image.sec_cnt {
-                    // Raised at the next boot at the latest.
+                let r = booted.record;
+                if r.sec_cnt < booted.image.sec_cnt || r.revoked & booted.image.revokes != booted.image.revokes {
+                    // Stored at the next boot at the latest.
                     continue;
                 }
-                return Ok(());
+                return Ok(seen);
             }
-            // A cut between the swap and the confirm means the new image booted without
-            // confirming: reverting it is right, and reported.
-            Expect::New if running_old && this_cycle && info.last == LastBoot::Reverted && d.flash.cuts() > 0 => {
-                return Ok(())
+            // A good image is reverted only when its starts ran out: power cuts between the swap
+            // and the confirm, one per start (multi-cut runs only: one cut cannot use them up).
+            Expect::New if running_old && this_cycle && info.last == LastBoot::Reverted => {
+                if multi_cut && seen.testing_boots > ATTEMPTS as u32 {
+                    return Ok(seen);
+                }
+                return Err(format!(
+                    "a good image was reverted after {} bootloader runs in testing ({ATTEMPTS} starts allowed)",
+                    seen.testing_boots
+                ));
             }
-            Expect::Old(last) if running_old && this_cycle && info.last == last => return Ok(()),
+            Expect::Old(last) if running_old && this_cycle && info.last == last => return Ok(seen),
             _ => {}
         }
         // The app's turn.
         let r = if info.awaiting_confirm {
+            seen.new_started += 1;
             match s.test {
                 SelfTest::Passes => d.confirm(),
-                SelfTest::Fails => Ok(()), // it hangs or resets: the watchdog reboots it
+                SelfTest::Fails => d.request_revert(),
+                SelfTest::Hangs => Ok(()), // the watchdog reboots it
             }
         } else if running_old && !(this_cycle && matches!(info.last, LastBoot::Reverted | LastBoot::Refused(_))) {
-            let r = if s.app_verifies { d.download(s.new) } else { d.download_unchecked(s.new) };
-            match r {
+            match d.download_as(s.new, s.app_verifies, &info) {
                 Err(Fail::Update(UpdateError::Image(e))) => {
                     // The app's own verify refused it: nothing marked, the old image stays.
                     if let Expect::Old(LastBoot::Refused(want)) = s.expect {
                         if e == want {
-                            return Ok(());
+                            return Ok(seen);
                         }
                     }
                     return Err(format!("the app refused the download: {e:?}"));
@@ -330,30 +405,43 @@ fn drive_cuts<const E: usize, const W: usize>(
             Err(e) => return Err(format!("app step failed: {e:?}")),
         }
     }
-    Err("did not settle in 24 boots".into())
+    Err("did not settle in 32 boots".into())
 }
 
-/// Sweeps every cut of a scenario; returns the number of cases run.
-fn sweep<const E: usize, const W: usize>(name: &str, s: &Scenario<'_>, ecc: bool) -> u64 {
-    let fresh = || Device::<E, W>::new(s.old, ecc, 1);
+/// Sweeps every cut of a scenario on a device `fresh` makes; returns the number of cases run
+/// (asserted: every operation of the clean run, in each of the three modes, each cut made).
+fn sweep_from<const E: usize, const W: usize>(
+    name: &str,
+    s: &Scenario<'_>,
+    fresh: impl Fn(u64) -> Device<E, W>,
+    ecc: bool,
+) -> u64 {
     // Count the operations of a clean run.
-    let mut clean = fresh();
+    let mut clean = fresh(1);
+    let before = clean.flash.ops();
     drive(&mut clean, s).unwrap_or_else(|e| panic!("{name}: clean run: {e}"));
-    let total = clean.flash.ops();
+    let total = clean.flash.ops() - before;
+    assert!(total > 0, "{name}: the clean run did no flash operation");
     let mut cases = 0;
     for n in 0..total {
         for mode in CutMode::ALL {
             let seed = n * 3 + mode as u64;
-            let mut d = Device::<E, W>::new(s.old, ecc, seed);
+            let mut d = fresh(seed);
             d.flash.cut_at(n, mode);
             if let Err(e) = drive(&mut d, s) {
                 panic!("{name} ({E}/{W}, ecc {ecc}): cut {mode:?} at op {n} of {total}, seed {seed}: {e}");
             }
+            assert_eq!(d.flash.cuts(), 1, "{name}: cut {mode:?} at op {n} of {total} never happened");
             cases += 1;
         }
     }
+    assert_eq!(cases, 3 * total);
     eprintln!("{name} ({E}/{W}, ecc {ecc}): {total} operations, {cases} cut cases");
     cases
+}
+
+fn sweep<const E: usize, const W: usize>(name: &str, s: &Scenario<'_>, ecc: bool) -> u64 {
+    sweep_from::<E, W>(name, s, |seed| Device::<E, W>::new(s.old, ecc, seed), ecc)
 }
 
 macro_rules! for_each_geometry {
@@ -377,14 +465,12 @@ fn update_confirm<const E: usize, const W: usize>(pages_old: usize, pages_new: u
 fn update_revert<const E: usize, const W: usize>(pages_old: usize, pages_new: usize, ecc: bool) -> u64 {
     let old = image(pages_old * E - 100, 3, 1);
     let new = image(pages_new * E - 7, 4, 2);
-    let s = Scenario {
-        old: &old,
-        new: &new,
-        test: SelfTest::Fails,
-        expect: Expect::Old(LastBoot::Reverted),
-        app_verifies: true,
-    };
-    sweep::<E, W>(&format!("update->no confirm->revert {pages_old}->{pages_new} pages"), &s, ecc)
+    let mut n = 0;
+    for (test, what) in [(SelfTest::Fails, "self-test fails->revert asked"), (SelfTest::Hangs, "hangs->starts used up")] {
+        let s = Scenario { old: &old, new: &new, test, expect: Expect::Old(LastBoot::Reverted), app_verifies: true };
+        n += sweep::<E, W>(&format!("update->{what}->revert {pages_old}->{pages_new} pages"), &s, ecc);
+    }
+    n
 }
 
 #[test]
@@ -392,6 +478,7 @@ fn power_cuts_during_update_and_confirm() {
     let mut n = for_each_geometry!(update_confirm(2, 5));
     n += for_each_geometry!(update_confirm(ACTIVE_PAGES, 1));
     eprintln!("update->confirm sweeps: {n} cases");
+    assert!(n >= MIN_CONFIRM, "update->confirm sweeps ran only {n} cases");
 }
 
 #[test]
@@ -399,6 +486,7 @@ fn power_cuts_during_update_and_revert() {
     let mut n = for_each_geometry!(update_revert(3, 2));
     n += for_each_geometry!(update_revert(1, ACTIVE_PAGES));
     eprintln!("update->revert sweeps: {n} cases");
+    assert!(n >= MIN_REVERT, "update->revert sweeps ran only {n} cases");
 }
 
 /// The bootloader refuses `new` before any page moves; the old image keeps running.
@@ -429,6 +517,7 @@ fn refusals<const E: usize, const W: usize>(ecc: bool) -> u64 {
             sec_cnt: 2,
             module: Some("default"),
             aliyun_version: Some("1.4"),
+            revoke_keys: 0,
         };
         sign_image(&good[0x200..good.len() - 200], &p, &SigningKey::from_bytes(&[7; 32]))
     };
@@ -448,6 +537,81 @@ fn refusals<const E: usize, const W: usize>(ecc: bool) -> u64 {
 fn invalid_updates_are_refused_before_any_page_moves() {
     let n = for_each_geometry!(refusals());
     eprintln!("refusal sweeps: {n} cases");
+    assert!(n >= MIN_REFUSAL, "refusal sweeps ran only {n} cases");
+}
+
+#[test]
+fn an_unconfirmed_image_gets_its_boot_attempts_and_a_broken_one_asks_for_the_revert() {
+    for ecc in [false, true] {
+        let old = image(3 * 4096 + 5, 3, 1);
+        let new = image(4 * 4096 - 9, 4, 2);
+        let run = |test, expect| {
+            let s = Scenario { old: &old, new: &new, test, expect, app_verifies: true };
+            let mut d = Device::<4096, 4>::new(&old, ecc, 3);
+            drive(&mut d, &s).unwrap_or_else(|e| panic!("{test:?}: {e}"))
+        };
+        // A hung image (watchdog resets) is started exactly ATTEMPTS times, then reverted.
+        let seen = run(SelfTest::Hangs, Expect::Old(LastBoot::Reverted));
+        assert_eq!(seen.new_started, ATTEMPTS as u32, "a hung image's starts");
+        assert_eq!(seen.testing_boots, ATTEMPTS as u32, "bootloader runs in testing: starts 2..N and the revert");
+        // A failed self-test asks for the revert: the next boot reverts, no more starts.
+        let seen = run(SelfTest::Fails, Expect::Old(LastBoot::Reverted));
+        assert_eq!((seen.new_started, seen.testing_boots), (1, 1), "a failed self-test reverts at the next boot");
+        // A good image started, then reset before its confirm (power lost), is started again.
+        let s = Scenario { old: &old, new: &new, test: SelfTest::Passes, expect: Expect::New, app_verifies: true };
+        let mut d = Device::<4096, 4>::new(&old, ecc, 4);
+        d.boot().unwrap();
+        d.download(&new).unwrap();
+        for start in 1..ATTEMPTS {
+            let b = d.boot().unwrap();
+            assert_eq!(b.record.phase, Phase::Testing { pages: 4, boots: start });
+            assert!(d.info().unwrap().awaiting_confirm);
+            d.flash.power_cycle(); // lost before the confirm
+        }
+        let seen = drive(&mut d, &s).unwrap();
+        assert_eq!(seen.new_started, 1, "the last start confirms");
+        assert_eq!(d.info().unwrap().running.aliyun_version.as_deref(), Some("1.4"));
+    }
+}
+
+/// Key 0 leaked: release 1.5, signed by key 1, revokes it. Until 1.5 is confirmed nothing is
+/// revoked (a revert keeps key 0); after, images signed by key 0 are refused by the app's check
+/// and by the bootloader's. Swept at every operation.
+fn key_rotation<const E: usize, const W: usize>(ecc: bool) -> u64 {
+    let v3 = image_by(2 * E + 7, 3, 1, 0, 0);
+    let v5 = image_by(3 * E - 50, 5, 1, 1, 0b1);
+    let mut n = 0;
+    for (test, expect) in [(SelfTest::Passes, Expect::New), (SelfTest::Fails, Expect::Old(LastBoot::Reverted))] {
+        let s = Scenario { old: &v3, new: &v5, test, expect, app_verifies: true };
+        n += sweep::<E, W>(&format!("revoking update, {test:?}"), &s, ecc);
+        // Settled: revoked exactly when 1.5 runs confirmed, stored at the latest by the next boot.
+        let mut d = Device::<E, W>::new(&v3, ecc, 2);
+        drive(&mut d, &s).unwrap();
+        d.boot().unwrap();
+        let want = if test == SelfTest::Passes { 0b1 } else { 0 };
+        assert_eq!(d.record().revoked, want, "{test:?}");
+    }
+    // Revoked: an image signed by key 0 is refused, before any page moves.
+    let v6 = image_by(4 * E, 6, 2, 0, 0);
+    let refusal = Scenario {
+        old: &v5,
+        new: &v6,
+        test: SelfTest::Passes,
+        expect: Expect::Old(LastBoot::Refused(ImageError::KeyRevoked { key: 0 })),
+        app_verifies: false,
+    };
+    let revoked = |seed| Device::<E, W>::new(&v5, ecc, seed).with_revoked(1);
+    n += sweep_from::<E, W>("signed by a revoked key", &refusal, revoked, ecc);
+    let app_checks = Scenario { app_verifies: true, ..refusal };
+    drive(&mut revoked(9), &app_checks).expect("the app refuses it too");
+    n
+}
+
+#[test]
+fn a_leaked_key_is_revoked_by_a_confirmed_image_signed_with_the_next_one() {
+    let n = for_each_geometry!(key_rotation());
+    eprintln!("key rotation sweeps: {n} cases");
+    assert!(n >= MIN_ROTATION, "key rotation sweeps ran only {n} cases");
 }
 
 #[test]
@@ -499,12 +663,11 @@ fn update_after_confirm_without_reboot<const E: usize, const W: usize>(ecc: bool
             Err(e) if is_power(&e) => d.flash.power_cycle(),
             Err(e) => return Err(format!("download: {e:?}")),
         }
-        drive(d, &s)?;
+        drive(d, &s).map(|_| ())?;
         let info = d.info().map_err(|e| format!("{e:?}"))?;
+        // One cut cannot use up v5's starts: it always ends confirmed.
         match info.running.aliyun_version.as_deref() {
             Some("1.5") => Ok(()),
-            // A cut between the swap and the confirm reverts v5: v4 runs, reported.
-            Some("1.4") if info.last == LastBoot::Reverted && d.flash.cuts() > 0 => Ok(()),
             v => Err(format!("runs {v:?}, last boot {:?}", info.last)),
         }
     };
@@ -512,6 +675,7 @@ fn update_after_confirm_without_reboot<const E: usize, const W: usize>(ecc: bool
     let start = clean.flash.ops();
     rest(&mut clean).unwrap_or_else(|e| panic!("clean run: {e}"));
     let total = clean.flash.ops() - start;
+    assert!(total > 0);
     let mut cases = 0;
     for n in 0..total {
         for mode in CutMode::ALL {
@@ -519,6 +683,7 @@ fn update_after_confirm_without_reboot<const E: usize, const W: usize>(ecc: bool
             let mut d = confirmed_v4(seed);
             d.flash.cut_at(n, mode);
             rest(&mut d).unwrap_or_else(|e| panic!("({E}/{W}, ecc {ecc}) cut {mode:?} at op {n} of {total}: {e}"));
+            assert_eq!(d.flash.cuts(), 1, "cut {mode:?} at op {n} of {total} never happened");
             cases += 1;
         }
     }
@@ -530,6 +695,7 @@ fn update_after_confirm_without_reboot<const E: usize, const W: usize>(ecc: bool
 fn an_update_marked_before_any_reboot_after_a_confirm_installs() {
     let n = for_each_geometry!(update_after_confirm_without_reboot());
     eprintln!("update after confirm without reboot: {n} cases");
+    assert!(n >= MIN_AFTER_CONFIRM, "update after confirm sweeps ran only {n} cases");
 }
 
 #[test]
@@ -548,23 +714,26 @@ fn image_sizes_from_one_page_to_the_whole_slot_update_and_revert() {
 #[test]
 fn random_multi_cut_runs() {
     let runs = if full() { 10_000 } else { 1_000 };
+    let mut cuts = 0;
     for seed in 0..runs {
-        match seed % 2 {
+        cuts += match seed % 2 {
             0 => multi_cut::<4096, 4>(seed),
             _ => multi_cut::<8192, 16>(seed),
-        }
+        };
     }
-    eprintln!("random multi-cut runs: {runs} (1 to 4 cuts each, both geometries, ECC on and off)");
+    eprintln!("random multi-cut runs: {runs}, {cuts} cuts made (1 to 4 planned each, both geometries, ECC on and off)");
+    // Planned cuts past the end of a run do not happen; most must.
+    assert!(cuts >= runs as u32, "only {cuts} cuts happened in {runs} runs");
 }
 
-fn multi_cut<const E: usize, const W: usize>(seed: u64) {
+fn multi_cut<const E: usize, const W: usize>(seed: u64) -> u32 {
     let old = image(3 * E + 500, 3, 1);
     let new = image(6 * E - 40, 4, 2);
     let mut rng = Rng::new(seed);
-    let test = if rng.below(2) == 0 { SelfTest::Passes } else { SelfTest::Fails };
+    let test = [SelfTest::Passes, SelfTest::Fails, SelfTest::Hangs][rng.below(3) as usize];
     let expect = match test {
         SelfTest::Passes => Expect::New,
-        SelfTest::Fails => Expect::Old(LastBoot::Reverted),
+        SelfTest::Fails | SelfTest::Hangs => Expect::Old(LastBoot::Reverted),
     };
     let s = Scenario { old: &old, new: &new, test, expect, app_verifies: true };
     let ecc = rng.below(2) == 0;
@@ -576,4 +745,5 @@ fn multi_cut<const E: usize, const W: usize>(seed: u64) {
     if let Err(e) = drive_cuts(&mut d, &s, Some(more)) {
         panic!("multi-cut run seed {seed} ({E}/{W}, ecc {ecc}, {cuts} cuts, {test:?}): {e}");
     }
+    d.flash.cuts()
 }

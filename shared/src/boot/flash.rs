@@ -60,6 +60,11 @@ impl<F: NorFlash> NorFlash for Window<'_, F> {
 /// | 1 | progress validity: erased = valid |
 /// | 2 .. 2+2N | swap progress, one word per step, written after the step's page copy |
 /// | 2+2N .. 2+4N | revert progress, likewise |
+/// | last word of the partition | ours: the app's revert request (any bit programmed) |
+///
+/// The layouts give STATE a margin over the 2 + 4N words embassy-boot uses, so its last word is
+/// never one of embassy-boot's; every `mark_updated`, `mark_booted` and revert erases all of STATE,
+/// which clears the request with the rest.
 ///
 /// A progress word is written only after its page copy completed, so a progress word with any
 /// bit programmed (even torn by a power cut) means "step done". embassy-boot counts a word with
@@ -90,6 +95,28 @@ impl<'a, F: NorFlash> StateGuard<'a, F> {
         let word = &mut buf[..F::WRITE_SIZE];
         self.flash.read(0, word).map_err(|e| e.kind())?;
         Ok(State::from(&*word))
+    }
+
+    /// Offset of the revert-request word (the partition's last write unit).
+    fn request_word(&self) -> u32 {
+        (self.flash.capacity() - F::WRITE_SIZE) as u32
+    }
+
+    /// Whether the app asked for its revert (the request word has any bit programmed, even torn).
+    pub fn revert_requested(&mut self, buf: &mut [u8]) -> Result<bool, NorFlashErrorKind> {
+        let word = &mut buf[..F::WRITE_SIZE];
+        self.flash.read(self.request_word(), word).map_err(|e| e.kind())?;
+        Ok(word.iter().any(|&b| b != self.erased))
+    }
+
+    /// Programs the revert-request word (once: a programmed word is left as it is).
+    pub fn request_revert(&mut self, buf: &mut [u8]) -> Result<(), NorFlashErrorKind> {
+        if self.revert_requested(buf)? {
+            return Ok(());
+        }
+        let word = &mut buf[..F::WRITE_SIZE];
+        word.fill(!self.erased);
+        self.flash.write(self.request_word(), word).map_err(|e| e.kind())
     }
 
     /// Whether all `steps` first steps of the swap (or revert, from `first`) are done, by

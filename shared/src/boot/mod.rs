@@ -2,14 +2,14 @@
 //!
 //! | STATE magic | BOOT_RECORD phase | what [`boot`] does |
 //! |---|---|---|
-//! | Swap | Idle | verify DFU (hash, signature, SEC_CNT, fits ACTIVE). Bad: record `Refused(why)`, cancel the swap. Good: record `Swapping{pages}`, swap those pages, record `Testing` |
+//! | Swap | Idle | verify DFU (hash, signature by a key not revoked, SEC_CNT, fits ACTIVE). Bad: record `Refused(why)`, cancel the swap. Good: record `Swapping{pages}`, swap those pages, record `Testing{boots: 1}` |
 //! | Swap | Swapping | resume the interrupted swap (same pages), record `Testing` |
-//! | Swap | Testing | swap progress in STATE: the new image booted and did not confirm: record `Reverting`, swap back, record `Reverted` |
-//! | Swap | Testing | no swap progress: the app confirmed and marked a new update before a reboot: record `Confirmed` (and the counter), then as Idle |
+//! | Swap | Testing{boots} | swap progress in STATE: the new image booted and did not confirm: with `boots` < the board's `boot_attempts` and no revert request (last STATE word), record `boots + 1` and start it again; else record `Reverting`, swap back, record `Reverted` |
+//! | Swap | Testing | no swap progress: the app confirmed and marked a new update before a reboot: record `Confirmed` (counter, revocations), then as Idle |
 //! | Swap | Reverting | resume the interrupted revert |
 //! | not Swap | Testing | the app confirmed: record `Confirmed` |
 //! | not Swap | Reverting | a revert finished before its record: record `Reverted` |
-//! | any | any | verify ACTIVE; raise the stored counter to its SEC_CNT once confirmed; jump only if it verifies |
+//! | any | any | verify ACTIVE; once confirmed (Idle), raise the stored counter to its SEC_CNT and add its REVOKE_KEYS to the revoked keys; jump only if it verifies |
 //!
 //! `pages` is fixed before the first page moves: the pages both images occupy, not the whole slot.
 //! embassy-boot does the page moves and keeps their progress in STATE; it is given partition views
@@ -22,7 +22,7 @@ pub mod updater;
 
 pub use flash::{StateGuard, Window};
 pub use record::{BootRecord, LastBoot, Phase};
-pub use updater::{boot_info, confirm, BootInfo, UpdateError, Updater};
+pub use updater::{boot_info, confirm, request_revert, BootInfo, UpdateError, Updater};
 
 use crate::image::{self, ImageError, ImageInfo, PublicKey, VerifyOptions};
 use embassy_boot::{BlockingFirmwareState, BootLoader, BootLoaderConfig, State};
@@ -94,16 +94,29 @@ pub struct Boot {
     pub record: BootRecord,
 }
 
+/// What a bootloader build decides with.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy<'k> {
+    /// The trusted keys; a key's index is its slot (revocation names slots).
+    pub keys: &'k [PublicKey],
+    /// The flash's erased value (0xFF: embassy-boot 0.7 as built here has no erase-to-zero).
+    pub erased: u8,
+    /// Starts an unconfirmed new image gets before it is reverted (the board's
+    /// `boot_attempts`, at least 1). Every reset counts: power cut, watchdog, panic.
+    pub boot_attempts: u8,
+}
+
 /// Runs the boot policy over `slots` and returns the image to jump to.
 ///
 /// `buf` is the copy buffer: its length must divide the page size and be a multiple of every
-/// write size (e.g. 256 or 1024 bytes). `erased` is the flash's erased value.
+/// write size (e.g. 256 or 1024 bytes).
 pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
     slots: &mut Slots<A, D, S, R>,
-    keys: &[PublicKey],
-    erased: u8,
+    policy: &Policy<'_>,
     buf: &mut [u8],
 ) -> Result<Boot, BootError> {
+    let Policy { keys, erased, boot_attempts } = *policy;
+    assert!(erased == 0xFF, "embassy-boot's STATE logic is built for flash that erases to 0xFF");
     let page = A::ERASE_SIZE.max(D::ERASE_SIZE) as u32;
     let loaded = BootRecord::load(&mut slots.boot_record)?.map(|(_, r)| r).unwrap_or_default();
     let mut rec = loaded;
@@ -112,47 +125,60 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
     rec.last = LastBoot::Nothing;
     let state = StateGuard::new(&mut slots.state, erased).state(buf)?;
     let slot = slots.active.capacity() as u32;
+    let opts = |rec: &BootRecord| VerifyOptions {
+        keys,
+        revoked: rec.revoked,
+        min_sec_cnt: rec.sec_cnt,
+        slot_size: Some(slot),
+    };
 
     let mut phase_after_swap = None;
     if state == State::Swap {
-        if let Phase::Testing { pages } = rec.phase {
+        if let Phase::Testing { pages, .. } = rec.phase {
             if !StateGuard::new(&mut slots.state, erased).steps_done(0, 2 * pages, buf)? {
                 // No swap progress in STATE: the app confirmed the image swapped in (mark_booted
                 // erases STATE) and marked a new update before any reboot recorded the confirm.
-                // Record the confirm (and its counter) first, then handle the new update.
+                // Record the confirm (its counter, its revocations) first, then handle the new
+                // update.
                 rec.phase = Phase::Idle;
                 rec.last = LastBoot::Confirmed;
-                let opts = VerifyOptions { keys, min_sec_cnt: rec.sec_cnt, slot_size: Some(slot) };
-                if let Ok(running) = image::verify(&mut slots.active, &opts, buf) {
-                    rec.sec_cnt = rec.sec_cnt.max(running.sec_cnt);
+                if let Ok(running) = image::verify(&mut slots.active, &opts(&rec), buf) {
+                    confirmed(&mut rec, &running);
                 }
             }
         }
         match rec.phase {
-            Phase::Idle => {
-                let opts = VerifyOptions { keys, min_sec_cnt: rec.sec_cnt, slot_size: Some(slot) };
-                match image::verify(&mut slots.dfu, &opts, buf) {
-                    Err(why) => {
-                        rec.last = LastBoot::Refused(why);
-                        store(&mut rec, &mut slots.boot_record, erased)?;
-                        // Back to Boot: the swap is cancelled, nothing moved.
-                        let word = &mut buf[..S::WRITE_SIZE];
-                        BlockingFirmwareState::new(StateGuard::new(&mut slots.state, erased), word).mark_booted()?;
-                    }
-                    Ok(new) => {
-                        let old = image::extent(&mut slots.active).unwrap_or(0);
-                        let pages = new.total_len.max(old).div_ceil(page);
-                        rec.phase = Phase::Swapping { pages };
-                        rec.last = LastBoot::Nothing;
-                        store(&mut rec, &mut slots.boot_record, erased)?;
-                        phase_after_swap = Some(pages);
-                    }
+            Phase::Idle => match image::verify(&mut slots.dfu, &opts(&rec), buf) {
+                Err(why) => {
+                    rec.last = LastBoot::Refused(why);
+                    store(&mut rec, &mut slots.boot_record, erased)?;
+                    // Back to Boot: the swap is cancelled, nothing moved.
+                    let word = &mut buf[..S::WRITE_SIZE];
+                    BlockingFirmwareState::new(StateGuard::new(&mut slots.state, erased), word).mark_booted()?;
+                }
+                Ok(new) => {
+                    let old = image::extent(&mut slots.active).unwrap_or(0);
+                    let pages = new.total_len.max(old).div_ceil(page);
+                    rec.phase = Phase::Swapping { pages };
+                    rec.last = LastBoot::Nothing;
+                    store(&mut rec, &mut slots.boot_record, erased)?;
+                    phase_after_swap = Some(pages);
+                }
+            },
+            Phase::Swapping { pages } => phase_after_swap = Some(pages),
+            // The new image was started and did not confirm: start it again while it has
+            // attempts left and has not asked for the revert, else put the old one back.
+            Phase::Testing { pages, boots } => {
+                let asked = StateGuard::new(&mut slots.state, erased).revert_requested(buf)?;
+                if asked || boots >= boot_attempts {
+                    revert(slots, &mut rec, pages, erased, buf)?;
+                } else {
+                    rec.phase = Phase::Testing { pages, boots: boots + 1 };
+                    rec.last = LastBoot::SwappedIn;
+                    store(&mut rec, &mut slots.boot_record, erased)?;
                 }
             }
-            Phase::Swapping { pages } => phase_after_swap = Some(pages),
-            Phase::Testing { pages } | Phase::Reverting { pages } => {
-                revert(slots, &mut rec, pages, erased, buf)?;
-            }
+            Phase::Reverting { pages } => revert(slots, &mut rec, pages, erased, buf)?,
         }
     } else {
         match rec.phase {
@@ -175,30 +201,36 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
         if !StateGuard::new(&mut slots.state, erased).steps_done(0, 2 * pages, buf)? {
             prepare(slots, pages, page, erased, buf)?;
         }
-        rec.phase = Phase::Testing { pages };
+        rec.phase = Phase::Testing { pages, boots: 1 };
         rec.last = LastBoot::SwappedIn;
         store(&mut rec, &mut slots.boot_record, erased)?;
     }
 
-    let opts = VerifyOptions { keys, min_sec_cnt: rec.sec_cnt, slot_size: Some(slot) };
-    let image = match image::verify(&mut slots.active, &opts, buf) {
+    let image = match image::verify(&mut slots.active, &opts(&rec), buf) {
         Ok(i) => i,
         Err(e) => match rec.phase {
             // The image just swapped in does not verify (it did in DFU): put the old one back.
-            Phase::Testing { pages } => {
+            Phase::Testing { pages, .. } => {
                 revert(slots, &mut rec, pages, erased, buf)?;
-                image::verify(&mut slots.active, &opts, buf).map_err(BootError::NoBootableImage)?
+                image::verify(&mut slots.active, &opts(&rec), buf).map_err(BootError::NoBootableImage)?
             }
             _ => return Err(BootError::NoBootableImage(e)),
         },
     };
-    if rec.phase == Phase::Idle && image.sec_cnt > rec.sec_cnt {
-        rec.sec_cnt = image.sec_cnt;
+    if rec.phase == Phase::Idle {
+        confirmed(&mut rec, &image);
     }
     if rec != loaded {
         store(&mut rec, &mut slots.boot_record, erased)?;
     }
     Ok(Boot { image, record: rec })
+}
+
+/// What a confirmed image raises: the stored counter to its SEC_CNT, and the revoked keys by
+/// its REVOKE_KEYS. Both only ever grow.
+fn confirmed(rec: &mut BootRecord, image: &ImageInfo) {
+    rec.sec_cnt = rec.sec_cnt.max(image.sec_cnt);
+    rec.revoked |= image.revokes;
 }
 
 fn store<R: NorFlash>(rec: &mut BootRecord, region: &mut R, erased: u8) -> Result<(), BootError> {

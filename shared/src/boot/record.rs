@@ -41,6 +41,9 @@ pub enum Phase {
     Testing {
         /// pages swapped
         pages: u32,
+        /// Times the bootloader has started it (1 after the swap): at the board's
+        /// `boot_attempts` it is reverted instead of started again.
+        boots: u8,
     },
     /// The new image did not confirm; the old one is being swapped back.
     Reverting {
@@ -75,6 +78,9 @@ pub struct BootRecord {
     pub seq: u32,
     /// The security counter: images with a lower SEC_CNT are refused.
     pub sec_cnt: u32,
+    /// Signing keys revoked, one bit per key slot (bit j: images signed by trusted key j are
+    /// refused). Raised only by a confirmed image's REVOKE_KEYS TLV, never lowered.
+    pub revoked: u32,
     /// The update under way.
     pub phase: Phase,
     /// What the last update-related boot did.
@@ -193,6 +199,8 @@ mod image_error {
         BadSignature,
         CounterTooLow(u32, u32),
         Flash,
+        KeyRevoked(u8),
+        BadRevocation(u8, u32),
     }
 
     pub fn serialize<S: Serializer>(e: &ImageError, s: S) -> Result<S::Ok, S::Error> {
@@ -210,6 +218,8 @@ mod image_error {
             ImageError::BadSignature => Wire::BadSignature,
             ImageError::CounterTooLow { image, stored } => Wire::CounterTooLow(image, stored),
             ImageError::Flash(_) => Wire::Flash,
+            ImageError::KeyRevoked { key } => Wire::KeyRevoked(key),
+            ImageError::BadRevocation { key, revokes } => Wire::BadRevocation(key, revokes),
         };
         w.serialize(s)
     }
@@ -229,6 +239,8 @@ mod image_error {
             Wire::BadSignature => ImageError::BadSignature,
             Wire::CounterTooLow(image, stored) => ImageError::CounterTooLow { image, stored },
             Wire::Flash => ImageError::Flash(NorFlashErrorKind::Other),
+            Wire::KeyRevoked(key) => ImageError::KeyRevoked { key },
+            Wire::BadRevocation(key, revokes) => ImageError::BadRevocation { key, revokes },
         })
     }
 }
@@ -239,7 +251,7 @@ mod tests {
     use crate::sim::{CutMode, FaultyFlash, SimFlash};
 
     fn rec(sec_cnt: u32, last: LastBoot) -> BootRecord {
-        BootRecord { seq: 0, sec_cnt, phase: Phase::Testing { pages: 3 }, last }
+        BootRecord { seq: 0, sec_cnt, revoked: 0b10, phase: Phase::Testing { pages: 3, boots: 2 }, last }
     }
 
     #[test]

@@ -163,6 +163,13 @@ pub fn confirm<S: NorFlash>(state: &mut S, erased: u8, buf: &mut [u8]) -> Result
         .map_err(|_| UpdateError::Flash(NorFlashErrorKind::Other))
 }
 
+/// Asks the bootloader to put the previous image back at the next boot, without waiting for the
+/// new image's remaining boot attempts: for a new image that knows it is broken (its self-test
+/// failed). Reset after it. Does nothing the bootloader acts on unless an image is being tested.
+pub fn request_revert<S: NorFlash>(state: &mut S, erased: u8, buf: &mut [u8]) -> Result<(), UpdateError> {
+    Ok(StateGuard::new(state, erased).request_revert(buf)?)
+}
+
 /// What the app knows about this boot, from the image in ACTIVE and BOOT_RECORD (never from
 /// embassy-boot's state alone: a cut inside `mark_booted` can leave any magic behind).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,8 +180,14 @@ pub struct BootInfo {
     pub awaiting_confirm: bool,
     /// What this boot did (see [`LastBoot`]).
     pub last: LastBoot,
-    /// The stored security counter.
+    /// The security counter images must reach: the stored one, or the running image's once it is
+    /// confirmed (the bootloader stores that at the next boot).
     pub sec_cnt: u32,
+    /// Key slots revoked: the stored ones, plus the running image's REVOKE_KEYS once it is
+    /// confirmed.
+    pub revoked: u32,
+    /// Starts of the image under test so far (0 when none is being tested).
+    pub boots: u8,
     /// The record's sequence number (changes whenever the bootloader records something).
     pub record_seq: u32,
 }
@@ -189,11 +202,20 @@ pub fn boot_info<A: ReadNorFlash, R: ReadNorFlash, S: NorFlash>(
     buf: &mut [u8],
 ) -> Result<BootInfo, UpdateError> {
     let rec = BootRecord::load(boot_record)?.map(|(_, r)| r).unwrap_or_default();
-    let opts = VerifyOptions { keys, min_sec_cnt: 0, slot_size: None };
+    let opts = VerifyOptions { keys, revoked: 0, min_sec_cnt: 0, slot_size: None };
     let running = image::verify(active, &opts, buf).map_err(UpdateError::Image)?;
     let magic = StateGuard::new(state, erased).state(buf)?;
-    let awaiting_confirm = matches!(rec.phase, Phase::Testing { .. }) && magic == State::Swap;
-    Ok(BootInfo { running, awaiting_confirm, last: rec.last, sec_cnt: rec.sec_cnt, record_seq: rec.seq })
+    let boots = match rec.phase {
+        Phase::Testing { boots, .. } if magic == State::Swap => boots,
+        _ => 0,
+    };
+    let awaiting_confirm = boots > 0;
+    let (mut sec_cnt, mut revoked) = (rec.sec_cnt, rec.revoked);
+    if !awaiting_confirm {
+        sec_cnt = sec_cnt.max(running.sec_cnt);
+        revoked |= running.revokes;
+    }
+    Ok(BootInfo { running, awaiting_confirm, last: rec.last, sec_cnt, revoked, boots, record_seq: rec.seq })
 }
 
 #[cfg(all(test, feature = "sim"))]

@@ -75,6 +75,19 @@ pub enum ImageError {
     UnknownKey,
     /// The Ed25519 signature does not verify with the named key.
     BadSignature,
+    /// The only valid signature is by a trusted key the device has revoked.
+    KeyRevoked {
+        /// slot of the signing key in the trusted list
+        key: u8,
+    },
+    /// The image would revoke its own signing key or a later one (REVOKE_KEYS may only name
+    /// slots below the signing key's).
+    BadRevocation {
+        /// slot of the signing key
+        key: u8,
+        /// the REVOKE_KEYS mask
+        revokes: u32,
+    },
     /// The image's security counter is below the one the device has stored (a downgrade).
     CounterTooLow {
         /// SEC_CNT of the image
@@ -108,6 +121,10 @@ impl core::fmt::Display for ImageError {
             ImageError::Unsigned => f.write_str("image is not signed (no ED25519 TLV)"),
             ImageError::UnknownKey => f.write_str("signed with an unknown key"),
             ImageError::BadSignature => f.write_str("bad Ed25519 signature"),
+            ImageError::KeyRevoked { key } => write!(f, "signed with key {key}, which this device has revoked"),
+            ImageError::BadRevocation { key, revokes } => {
+                write!(f, "signed with key {key} but revokes keys {revokes:#x}: only keys below its own may be revoked")
+            }
             ImageError::CounterTooLow { image, stored } => {
                 write!(f, "security counter {image} below the device's {stored} (downgrade)")
             }

@@ -20,6 +20,8 @@ pub struct SignParams<'a> {
     pub module: Option<&'a str>,
     /// Aliyun version string; `None` leaves the TLV out.
     pub aliyun_version: Option<&'a str>,
+    /// Trusted key slots this image revokes once confirmed (REVOKE_KEYS TLV); 0 leaves it out.
+    pub revoke_keys: u32,
 }
 
 /// Signs `body` into a complete image: header, 0xFF padding, body, protected TLVs (SEC_CNT, module,
@@ -38,6 +40,9 @@ pub fn sign_image(body: &[u8], p: &SignParams<'_>, key: &SigningKey) -> Vec<u8> 
     }
     if let Some(v) = p.aliyun_version {
         w.push(TlvKind::AliyunVersion, v.as_bytes());
+    }
+    if p.revoke_keys != 0 {
+        w.push(TlvKind::RevokeKeys, &p.revoke_keys.to_le_bytes());
     }
     let prot_len = w.finish();
 

@@ -53,6 +53,9 @@ pub enum TlvKind {
     AliyunModule,
     /// 0xa1 (protected, ours): the version string reported on `/ota/device/inform`, UTF-8.
     AliyunVersion,
+    /// 0xa2 (protected, ours): signing keys this image revokes once confirmed, u32 LE, one bit
+    /// per trusted key slot; only slots below the signing key's own.
+    RevokeKeys,
     /// Any other type.
     Unknown(u16),
 }
@@ -67,6 +70,7 @@ impl From<u16> for TlvKind {
             0x50 => TlvKind::SecCnt,
             0xa0 => TlvKind::AliyunModule,
             0xa1 => TlvKind::AliyunVersion,
+            0xa2 => TlvKind::RevokeKeys,
             other => TlvKind::Unknown(other),
         }
     }
@@ -82,6 +86,7 @@ impl From<TlvKind> for u16 {
             TlvKind::SecCnt => 0x50,
             TlvKind::AliyunModule => 0xa0,
             TlvKind::AliyunVersion => 0xa1,
+            TlvKind::RevokeKeys => 0xa2,
             TlvKind::Unknown(v) => v,
         }
     }

@@ -29,8 +29,10 @@ impl PublicKey {
 /// What an image must satisfy.
 #[derive(Clone, Copy, Debug)]
 pub struct VerifyOptions<'k> {
-    /// Keys the image may be signed with.
+    /// Keys the image may be signed with; a key's index is its slot.
     pub keys: &'k [PublicKey],
+    /// Slots of `keys` the device has revoked (bit j: key j); their signatures do not count.
+    pub revoked: u32,
     /// The device's stored security counter: the image's SEC_CNT must be at least this.
     pub min_sec_cnt: u32,
     /// Bytes the whole image (header to last TLV) must fit in, e.g. ACTIVE's length.
@@ -49,6 +51,10 @@ pub struct ImageInfo {
     pub digest: [u8; 32],
     /// Hash of the key that signed it.
     pub key_hash: [u8; 32],
+    /// Slot of that key in [`VerifyOptions::keys`].
+    pub key_slot: u8,
+    /// Key slots it revokes once confirmed (REVOKE_KEYS, 0 when it has none).
+    pub revokes: u32,
     /// SEC_CNT (0 when the image has none).
     pub sec_cnt: u32,
     /// Aliyun module name, when the image carries one.
@@ -201,9 +207,11 @@ pub fn verify<F: ReadNorFlash>(
 
     // Unprotected TLVs: the hash, then (KEYHASH | PUBKEY, ED25519) pairs as imgtool writes them.
     let mut hash_seen = false;
-    let mut current_key: Option<Option<PublicKey>> = None; // Some(None): named a key we lack
+    // Some(None): named a key we lack; Some(Some((slot, key))): one of ours.
+    let mut current_key: Option<Option<(u8, PublicKey)>> = None;
     let mut current_hash = [0u8; 32];
-    let mut signed_by: Option<[u8; 32]> = None;
+    let mut signed_by: Option<([u8; 32], u8)> = None;
+    let slot_of = |found: Option<usize>| found.map(|i| (i as u8, opts.keys[i]));
     let mut sig_error = ImageError::Unsigned;
     walk_tlvs(flash, tlv_off, tlv.total, |flash, kind, at, len| {
         match kind {
@@ -215,12 +223,12 @@ pub fn verify<F: ReadNorFlash>(
             }
             TlvKind::KeyHash => {
                 current_hash = read_fixed(flash, at, len)?;
-                current_key = Some(opts.keys.iter().copied().find(|k| k.key_hash() == current_hash));
+                current_key = Some(slot_of(opts.keys.iter().position(|k| k.key_hash() == current_hash)));
             }
             TlvKind::PubKey => {
                 let der: [u8; 44] = read_fixed(flash, at, len)?;
                 let key = (der[..12] == ED25519_SPKI_PREFIX)
-                    .then(|| opts.keys.iter().copied().find(|k| k.0 == der[12..]))
+                    .then(|| slot_of(opts.keys.iter().position(|k| k.0 == der[12..])))
                     .flatten();
                 current_hash = Sha256::digest(der).into();
                 current_key = Some(key);
@@ -228,14 +236,20 @@ pub fn verify<F: ReadNorFlash>(
             TlvKind::Ed25519 if signed_by.is_none() => {
                 let sig: [u8; 64] = read_fixed(flash, at, len)?;
                 match current_key {
-                    Some(Some(key)) => {
-                        if ed25519_verify(&key.0, &digest, &sig) {
-                            signed_by = Some(current_hash);
+                    Some(Some((slot, key))) => {
+                        if !ed25519_verify(&key.0, &digest, &sig) {
+                            if !matches!(sig_error, ImageError::KeyRevoked { .. }) {
+                                sig_error = ImageError::BadSignature;
+                            }
+                        } else if opts.revoked & 1u32.checked_shl(slot as u32).unwrap_or(0) != 0 {
+                            // A good signature by a revoked key counts for nothing (another
+                            // signature may still count).
+                            sig_error = ImageError::KeyRevoked { key: slot };
                         } else {
-                            sig_error = ImageError::BadSignature;
+                            signed_by = Some((current_hash, slot));
                         }
                     }
-                    _ if sig_error != ImageError::BadSignature => sig_error = ImageError::UnknownKey,
+                    _ if sig_error == ImageError::Unsigned => sig_error = ImageError::UnknownKey,
                     _ => {}
                 }
             }
@@ -246,27 +260,34 @@ pub fn verify<F: ReadNorFlash>(
     if !hash_seen {
         return Err(ImageError::MissingHash);
     }
-    let key_hash = signed_by.ok_or(sig_error)?;
+    let (key_hash, key_slot) = signed_by.ok_or(sig_error)?;
     // Protected TLVs: covered by the signature just checked.
     let mut sec_cnt = 0;
     let mut module = None;
     let mut aliyun_version = None;
+    let mut revokes = 0;
     if header.protect_tlv_size > 0 {
         walk_tlvs(flash, prot_off, header.protect_tlv_size, |flash, kind, at, len| {
             match kind {
                 TlvKind::SecCnt => sec_cnt = u32::from_le_bytes(read_fixed(flash, at, len)?),
                 TlvKind::AliyunModule => module = Some(read_str(flash, at, len)?),
                 TlvKind::AliyunVersion => aliyun_version = Some(read_str(flash, at, len)?),
+                TlvKind::RevokeKeys => revokes = u32::from_le_bytes(read_fixed(flash, at, len)?),
                 _ => {}
             }
             Ok(())
         })?;
     }
 
+    // Keys below the signing key's slot only: an image cannot revoke its own key (no image
+    // could boot after it) nor a later one.
+    if revokes.checked_shr(key_slot as u32).unwrap_or(0) != 0 {
+        return Err(ImageError::BadRevocation { key: key_slot, revokes });
+    }
     if sec_cnt < opts.min_sec_cnt {
         return Err(ImageError::CounterTooLow { image: sec_cnt, stored: opts.min_sec_cnt });
     }
-    Ok(ImageInfo { header, total_len, digest, key_hash, sec_cnt, module, aliyun_version })
+    Ok(ImageInfo { header, total_len, digest, key_hash, key_slot, sec_cnt, revokes, module, aliyun_version })
 }
 
 /// The group order L, little-endian: a signature's `s` must be below it (no malleable variants),
@@ -357,7 +378,7 @@ mod tests {
     }
 
     fn opts(keys: &[PublicKey]) -> VerifyOptions<'_> {
-        VerifyOptions { keys, min_sec_cnt: 0, slot_size: Some(0x10000) }
+        VerifyOptions { keys, revoked: 0, min_sec_cnt: 0, slot_size: Some(0x10000) }
     }
 
     fn check(image: &[u8], o: &VerifyOptions<'_>) -> Result<ImageInfo, ImageError> {
@@ -373,6 +394,7 @@ mod tests {
             sec_cnt,
             module: Some("MCU"),
             aliyun_version: Some("V1.4"),
+            revoke_keys: 0,
         };
         (sign_image(&body, &p, &key), PublicKey(key.verifying_key().to_bytes()))
     }
@@ -407,6 +429,7 @@ mod tests {
             sec_cnt: 3,
             module: Some("MCU"),
             aliyun_version: Some("V1.4"),
+            revoke_keys: 0,
         };
         assert_eq!(sign_image(&body, &p, &key), IMGTOOL_SIGNED);
     }
@@ -528,6 +551,38 @@ mod tests {
             check(&img, &VerifyOptions { keys: &keys, ..o(5) }),
             Err(ImageError::CounterTooLow { image: 4, stored: 5 })
         );
+    }
+
+    fn signed_by(seed: u8, revoke_keys: u32) -> Vec<u8> {
+        let p = SignParams {
+            header_size: 0x200,
+            version: ImageVersion { major: 1, minor: 5, revision: 0, build: 0 },
+            sec_cnt: 0,
+            module: None,
+            aliyun_version: None,
+            revoke_keys,
+        };
+        sign_image(&[1, 2, 3], &p, &test_key(seed))
+    }
+
+    #[test]
+    fn a_revoked_key_signs_nothing_and_revocations_name_lower_slots_only() {
+        let keys: [PublicKey; 3] = [1, 2, 3].map(|s| PublicKey(test_key(s).verifying_key().to_bytes()));
+        let o = |revoked| VerifyOptions { revoked, ..opts(&keys) };
+        // Key slot 1 signs and revokes slot 0: seen by the verifier, not yet in force.
+        let info = check(&signed_by(2, 0b1), &o(0)).unwrap();
+        assert_eq!((info.key_slot, info.revokes), (1, 0b1));
+        // Once slot 0 is revoked, its images are refused, naming the slot; others still pass.
+        assert_eq!(check(&signed_by(1, 0), &o(0b1)), Err(ImageError::KeyRevoked { key: 0 }));
+        assert_eq!(check(&signed_by(3, 0), &o(0b1)).unwrap().key_slot, 2);
+        // An image may not revoke its own key, nor a later one.
+        assert_eq!(check(&signed_by(2, 0b10), &o(0)), Err(ImageError::BadRevocation { key: 1, revokes: 0b10 }));
+        assert_eq!(check(&signed_by(1, 0b100), &o(0)), Err(ImageError::BadRevocation { key: 0, revokes: 0b100 }));
+        assert_eq!(check(&signed_by(3, 0b11), &o(0)).unwrap().revokes, 0b11);
+        // A bad signature by a revoked key is still reported as revoked only if it verifies.
+        let mut bad = signed_by(1, 0);
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(check(&bad, &o(0b1)), Err(ImageError::BadSignature));
     }
 
     #[test]

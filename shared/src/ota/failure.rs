@@ -265,7 +265,11 @@ impl Failure {
             | Failure::HttpBroke { .. } => STEP_DOWNLOAD_FAILED,
             Failure::DigestMismatch(_) => STEP_VERIFY_FAILED,
             Failure::ImageRefused(e) => match e {
-                ImageError::CounterTooLow { .. } | ImageError::TooLargeForSlot { .. } => STEP_UPGRADE_FAILED,
+                // Authentic images the device's policy refuses: not a verification failure.
+                ImageError::CounterTooLow { .. }
+                | ImageError::TooLargeForSlot { .. }
+                | ImageError::KeyRevoked { .. }
+                | ImageError::BadRevocation { .. } => STEP_UPGRADE_FAILED,
                 ImageError::Flash(_) => STEP_FLASH_FAILED,
                 _ => STEP_VERIFY_FAILED,
             },
@@ -390,6 +394,7 @@ mod tests {
         assert_eq!(Failure::DigestMismatch(DigestMethod::Md5).step(), -3);
         assert_eq!(Failure::ImageRefused(ImageError::BadSignature).step(), -3);
         assert_eq!(Failure::ImageRefused(ImageError::CounterTooLow { image: 1, stored: 2 }).step(), -1);
+        assert_eq!(Failure::ImageRefused(ImageError::KeyRevoked { key: 0 }).step(), -1);
         assert_eq!(Failure::FlashWrite { at: 0 }.step(), -4);
         assert_eq!(Failure::Reverted.step(), -1);
     }
