@@ -20,7 +20,7 @@ use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use memory_layouts::Layout;
 use shared::alink::{self, AlinkError, DeviceSecret, SignMethod};
-use shared::boot::{boot_info, confirm, progress, UpdateError, Updater};
+use shared::boot::{boot_info, confirm, progress, request_revert, UpdateError, Updater};
 use shared::image::{PublicKey, VerifyOptions};
 use shared::ota::{
     check_keep_alive, Action, Backoff, BootReport, ConfigError, Event, MarkError, OtaConfig, OtaMachine, STEADY_SESSION,
@@ -214,7 +214,11 @@ impl From<AlinkError> for SetupError {
 /// What the driver needs besides the machine.
 struct Ctx<'a> {
     keys: &'a [PublicKey],
+    /// The counter and the revoked key slots downloads are checked against.
     sec_cnt: u32,
+    revoked: u32,
+    /// What the running image raises them to once it confirms (SEC_CNT, REVOKE_KEYS).
+    raises: (u32, u32),
     slot_size: u32,
     self_test: bool,
     erased: u8,
@@ -325,6 +329,8 @@ where
         ctx: Ctx {
             keys: &keys,
             sec_cnt: info.sec_cnt,
+            revoked: info.revoked,
+            raises: (info.running.sec_cnt, info.running.revokes),
             slot_size: l.active.length,
             self_test: b.self_test,
             erased: l.geometry.erased,
@@ -508,6 +514,12 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                 Action::Confirm => {
                     let ok = confirm(up.state(), ctx.erased, buf).is_ok();
                     log::info!("confirm: {}", if ok { "done" } else { "FAILED" });
+                    if ok {
+                        // In force from now on for downloads; the bootloader stores them at the
+                        // next boot.
+                        ctx.sec_cnt = ctx.sec_cnt.max(ctx.raises.0);
+                        ctx.revoked |= ctx.raises.1;
+                    }
                     Some(Event::Confirmed(ok))
                 }
                 Action::BeginDownload { at } => {
@@ -570,8 +582,12 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                     None
                 }
                 Action::VerifyAndMark => {
-                    let opts =
-                        VerifyOptions { keys: ctx.keys, min_sec_cnt: ctx.sec_cnt, slot_size: Some(ctx.slot_size) };
+                    let opts = VerifyOptions {
+                        keys: ctx.keys,
+                        revoked: ctx.revoked,
+                        min_sec_cnt: ctx.sec_cnt,
+                        slot_size: Some(ctx.slot_size),
+                    };
                     let r = up.finish(&opts, buf);
                     match &r {
                         Ok(i) => log::info!("verify: OK, SHA-256 {:02x?}..., marked for install", &i.digest[..4]),
@@ -584,6 +600,13 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                 }
                 Action::Reset => {
                     log::info!("reset");
+                    return Some(Exit::Reset);
+                }
+                Action::Revert => {
+                    // A request torn by a power cut still reads as one; a failed one leaves the
+                    // image its remaining boot attempts.
+                    let ok = request_revert(up.state(), ctx.erased, buf).is_ok();
+                    log::warn!("broken image: revert {}, reset", if ok { "asked" } else { "request FAILED" });
                     return Some(Exit::Reset);
                 }
             };

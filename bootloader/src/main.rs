@@ -22,7 +22,7 @@ mod firmware {
     use embassy_embedded_hal::flash::partition::BlockingPartition;
     use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
     use memory_layouts::Region;
-    use shared::boot::{boot, BootError, Slots};
+    use shared::boot::{boot, BootError, Policy, Slots};
     use shared::image::PublicKey;
 
     #[entry]
@@ -39,8 +39,9 @@ mod firmware {
             boot_record: part(layout.boot_record),
         };
         let keys = TRUSTED_KEYS.map(PublicKey);
+        let policy = Policy { keys: &keys, erased: layout.geometry.erased, boot_attempts: layout.boot_attempts };
         let mut buf = AlignedBuffer([0u8; 1024]);
-        match boot(&mut slots, &keys, layout.geometry.erased, &mut buf.0) {
+        match boot(&mut slots, &policy, &mut buf.0) {
             Ok(b) => {
                 board::report_boot(&b);
                 let vt = layout.active.origin + b.image.header.hdr_size as u32;

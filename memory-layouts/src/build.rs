@@ -61,8 +61,11 @@ fn keys_rs() -> String {
             format!("    [{}],\n", bytes.join(", "))
         })
         .collect();
+    // shared::image::MAX_KEYS: BOOT_RECORD keeps one revocation bit per slot in a u32.
+    assert!(keys.len() <= 32, "{PUBKEY_ENV}: {} keys, at most 32 (one revocation bit each)", keys.len());
     format!(
-        "/// Ed25519 keys whose signatures this firmware accepts (from {PUBKEY_ENV}).\n\
+        "/// Ed25519 keys whose signatures this firmware accepts (from {PUBKEY_ENV}), in slot order:\n\
+         /// an image's REVOKE_KEYS names these slots.\n\
          pub static TRUSTED_KEYS: [[u8; 32]; {}] = [\n{}];\n",
         keys.len(),
         keys.concat()

@@ -41,6 +41,7 @@ fn image(len: usize, minor: u8, key: &SigningKey) -> Vec<u8> {
         sec_cnt: 0,
         module: None,
         aliyun_version: None,
+        revoke_keys: 0,
     };
     sign_image(&body, &p, key)
 }
@@ -76,7 +77,8 @@ fn update(kib: usize, whole_slot: bool) -> Result<Run> {
     for (i, c) in new.chunks(4096).enumerate() {
         u.write((i * 4096) as u32, c)?;
     }
-    let opts = VerifyOptions { keys: &keys, min_sec_cnt: 0, slot_size: Some(l.active.length) };
+    let opts = VerifyOptions { keys: &keys, revoked: 0, min_sec_cnt: 0, slot_size: Some(l.active.length) };
+    let policy = boot::Policy { keys: &keys, erased: l.geometry.erased, boot_attempts: l.boot_attempts };
     u.finish(&opts, &mut buf)?;
     let w1 = wear();
     if whole_slot {
@@ -87,7 +89,7 @@ fn update(kib: usize, whole_slot: bool) -> Result<Run> {
         });
         bl.prepare_boot(&mut buf).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     } else {
-        let b = boot::boot(&mut slots, &keys, 0xFF, &mut buf)?;
+        let b = boot::boot(&mut slots, &policy, &mut buf)?;
         if b.image.digest != shared::image::verify(&mut shared::image::SliceFlash(&new), &opts, &mut buf)?.digest {
             bail!("the swap did not bring the new image in");
         }
@@ -95,7 +97,7 @@ fn update(kib: usize, whole_slot: bool) -> Result<Run> {
     let w2 = wear();
     confirm(&mut slots.state, 0xFF, &mut buf)?;
     if !whole_slot {
-        boot::boot(&mut slots, &keys, 0xFF, &mut buf)?;
+        boot::boot(&mut slots, &policy, &mut buf)?;
     }
     let w3 = wear();
     Ok(Run { download: diff(w0, w1), swap: diff(w1, w2), confirm: diff(w2, w3) })

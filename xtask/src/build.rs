@@ -13,9 +13,11 @@ pub struct Args {
     /// Board to build for.
     #[arg(long, value_enum)]
     board: BoardArg,
-    /// Key whose images the firmware accepts (private or public PEM); default: the development key.
+    /// Keys whose images the firmware accepts (private or public PEM), in slot order: repeat for
+    /// several (`--key k0.pem --key k1.pem`; a later key can revoke earlier ones). Default: the
+    /// development key.
     #[arg(long)]
-    key: Option<PathBuf>,
+    key: Vec<PathBuf>,
 }
 
 /// The firmware crates.
@@ -36,13 +38,13 @@ impl Crate {
 
 pub fn run(a: Args) -> Result<()> {
     let board = Board::from(a.board);
-    let key = keys::load_public_key(&a.key.unwrap_or_else(keys::dev_key))?;
+    let keys = keys::trusted_or_dev(&a.key)?;
     if board == Board::Host {
-        println!("{}", host_device(&[key])?.display());
+        println!("{}", host_device(&keys)?.display());
         return Ok(());
     }
     for c in [Crate::Bootloader, Crate::App] {
-        let elf = firmware(board, c, &[key])?;
+        let elf = firmware(board, c, &keys)?;
         println!("{}", elf.display());
     }
     Ok(())

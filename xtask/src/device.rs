@@ -15,9 +15,10 @@ pub struct Args {
     /// First write the factory image of this host release folder into the flash file.
     #[arg(long)]
     factory: Option<PathBuf>,
-    /// Key whose images the device accepts (default: the development key).
+    /// Keys whose images the device accepts, in slot order (repeat for several; default: the
+    /// development key).
     #[arg(long)]
-    key: Option<PathBuf>,
+    key: Vec<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -48,8 +49,7 @@ pub fn run(a: Args) -> Result<()> {
             cfg.flash.display()
         );
     }
-    let key = keys::load_public_key(&a.key.unwrap_or_else(keys::dev_key))?;
-    let bin = host_device(&[key])?;
+    let bin = host_device(&keys::trusted_or_dev(&a.key)?)?;
     use std::os::unix::process::CommandExt;
     let err = std::process::Command::new(&bin).arg("--config").arg(&a.config).exec();
     bail!("starting {}: {err}", bin.display())

@@ -1,7 +1,7 @@
 //! Signing keys: Ed25519 in PKCS#8 PEM, the format of `openssl genpkey -algorithm ed25519` and
 //! `imgtool keygen -t ed25519`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use ed25519_dalek::pkcs8::{
     spki::der::pem::LineEnding, DecodePrivateKey, DecodePublicKey, EncodePrivateKey, KeypairBytes,
@@ -24,9 +24,16 @@ pub struct KeygenArgs {
     /// Overwrite an existing file (its key is lost for good).
     #[arg(long)]
     force: bool,
+    /// The keys devices already trust, in slot order: the new key's slot is the next one (give
+    /// none for a first key: slot 0).
+    #[arg(long = "after", value_name = "PEM")]
+    after: Vec<PathBuf>,
 }
 
 pub fn keygen(a: KeygenArgs) -> Result<()> {
+    let before = a.after.iter().map(|p| load_public_key(p)).collect::<Result<Vec<_>>>()?;
+    let slot = before.len();
+    ensure!(slot < shared::image::MAX_KEYS, "devices trust at most {} keys", shared::image::MAX_KEYS);
     if a.out.exists() && !a.force {
         bail!(
             "{} already exists; devices that trust it would no longer accept images signed with a new key. \
@@ -44,6 +51,20 @@ pub fn keygen(a: KeygenArgs) -> Result<()> {
     println!("wrote {}", a.out.display());
     println!("public key: {}", hex::encode(public.0));
     println!("key hash:   {}", hex::encode(public.key_hash()));
+    let list: Vec<String> = a.after.iter().chain([&a.out]).map(|p| format!("--key {}", p.display())).collect();
+    println!("slot:       {slot} (the bootloader and the app trust keys in slot order)");
+    println!(
+        "  build firmware that trusts it, before any device ships (the bootloader is flashed once):\n    \
+         cargo xtask build --board <board> {}",
+        list.join(" ")
+    );
+    if slot > 0 {
+        println!(
+            "  retire keys below it with a release it signs: cargo xtask release ... --key {} {} --revoke-keys 0",
+            a.out.display(),
+            list.iter().map(|k| k.replace("--key", "--trust")).collect::<Vec<_>>().join(" ")
+        );
+    }
     Ok(())
 }
 
@@ -88,6 +109,15 @@ pub fn load_public_key(path: &Path) -> Result<PublicKey> {
             path.display()
         ),
     }
+}
+
+/// The public keys of `paths` in slot order, or the development key alone when none is given.
+pub fn trusted_or_dev(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
+    if paths.is_empty() {
+        return Ok(vec![load_public_key(&dev_key())?]);
+    }
+    ensure!(paths.len() <= shared::image::MAX_KEYS, "{} keys: a device trusts at most {}", paths.len(), shared::image::MAX_KEYS);
+    paths.iter().map(|p| load_public_key(p)).collect()
 }
 
 /// The key given with `--key`, or the development key with a warning.

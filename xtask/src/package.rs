@@ -54,6 +54,8 @@ pub struct Args {
     /// Pad the firmware body to at least this many bytes (host: the simulated firmware's size).
     #[arg(long, value_parser = crate::parse_u32, default_value = "4096")]
     body_size: u32,
+    #[command(flatten)]
+    rotation: crate::sign::Rotation,
 }
 
 /// `manifest.json`.
@@ -69,6 +71,12 @@ pub struct Manifest {
     pub sha256: String,
     pub sec_cnt: u32,
     pub key_hash: String,
+    /// Slot of the signing key in the trusted list.
+    #[serde(default)]
+    pub key_slot: u8,
+    /// Key slots this release revokes once confirmed.
+    #[serde(default)]
+    pub revokes_keys: Vec<u8>,
     pub factory: Option<String>,
 }
 
@@ -82,6 +90,8 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     let (key, key_path) = keys::signing_key_or_dev(a.key.as_deref())?;
     let public = PublicKey(key.verifying_key().to_bytes());
+    let (trusted, revoke_keys) = a.rotation.resolve(&public)?;
+    let key_slot = trusted.iter().position(|k| *k == public).unwrap_or(0) as u8;
     let layout = board.layout();
     let out = a.out.unwrap_or_else(|| {
         crate::root().join("target/releases").join(board.name()).join(format!("{}-{}", a.module, a.version))
@@ -97,7 +107,7 @@ pub fn run(a: Args) -> Result<()> {
             ensure!(!a.failing_login, "--failing-login simulates a broken build on the host board only");
             let features: &[&str] = if a.failing_self_test { &["self-test-fails"] } else { &[] };
             let mut body =
-                elf_to_bin(&read(&firmware_with(board, Crate::App, &[public], features)?)?, layout.app_origin())?;
+                elf_to_bin(&read(&firmware_with(board, Crate::App, &trusted, features)?)?, layout.app_origin())?;
             if body.len() < a.body_size as usize {
                 body.resize(a.body_size as usize, 0xFF);
             }
@@ -117,8 +127,9 @@ pub fn run(a: Args) -> Result<()> {
         sec_cnt: a.sec_cnt,
         module: Some(&a.module),
         aliyun_version: Some(&a.version),
+        revoke_keys,
     };
-    let image = make_image(&body, &params, &key, Some(layout.active.length))?;
+    let image = make_image(&body, &params, &key, &trusted, Some(layout.active.length))?;
 
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let file = format!("firmware-{}.bin", a.version);
@@ -126,7 +137,7 @@ pub fn run(a: Args) -> Result<()> {
     // The bootloader of the host board is the host device's own boot logic: its factory image
     // is the flash file with the signed app in ACTIVE.
     let bl = match board.target() {
-        Some(_) => elf_to_bin(&read(&firmware(board, Crate::Bootloader, &[public])?)?, layout.bootloader.origin)?,
+        Some(_) => elf_to_bin(&read(&firmware(board, Crate::Bootloader, &trusted)?)?, layout.bootloader.origin)?,
         None => Vec::new(),
     };
     write(&out.join("factory.bin"), &factory_image(layout, &bl, &image)?)?;
@@ -142,11 +153,25 @@ pub fn run(a: Args) -> Result<()> {
         sha256: hex::encode(Sha256::digest(&image)),
         sec_cnt: a.sec_cnt,
         key_hash: hex::encode(public.key_hash()),
+        key_slot,
+        revokes_keys: a.rotation.revoke_keys.clone(),
         factory,
     };
     write(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     println!("release {} {} {} -> {}", board.name(), a.module, a.version, out.display());
-    println!("  {file}: {} bytes, md5 {}, signed with {}", image.len(), manifest.md5, key_path.display());
+    println!(
+        "  {file}: {} bytes, md5 {}, signed with {} (key slot {key_slot} of {})",
+        image.len(),
+        manifest.md5,
+        key_path.display(),
+        trusted.len()
+    );
+    if revoke_keys != 0 {
+        println!(
+            "  revokes key slot(s) {} once a device confirms it: images signed by them are refused from then on",
+            crate::sign::slots(revoke_keys)
+        );
+    }
     if let Some(f) = &manifest.factory {
         println!("  {f}: flash once at {:#010x}", layout.flash.origin);
     }

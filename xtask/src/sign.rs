@@ -1,7 +1,7 @@
 //! `sign` and `verify`.
 
 use crate::{build::read_binary, keys, parse_u32, BoardArg};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use memory_layouts::Board;
 use shared::image::{
     self, sign_image, Header, HeaderRepr, ImageVersion, PublicKey, SignParams, SliceFlash, TlvIter, TlvKind,
@@ -39,6 +39,54 @@ pub struct SignArgs {
     /// Take header size and slot size from this board's layout.
     #[arg(long, value_enum)]
     board: Option<BoardArg>,
+    #[command(flatten)]
+    rotation: Rotation,
+}
+
+/// Key rotation: which keys devices trust, and which of them this image retires.
+#[derive(clap::Args, Default)]
+pub struct Rotation {
+    /// The keys devices trust, in slot order (slot 0 first): the list their firmware was built
+    /// with (`cargo xtask build --key K0 --key K1 ...`). Default: the signing key alone (slot 0).
+    #[arg(long = "trust", value_name = "PEM")]
+    pub trust: Vec<PathBuf>,
+    /// Key slots this image revokes once a device confirms it (comma-separated, e.g. 0 or 0,1):
+    /// from then on images signed by those keys are refused. Only slots below the signing key's.
+    #[arg(long, value_delimiter = ',', value_name = "SLOTS")]
+    pub revoke_keys: Vec<u8>,
+}
+
+impl Rotation {
+    /// The trusted list (public keys, slot order) and the revocation mask, checked against the
+    /// signing key: it must be in the list, and may revoke only slots below its own.
+    pub fn resolve(&self, signer: &PublicKey) -> Result<(Vec<PublicKey>, u32)> {
+        let trusted = if self.trust.is_empty() {
+            vec![*signer]
+        } else {
+            self.trust.iter().map(|k| keys::load_public_key(k)).collect::<Result<Vec<_>>>()?
+        };
+        ensure!(
+            trusted.len() <= shared::image::MAX_KEYS,
+            "{} trusted keys: a device holds at most {}",
+            trusted.len(),
+            shared::image::MAX_KEYS
+        );
+        let Some(slot) = trusted.iter().position(|k| k == signer) else {
+            bail!(
+                "the signing key ({}) is not one of the --trust keys: devices would refuse the image.                  Pass the keys devices trust in slot order, the signing key among them.",
+                hex::encode(signer.key_hash())
+            );
+        };
+        let mut mask = 0u32;
+        for &r in &self.revoke_keys {
+            ensure!(
+                (r as usize) < slot,
+                "--revoke-keys {r}: this image is signed with the key in slot {slot}, so it can revoke only                  slots below {slot} (revoking its own or a later key would leave devices unable to update)"
+            );
+            mask |= 1 << r;
+        }
+        Ok((trusted, mask))
+    }
 }
 
 /// The rule Aliyun applies to package versions (CreateOTAFirmware `DestVersion`), which we also
@@ -55,6 +103,7 @@ pub fn make_image(
     body: &[u8],
     p: &SignParams<'_>,
     key: &ed25519_dalek::SigningKey,
+    trusted: &[PublicKey],
     slot: Option<u32>,
 ) -> Result<Vec<u8>> {
     for (what, s) in [("module", p.module), ("version", p.aliyun_version)] {
@@ -74,8 +123,7 @@ pub fn make_image(
             );
         }
     }
-    let public = [PublicKey(key.verifying_key().to_bytes())];
-    let opts = VerifyOptions { keys: &public, min_sec_cnt: 0, slot_size: slot };
+    let opts = VerifyOptions { keys: trusted, revoked: 0, min_sec_cnt: 0, slot_size: slot };
     image::verify(&mut SliceFlash(&img), &opts, &mut [0; 512]).context("the image we just signed does not verify")?;
     Ok(img)
 }
@@ -88,6 +136,7 @@ pub fn sign(a: SignArgs) -> Result<()> {
     let header_size = u16::try_from(header_size).context("--header-size above 0xffff")?;
     let slot = a.slot_size.or(layout.map(|l| l.active.length));
     let key = keys::load_signing_key(&a.key)?;
+    let (trusted, revoke_keys) = a.rotation.resolve(&PublicKey(key.verifying_key().to_bytes()))?;
     let body = read_binary(&a.input)?;
     let aliyun_version = a.aliyun_version.as_deref().unwrap_or(&a.version);
     let p = SignParams {
@@ -96,8 +145,9 @@ pub fn sign(a: SignArgs) -> Result<()> {
         sec_cnt: a.sec_cnt,
         module: Some(&a.module),
         aliyun_version: Some(aliyun_version),
+        revoke_keys,
     };
-    let img = make_image(&body, &p, &key, slot)?;
+    let img = make_image(&body, &p, &key, &trusted, slot)?;
     std::fs::write(&a.output, &img).with_context(|| format!("writing {}", a.output.display()))?;
     println!(
         "signed {} -> {} ({} bytes, version {version}, Aliyun {}/{aliyun_version}, SEC_CNT {})",
@@ -114,9 +164,13 @@ pub fn sign(a: SignArgs) -> Result<()> {
 pub struct VerifyArgs {
     /// The image to check.
     image: PathBuf,
-    /// Trusted key(s): private or public PEM. Repeat for several.
+    /// Trusted key(s): private or public PEM. Repeat for several, in slot order (slot 0 first),
+    /// as the firmware was built.
     #[arg(long, short, required = true)]
     key: Vec<PathBuf>,
+    /// Key slots the device has revoked (comma-separated): images signed by them are refused.
+    #[arg(long, value_delimiter = ',', value_name = "SLOTS")]
+    revoked: Vec<u8>,
     /// The device's stored security counter.
     #[arg(long, default_value_t = 0)]
     min_sec_cnt: u32,
@@ -133,15 +187,24 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     let keys = a.key.iter().map(|k| keys::load_public_key(k)).collect::<Result<Vec<_>>>()?;
     print_image(&bytes);
     let slot = a.slot_size.or(a.board.map(|b| Board::from(b).layout().active.length));
-    let opts = VerifyOptions { keys: &keys, min_sec_cnt: a.min_sec_cnt, slot_size: slot };
+    let revoked = a.revoked.iter().try_fold(0u32, |m, &s| {
+        ensure!((s as usize) < keys.len(), "--revoked {s}: only {} keys given (slots 0..{})", keys.len(), keys.len());
+        Ok(m | 1 << s)
+    })?;
+    let opts = VerifyOptions { keys: &keys, revoked, min_sec_cnt: a.min_sec_cnt, slot_size: slot };
     match image::verify(&mut SliceFlash(&bytes), &opts, &mut [0; 4096]) {
         Ok(info) => {
             println!(
-                "OK: {} verifies (SHA-256 {}, key hash {})",
+                "OK: {} verifies (SHA-256 {}), signed by key slot {} (key hash {})",
                 a.image.display(),
                 hex::encode(info.digest),
+                info.key_slot,
                 hex::encode(info.key_hash)
             );
+            match slots(info.revokes) {
+                s if s.is_empty() => println!("revokes no keys"),
+                s => println!("revokes key slot(s) {s} once a device confirms it"),
+            }
             Ok(())
         }
         Err(e) => bail!("{} does not verify: {e}", a.image.display()),
@@ -183,7 +246,13 @@ fn print_image(b: &[u8]) {
 fn show_value(kind: TlvKind, v: &[u8]) -> String {
     match kind {
         TlvKind::SecCnt if v.len() == 4 => u32::from_le_bytes(v.try_into().unwrap()).to_string(),
+        TlvKind::RevokeKeys if v.len() == 4 => format!("slots {}", slots(u32::from_le_bytes(v.try_into().unwrap()))),
         TlvKind::AliyunModule | TlvKind::AliyunVersion => format!("{:?}", String::from_utf8_lossy(v)),
         _ => hex::encode(v),
     }
+}
+
+/// A key-slot mask as a list: "0, 2".
+pub fn slots(mask: u32) -> String {
+    (0..32).filter(|i| mask & (1 << i) != 0).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
 }

@@ -292,7 +292,7 @@ impl Sim {
                 Action::VerifyAndMark => {
                     self.log.push("verify+mark".into());
                     let keys = [PublicKey(key().verifying_key().to_bytes())];
-                    let opts = VerifyOptions { keys: &keys, min_sec_cnt: 0, slot_size: Some(SLOT) };
+                    let opts = VerifyOptions { keys: &keys, revoked: 0, min_sec_cnt: 0, slot_size: Some(SLOT) };
                     let r = shared::image::verify(&mut SliceFlash(&self.dfu[..]), &opts, &mut [0u8; 1024]);
                     self.marked = r.is_ok();
                     let at = self.at();
@@ -310,6 +310,10 @@ impl Sim {
                 }
                 Action::Reset => {
                     self.log.push("reset".into());
+                    self.reset = true;
+                }
+                Action::Revert => {
+                    self.log.push("revert asked, reset".into());
                     self.reset = true;
                 }
             }

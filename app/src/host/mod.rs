@@ -165,7 +165,9 @@ async fn power_on(
         state: part(layout.state),
         boot_record: part(layout.boot_record),
     };
-    let b = shared::boot::boot(&mut slots, &keys, layout.geometry.erased, &mut buf)
+    let policy =
+        shared::boot::Policy { keys: &keys, erased: layout.geometry.erased, boot_attempts: layout.boot_attempts };
+    let b = shared::boot::boot(&mut slots, &policy, &mut buf)
         .map_err(|e| format!("bootloader: {e}; the device cannot start"))?;
     log::info!(
         "boot: running {} (image {}), last boot: {:?}, security counter {}",

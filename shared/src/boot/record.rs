@@ -304,7 +304,12 @@ mod tests {
                         let (_, r) = BootRecord::load(&mut f).unwrap().unwrap();
                         let done = mode == CutMode::After && op == ops - 1;
                         let want = if done { 99 } else { stored_before - 1 };
-                        assert_eq!(r.sec_cnt, want, "{stored_before} stored, {mode:?} at op {op}, seed {seed}");
+                        // A torn last write whose unmoved bits were all meant to stay erased (CRC
+                        // and padding ending in 0xFF) has written the whole record: it is valid.
+                        let complete = mode == CutMode::Torn && op == ops - 1 && r.sec_cnt == 99;
+                        if !complete {
+                            assert_eq!(r.sec_cnt, want, "{stored_before} stored, {mode:?} at op {op}, seed {seed}");
+                        }
                         // The next store works from whatever the cut left.
                         rec(5, LastBoot::Nothing).store(&mut f, 0xFF).unwrap();
                         assert_eq!(BootRecord::load(&mut f).unwrap().unwrap().1.sec_cnt, 5);

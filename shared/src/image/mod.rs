@@ -44,6 +44,9 @@ use embedded_storage::nor_flash::{NorFlashError, NorFlashErrorKind};
 /// Longest Aliyun module name or version string an image may carry (Aliyun allows 1-64 chars).
 pub const MAX_ALIYUN_STR: usize = 64;
 
+/// Trusted keys a firmware build can hold: revocation keeps one bit per key slot in a `u32`.
+pub const MAX_KEYS: usize = 32;
+
 /// What was wrong with an image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

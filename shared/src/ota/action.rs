@@ -54,7 +54,11 @@ pub enum Action<'a> {
     /// Verify the image in DFU with our keys and counter, mark it for swap, then report
     /// [`super::Event::Marked`].
     VerifyAndMark,
-    /// Reboot (the bootloader takes over: it installs a marked image, or reverts one that was
-    /// never confirmed).
+    /// Reboot (the bootloader takes over: it installs a marked image, starts an unconfirmed one
+    /// again while it has boot attempts left, or reverts it).
     Reset,
+    /// The running image is new and knows it is broken (self-test failed, credentials refused):
+    /// ask the bootloader for the revert (`shared::boot::request_revert`), then reboot. The
+    /// revert is reported after the reboot.
+    Revert,
 }

@@ -229,6 +229,7 @@ enum Plain {
     HttpClose,
     VerifyAndMark,
     Reset,
+    Revert,
 }
 
 /// After a failure report, offers come only from pulls sent after it. The task the report fails is
@@ -528,6 +529,7 @@ impl OtaMachine {
                     Plain::HttpClose => Action::HttpClose,
                     Plain::VerifyAndMark => Action::VerifyAndMark,
                     Plain::Reset => Action::Reset,
+                    Plain::Revert => Action::Revert,
                 })
             }
         };
@@ -613,7 +615,7 @@ impl OtaMachine {
                 // A new image the broker refuses for its credentials, where the old one logged in
                 // (the credentials did not change), is broken: not confirmed, reverted.
                 if matches!(self.state, State::AwaitSession { .. }) && alink::credentials_refused(code) {
-                    self.reset_now();
+                    self.revert_now();
                 }
             }
             Event::Disconnected => {
@@ -639,8 +641,9 @@ impl OtaMachine {
                     return;
                 }
                 if !pass {
-                    // Not confirmed: the bootloader puts the old image back, reported then.
-                    self.reset_now();
+                    // Not confirmed, and no use starting it again: the bootloader puts the old
+                    // image back at once, reported then.
+                    self.revert_now();
                 } else if self.connected {
                     self.state = State::AwaitConfirm;
                     self.plain(Plain::Confirm);
@@ -691,6 +694,11 @@ impl OtaMachine {
     fn reset_now(&mut self) {
         self.state = State::AwaitReset { by: None };
         self.plain(Plain::Reset);
+    }
+
+    fn revert_now(&mut self) {
+        self.state = State::AwaitReset { by: None };
+        self.plain(Plain::Revert);
     }
 
     fn booted(&mut self, r: BootReport<'_>) {
