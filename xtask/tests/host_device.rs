@@ -145,7 +145,7 @@ impl Dev {
         let l = memory_layouts::Board::Host.layout();
         let active = &f[l.active.origin as usize..l.active.end() as usize];
         let key = shared::image::PublicKey(load_pub(&releases().key));
-        let opts = shared::image::VerifyOptions { keys: &[key], min_sec_cnt: 0, slot_size: None };
+        let opts = shared::image::VerifyOptions { keys: &[key], revoked: 0, min_sec_cnt: 0, slot_size: None };
         let info = shared::image::verify(&mut shared::image::SliceFlash(active), &opts, &mut [0; 1024])
             .expect("ACTIVE verifies");
         info.aliyun_version.unwrap().to_string()

@@ -6,7 +6,7 @@ use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::exception;
 use cortex_m_semihosting::{debug, hprintln};
 use memory_layouts::Board;
-use shared::boot::{Boot, BootError};
+use shared::boot::{Boot, BootError, Phase};
 use shared::flash::RamNor;
 
 pub const BOARD: Board = Board::QemuAn386;
@@ -72,12 +72,20 @@ pub fn report_boot(b: &Boot) {
     p.SYST.disable_interrupt();
     p.SYST.disable_counter();
     let v = b.image.aliyun_version.as_deref().unwrap_or("?");
+    // An image under test says which of its starts this is.
+    let start = match b.record.phase {
+        Phase::Testing { boots, .. } => boots,
+        _ => 0,
+    };
     hprintln!(
-        "boot: jump to {} ({}), last {:?}, sec_cnt {}, {} ticks",
+        "boot: jump to {} ({}), last {:?}, sec_cnt {}, revoked {:#x}, start {} of {}, {} ticks",
         v,
         b.image.header.version,
         b.record.last,
         b.record.sec_cnt,
+        b.record.revoked,
+        start,
+        BOARD.layout().boot_attempts,
         t
     );
 }
