@@ -59,18 +59,24 @@ impl Releases {
     }
 }
 
-/// 1.3 (factory), 1.4, 1.5 (its build sends a wrong password), 1.6 (1 MB), signed with a test key.
+/// 1.3 (factory), 1.4, 1.5 (its build sends a wrong password), 1.6 (1 MB), signed with a test key
+/// (slot 0); 1.7 signed with the next key (slot 1) revoking slot 0, and 1.8 signed with slot 0
+/// again (after its key leaked). The device trusts both slots.
 fn releases() -> &'static Releases {
     static R: OnceLock<Releases> = OnceLock::new();
     R.get_or_init(|| {
         let d = scratch("host_releases");
         let key = d.join("k.pem");
+        let next = d.join("k1.pem");
         xtask_ok(&["keygen", "--out", s(&key)]);
+        let made = xtask_ok(&["keygen", "--out", s(&next), "--after", s(&key)]);
+        assert!(made.contains("slot:       1"), "keygen names the slot: {made}");
         let releases = [
             ("1.3", "8192", None),
             ("1.4", "40000", None),
             ("1.5", "40000", Some("--failing-login")),
             ("1.6", "1000000", None),
+            ("1.8", "8192", None),
         ];
         for (v, size, extra) in releases {
             let mut args = vec!["release", "--board", "host", "--version", v, "--key", s(&key), "--body-size", size];
@@ -79,8 +85,13 @@ fn releases() -> &'static Releases {
             args.extend(extra);
             xtask_ok(&args);
         }
-        let device =
-            PathBuf::from(xtask_ok(&["build", "--board", "host", "--key", s(&key)]).trim().lines().last().unwrap());
+        let (k0, k1) = (s(&key), s(&next));
+        let out = d.join("1.7");
+        let rotate = ["release", "--board", "host", "--version", "1.7", "--key", k1, "--trust", k0, "--trust", k1];
+        let said = xtask_ok(&[&rotate[..], &["--revoke-keys", "0", "--out", s(&out)]].concat());
+        assert!(said.contains("key slot 1 of 2") && said.contains("revokes key slot(s) 0"), "{said}");
+        let device = xtask_ok(&["build", "--board", "host", "--key", k0, "--key", k1]);
+        let device = PathBuf::from(device.trim().lines().last().unwrap());
         Releases { key, device, dir: d }
     })
 }
@@ -144,8 +155,9 @@ impl Dev {
         let f = std::fs::read(&self.flash).unwrap();
         let l = memory_layouts::Board::Host.layout();
         let active = &f[l.active.origin as usize..l.active.end() as usize];
-        let key = shared::image::PublicKey(load_pub(&releases().key));
-        let opts = shared::image::VerifyOptions { keys: &[key], revoked: 0, min_sec_cnt: 0, slot_size: None };
+        let r = releases();
+        let keys = [&r.key, &r.dir.join("k1.pem")].map(|k| shared::image::PublicKey(load_pub(k)));
+        let opts = shared::image::VerifyOptions { keys: &keys, revoked: 0, min_sec_cnt: 0, slot_size: None };
         let info = shared::image::verify(&mut shared::image::SliceFlash(active), &opts, &mut [0; 1024])
             .expect("ACTIVE verifies");
         info.aliyun_version.unwrap().to_string()
@@ -299,14 +311,51 @@ fn kill_9_during_the_swap_boots_a_valid_image_and_reports_the_truth() {
         let t = dev.outcome(&c, j, 60);
         let runs = dev.active_version();
         dev.runs(&c, &runs, 30);
-        match t.state {
-            TaskState::Succeeded => assert_eq!(runs, "1.4"),
-            _ => {
-                assert_eq!(runs, "1.3", "cut after {cut_ms} ms: {t:?}");
-                assert_eq!(t.failure, Some(shared::ota::FailureKind::Reverted), "a revert is reported: {t:?}");
-            }
-        }
+        // One cut, wherever it lands, costs a good image one of its boot attempts at most.
+        assert_eq!(t.state, TaskState::Succeeded, "cut after {cut_ms} ms: {t:?}\n{}", dev.log());
+        assert_eq!(runs, "1.4");
     }
+}
+
+#[test]
+fn a_leaked_key_is_retired_by_a_release_signed_with_the_next_key() {
+    let r = releases();
+    // What the release says of itself.
+    let shown = xtask_ok(&[
+        "verify",
+        s(&r.path("1.7").join("firmware-1.7.bin")),
+        "--key",
+        s(&r.key),
+        "--key",
+        s(&r.dir.join("k1.pem")),
+    ]);
+    assert!(shown.contains("signed by key slot 1") && shown.contains("revokes key slot(s) 0"), "{shown}");
+    let c = console_with(&["dev-rotate"], |_| {});
+    let dev = Dev::new("dev-rotate", c.mqtt_port, "");
+    let _d = dev.start(&[]);
+    dev.runs(&c, "1.3", 30);
+    // Key 0 leaked: 1.7, signed by key 1, revokes it once the device confirms it.
+    let j = c.add_job(job("1.7", Protocol::Mqtt)).unwrap();
+    assert_eq!(dev.outcome(&c, j, 60).state, TaskState::Succeeded, "{}", dev.log());
+    dev.runs(&c, "1.7", 30);
+    // An image signed by key 0 (the leaked key) is refused from then on, with the reason.
+    let mut spec = JobSpec::new(r.package("1.8"), Protocol::Mqtt);
+    spec.from = vec!["1.7".into()];
+    let j = c.add_job(spec).unwrap();
+    let t = dev.outcome(&c, j, 60);
+    assert_eq!((t.state, t.step), (TaskState::Failed, -1), "{t:?}\n{}", dev.log());
+    assert!(t.desc.contains("signed with key 0, which this device has revoked"), "{t:?}");
+    assert_eq!(t.failure, Some(shared::ota::FailureKind::ImageRefused), "{t:?}");
+    dev.runs(&c, "1.7", 30);
+    // After a power cycle the revocation is in BOOT_RECORD, not only in the app's memory.
+    drop(_d);
+    let _d = dev.start(&[]);
+    dev.runs(&c, "1.7", 30);
+    let f = std::fs::read(&dev.flash).unwrap();
+    let l = memory_layouts::Board::Host.layout();
+    let mut region = shared::image::SliceFlash(&f[l.boot_record.origin as usize..l.boot_record.end() as usize]);
+    let (_, rec) = shared::boot::BootRecord::load(&mut region).unwrap().expect("a boot record");
+    assert_eq!(rec.revoked, 0b1, "{rec:?}");
 }
 
 #[test]
@@ -353,17 +402,25 @@ fn an_unreachable_broker_does_not_count_against_a_new_image_until_its_deadline()
     assert!(delays.len() >= 3, "{delays:?}");
     assert!(delays.windows(2).take(3).all(|w| w[1] > w[0]), "the back-off doubles: {delays:?}");
 
-    // Past the deadline: the new image is reverted, and says so when the network is back.
+    // Past the deadline of each of its boot attempts: the new image is started again (the reset
+    // counts as one), then reverted, and says so when the network is back.
     let proxy = Proxy::start(c.mqtt_port, Duration::from_millis(1)).unwrap();
     let dev = Dev::new("dev-late", proxy.port, "confirm_deadline_s = 3");
     let _d = dev.start(&slow); // the job above matches it too
     dev.downloaded(&c, j, 60);
     proxy.set_offline(true);
-    std::thread::sleep(Duration::from_secs(10));
+    let t0 = Instant::now();
+    while !dev.log().contains("last boot: Reverted") {
+        assert!(t0.elapsed() < Duration::from_secs(90), "not reverted while offline:\n{}", dev.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     proxy.set_offline(false);
     let t = dev.outcome(&c, j, 60);
     assert_eq!((t.state, t.failure), (TaskState::Failed, Some(shared::ota::FailureKind::Reverted)), "{t:?}");
     dev.runs(&c, "1.3", 30);
+    let attempts = memory_layouts::Board::Host.layout().boot_attempts as usize;
+    let starts = dev.log().matches("boot: running 1.4").count();
+    assert_eq!(starts, attempts, "1.4 started once per boot attempt:\n{}", dev.log());
 }
 
 #[test]
