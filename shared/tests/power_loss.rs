@@ -466,7 +466,8 @@ fn update_revert<const E: usize, const W: usize>(pages_old: usize, pages_new: us
     let old = image(pages_old * E - 100, 3, 1);
     let new = image(pages_new * E - 7, 4, 2);
     let mut n = 0;
-    for (test, what) in [(SelfTest::Fails, "self-test fails->revert asked"), (SelfTest::Hangs, "hangs->starts used up")] {
+    for (test, what) in [(SelfTest::Fails, "self-test fails->revert asked"), (SelfTest::Hangs, "hangs->starts used up")]
+    {
         let s = Scenario { old: &old, new: &new, test, expect: Expect::Old(LastBoot::Reverted), app_verifies: true };
         n += sweep::<E, W>(&format!("update->{what}->revert {pages_old}->{pages_new} pages"), &s, ecc);
     }

@@ -116,7 +116,12 @@ pub fn trusted_or_dev(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
     if paths.is_empty() {
         return Ok(vec![load_public_key(&dev_key())?]);
     }
-    ensure!(paths.len() <= shared::image::MAX_KEYS, "{} keys: a device trusts at most {}", paths.len(), shared::image::MAX_KEYS);
+    ensure!(
+        paths.len() <= shared::image::MAX_KEYS,
+        "{} keys: a device trusts at most {}",
+        paths.len(),
+        shared::image::MAX_KEYS
+    );
     paths.iter().map(|p| load_public_key(p)).collect()
 }
 
