@@ -74,12 +74,12 @@ pub fn run<N: NorFlash>(l: &Layout, mut flash: impl FnMut(Region) -> N, say: imp
         let (how, name) = ATTEMPTS[n];
         let r = if name == "BOOTLOADER" { l.bootloader } else { l.boot_record };
         let (off, len, what) = match how {
-            How::Erase => (0, page, "erase the first page through the flash driver"),
+            How::Erase => (0, page, "erase a page through the flash driver"),
             How::Write => (r.length - 16, 16, "write 16 zero bytes through the flash driver"),
-            How::Store => (r.length - 32, 4, "store a zero word"),
+            How::Store => (r.length - 32, 4, "store a zero word with a plain store"),
         };
         let at = r.origin + off;
-        say(format_args!("attack: {}/{}: {} of {} at {:#010x}", n + 1, ATTEMPTS.len(), what, name, at));
+        say(format_args!("attack: {}/{}: {} in {} at {:#010x}", n + 1, ATTEMPTS.len(), what, name, at));
         p[1] += 1;
         save(p);
         let mut before = [0u8; 32];
