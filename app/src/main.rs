@@ -25,6 +25,8 @@ pub fn root_ca(port: u16) -> &'static [u8] {
     }
 }
 
+#[cfg(all(target_os = "none", feature = "attack"))]
+mod attack;
 #[cfg(target_os = "none")]
 mod device;
 mod driver;

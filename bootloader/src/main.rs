@@ -45,6 +45,7 @@ mod firmware {
             Ok(b) => {
                 board::report_boot(&b);
                 let vt = layout.active.origin + b.image.header.hdr_size as u32;
+                board::protect();
                 // SAFETY: the image at ACTIVE verified; its vector table is at ACTIVE + hdr_size.
                 unsafe {
                     let p = cortex_m::Peripherals::steal();

@@ -144,6 +144,13 @@ impl Layout {
         ]
     }
 
+    /// The flash the bootloader makes unwritable for the app before it jumps (until the next
+    /// reset): BOOTLOADER and BOOT_RECORD, which [`Layout::check`] requires to be adjacent. STATE,
+    /// the app's half of the swap protocol, starts right after it and stays writable.
+    pub const fn bootloader_owned(&self) -> Region {
+        Region { origin: self.bootloader.origin, length: self.boot_record.end() - self.bootloader.origin }
+    }
+
     /// Number of swap pages in ACTIVE.
     pub const fn active_pages(&self) -> u32 {
         self.active.length / self.geometry.erase_size
@@ -196,6 +203,8 @@ impl Layout {
             4 * (self.state.length / g.write_size) >= 5 * self.state_words_needed(),
             "STATE must hold 2 + 4*N words with a 25% margin"
         );
+        // The bootloader write-protects BOOTLOADER + BOOT_RECORD as one range (nRF52840 ACL).
+        assert!(self.bootloader.end() == self.boot_record.origin, "BOOT_RECORD must follow BOOTLOADER");
         // BOOT_RECORD: two copies, each on its own page(s).
         assert!(self.boot_record.length >= 2 * g.erase_size, "BOOT_RECORD needs two pages");
         assert!((self.boot_record.length / g.erase_size).is_multiple_of(2), "BOOT_RECORD halves must be whole pages");
@@ -291,6 +300,29 @@ mod tests {
         assert_eq!(l.active_pages(), 119);
         assert_eq!(l.state_words_needed(), 2 + 4 * 119);
         assert!(l.state.length / 4 >= l.state_words_needed() * 5 / 4);
+    }
+
+    #[test]
+    fn the_bootloader_owned_range_is_bootloader_and_boot_record_exactly() {
+        for b in Board::ALL {
+            let l = b.layout();
+            let r = l.bootloader_owned();
+            assert_eq!(r.origin, l.bootloader.origin, "{b:?}");
+            assert_eq!(r.length, l.bootloader.length + l.boot_record.length, "{b:?}");
+            assert_eq!(r.end(), l.state.origin, "{b:?}: STATE (the app writes it) starts right after");
+            assert_eq!((r.origin - l.flash.origin) % l.geometry.erase_size, 0, "{b:?}");
+            assert_eq!(r.length % l.geometry.erase_size, 0, "{b:?}");
+        }
+        // The nRF52840 ACL region: [0x0, 0xE000), 14 of its 4 KiB pages.
+        assert_eq!(NRF52840_DK.bootloader_owned(), Region { origin: 0, length: 0xE000 });
+    }
+
+    #[test]
+    #[should_panic(expected = "BOOT_RECORD must follow BOOTLOADER")]
+    fn a_gap_between_bootloader_and_boot_record_is_refused() {
+        let mut l = NRF52840_DK;
+        l.bootloader.length -= 0x1000;
+        l.check();
     }
 
     #[test]

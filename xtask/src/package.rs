@@ -8,7 +8,7 @@
 //!                            flash file for `cargo xtask device --factory`)
 //! ```
 
-use crate::build::{elf_to_bin, firmware, firmware_with, Crate};
+use crate::build::{elf_to_bin, firmware_with, Crate};
 use crate::sign::{check_aliyun_string, make_image};
 use crate::{keys, BoardArg};
 use anyhow::{ensure, Context, Result};
@@ -47,6 +47,15 @@ pub struct Args {
     /// `self-test-fails` feature.
     #[arg(long)]
     failing_self_test: bool,
+    /// Thumb boards: the app is built with the `attack` feature: once running it tries to erase and
+    /// write BOOTLOADER and BOOT_RECORD, which the bootloader write-protects (each attempt faults
+    /// and resets the device). To show and test the protection; never ship it.
+    #[arg(long)]
+    attack: bool,
+    /// Thumb boards: the factory image's bootloader is built with `unprotected` (no write
+    /// protection before the jump), the control for `--attack`. Never ship it.
+    #[arg(long)]
+    unprotected_bootloader: bool,
     /// Host board: the simulated firmware logs in with a wrong password (a broken build whose
     /// credentials the broker refuses), so devices revert it.
     #[arg(long)]
@@ -100,14 +109,21 @@ pub fn run(a: Args) -> Result<()> {
     let body = match board {
         // A host image cannot execute: its body describes the simulated firmware.
         Board::Host => {
+            ensure!(
+                !a.attack && !a.unprotected_bootloader,
+                "--attack and --unprotected-bootloader are for the thumb boards (the host board has no bootloader binary)"
+            );
             let b = HostBehaviour { self_test: !a.failing_self_test, login: !a.failing_login };
             shared::image::host_body(b, a.body_size as usize)
         }
         _ => {
             ensure!(!a.failing_login, "--failing-login simulates a broken build on the host board only");
-            let features: &[&str] = if a.failing_self_test { &["self-test-fails"] } else { &[] };
+            let features: Vec<&str> = [(a.failing_self_test, "self-test-fails"), (a.attack, "attack")]
+                .into_iter()
+                .filter_map(|(on, f)| on.then_some(f))
+                .collect();
             let mut body =
-                elf_to_bin(&read(&firmware_with(board, Crate::App, &trusted, features)?)?, layout.app_origin())?;
+                elf_to_bin(&read(&firmware_with(board, Crate::App, &trusted, &features)?)?, layout.app_origin())?;
             if body.len() < a.body_size as usize {
                 body.resize(a.body_size as usize, 0xFF);
             }
@@ -136,8 +152,12 @@ pub fn run(a: Args) -> Result<()> {
     write(&out.join(&file), &image)?;
     // The bootloader of the host board is the host device's own boot logic: its factory image
     // is the flash file with the signed app in ACTIVE.
+    let bl_features: &[&str] = if a.unprotected_bootloader { &["unprotected"] } else { &[] };
     let bl = match board.target() {
-        Some(_) => elf_to_bin(&read(&firmware(board, Crate::Bootloader, &trusted)?)?, layout.bootloader.origin)?,
+        Some(_) => elf_to_bin(
+            &read(&firmware_with(board, Crate::Bootloader, &trusted, bl_features)?)?,
+            layout.bootloader.origin,
+        )?,
         None => Vec::new(),
     };
     write(&out.join("factory.bin"), &factory_image(layout, &bl, &image)?)?;

@@ -47,6 +47,10 @@ fn main() -> ! {
     rt::init(p.SYST);
     let uart = Uart::init(&mut p.NVIC);
     let l = BOARD.layout();
+    // SAFETY: the attack writes where it must not (that is the point); its views are dropped
+    // before the ones below are made.
+    #[cfg(feature = "attack")]
+    crate::attack::run(l, |r| Flash::new(unsafe { region(r) }), |args| hprintln!("{}", args));
     // SAFETY: main runs once; nothing else takes OTA_STATE. ACTIVE (this image), BOOT_RECORD and
     // PROVISION are only read; STATE and DFU are each taken once, here.
     let (state, flashes, provision) = unsafe {
@@ -110,8 +114,25 @@ pub fn feed_watchdog() {
     }
 }
 
+/// Says what faulted, then resets. A write into BOOTLOADER or BOOT_RECORD, which the bootloader
+/// made read-only with the MPU, lands here (MemManage is not enabled, so it escalates): CFSR's
+/// MMARVALID then says MMFAR holds the address.
 #[exception]
-unsafe fn HardFault(_ef: &ExceptionFrame) -> ! {
+unsafe fn HardFault(ef: &ExceptionFrame) -> ! {
+    let scb = &*cortex_m::peripheral::SCB::PTR;
+    let (cfsr, hfsr) = (scb.cfsr.read(), scb.hfsr.read());
+    if cfsr & (1 << 7) != 0 {
+        let kind = if cfsr & (1 << 1) != 0 { "data access violation" } else { "access violation" };
+        hprintln!(
+            "app: fault: MemManage {} at {:#010x} (pc {:#010x}, CFSR {:#x}); resetting",
+            kind,
+            scb.mmfar.read(),
+            ef.pc(),
+            cfsr
+        );
+    } else {
+        hprintln!("app: fault: HardFault (pc {:#010x}, CFSR {:#x}, HFSR {:#x}); resetting", ef.pc(), cfsr, hfsr);
+    }
     cortex_m::peripheral::SCB::sys_reset()
 }
 

@@ -3,7 +3,7 @@
 
 use embassy_boot_nrf::WatchdogFlash;
 use embassy_nrf::{nvmc::Nvmc, wdt};
-use memory_layouts::Board;
+use memory_layouts::{Board, Region};
 use shared::boot::{Boot, BootError};
 
 pub const BOARD: Board = Board::Nrf52840Dk;
@@ -28,6 +28,35 @@ pub fn halt(_: BootError) -> ! {
     loop {
         cortex_m::asm::wfi();
     }
+}
+
+/// ACL region 0 (nRF52840 Product Specification v1.x, "ACL - Access control lists": ACL at
+/// 0x4001_E000, ACL[n].ADDR / SIZE / PERM at 0x800 + 16 n, + 4, + 8; PERM bit 1 WRITE = Disable
+/// blocks write and erase, bit 2 READ stays Enable): BOOTLOADER and BOOT_RECORD, one range.
+/// ADDR must be a page boundary, SIZE a non-zero multiple of the page size and at most half the
+/// flash; checked at compile time.
+const ACL_REGION: Region = {
+    let l = BOARD.layout();
+    let r = l.bootloader_owned();
+    let page = l.geometry.erase_size;
+    assert!(r.origin.is_multiple_of(page) && r.length.is_multiple_of(page) && r.length > 0);
+    assert!(r.length <= l.flash.length / 2, "an ACL region is at most half the flash");
+    r
+};
+
+/// Write-protects BOOTLOADER and BOOT_RECORD with the ACL: once ADDR, SIZE and PERM are written
+/// the region cannot be changed until the next reset, by the app or anything else, and a write or
+/// erase there is blocked with a BusFault. STATE (0xE000), the slots and PROVISION stay writable.
+/// Not with the `unprotected` feature.
+pub fn protect() {
+    if cfg!(feature = "unprotected") {
+        return;
+    }
+    use embassy_nrf::pac::acl::vals::Write;
+    let acl = embassy_nrf::pac::ACL.acl(0);
+    acl.addr().write_value(ACL_REGION.origin);
+    acl.size().write_value(ACL_REGION.length);
+    acl.perm().write(|w| w.set_write(Write::Disable));
 }
 
 /// The flash seen from `base` on, so partition offsets match the other boards' drivers.

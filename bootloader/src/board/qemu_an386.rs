@@ -5,7 +5,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::exception;
 use cortex_m_semihosting::{debug, hprintln};
-use memory_layouts::Board;
+use memory_layouts::{Board, Region};
 use shared::boot::{Boot, BootError, Phase};
 use shared::flash::RamNor;
 
@@ -96,4 +96,51 @@ pub fn halt(e: BootError) -> ! {
     loop {
         cortex_m::asm::wfi();
     }
+}
+
+/// PMSAv7 MPU_RASR for `r`: read-only for privileged and unprivileged code (AP = 0b110), normal
+/// write-back memory (TEX 0b001, C, B), execute-never if `xn`. A region must be a power of two
+/// of at least 32 bytes, aligned to its size (ARMv7-M ARM B3.5.8): checked at compile time.
+const fn rasr(r: Region, xn: bool) -> u32 {
+    assert!(r.length.is_power_of_two() && r.length >= 32, "an MPU region is a power of two >= 32 bytes");
+    assert!(r.origin.is_multiple_of(r.length), "an MPU region is aligned to its size");
+    const AP_READ_ONLY: u32 = 0b110 << 24;
+    const NORMAL_WRITE_BACK: u32 = (0b001 << 19) | (1 << 17) | (1 << 16); // TEX, C, B
+    let size = (r.length.trailing_zeros() - 1) << 1; // SIZE field: length = 2^(SIZE+1)
+    ((xn as u32) << 28) | AP_READ_ONLY | NORMAL_WRITE_BACK | size | 1 // ENABLE
+}
+
+/// (RBAR, RASR) of the MPU regions 0 and 1: BOOTLOADER (it stays executable: the jump itself
+/// runs from it) and BOOT_RECORD (data: execute-never).
+const MPU_REGIONS: [(u32, u32); 2] = {
+    let l = BOARD.layout();
+    [(l.bootloader.origin, rasr(l.bootloader, false)), (l.boot_record.origin, rasr(l.boot_record, true))]
+};
+
+/// Makes BOOTLOADER and BOOT_RECORD read-only for the app until the next reset: two MPU regions,
+/// PRIVDEFENA (everything else keeps the default memory map). MemManage stays disabled, so a
+/// write there escalates to HardFault: the app's handler reports it and resets. `mps.ram` is RAM
+/// that RamNor writes with plain stores, so the MPU is all that stops them, and it stops a buggy
+/// app only: a privileged app can turn the MPU off again (README, "A bootloader that protects
+/// itself"). Not with the `unprotected` feature (the control run of xtask/tests/qemu_protect.rs).
+pub fn protect() {
+    if cfg!(feature = "unprotected") {
+        return;
+    }
+    const CTRL_ENABLE: u32 = 1 << 0;
+    const CTRL_PRIVDEFENA: u32 = 1 << 2;
+    // SAFETY: the MPU is the bootloader's until the jump; the regions cover no memory the
+    // bootloader writes from here on (its stack and the app's RAM are in SSRAM2).
+    unsafe {
+        let mpu = &*cortex_m::peripheral::MPU::PTR;
+        mpu.ctrl.write(0);
+        for (n, (rbar, rasr)) in MPU_REGIONS.into_iter().enumerate() {
+            mpu.rnr.write(n as u32);
+            mpu.rbar.write(rbar);
+            mpu.rasr.write(rasr);
+        }
+        mpu.ctrl.write(CTRL_ENABLE | CTRL_PRIVDEFENA);
+    }
+    cortex_m::asm::dsb();
+    cortex_m::asm::isb();
 }
