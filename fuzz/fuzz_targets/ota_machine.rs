@@ -279,8 +279,8 @@ impl Harness {
             };
             o.files = Some(OfferFiles { first, count: 1 + u16::from(spec.stream % 3) });
         }
-        let mut out = vec![0u8; 4096];
-        let n = emit(&mut out, &o).expect("an offer fits 4 KiB");
+        let mut out = vec![0u8; 16 * 1024];
+        let n = emit(&mut out, &o).expect("an offer fits 16 KiB");
         out.truncate(n);
         out
     }
@@ -306,6 +306,9 @@ impl Harness {
     fn drain(&mut self, payload: Option<&[u8]>) {
         let (slot, page) = (self.cfg.slot_size, self.cfg.page_size);
         while let Some(a) = self.m.poll_action() {
+            if std::env::var_os("OTA_TRACE").is_some() {
+                eprintln!("    -> {a:?}");
+            }
             match a {
                 Action::Publish { topic, payload: p, qos1 } => {
                     assert!(self.connected, "published while offline: {topic}");
@@ -456,6 +459,24 @@ impl Harness {
     }
 
     fn run(&mut self, ev: Ev<'_>) {
+        // MQTT messages and acks come only over a live session; so does HTTP (app/src/driver.rs
+        // reads the body inside the session; between sessions only the machine's timers run).
+        let online_only = matches!(
+            ev,
+            Ev::Push(_)
+                | Ev::GetReply(..)
+                | Ev::Raw(..)
+                | Ev::Block { .. }
+                | Ev::Oversized(..)
+                | Ev::Ack(_)
+                | Ev::HttpResponse(..)
+                | Ev::HttpBody(..)
+                | Ev::HttpEnd
+                | Ev::HttpFailed
+        );
+        if online_only && !self.connected {
+            return;
+        }
         match ev {
             Ev::Connect => {
                 self.connected = true;
@@ -621,8 +642,13 @@ fuzz_target!(|data: &[u8]| {
     let sec_cnt = u32::from(flags & op::setup::SEC_CNT != 0);
     h.boot(flags & op::setup::AWAITING_CONFIRM != 0, outcome, sec_cnt);
     let mut events = 0;
+    static TRACE: OnceLock<bool> = OnceLock::new();
+    let trace = *TRACE.get_or_init(|| std::env::var_os("OTA_TRACE").is_some());
     while !u.is_empty() && events < 2000 {
         let Ok(ev) = Ev::arbitrary(&mut u) else { break };
+        if trace {
+            eprintln!("{:>6} ms {:?} {ev:?}", h.now, h.m.state());
+        }
         h.run(ev);
         events += 1;
     }
