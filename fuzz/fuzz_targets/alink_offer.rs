@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
     let mut out = vec![0u8; 2 * data.len() + 256];
     if let Ok(n) = emit_push(&mut out, 1695281536874, &offer) {
         let back = parse_offer(&out[..n]).expect("an emitted push parses");
-        assert_eq!(back.as_ref(), Some(&offer), "push: parse(emit(x)) != x for {:?}", String::from_utf8_lossy(&out[..n]));
+        assert_eq!(
+            back.as_ref(),
+            Some(&offer),
+            "push: parse(emit(x)) != x for {:?}",
+            String::from_utf8_lossy(&out[..n])
+        );
     }
     if let Ok(n) = emit_get_reply(&mut out, "12", &offer) {
         let back = parse_offer(&out[..n]).expect("an emitted get_reply parses");

@@ -24,9 +24,7 @@ use shared::alink::{
     EscapedStr, Offer, OfferFile, OfferFiles,
 };
 use shared::image::{sign_image, ImageError, ImageVersion, SignParams};
-use shared::ota::{
-    Action, BootOutcome, BootReport, Event, MarkError, OtaConfig, OtaMachine, Resume, StateName, Task,
-};
+use shared::ota::{Action, BootOutcome, BootReport, Event, MarkError, OtaConfig, OtaMachine, Resume, StateName, Task};
 use shared::time::{Duration, Instant};
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -45,7 +43,13 @@ fn signed(i: usize) -> &'static [u8] {
             .map(|(len, sec_cnt)| {
                 let body: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
                 let version = ImageVersion { major: 1, minor: 4, revision: 0, build: 0 };
-                let p = SignParams { header_size: 0x200, version, sec_cnt, module: Some("default"), aliyun_version: Some("1.4") };
+                let p = SignParams {
+                    header_size: 0x200,
+                    version,
+                    sec_cnt,
+                    module: Some("default"),
+                    aliyun_version: Some("1.4"),
+                };
                 sign_image(&body, &p, &key)
             })
             .collect()
@@ -219,7 +223,8 @@ impl Harness {
         self.http = None;
         self.reset = false;
         let running = self.running.clone();
-        let r = BootReport { version: &running, module: "default", awaiting_confirm, outcome, sec_cnt, resume: self.saved };
+        let r =
+            BootReport { version: &running, module: "default", awaiting_confirm, outcome, sec_cnt, resume: self.saved };
         self.handle(Event::Booted(r), None);
     }
 
