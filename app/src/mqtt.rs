@@ -90,7 +90,7 @@ fn decodable(packet: &[u8]) -> bool {
         2 | 4 | 5 | 6 | 7 | 9 | 11 => rest.len() >= 2,
         // PUBLISH: the topic, and the packet id above QoS 0.
         3 => {
-            let pid = if (packet[0] >> 1) & 3 > 0 { 2 } else { 0 };
+            let pid = if ((packet[0] >> 1) & 3) > 0 { 2 } else { 0 };
             rest.len() >= 2 && rest.len() >= 2 + u16::from_be_bytes([rest[0], rest[1]]) as usize + pid
         }
         // PINGREQ, PINGRESP, DISCONNECT
