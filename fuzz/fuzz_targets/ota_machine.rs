@@ -629,13 +629,15 @@ fuzz_target!(|data: &[u8]| {
             stream_id: Some(1000),
             ..Offer::default()
         };
-        let key = Task::from_offer(&o).expect("the resume task").key();
-        let written = (h.image.len() as u32 / 2 / page * page).min(slot);
-        if flags & op::setup::PREFILLED != 0 {
-            let n = (written as usize).min(h.image.len());
-            h.dfu[..n].copy_from_slice(&h.image[..n]);
+        // (An empty image is no task: then nothing was persisted.)
+        if let Ok(t) = Task::from_offer(&o) {
+            let written = (h.image.len() as u32 / 2 / page * page).min(slot);
+            if flags & op::setup::PREFILLED != 0 {
+                let n = (written as usize).min(h.image.len());
+                h.dfu[..n].copy_from_slice(&h.image[..n]);
+            }
+            h.saved = Some(Resume { key: t.key(), written });
         }
-        h.saved = Some(Resume { key, written });
     }
     let outcome = if flags & op::setup::REVERTED != 0 {
         BootOutcome::Reverted
