@@ -311,9 +311,7 @@ impl<U: Read + Write> Modem<U> {
                         done = Some(Err(ModemError::Refused(name)));
                     } else if found.is_none() {
                         if let Some(rest) = l.strip_prefix(prefix) {
-                            let mut s = heapless::String::new();
-                            let _ = s.push_str(&rest[..rest.len().min(64)]);
-                            found = Some(s);
+                            found = Some(head(rest));
                         }
                     }
                     self.consume(n);
@@ -368,6 +366,17 @@ impl<U: Read + Write> Modem<U> {
         self.buf.copy_within(n..self.len, 0);
         self.len -= n;
     }
+}
+
+/// The first 64 bytes of `s` at most, cut on a character boundary.
+fn head(s: &str) -> heapless::String<64> {
+    let mut cut = s.len().min(64);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = heapless::String::new();
+    let _ = out.push_str(&s[..cut]);
+    out
 }
 
 fn write<const N: usize>(s: &mut heapless::String<N>, args: core::fmt::Arguments<'_>) -> Result<(), ModemError> {
@@ -453,5 +462,20 @@ impl<U: Read + Write> Write for Modem<U> {
     }
     async fn flush(&mut self) -> Result<(), Self::Error> {
         self.uart.flush().await.map_err(|e| LinkError::Uart(e.kind()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_answer_is_cut_on_a_character_boundary() {
+        // Found by fuzzing (fuzz target `modem`, fuzz/regressions/modem-line-cut-in-a-char): an
+        // answer whose 64th byte fell inside a character panicked the slice.
+        let line = format!("{}\u{2df}+", "1".repeat(63));
+        assert_eq!(head(&line).as_str(), "1".repeat(63));
+        assert_eq!(head("0,1").as_str(), "0,1");
+        assert_eq!(head(&"5".repeat(70)).len(), 64);
     }
 }

@@ -77,6 +77,28 @@ fn packet_len(buf: &[u8]) -> Option<Result<usize, MqttError>> {
     Some(Err(MqttError::Protocol))
 }
 
+/// Whether mqttrs can decode `packet` (one whole packet) without reading past it. mqttrs 0.4
+/// indexes the buffer unchecked: a packet shorter than its fixed fields (a PUBACK without its
+/// packet id, a PUBLISH whose topic runs past its end) would panic it. A broker never sends
+/// CONNECT, SUBSCRIBE or UNSUBSCRIBE: those are refused too.
+fn decodable(packet: &[u8]) -> bool {
+    let Some(Ok(total)) = packet_len(packet) else { return false };
+    let Some(hdr) = packet.get(1..).and_then(|b| b.iter().take(4).position(|b| b & 0x80 == 0)) else { return false };
+    let Some(rest) = packet.get(hdr + 2..total) else { return false };
+    match packet[0] >> 4 {
+        // CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK: two bytes at least.
+        2 | 4 | 5 | 6 | 7 | 9 | 11 => rest.len() >= 2,
+        // PUBLISH: the topic, and the packet id above QoS 0.
+        3 => {
+            let pid = if ((packet[0] >> 1) & 3) > 0 { 2 } else { 0 };
+            rest.len() >= 2 && rest.len() >= 2 + u16::from_be_bytes([rest[0], rest[1]]) as usize + pid
+        }
+        // PINGREQ, PINGRESP, DISCONNECT
+        12..=14 => true,
+        _ => false,
+    }
+}
+
 /// The start of a PUBLISH too large for the buffer.
 #[derive(Debug, PartialEq, Eq)]
 struct Head<'a> {
@@ -144,6 +166,9 @@ impl<'b, T: Read + Write> Mqtt<'b, T> {
         });
         s.send(&p).await?;
         let n = s.fill().await?;
+        if !decodable(&s.rx[..n]) {
+            return Err(MqttError::Protocol);
+        }
         let r = match decode_slice(&s.rx[..n]).map_err(|_| MqttError::Protocol)? {
             Some(Packet::Connack(c)) => match c.code {
                 mqttrs::ConnectReturnCode::Accepted => Ok(()),
@@ -269,6 +294,9 @@ impl<'b, T: Read + Write> Mqtt<'b, T> {
                     return Err(MqttError::Protocol);
                 } else if len <= self.have {
                     self.current = len;
+                    if !decodable(&self.rx[..len]) {
+                        return Err(MqttError::Protocol);
+                    }
                     let rx_ptr = self.rx.as_ptr() as usize;
                     let got = match decode_slice(&self.rx[..len]).map_err(|_| MqttError::Protocol)? {
                         Some(Packet::Publish(p)) => {
@@ -331,6 +359,36 @@ mod tests {
         assert_eq!(packet_len(&[0x30, 0x05]), Some(Ok(7)));
         assert_eq!(packet_len(&[0x30, 0x80, 0x01]), Some(Ok(3 + 128)));
         assert_eq!(packet_len(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF]), Some(Err(MqttError::Protocol)));
+    }
+
+    #[test]
+    fn packets_shorter_than_their_fields_are_refused_before_mqttrs_reads_past_them() {
+        // Found by fuzzing (fuzz target `mqtt`): a SUBSCRIBE of length 0 where the CONNACK goes
+        // panicked mqttrs (index out of bounds), and so did a PUBACK without its packet id.
+        let bad: [&[u8]; 8] = [
+            &[0x82, 0x00],
+            &[0x40, 0x00],
+            &[0x40, 0x01, 0x00],
+            &[0x20, 0x01, 0x00],
+            &[0x90, 0x01, 0x01],
+            &[0x32, 0x03, 0x00, 0x01, b'a'],
+            &[0x30, 0x02, 0x00, 0x05],
+            &[0x10, 0x00],
+        ];
+        for p in bad {
+            assert!(!decodable(p), "{p:02x?}");
+        }
+        let good: [&[u8]; 5] = [
+            &[0x20, 0x02, 0x00, 0x00],
+            &[0x40, 0x02, 0x80, 0x01],
+            &[0x90, 0x03, 0x00, 0x01, 0x01],
+            &[0x32, 0x06, 0x00, 0x01, b'a', 0x00, 0x07, b'x'],
+            &[0xD0, 0x00],
+        ];
+        for p in good {
+            assert!(decodable(p), "{p:02x?}");
+            assert!(decode_slice(p).is_ok_and(|p| p.is_some()), "{p:02x?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod console;
 pub mod demo;
 pub mod device;
 pub mod flash;
+pub mod fuzz;
 pub mod keys;
 pub mod modem_sim;
 pub mod package;

@@ -53,6 +53,8 @@ enum Cmd {
     Size(size::Args),
     /// Run every test: host unit tests, interop with imgtool/openssl, firmware builds.
     Test(test::Args),
+    /// Fuzz the parsers of bytes from outside (cargo-fuzz targets in fuzz/), S seconds each.
+    Fuzz(fuzz::Args),
     /// Install (if needed) and print the path of a tool the tests use.
     #[command(hide = true)]
     Tools(tools::Args),
@@ -75,6 +77,7 @@ fn try_main() -> anyhow::Result<()> {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Size(a) => size::run(a),
         Cmd::Test(a) => test::run(a),
+        Cmd::Fuzz(a) => fuzz::run(a),
         Cmd::Tools(a) => tools::run(a),
     }
 }

@@ -1,8 +1,8 @@
 //! `cargo xtask test`: everything, on a fresh machine. Installs what the tests need (thumb target,
 //! imgtool, openssl, qemu-system-arm), runs the host tests (unit, property, power-cut sweeps,
 //! interop with imgtool and openssl, releases, the real bootloader under QEMU, the host device
-//! against mosquitto and the local console), plays the demo's scenarios and a fleet, then builds
-//! the firmware for every thumb board.
+//! against mosquitto and the local console), plays the demo's scenarios and a fleet, fuzzes every
+//! parser of outside bytes for a bounded time, then builds the firmware for every thumb board.
 
 use crate::build::{firmware, Crate};
 use crate::{keys, tools};
@@ -81,6 +81,25 @@ pub fn run(a: Args) -> Result<()> {
         .status()?
         .success();
     steps.push(("app unit tests (host board)".into(), ok));
+
+    // Fuzzing: every target for a bounded time (each must have run: executions > 0, no crash).
+    let secs = if a.full { 300 } else { 20 };
+    let (ok, what) = match crate::fuzz::campaign(&crate::fuzz::TARGETS, secs, None) {
+        Ok(outcomes) => {
+            crate::fuzz::print_table(&outcomes);
+            let ok = outcomes.iter().all(|o| o.execs > 0 && o.crash.is_none());
+            let list: Vec<String> = outcomes
+                .iter()
+                .map(|o| match &o.crash {
+                    Some(c) => format!("{} CRASH {}", o.target, c.display()),
+                    None => format!("{} {}", o.target, o.execs),
+                })
+                .collect();
+            (ok, list.join(", "))
+        }
+        Err(e) => (false, format!("{e:#}")),
+    };
+    steps.push((format!("fuzz {} targets x {secs} s, executions: {what}", crate::fuzz::TARGETS.len()), ok));
 
     // Lints: clippy with warnings as errors on the host crates, the host device and both thumb
     // boards; rustfmt.

@@ -1,6 +1,6 @@
 //! What the tests need beyond the toolchain, installed on first use by the project itself:
 //! the thumb target (rustup), imgtool (PyPI, in a virtualenv under target/), openssl,
-//! qemu-system-arm and mosquitto (apt).
+//! qemu-system-arm and mosquitto (apt), a nightly toolchain (rustup) and cargo-fuzz (crates.io).
 
 use anyhow::{bail, ensure, Context, Result};
 use std::path::PathBuf;
@@ -68,6 +68,26 @@ pub fn ensure_rust_target(target: &str) -> Result<()> {
     }
     let st = Command::new("rustup").current_dir(crate::root()).args(["target", "add", target]).status()?;
     ensure!(st.success(), "`rustup target add {target}` failed");
+    Ok(())
+}
+
+/// A nightly toolchain (rustup, minimal profile) and cargo-fuzz (crates.io), for `fuzz/`.
+pub fn cargo_fuzz() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("running rustup (the toolchain must come from rustup)")?;
+    if !String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("installing the nightly toolchain with rustup (cargo-fuzz needs it)");
+        let st = Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]).status()?;
+        ensure!(st.success(), "`rustup toolchain install nightly --profile minimal` failed");
+    }
+    let has = |cmd: &mut Command| cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !has(Command::new("cargo").current_dir(crate::root()).args(["+nightly", "fuzz", "--version"])) {
+        eprintln!("installing cargo-fuzz from crates.io");
+        let st = Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]).status()?;
+        ensure!(st.success(), "`cargo install cargo-fuzz --locked` failed");
+    }
     Ok(())
 }
 

@@ -84,6 +84,10 @@ impl<'a> Task<'a> {
             None => return Err(Failure::MissingField("signMethod")),
         };
         let size = o.size.or(first.and_then(|f| f.file_size)).ok_or(Failure::MissingField("size"))?;
+        // No image is empty (and a download's progress is a share of its size).
+        if size == 0 {
+            return Err(Failure::BadField("size"));
+        }
         let sign = text(first.and_then(|f| f.file_sign.or(f.file_md5)))
             .or(text(o.sign))
             .or(text(o.md5).filter(|_| method == DigestMethod::Md5))
@@ -168,7 +172,7 @@ mod tests {
     #[test]
     fn every_offer_we_cannot_carry_out_says_why() {
         type Break = fn(&mut Offer<'static>);
-        let cases: [(Break, Failure); 10] = [
+        let cases: [(Break, Failure); 11] = [
             (|o| o.is_diff = Some(1), Failure::DiffUnsupported),
             (|o| o.sign_method = e("Crc32"), Failure::SignMethodUnsupported),
             (
@@ -178,6 +182,9 @@ mod tests {
             (|o| o.version = None, Failure::MissingField("version")),
             (|o| o.version = e("1.4 beta"), Failure::BadVersion),
             (|o| o.size = None, Failure::MissingField("size")),
+            // Found by fuzzing (fuzz/regressions/ota_machine-size-zero): a task of 0 bytes was
+            // taken, and the first (empty) block divided by its size.
+            (|o| o.size = Some(0), Failure::BadField("size")),
             (
                 |o| {
                     o.sign = None;
