@@ -11,8 +11,9 @@ fn check(frame: &[u8]) {
     assert!(at >= 2 && at + b.data.len() + 2 == frame.len(), "the block is not where the frame says");
     let trailer = u16::from_le_bytes([frame[frame.len() - 2], frame[frame.len() - 1]]);
     assert_eq!(CRC16_ARC.checksum(b.data), trailer, "a bad CRC passed");
-    // Re-emitted as the console would (ids and tokens without escapes, as the console sends them).
-    let plain = |s: Option<&str>| s.is_none_or(|s| !s.contains(['\\', '"']));
+    // Re-emitted as the console would (ids and tokens without escapes, as the console sends them;
+    // a raw control character the parser let through would come back escaped).
+    let plain = |s: Option<&str>| s.is_none_or(|s| !s.contains(['\\', '"']) && !s.contains(char::is_control));
     let (Some(id), true) = (b.id, plain(b.id) && plain(b.token)) else { return };
     let mut out = vec![0u8; frame.len() + 256];
     if let Ok(n) = emit_download_reply(&mut out, id, b.token, b.file_length, b.offset, b.data) {

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 use shared::image::{
-    extent, verify, Header, HeaderRepr, PublicKey, SliceFlash, TlvIter, VerifyOptions, TLV_INFO_MAGIC,
+    extent, verify, Header, HeaderRepr, ImageError, PublicKey, SliceFlash, TlvIter, VerifyOptions, TLV_INFO_MAGIC,
     TLV_PROT_INFO_MAGIC,
 };
 
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = extent(&mut SliceFlash(data));
     let keys = [PublicKey(KEY)];
-    let opts = VerifyOptions { keys: &keys, min_sec_cnt: 0, slot_size: Some(0x1_0000) };
+    let opts = VerifyOptions { keys: &keys, revoked: 0, min_sec_cnt: 0, slot_size: Some(0x1_0000) };
     let big = verify(&mut SliceFlash(data), &opts, &mut [0u8; 1024]);
     let small = verify(&mut SliceFlash(data), &opts, &mut [0u8; 7]);
     assert_eq!(big, small, "the verdict depends on the buffer size");
@@ -41,5 +41,9 @@ fuzz_target!(|data: &[u8]| {
         let h = HeaderRepr::parse(&Header::new_checked(data).unwrap()).unwrap();
         let hashed = h.tlv_offset().unwrap() as usize;
         assert_eq!(info.digest, <[u8; 32]>::from(Sha256::digest(&data[..hashed])), "ImageInfo for unhashed bytes");
+        // Signed by slot 0: it can revoke nothing, and once slot 0 is revoked it verifies no more.
+        assert_eq!((info.key_slot, info.revokes), (0, 0));
+        let revoked = VerifyOptions { revoked: 1, ..opts };
+        assert_eq!(verify(&mut SliceFlash(data), &revoked, &mut [0u8; 1024]), Err(ImageError::KeyRevoked { key: 0 }));
     }
 });

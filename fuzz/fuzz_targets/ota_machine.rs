@@ -49,6 +49,7 @@ fn signed(i: usize) -> &'static [u8] {
                     sec_cnt,
                     module: Some("default"),
                     aliyun_version: Some("1.4"),
+                    revoke_keys: 0,
                 };
                 sign_image(&body, &p, &key)
             })
@@ -392,7 +393,7 @@ impl Harness {
                 }
                 Action::RunSelfTest => self.asked.push_back(Asked::SelfTest),
                 Action::Confirm => self.asked.push_back(Asked::Confirm),
-                Action::Reset => self.reset = true,
+                Action::Reset | Action::Revert => self.reset = true,
             }
         }
     }

@@ -118,6 +118,7 @@ fn run_target(target: &'static str, secs: u64, runs: Option<u64>) -> Result<Outc
     std::fs::create_dir_all(&corpus)?;
     std::fs::create_dir_all(&artifacts)?;
     let log = work.join(format!("{target}.log"));
+    replay_regressions(target, &dir)?;
     eprintln!("fuzz: {target} for {secs} s (log {})", log.display());
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&dir)
@@ -146,6 +147,35 @@ fn run_target(target: &'static str, secs: u64, runs: Option<u64>) -> Result<Outc
         bail!("{target}: cargo fuzz run failed without a crash artifact (see {})", log.display());
     }
     Ok(o)
+}
+
+/// Runs `target` once over each of its past crash inputs (`fuzz/regressions/<target>-*`): a
+/// fixed bug that comes back fails here, before any fuzzing.
+fn replay_regressions(target: &str, dir: &Path) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("regressions"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{target}-"))))
+        .collect();
+    if files.is_empty() {
+        return Ok(());
+    }
+    files.sort();
+    let out = Command::new("cargo")
+        .current_dir(dir)
+        .args(["+nightly", "fuzz", "run"])
+        .args(BUILD_FLAGS)
+        .arg(target)
+        .args(&files)
+        .output()
+        .with_context(|| format!("replaying the regressions of {target}"))?;
+    ensure!(
+        out.status.success(),
+        "{target}: a past crash input crashes again ({:?}):\n{}",
+        files,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("fuzz: {target}: {} past crash input(s) replayed, none crashes", files.len());
+    Ok(())
 }
 
 /// Reads libFuzzer's output: the final stats, the last status line, the artifact written.
@@ -308,6 +338,7 @@ fn signed_image(len: usize, sec_cnt: u32) -> Result<Vec<u8>> {
         sec_cnt,
         module: Some("MCU"),
         aliyun_version: Some("V1.4"),
+        revoke_keys: 0,
     };
     Ok(shared::image::sign_image(&body, &p, &key))
 }
