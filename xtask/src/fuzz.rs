@@ -259,7 +259,7 @@ fn e(s: &str) -> Option<EscapedStr<'_>> {
     Some(EscapedStr(s))
 }
 
-/// Pushes and get_replies as the console emits them, and the captured real push (ALIYUN.md §2.2).
+/// Pushes and get_replies as the console emits them, and the captured real push (the one shared::alink::offer tests).
 fn offers() -> Result<Vec<(String, Vec<u8>)>> {
     const MD5: &str = "2e78f357f54732c90f3bebb2fb6a3865";
     let mqtt = Offer {
@@ -314,7 +314,7 @@ fn offers() -> Result<Vec<(String, Vec<u8>)>> {
     Ok(v)
 }
 
-/// Block replies: the ALIYUN.md §3.1 frame, a refusal, a 256-byte block without a token.
+/// Block replies: the MQTT stream frame of shared::alink::download, a refusal, a 256-byte block without a token.
 fn frames() -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = vec![0u8; 1024];
     let mut v = Vec::new();

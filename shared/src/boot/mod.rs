@@ -1,4 +1,4 @@
-//! The boot policy: what the bootloader decides before it jumps (DESIGN.md "Boot flow").
+//! The boot policy: what the bootloader decides before it jumps (the README, "How a device boots").
 //!
 //! | STATE magic | BOOT_RECORD phase | what [`boot`] does |
 //! |---|---|---|
