@@ -99,8 +99,7 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     let (key, key_path) = keys::signing_key_or_dev(a.key.as_deref())?;
     let public = PublicKey(key.verifying_key().to_bytes());
-    let (trusted, revoke_keys) = a.rotation.resolve(&public)?;
-    let key_slot = trusted.iter().position(|k| *k == public).unwrap_or(0) as u8;
+    let (trusted, key_slot, revoke_keys) = a.rotation.resolve(&public)?;
     let layout = board.layout();
     let out = a.out.unwrap_or_else(|| {
         crate::root().join("target/releases").join(board.name()).join(format!("{}-{}", a.module, a.version))

@@ -57,9 +57,9 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    /// The trusted list (public keys, slot order) and the revocation mask, checked against the
-    /// signing key: it must be in the list, and may revoke only slots below its own.
-    pub fn resolve(&self, signer: &PublicKey) -> Result<(Vec<PublicKey>, u32)> {
+    /// The trusted list (public keys, slot order), the signing key's slot and the revocation
+    /// mask, checked: the signing key must be in the list, and may revoke only slots below its own.
+    pub fn resolve(&self, signer: &PublicKey) -> Result<(Vec<PublicKey>, u8, u32)> {
         let trusted = if self.trust.is_empty() {
             vec![*signer]
         } else {
@@ -85,7 +85,7 @@ impl Rotation {
             );
             mask |= 1 << r;
         }
-        Ok((trusted, mask))
+        Ok((trusted, slot as u8, mask))
     }
 }
 
@@ -136,7 +136,7 @@ pub fn sign(a: SignArgs) -> Result<()> {
     let header_size = u16::try_from(header_size).context("--header-size above 0xffff")?;
     let slot = a.slot_size.or(layout.map(|l| l.active.length));
     let key = keys::load_signing_key(&a.key)?;
-    let (trusted, revoke_keys) = a.rotation.resolve(&PublicKey(key.verifying_key().to_bytes()))?;
+    let (trusted, _, revoke_keys) = a.rotation.resolve(&PublicKey(key.verifying_key().to_bytes()))?;
     let body = read_binary(&a.input)?;
     let aliyun_version = a.aliyun_version.as_deref().unwrap_or(&a.version);
     let p = SignParams {
