@@ -2,8 +2,9 @@
 //! the PROVISION page and the AT modem as the link. Each board hands in its flash regions, UART
 //! and clock; nothing here knows which chip it runs on.
 
-use crate::driver::{self, Buffers, Clock, Exit, Flashes, Link, NoHttp, Settings};
-use crate::modem::{Modem, ModemConfig, ModemError};
+use crate::cellular::{ModemHttp, ModemLink, ModemModule};
+use crate::driver::{self, Buffers, Clock, Exit, Flashes, Settings};
+use crate::modem::{ModemConfig, Shared};
 use core::mem::MaybeUninit;
 use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
@@ -17,6 +18,10 @@ use shared::time::Duration;
 /// up to 8 KiB (an HTTPS URL with an STS token, `_package_udi` and batch tags); a larger one is
 /// read, discarded and refused with a reason.
 pub const MQTT_RX: usize = 8192 + 512;
+/// HTTPS body bytes handed to the machine at a time (one modem read at most).
+const HTTP_CHUNK: usize = crate::modem::SOCK_BUF;
+/// The Aliyun module name of the cellular module's own firmware.
+pub const MODEM_MODULE: &str = "modem";
 /// MQTT keep-alive (s): short enough for cellular NAT timeouts.
 const KEEP_ALIVE: u16 = 120;
 
@@ -26,7 +31,9 @@ pub struct OtaState<U> {
     // Not `Option`s: a `None` of these is not all zeroes, which would put the whole static in
     // `.data` (its image in flash, copied at start).
     machine: MaybeUninit<OtaMachine>,
-    modem: MaybeUninit<Modem<U>>,
+    modem: MaybeUninit<Shared<U>>,
+    /// HTTPS body chunks.
+    http: [u8; HTTP_CHUNK],
     /// One MQTT packet (kept in place while the machine works on it).
     mqtt: [u8; MQTT_RX],
     /// Verify / rehash / confirm buffer.
@@ -35,15 +42,24 @@ pub struct OtaState<U> {
 
 impl<U> OtaState<U> {
     pub const fn new() -> Self {
-        OtaState { machine: MaybeUninit::uninit(), modem: MaybeUninit::uninit(), mqtt: [0; MQTT_RX], work: [0; 1024] }
+        OtaState {
+            machine: MaybeUninit::uninit(),
+            modem: MaybeUninit::uninit(),
+            http: [0; HTTP_CHUNK],
+            mqtt: [0; MQTT_RX],
+            work: [0; 1024],
+        }
     }
 }
 
 /// Bytes of the MQTT session over a modem on `U` (its send buffer and state; the receive buffer
 /// is in `OTA_STATE`).
 pub const fn mqtt_session_size<U: 'static>() -> u32 {
-    core::mem::size_of::<crate::mqtt::Mqtt<'static, &'static mut Modem<U>>>() as u32
+    core::mem::size_of::<crate::mqtt::Mqtt<'static, crate::modem::Socket<'static, U, NoClock>>>() as u32
 }
+
+/// A clock type for sizes only.
+pub struct NoClock;
 
 /// What the board provides.
 pub struct Board<'a, C> {
@@ -55,28 +71,6 @@ pub struct Board<'a, C> {
     pub self_test: bool,
     /// Prints a line the user must see (semihosting on QEMU, defmt on the nRF).
     pub say: fn(core::fmt::Arguments<'_>),
-}
-
-/// The modem's socket as the device loop's link: each open brings the modem up (again).
-pub struct ModemLink<'a, U, C> {
-    pub modem: &'a mut Modem<U>,
-    pub clock: &'a C,
-    pub cfg: ModemConfig<'a>,
-}
-
-impl<U: Read + Write, C: Clock> Link for ModemLink<'_, U, C> {
-    type Io<'b>
-        = &'b mut Modem<U>
-    where
-        Self: 'b;
-    type Error = ModemError;
-
-    async fn open(&mut self) -> Result<&mut Modem<U>, ModemError> {
-        self.modem.open(self.clock, &self.cfg).await?;
-        let what = if self.cfg.tls { "TLS" } else { "TCP" };
-        log::info!("modem: {} socket to {}:{} open", what, self.cfg.host, self.cfg.port);
-        Ok(&mut *self.modem)
-    }
 }
 
 /// Runs the device; returns when it must reset (`Ok`), or why it cannot start (`Err`).
@@ -94,7 +88,7 @@ where
     D: NorFlash,
     C: Clock,
 {
-    let OtaState { machine, modem, mqtt, work } = state;
+    let OtaState { machine, modem, http, mqtt, work } = state;
     let mut f = f;
     let booted = driver::boot(&mut f, b.layout, &mut work[..], b.say).map_err(|e| {
         (b.say)(format_args!("app: {}", e));
@@ -107,8 +101,9 @@ where
     let sign_method = SignMethod::from_name(prov.sign_method).ok_or("provisioned sign_method is unknown")?;
     let mut settings = Settings::new(prov.product_key, prov.device_name, prov.device_secret, sign_method, prov.tls);
     settings.keep_alive = KEEP_ALIVE;
+    let modem: &Shared<U> = modem.write(crate::cellular::shared(uart));
     let mut link = ModemLink {
-        modem: modem.write(Modem::new(uart)),
+        modem,
         clock: b.clock,
         cfg: ModemConfig {
             apn: prov.apn,
@@ -123,12 +118,13 @@ where
     let board = driver::Board {
         layout: b.layout,
         link: &mut link,
-        http: &mut NoHttp,
+        http: &mut ModemHttp::new(modem, b.clock, crate::DOWNLOAD_CA),
+        module: &mut ModemModule::new(modem, b.clock, MODEM_MODULE),
         clock: b.clock,
         self_test: b.self_test,
         say: b.say,
     };
-    let bufs = Buffers { mqtt: &mut mqtt[..], http: &mut [], work: &mut work[..] };
+    let bufs = Buffers { mqtt: &mut mqtt[..], http: &mut http[..], work: &mut work[..] };
     driver::run(booted, f, board, &settings, machine, bufs).await.map_err(|e| {
         (b.say)(format_args!("app: {}", e));
         "cannot start"

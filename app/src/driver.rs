@@ -15,7 +15,7 @@
 use crate::keys::TRUSTED_KEYS;
 use crate::mqtt::{Incoming, Mqtt, MqttError};
 use core::fmt::Arguments;
-use embassy_futures::select::{select3, Either3};
+use embassy_futures::select::{select4, Either4};
 use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use memory_layouts::Layout;
@@ -23,7 +23,8 @@ use shared::alink::{self, AlinkError, DeviceSecret, SignMethod};
 use shared::boot::{boot_info, confirm, progress, request_revert, UpdateError, Updater};
 use shared::image::{PublicKey, VerifyOptions};
 use shared::ota::{
-    check_keep_alive, Action, Backoff, BootReport, ConfigError, Event, MarkError, OtaConfig, OtaMachine, STEADY_SESSION,
+    check_keep_alive, Action, Backoff, BootReport, ConfigError, Event, External, HttpError, MarkError, ModuleError,
+    ModulePhase, OtaConfig, OtaMachine, STEADY_SESSION,
 };
 use shared::time::{Duration, Instant};
 
@@ -42,29 +43,61 @@ pub trait Http {
         true
     }
     /// Starts `GET url` with `Range: bytes={from}-`; returns the status and Content-Length.
-    async fn get(&mut self, url: &str, from: u32) -> Result<(u16, Option<u32>), ()>;
+    async fn get(&mut self, url: &str, from: u32) -> Result<(u16, Option<u32>), HttpError>;
     /// The next body bytes; `Ok(0)` at the end. Pending forever when no GET is open.
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, ()>;
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, HttpError>;
     /// Drops the connection.
     fn close(&mut self);
 }
 
-/// No HTTP client: the modem boards download over MQTT only (the module's own HTTP(S) client is
-/// not driven yet), so HTTPS tasks are refused with a reason the console shows.
-#[cfg_attr(not(target_os = "none"), allow(dead_code))]
-pub struct NoHttp;
+/// What an external module says about the update of its own firmware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleNews {
+    /// Downloading or installing, this far (0..=100).
+    Progress(ModulePhase, u8),
+    /// Installed (it restarts now), or why not.
+    Done(Result<(), ModuleError>),
+}
 
-impl Http for NoHttp {
-    fn available(&self) -> bool {
-        false
+/// A part of the device that updates its own firmware: the cellular module (Quectel
+/// `AT+QFOTADL`), reported to Aliyun as a module of its own.
+pub trait Module {
+    /// Its Aliyun module name (`modem`), or `None`: the board has no such part.
+    fn name(&self) -> Option<&str>;
+    /// The longest URL it takes.
+    fn max_url(&self) -> u16;
+    /// Its firmware version as the last link bring-up read it.
+    fn version(&self) -> Option<heapless::String<64>>;
+    /// Hands it the package URL; `Err` when it refuses.
+    async fn update(&mut self, url: &str) -> Result<(), ()>;
+    /// What it said and was not handed out yet (without waiting).
+    fn poll(&mut self) -> Option<ModuleNews>;
+    /// The next thing it says; pending forever when it has nothing to say.
+    async fn next(&mut self) -> ModuleNews;
+}
+
+/// A board without such a part.
+pub struct NoModule;
+
+impl Module for NoModule {
+    fn name(&self) -> Option<&str> {
+        None
     }
-    async fn get(&mut self, _url: &str, _from: u32) -> Result<(u16, Option<u32>), ()> {
+    fn max_url(&self) -> u16 {
+        0
+    }
+    fn version(&self) -> Option<heapless::String<64>> {
+        None
+    }
+    async fn update(&mut self, _url: &str) -> Result<(), ()> {
         Err(())
     }
-    async fn read(&mut self, _buf: &mut [u8]) -> Result<usize, ()> {
+    fn poll(&mut self) -> Option<ModuleNews> {
+        None
+    }
+    async fn next(&mut self) -> ModuleNews {
         core::future::pending().await
     }
-    fn close(&mut self) {}
 }
 
 /// The byte stream to the broker: a TCP/TLS socket, or a modem's socket.
@@ -141,13 +174,15 @@ impl<'a> Settings<'a> {
 }
 
 /// What the board provides besides flash.
-pub struct Board<'a, L, H, C> {
+pub struct Board<'a, L, H, M, C> {
     /// Flash geometry and slot sizes.
     pub layout: &'static Layout,
     /// The broker's byte stream.
     pub link: &'a mut L,
-    /// Downloads over HTTP(S), or [`NoHttp`].
+    /// Downloads over HTTP(S).
     pub http: &'a mut H,
+    /// The part that updates its own firmware (the cellular module), or [`NoModule`].
+    pub module: &'a mut M,
     /// The board's clock.
     pub clock: &'a C,
     /// The result of the running image's self-test (reaching the broker is the rest of it).
@@ -241,10 +276,13 @@ enum End {
 }
 
 /// The machine, the updater and what carries out actions.
-struct Core<'a, H, C, D, S> {
+struct Core<'a, H, M, C, D, S> {
     m: &'a mut OtaMachine,
     up: Updater<D, S>,
     http: &'a mut H,
+    module: &'a mut M,
+    /// The module version last told to the machine.
+    module_version: Option<heapless::String<64>>,
     clock: &'a C,
     ctx: Ctx<'a>,
     work: &'a mut [u8],
@@ -285,10 +323,10 @@ where
 
 /// Runs the device until the machine asks for a reset ([`Exit`]); `Err` when it cannot start.
 /// `slot` keeps the machine (a static on a microcontroller; it is never dropped).
-pub async fn run<L, H, C, A, R, S, D>(
+pub async fn run<L, H, M, C, A, R, S, D>(
     booted: Booted,
     f: Flashes<A, R, S, D>,
-    b: Board<'_, L, H, C>,
+    b: Board<'_, L, H, M, C>,
     s: &Settings<'_>,
     slot: &mut core::mem::MaybeUninit<OtaMachine>,
     bufs: Buffers<'_>,
@@ -296,6 +334,7 @@ pub async fn run<L, H, C, A, R, S, D>(
 where
     L: Link,
     H: Http,
+    M: Module,
     C: Clock,
     A: ReadNorFlash,
     R: ReadNorFlash,
@@ -313,6 +352,9 @@ where
     cfg.pull_interval = s.pull_interval;
     cfg.confirm_deadline = s.confirm_deadline;
     cfg.https = b.http.available();
+    if let Some(name) = b.module.name() {
+        let _ = cfg.external.push(External::new(name, b.module.max_url())?);
+    }
     cfg.check()?;
     let m = slot.write(OtaMachine::new(cfg));
     m.handle(clock.now(), Event::Booted(BootReport::new(&info, booted.resume)));
@@ -325,6 +367,8 @@ where
         m,
         up: Updater::new(f.dfu, f.state, l.geometry.erased, 0),
         http: b.http,
+        module: b.module,
+        module_version: None,
         clock,
         ctx: Ctx {
             keys: &keys,
@@ -381,7 +425,7 @@ where
     }
 }
 
-impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
+impl<H: Http, M: Module, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, M, C, D, S> {
     /// One MQTT session: open the link, log in, subscribe, then run until it drops or the
     /// machine asks for a reset.
     async fn session<L: Link>(
@@ -399,6 +443,22 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                 return End::Lost;
             }
         };
+        // What the module said while no session ran (a FOTA that ended as it restarted), then
+        // its version as this bring-up read it.
+        while let Some(news) = self.module.poll() {
+            self.module_news(news);
+        }
+        if let (Some(name), Some(v)) = (self.module.name(), self.module.version()) {
+            if self.module_version.as_ref() != Some(&v) {
+                log::info!("module {}: firmware {}", name, v.as_str());
+                let name: heapless::String<32> = heapless::String::try_from(name).unwrap_or_default();
+                self.m.handle(self.clock.now(), Event::ModuleVersion { module: &name, version: &v });
+                self.module_version = Some(v);
+            }
+        }
+        if let Some(Exit::Reset) = self.act::<L::Io<'_>>(None, &Last::None).await {
+            return End::Reset;
+        }
         let max = rx.len() as u32;
         let connect = Mqtt::connect(io, rx, &creds.client_id, &creds.username, &creds.password, keep_alive);
         let mut mqtt = match connect.await {
@@ -430,11 +490,11 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                 return End::Reset;
             }
             let wake = self.m.poll_timeout().map_or(next_ping, |t| t.min(next_ping));
-            let next = select3(mqtt.next(), clock.sleep_until(wake), self.http.read(self.body)).await;
+            let next = select4(mqtt.next(), clock.sleep_until(wake), self.http.read(self.body), self.module.next()).await;
             last = Last::None;
             let now = clock.now();
             match next {
-                Either3::First(Ok(Incoming::Publish { topic, payload })) => {
+                Either4::First(Ok(Incoming::Publish { topic, payload })) => {
                     let rx = mqtt.rx();
                     let name = core::str::from_utf8(&rx[topic]).unwrap_or("");
                     if let Some(downlink) = topics.classify(name) {
@@ -443,19 +503,19 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                         last = Last::Mqtt(payload);
                     }
                 }
-                Either3::First(Ok(Incoming::Oversized { topic, len })) => {
+                Either4::First(Ok(Incoming::Oversized { topic, len })) => {
                     log::warn!("discarded a message of {} bytes on {} (the buffer holds {})", len, topic.as_str(), max);
                     if let Some(downlink) = topics.classify(&topic) {
                         self.m.handle(now, Event::Oversized { topic: downlink, len, max });
                     }
                 }
-                Either3::First(Ok(Incoming::Acked(pid))) => self.m.handle(now, Event::Acked(pid)),
-                Either3::First(Err(e)) => {
+                Either4::First(Ok(Incoming::Acked(pid))) => self.m.handle(now, Event::Acked(pid)),
+                Either4::First(Err(e)) => {
                     self.m.handle(now, Event::Disconnected);
                     log::warn!("MQTT: {}", e);
                     return End::Lost;
                 }
-                Either3::Second(()) => {
+                Either4::Second(()) => {
                     if now >= next_ping {
                         if heard_at_ping == Some(mqtt.received) {
                             self.m.handle(now, Event::Disconnected);
@@ -472,25 +532,39 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                     }
                     self.m.handle_timeout(now);
                 }
-                Either3::Third(Ok(0)) => {
+                Either4::Third(Ok(0)) => {
                     self.http.close();
                     self.m.handle(now, Event::HttpEnd);
                 }
-                Either3::Third(Ok(n)) => {
+                Either4::Third(Ok(n)) => {
                     self.m.handle(now, Event::HttpBody(&self.body[..n]));
                     last = Last::Http(n);
                 }
-                Either3::Third(Err(())) => {
+                Either4::Third(Err(e)) => {
+                    log::warn!("download: {}", e);
                     self.http.close();
-                    self.m.handle(now, Event::HttpFailed);
+                    self.m.handle(now, Event::HttpFailed(e));
                 }
+                Either4::Fourth(news) => self.module_news(news),
+            }
+        }
+    }
+
+    /// Hands what the module said to the machine.
+    fn module_news(&mut self, news: ModuleNews) {
+        let now = self.clock.now();
+        match news {
+            ModuleNews::Progress(phase, percent) => self.m.handle(now, Event::ModuleProgress { phase, percent }),
+            ModuleNews::Done(r) => {
+                log::info!("module update: {:?}", r);
+                self.m.handle(now, Event::ModuleDone(r));
             }
         }
     }
 
     /// Carries out the machine's actions; `last` says where the last event's bytes are.
     async fn act<T: Read + Write>(&mut self, mut mqtt: Option<&mut Mqtt<'_, T>>, last: &Last) -> Option<Exit> {
-        let Core { m, up, http, clock, ctx, work, body } = self;
+        let Core { m, up, http, module: module_dev, clock, ctx, work, body, .. } = self;
         let (clock, buf) = (*clock, &mut **work);
         loop {
             let a = m.poll_action()?;
@@ -571,10 +645,13 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                             log::info!("GET {} from byte {}", redact(&url), from);
                             match http.get(&url, from).await {
                                 Ok((status, length)) => Some(Event::HttpResponse { status, length }),
-                                Err(()) => Some(Event::HttpFailed),
+                                Err(e) => {
+                                    log::warn!("GET: {}", e);
+                                    Some(Event::HttpFailed(e))
+                                }
                             }
                         }
-                        _ => Some(Event::HttpFailed),
+                        _ => Some(Event::HttpFailed(HttpError::Protocol)),
                     }
                 }
                 Action::HttpClose => {
@@ -601,6 +678,13 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                 Action::Reset => {
                     log::info!("reset");
                     return Some(Exit::Reset);
+                }
+                Action::ModuleUpdate { module, url } => {
+                    log::info!("module {}: update from {}", module, redact(url));
+                    match module_dev.update(url).await {
+                        Ok(()) => None,
+                        Err(()) => Some(Event::ModuleDone(Err(ModuleError::Refused))),
+                    }
                 }
                 Action::Revert => {
                     // A request torn by a power cut still reads as one; a failed one leaves the

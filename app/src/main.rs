@@ -17,6 +17,17 @@ pub const ALIYUN_IOT_ROOT_CA: &[u8] = include_bytes!("../certs/aliyun-iot-root-c
 /// over TLS, and on the legacy `{pk}.iot-as-mqtt.{region}.aliyuncs.com` endpoints.
 pub const GLOBALSIGN_ROOT_CA_R1: &[u8] = include_bytes!("../certs/globalsign-root-ca-r1.pem");
 
+/// The CAs (PEM) the modem boards verify download hosts with (SSL context 2): the GlobalSign
+/// roots Aliyun's OSS package hosts chain to (R1, R3, R46; provenance in certs/README.md), plus
+/// the file named by `APP_DOWNLOAD_CA` at build time (the local console's CA in tests).
+pub const DOWNLOAD_CA: &[u8] = concat!(
+    include_str!("../certs/globalsign-root-ca-r1.pem"),
+    include_str!("../certs/globalsign-root-ca-r3.pem"),
+    include_str!("../certs/globalsign-root-r46.pem"),
+    include_str!(concat!(env!("OUT_DIR"), "/download-ca.pem")),
+)
+.as_bytes();
+
 /// The root CA (PEM) a TLS endpoint on `port` is verified with (`shared::alink::RootCa`).
 pub fn root_ca(port: u16) -> &'static [u8] {
     match shared::alink::RootCa::for_port(port) {
@@ -29,6 +40,8 @@ pub fn root_ca(port: u16) -> &'static [u8] {
 mod attack;
 #[cfg(target_os = "none")]
 mod device;
+#[cfg(any(target_os = "none", feature = "host"))]
+mod cellular;
 mod driver;
 mod modem;
 mod mqtt;

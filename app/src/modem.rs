@@ -1,7 +1,9 @@
-//! A Quectel-style AT modem below the MQTT client (EC200/EC800/BG95 class): bring-up, a TCP or
-//! TLS socket in transparent mode, then the UART is the byte stream. Board-independent: any
-//! embedded-io-async byte stream (a UART; on the host board, a TCP connection to the modem
-//! simulator) and the board's [`Clock`].
+//! A Quectel-style AT modem below the MQTT client and the HTTP(S) downloads (EC200/EC800/BG95
+//! class): bring-up, then sockets in *buffer access mode*, several at once beside the command
+//! channel, so the MQTT session keeps its keep-alive while a download runs on a second socket,
+//! and the module's own firmware update (`AT+QFOTADL`) reports its URCs while MQTT goes on.
+//! Board-independent: any embedded-io-async byte stream (a UART; on the host board, a TCP
+//! connection to the modem simulator) and the board's [`Clock`].
 //!
 //! ```text
 //! AT          OK              (retried: the modem may still be booting, or in data mode)
@@ -10,20 +12,56 @@
 //! AT+CEREG?   +CEREG: 0,1|5   (LTE; else AT+CREG? for 2G/3G), polled until registered
 //! AT+QICSGP=1,1,"apn","","",1 OK
 //! AT+QIACT?   +QIACT: 1,...   (else AT+QIACT=1, up to 150 s)
-//! AT+QIOPEN=1,0,"TCP","host",port,0,2     CONNECT   (AT+QSSLOPEN=1,1,4,"host",port,2 for TLS)
+//! AT+QGMR     <module firmware version>
+//! AT+QIOPEN=1,0,"TCP","host",port,0,0     OK, then +QIOPEN: 0,0   (AT+QSSLOPEN=1,1,0,... for TLS)
 //! ```
 //!
-//! For TLS with a CA: `AT+QFUPL="UFS:ota-ca.pem",<len>,10` (CONNECT, the PEM, `+QFUPL: <len>,..`),
-//! then `AT+QSSLCFG` sslversion / ciphersuite / seclevel 1 / cacert on context 1, then QSSLOPEN.
+//! Sockets (ids: [`MQTT`] = 0, [`DOWNLOAD`] = 1): the module buffers what arrives and says
+//! `+QIURC: "recv",<id>` (`+QSSLURC` for TLS) once until that buffer is read empty; the driver
+//! reads with `AT+QIRD=<id>,<n>` (`+QIRD: <n>`, n raw bytes, `OK`; `AT+QSSLRECV`) and sends with
+//! `AT+QISEND=<id>,<n>`, the `> ` prompt, n bytes, `SEND OK` (`AT+QSSLSEND`). `"closed"` URCs end
+//! a socket (what it buffered can still be read); `RDY` is a module that restarted.
+//!
+//! Concurrency: [`Modem`] is a state machine whose every field survives a cancelled future.
+//! [`Modem::step`] does one thing (write some queued bytes, or start the read a `recv` URC asked
+//! for, or read the UART and parse what came); whoever holds the modem steps it, and what it
+//! parses lands where it belongs (the other socket's buffer, the FOTA URC queue). The driver
+//! shares the modem through an async mutex ([`Shared`]) between the MQTT socket, the download
+//! and the module-update watcher, each taking the lock for one step at a time.
+//!
+//! For TLS with a CA: `AT+QFUPL="UFS:<file>",<len>,10` (CONNECT, the PEM, `+QFUPL: <len>,..`),
+//! then `AT+QSSLCFG` sslversion / ciphersuite / seclevel 1 / cacert / sni on the SSL context:
+//! context 1 for the broker, context 2 for downloads (each verified with its own CA).
 //!
 //! Recovery: a new [`Modem::open`] after the MQTT session failed leaves data mode if the modem
-//! does not answer `AT` (1 s guard, `+++`, 1 s guard), closes the old socket and brings the link
-//! up from the top; after `NO CARRIER` (the link dropped) the modem already answers `AT`.
+//! does not answer `AT` (a firmware of before buffer mode may have left it there: 1 s guard,
+//! `+++`, 1 s guard), closes the old sockets and brings the link up from the top.
 
 use crate::driver::Clock;
 use embassy_futures::select::{select, Either};
-use embedded_io_async::{Error as _, ErrorType, Read, Write};
+use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_sync::mutex::Mutex;
+use embedded_io_async::{ErrorType, Read, Write};
+use heapless::{Deque, String, Vec};
 use shared::time::{Duration, Instant};
+
+/// The socket id of the MQTT session.
+pub const MQTT: usize = 0;
+/// The socket id of HTTP(S) downloads.
+pub const DOWNLOAD: usize = 1;
+/// Bytes buffered per socket on our side (one `AT+QIRD` fills at most this).
+pub const SOCK_BUF: usize = 1536;
+/// Most bytes per `AT+QISEND` (Quectel's limit).
+pub const SEND_MAX: usize = 1460;
+/// Most bytes asked for per `AT+QIRD` (Quectel's limit).
+const READ_MAX: usize = 1500;
+/// A line from the module (URC, answer): longer ones are noise, dropped.
+const RX: usize = 256;
+/// One command line (the longest: `AT+QFOTADL="<255-byte URL>"`).
+const CMD: usize = 300;
+
+/// The modem shared by the MQTT socket, the download and the module-update watcher.
+pub type Shared<U> = Mutex<NoopRawMutex, Modem<U>>;
 
 /// Where to connect, and how long to wait.
 pub struct ModemConfig<'a> {
@@ -40,8 +78,10 @@ pub struct ModemConfig<'a> {
     pub ca: Option<&'a [u8]>,
 }
 
-/// The module file the CA is uploaded to.
+/// The module file the broker's CA is uploaded to.
 const CA_FILE: &str = "UFS:ota-ca.pem";
+/// The module file the download hosts' CA is uploaded to.
+const PKG_CA_FILE: &str = "UFS:pkg-ca.pem";
 
 /// Why the link could not be opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +96,9 @@ pub enum ModemError {
     NoSim,
     /// Not registered on the network in time.
     NotRegistered,
+    /// The module could not open the socket (`+QIOPEN` / `+QSSLOPEN` error code: for TLS, a
+    /// handshake the CA does not cover is one).
+    Socket(i32),
 }
 
 impl core::fmt::Display for ModemError {
@@ -66,41 +109,167 @@ impl core::fmt::Display for ModemError {
             ModemError::Refused(c) => write!(f, "modem: {c} failed"),
             ModemError::NoSim => f.write_str("modem: SIM missing or locked (AT+CPIN? is not READY)"),
             ModemError::NotRegistered => f.write_str("modem: not registered on the network"),
+            ModemError::Socket(e) => write!(f, "modem: the socket did not open (error {e})"),
         }
     }
 }
 
-/// The modem on its UART. After [`Modem::open`] it is the socket's byte stream (Read + Write).
-pub struct Modem<U> {
-    uart: U,
-    /// Bytes read but not consumed (lines, or socket data that came with CONNECT).
-    buf: [u8; 256],
-    len: usize,
-    /// The CA is in the module's file system (this power-on).
-    ca_uploaded: bool,
+/// What the module says about an update of its own firmware (`+QIND: "FOTA",...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FotaUrc {
+    /// `"HTTPSTART"`: the download began.
+    HttpStart,
+    /// `"DOWNLOADING",<percent>`
+    Downloading(u8),
+    /// `"HTTPEND",<err>`: the download ended (0: complete).
+    HttpEnd(u16),
+    /// `"START"`: the install began.
+    Start,
+    /// `"UPDATING",<percent>`
+    Updating(u8),
+    /// `"END",<err>`: the install ended (0: done, the module restarts).
+    End(u16),
+    /// `RDY`: the module (re)started.
+    Ready,
 }
 
-enum Line {
-    /// A complete line (without CR LF), as a range of `buf`.
-    Text(usize),
-    Timeout,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SendStage {
+    /// The command is out; waiting for `> `.
+    Prompt,
+    /// Writing the data.
+    Body,
+    /// Waiting for `SEND OK`.
+    Result,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Txn {
+    Idle,
+    /// A command; `want`: the prefix of the answer line to keep (`Some("")`: the first line).
+    Cmd { want: Option<&'static str>, got: bool, internal: bool },
+    /// `AT+QIRD` / `AT+QSSLRECV` of `asked` bytes; `left`: raw bytes still to come.
+    Read { s: usize, asked: usize, left: Option<usize> },
+    Send { s: usize, stage: SendStage },
+}
+
+/// One socket as we see it.
+struct Sock {
+    /// Open (or opening) on the module: its id is in use until closed.
+    used: bool,
+    ssl: bool,
+    /// A `recv` URC came and the module's buffer has not been read empty since.
+    pending: bool,
+    /// The far end closed (or the module restarted): what is buffered is the rest.
+    closed: bool,
+    /// The `+QIOPEN` / `+QSSLOPEN` result.
+    opened: Option<i32>,
+    /// To be closed when the command channel is free (data that still comes is dropped).
+    close: bool,
+    buf: [u8; SOCK_BUF],
+    at: usize,
+    len: usize,
+}
+
+impl Sock {
+    const fn new() -> Self {
+        Sock {
+            used: false,
+            ssl: false,
+            pending: false,
+            closed: false,
+            opened: None,
+            close: false,
+            buf: [0; SOCK_BUF],
+            at: 0,
+            len: 0,
+        }
+    }
+    fn reset(&mut self) {
+        self.used = false;
+        self.ssl = false;
+        self.pending = false;
+        self.closed = false;
+        self.opened = None;
+        self.close = false;
+        self.at = 0;
+        self.len = 0;
+    }
+}
+
+/// The modem on its UART: the bring-up, two sockets in buffer access mode, the module's FOTA.
+pub struct Modem<U> {
+    uart: U,
+    /// Bytes read and not yet parsed.
+    rx: [u8; RX],
+    len: usize,
+    /// The command being written, and how much of it is out.
+    tx: Vec<u8, CMD>,
+    tx_at: usize,
+    /// The data of the send in progress.
+    send: Vec<u8, SEND_MAX>,
+    send_at: usize,
+    txn: Txn,
+    /// The outcome of the last command / send (kept until the next one starts).
+    outcome: Option<bool>,
+    sent: Option<bool>,
+    /// The kept answer line of the last command.
+    info: String<64>,
+    /// `CONNECT` came (a file upload waits for it).
+    connect: bool,
+    socks: [Sock; 2],
+    fota: Deque<FotaUrc, 8>,
+    /// The CAs are in the module's file system (since its last start).
+    ca_uploaded: bool,
+    pkg_ca_uploaded: bool,
+    /// The module's firmware version (`AT+QGMR`), read at each bring-up.
+    version: String<64>,
 }
 
 impl<U: Read + Write> Modem<U> {
     pub fn new(uart: U) -> Self {
-        Modem { uart, buf: [0; 256], len: 0, ca_uploaded: false }
+        Modem {
+            uart,
+            rx: [0; RX],
+            len: 0,
+            tx: Vec::new(),
+            tx_at: 0,
+            send: Vec::new(),
+            send_at: 0,
+            txn: Txn::Idle,
+            outcome: None,
+            sent: None,
+            info: String::new(),
+            connect: false,
+            socks: [Sock::new(), Sock::new()],
+            fota: Deque::new(),
+            ca_uploaded: false,
+            pkg_ca_uploaded: false,
+            version: String::new(),
+        }
     }
 
-    /// Brings the modem up and opens the socket; afterwards `self` is the socket's byte stream.
+    /// The module's firmware version as the last bring-up read it (empty if it did not answer).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Brings the modem up and opens the MQTT socket ([`MQTT`]).
     pub async fn open<C: Clock>(&mut self, clock: &C, cfg: &ModemConfig<'_>) -> Result<(), ModemError> {
         self.len = 0;
-        // A modem still in data mode (the link of a previous session is up) does not answer AT:
-        // leave data mode then. Either way close the old socket (harmless when there is none).
-        if self.command(clock, "AT", 500).await.is_err() {
+        self.tx.clear();
+        self.tx_at = 0;
+        self.txn = Txn::Idle;
+        for s in self.socks.iter_mut() {
+            s.reset();
+        }
+        // A modem still in data mode (a transparent link of an older firmware) does not answer
+        // AT: leave data mode then.
+        if self.command(clock, "AT", None, 500).await.is_err() {
             self.escape(clock).await?;
             let mut alive = false;
             for _ in 0..10 {
-                if self.command(clock, "AT", 1000).await.is_ok() {
+                if self.command(clock, "AT", None, 1000).await.is_ok() {
                     alive = true;
                     break;
                 }
@@ -109,122 +278,487 @@ impl<U: Read + Write> Modem<U> {
                 return Err(ModemError::Timeout("AT"));
             }
         }
-        let _ = self.command(clock, "AT+QICLOSE=0", 10_000).await;
-        self.command(clock, "ATE0", 1000).await?;
-        self.expect_info(clock, "AT+CPIN?", "+CPIN: READY", 5000).await.map_err(|e| match e {
+        self.command(clock, "ATE0", None, 1000).await?;
+        // The sockets of a previous session (harmless when there are none).
+        for c in ["AT+QICLOSE=0", "AT+QSSLCLOSE=0", "AT+QICLOSE=1", "AT+QSSLCLOSE=1"] {
+            let _ = self.command(clock, c, None, 10_000).await;
+        }
+        self.command(clock, "AT+CPIN?", Some("+CPIN: READY"), 5000).await.map_err(|e| match e {
             ModemError::Io => ModemError::Io,
             _ => ModemError::NoSim,
         })?;
         self.register(clock, cfg.register_timeout).await?;
-        let mut cmd: heapless::String<160> = heapless::String::new();
+        let mut cmd: String<CMD> = String::new();
         write(&mut cmd, format_args!("AT+QICSGP=1,1,\"{}\",\"\",\"\",1", cfg.apn))?;
-        self.command(clock, &cmd, 5000).await.map_err(|_| ModemError::Refused("AT+QICSGP"))?;
-        if self.expect_info(clock, "AT+QIACT?", "+QIACT: 1,", 5000).await.is_err() {
-            self.command(clock, "AT+QIACT=1", 150_000).await.map_err(|_| ModemError::Refused("AT+QIACT=1"))?;
+        self.command(clock, &cmd, None, 5000).await.map_err(|_| ModemError::Refused("AT+QICSGP"))?;
+        if self.command(clock, "AT+QIACT?", Some("+QIACT: 1,"), 5000).await.is_err() {
+            self.command(clock, "AT+QIACT=1", None, 150_000).await.map_err(|_| ModemError::Refused("AT+QIACT=1"))?;
         }
+        self.version = self.command(clock, "AT+QGMR", Some(""), 5000).await.unwrap_or_default();
         if cfg.tls {
             if let Some(ca) = cfg.ca {
-                self.trust(clock, ca).await?;
+                if !self.ca_uploaded {
+                    self.upload(clock, CA_FILE, ca).await?;
+                    self.ca_uploaded = true;
+                }
+                self.context(clock, 1, CA_FILE).await?;
             }
+        }
+        let ssl = cfg.tls.then_some(1);
+        self.open_socket(clock, MQTT, ssl, cfg.host, cfg.port, Duration::from_secs(150)).await
+    }
+
+    /// Has SSL context `ctx` verify the server with the CA in `file`, and send SNI.
+    async fn context<C: Clock>(&mut self, clock: &C, ctx: u8, file: &str) -> Result<(), ModemError> {
+        let mut cmd: String<CMD> = String::new();
+        for (opt, val) in [("sslversion", "4"), ("ciphersuite", "0XFFFF"), ("seclevel", "1"), ("sni", "1")] {
+            cmd.clear();
+            write(&mut cmd, format_args!("AT+QSSLCFG=\"{opt}\",{ctx},{val}"))?;
+            self.command(clock, &cmd, None, 5000).await?;
         }
         cmd.clear();
-        let what = if cfg.tls {
-            write(&mut cmd, format_args!("AT+QSSLOPEN=1,1,4,\"{}\",{},2", cfg.host, cfg.port))?;
-            "AT+QSSLOPEN"
-        } else {
-            write(&mut cmd, format_args!("AT+QIOPEN=1,0,\"TCP\",\"{}\",{},0,2", cfg.host, cfg.port))?;
-            "AT+QIOPEN"
-        };
-        self.send(&cmd).await?;
-        self.connect(clock, what, Duration::from_secs(150)).await
+        write(&mut cmd, format_args!("AT+QSSLCFG=\"cacert\",{ctx},\"{file}\""))?;
+        self.command(clock, &cmd, None, 5000).await
+            .map(|_| ())
     }
 
-    /// Uploads `ca` (once per power-on) and has SSL context 1 verify the server with it.
-    async fn trust<C: Clock>(&mut self, clock: &C, ca: &[u8]) -> Result<(), ModemError> {
-        if !self.ca_uploaded {
-            let mut cmd: heapless::String<64> = heapless::String::new();
-            let _ = self.command(clock, "AT+QFDEL=\"UFS:ota-ca.pem\"", 5000).await;
-            write(&mut cmd, format_args!("AT+QFUPL=\"{}\",{},10", CA_FILE, ca.len()))?;
-            self.send(&cmd).await?;
-            self.connect(clock, "AT+QFUPL", Duration::from_secs(5)).await?;
-            self.uart.write_all(ca).await.map_err(|_| ModemError::Io)?;
-            self.uart.flush().await.map_err(|_| ModemError::Io)?;
-            // "+QFUPL: <size>,<checksum>" then OK.
-            let deadline = clock.now() + Duration::from_secs(10);
-            let mut stored = false;
-            loop {
-                match self.line(clock, deadline).await? {
-                    Line::Timeout => return Err(ModemError::Timeout("AT+QFUPL")),
-                    Line::Text(n) => {
-                        let l = core::str::from_utf8(&self.buf[..n]).unwrap_or("");
-                        let size = l.strip_prefix("+QFUPL: ").and_then(|r| r.split(',').next());
-                        stored |= size.and_then(|s| s.trim().parse::<usize>().ok()) == Some(ca.len());
-                        let (ok, failed) = (l == "OK", l == "ERROR" || l.starts_with("+CME ERROR"));
-                        self.consume(n);
-                        if failed || (ok && !stored) {
-                            return Err(ModemError::Refused("AT+QFUPL"));
-                        }
-                        if ok {
-                            break;
-                        }
-                    }
-                }
-            }
-            self.ca_uploaded = true;
-        }
-        for c in [
-            "AT+QSSLCFG=\"sslversion\",1,4",
-            "AT+QSSLCFG=\"ciphersuite\",1,0XFFFF",
-            "AT+QSSLCFG=\"seclevel\",1,1",
-            "AT+QSSLCFG=\"cacert\",1,\"UFS:ota-ca.pem\"",
-        ] {
-            self.command(clock, c, 5000).await?;
+    /// Sets up SSL context 2 for downloads, verified with `ca` (uploaded once per module start).
+    pub async fn download_context<C: Clock>(&mut self, clock: &C, ca: &[u8]) -> Result<(), ModemError> {
+        if !self.pkg_ca_uploaded {
+            self.upload(clock, PKG_CA_FILE, ca).await?;
+            self.pkg_ca_uploaded = true;
+            self.context(clock, 2, PKG_CA_FILE).await?;
         }
         Ok(())
     }
 
-    /// Waits for the `CONNECT` that answers `what` (a socket or a file upload).
-    async fn connect<C: Clock>(&mut self, clock: &C, what: &'static str, within: Duration) -> Result<(), ModemError> {
+    /// Writes `bytes` to the module file `name` (`AT+QFUPL`).
+    async fn upload<C: Clock>(&mut self, clock: &C, name: &str, bytes: &[u8]) -> Result<(), ModemError> {
+        let mut cmd: String<CMD> = String::new();
+        write(&mut cmd, format_args!("AT+QFDEL=\"{name}\""))?;
+        let _ = self.command(clock, &cmd, None, 5000).await;
+        cmd.clear();
+        write(&mut cmd, format_args!("AT+QFUPL=\"{}\",{},10", name, bytes.len()))?;
+        let deadline = clock.now() + Duration::from_secs(10);
+        self.idle(clock, deadline, "AT+QFUPL").await?;
+        self.begin(&cmd, Some("+QFUPL: "), false);
+        while !self.connect {
+            if self.txn == Txn::Idle {
+                return Err(ModemError::Refused("AT+QFUPL"));
+            }
+            self.step(clock, Some(deadline)).await.map_err(|e| e.named("AT+QFUPL"))?;
+        }
+        self.uart.write_all(bytes).await.map_err(|_| ModemError::Io)?;
+        self.uart.flush().await.map_err(|_| ModemError::Io)?;
+        // "+QFUPL: <size>,<checksum>" then OK.
+        self.finish(clock, deadline, "AT+QFUPL").await?;
+        let size = self.info.split(',').next().and_then(|s| s.trim().parse::<usize>().ok());
+        if size != Some(bytes.len()) {
+            return Err(ModemError::Refused("AT+QFUPL"));
+        }
+        Ok(())
+    }
+
+    /// Opens socket `s` to `host:port` (TLS on SSL context `ssl`), buffer access mode.
+    pub async fn open_socket<C: Clock>(
+        &mut self,
+        clock: &C,
+        s: usize,
+        ssl: Option<u8>,
+        host: &str,
+        port: u16,
+        within: Duration,
+    ) -> Result<(), ModemError> {
         let deadline = clock.now() + within;
+        let what = if ssl.is_some() { "AT+QSSLOPEN" } else { "AT+QIOPEN" };
+        // The id is busy until the module closed it.
+        while self.socks[s].used {
+            self.socks[s].close = true;
+            self.step(clock, Some(deadline)).await.map_err(|e| e.named(what))?;
+        }
+        let mut cmd: String<CMD> = String::new();
+        match ssl {
+            Some(ctx) => write(&mut cmd, format_args!("AT+QSSLOPEN=1,{ctx},{s},\"{host}\",{port},0"))?,
+            None => write(&mut cmd, format_args!("AT+QIOPEN=1,{s},\"TCP\",\"{host}\",{port},0,0"))?,
+        }
+        self.socks[s].reset();
+        self.socks[s].used = true;
+        self.socks[s].ssl = ssl.is_some();
+        if let Err(e) = self.command(clock, &cmd, None, 10_000).await {
+            self.socks[s].used = false;
+            return Err(e);
+        }
         loop {
-            match self.line(clock, deadline).await? {
-                Line::Timeout => return Err(ModemError::Timeout(what)),
-                Line::Text(n) => {
-                    let l = &self.buf[..n];
-                    if l == b"CONNECT" {
-                        // "\r\nCONNECT\r\n": over a UART the LF may not be here yet, and it is
-                        // not socket data (a stray LF first would corrupt the MQTT stream).
-                        let lf_pending = self.len == n + 1 && self.buf[n] == b'\r';
-                        self.consume(n);
-                        if lf_pending {
-                            self.drop_lf(clock).await?;
-                        }
-                        return Ok(());
-                    }
-                    let failed = l == b"ERROR" || l == b"NO CARRIER" || l.starts_with(b"+CME ERROR");
-                    self.consume(n);
-                    if failed {
-                        return Err(ModemError::Refused(what));
-                    }
+            if let Some(code) = self.socks[s].opened {
+                if code != 0 {
+                    // Failed: the id is free again.
+                    self.socks[s].reset();
+                    return Err(ModemError::Socket(code));
                 }
+                return Ok(());
+            }
+            if let Err(e) = self.step(clock, Some(deadline)).await {
+                self.socks[s].close = true;
+                return Err(e.named(what));
             }
         }
     }
 
-    /// Waits briefly for the LF that ends a line whose CR came alone, and drops it (anything
-    /// else is kept: it is socket data).
-    async fn drop_lf<C: Clock>(&mut self, clock: &C) -> Result<(), ModemError> {
-        let until = clock.now() + Duration::from_millis(500);
-        let mut b = [0u8; 1];
-        match select(self.uart.read(&mut b), clock.sleep_until(until)).await {
-            Either::First(Ok(1)) if b[0] != b'\n' => {
-                self.buf[0] = b[0];
-                self.len = 1;
+    /// Asks socket `s` to close (done as soon as the command channel is free).
+    pub fn close_socket(&mut self, s: usize) {
+        if self.socks[s].used {
+            self.socks[s].close = true;
+        }
+    }
+
+    /// Hands the module an URL to update its own firmware from (`AT+QFOTADL`); its progress
+    /// comes as [`FotaUrc`]s ([`Modem::next_fota`]).
+    pub async fn start_fota<C: Clock>(&mut self, clock: &C, url: &str) -> Result<(), ModemError> {
+        let mut cmd: String<CMD> = String::new();
+        write(&mut cmd, format_args!("AT+QFOTADL=\"{url}\""))?;
+        self.fota.clear();
+        self.command(clock, &cmd, None, 10_000).await.map(|_| ())
+    }
+
+    /// The next FOTA URC parsed, if any.
+    pub fn next_fota(&mut self) -> Option<FotaUrc> {
+        self.fota.pop_front()
+    }
+
+    /// Bytes buffered for socket `s`: `Some(Ok(n))` copied into `out`, `Some(Err)` when it
+    /// ended (closed and drained, or never open), `None` when more has to be read first.
+    pub fn take(&mut self, s: usize, out: &mut [u8]) -> Option<Result<usize, LinkError>> {
+        let k = &mut self.socks[s];
+        if k.len > 0 {
+            let n = k.len.min(out.len());
+            out[..n].copy_from_slice(&k.buf[k.at..k.at + n]);
+            k.at += n;
+            k.len -= n;
+            if k.len == 0 {
+                k.at = 0;
             }
-            Either::First(Ok(0)) | Either::First(Err(_)) => return Err(ModemError::Io),
+            return Some(Ok(n));
+        }
+        if !k.used || k.close || (k.closed && !k.pending) {
+            return Some(Err(LinkError::Dropped));
+        }
+        None
+    }
+
+    /// Starts sending (part of) `data` on socket `s` if the command channel is free; returns
+    /// the bytes taken.
+    fn start_send(&mut self, s: usize, data: &[u8]) -> Option<usize> {
+        if self.txn != Txn::Idle || self.tx_at < self.tx.len() {
+            return None;
+        }
+        let n = data.len().min(SEND_MAX);
+        self.send.clear();
+        let _ = self.send.extend_from_slice(&data[..n]);
+        self.send_at = 0;
+        self.sent = None;
+        let mut cmd: String<48> = String::new();
+        let verb = if self.socks[s].ssl { "AT+QSSLSEND" } else { "AT+QISEND" };
+        let _ = core::fmt::Write::write_fmt(&mut cmd, format_args!("{verb}={s},{n}"));
+        self.queue(&cmd);
+        self.txn = Txn::Send { s, stage: SendStage::Prompt };
+        Some(n)
+    }
+
+    /// Sends `data` on socket `s` (at most [`SEND_MAX`] bytes of it: the count is returned).
+    pub async fn send_on<C: Clock>(&mut self, clock: &C, s: usize, data: &[u8]) -> Result<usize, LinkError> {
+        let deadline = clock.now() + Duration::from_secs(20);
+        if self.socks[s].closed || !self.socks[s].used {
+            return Err(LinkError::Dropped);
+        }
+        let n = loop {
+            if let Some(n) = self.start_send(s, data) {
+                break n;
+            }
+            self.step(clock, Some(deadline)).await.map_err(LinkError::from)?;
+        };
+        while self.sent.is_none() {
+            self.step(clock, Some(deadline)).await.map_err(LinkError::from)?;
+        }
+        match self.sent {
+            Some(true) => Ok(n),
+            _ => Err(LinkError::Dropped),
+        }
+    }
+
+    /// Sends `cmd`, waits for OK (or ERROR); returns the answer line that starts with `want`
+    /// (without that prefix), which must come when `want` is given.
+    async fn command<C: Clock>(
+        &mut self,
+        clock: &C,
+        cmd: &str,
+        want: Option<&'static str>,
+        ms: u64,
+    ) -> Result<String<64>, ModemError> {
+        let name = static_name(cmd);
+        let deadline = clock.now() + Duration::from_millis(ms);
+        self.idle(clock, deadline, name).await?;
+        self.begin(cmd, want, false);
+        self.finish(clock, deadline, name).await?;
+        Ok(self.info.clone())
+    }
+
+    /// Queues command `cmd` (the channel is idle).
+    fn begin(&mut self, cmd: &str, want: Option<&'static str>, internal: bool) {
+        self.outcome = None;
+        self.info.clear();
+        self.connect = false;
+        self.queue(cmd);
+        self.txn = Txn::Cmd { want, got: false, internal };
+    }
+
+    /// Steps until the command channel is free.
+    async fn idle<C: Clock>(&mut self, clock: &C, deadline: Instant, name: &'static str) -> Result<(), ModemError> {
+        while self.txn != Txn::Idle || self.tx_at < self.tx.len() {
+            self.step(clock, Some(deadline)).await.map_err(|e| e.named(name))?;
+        }
+        Ok(())
+    }
+
+    /// Steps until the command queued by `begin` ended; Ok if it answered OK (with its line).
+    async fn finish<C: Clock>(&mut self, clock: &C, deadline: Instant, name: &'static str) -> Result<(), ModemError> {
+        while self.outcome.is_none() {
+            if let Err(e) = self.step(clock, Some(deadline)).await {
+                // Forget the command: a late answer is taken for a URC or noise.
+                self.txn = Txn::Idle;
+                return Err(e.named(name));
+            }
+        }
+        match self.outcome {
+            Some(true) => Ok(()),
+            _ => Err(ModemError::Refused(name)),
+        }
+    }
+
+    fn queue(&mut self, cmd: &str) {
+        self.tx.clear();
+        self.tx_at = 0;
+        // V.25ter: a command ends with S3 (CR) alone.
+        let _ = self.tx.extend_from_slice(cmd.as_bytes());
+        let _ = self.tx.push(b'\r');
+    }
+
+    /// Does one thing: parses what was read, writes queued bytes, starts a pending close or
+    /// read, or reads the UART (until `deadline`, if given). Every field it changes is kept, so
+    /// a future dropped in here loses nothing.
+    pub async fn step<C: Clock>(&mut self, clock: &C, deadline: Option<Instant>) -> Result<(), ModemError> {
+        self.parse();
+        if self.tx_at < self.tx.len() {
+            let n = self.uart.write(&self.tx[self.tx_at..]).await.map_err(|_| ModemError::Io)?;
+            self.tx_at += n;
+            if self.tx_at == self.tx.len() {
+                self.uart.flush().await.map_err(|_| ModemError::Io)?;
+            }
+            return Ok(());
+        }
+        if let Txn::Send { stage: SendStage::Body, s } = self.txn {
+            let n = self.uart.write(&self.send[self.send_at..]).await.map_err(|_| ModemError::Io)?;
+            self.send_at += n;
+            if self.send_at == self.send.len() {
+                self.uart.flush().await.map_err(|_| ModemError::Io)?;
+                self.txn = Txn::Send { s, stage: SendStage::Result };
+            }
+            return Ok(());
+        }
+        if self.txn == Txn::Idle {
+            if let Some(s) = (0..self.socks.len()).find(|&s| self.socks[s].close) {
+                let verb = if self.socks[s].ssl { "AT+QSSLCLOSE" } else { "AT+QICLOSE" };
+                let mut cmd: String<24> = String::new();
+                let _ = core::fmt::Write::write_fmt(&mut cmd, format_args!("{verb}={s}"));
+                self.socks[s].reset();
+                self.begin(&cmd, None, true);
+                return Ok(());
+            }
+            let room = |k: &Sock| SOCK_BUF - k.len;
+            if let Some(s) = (0..self.socks.len()).find(|&s| self.socks[s].pending && room(&self.socks[s]) >= 64) {
+                let k = &mut self.socks[s];
+                k.buf.copy_within(k.at..k.at + k.len, 0);
+                k.at = 0;
+                let asked = room(k).min(READ_MAX);
+                let verb = if k.ssl { "AT+QSSLRECV" } else { "AT+QIRD" };
+                let mut cmd: String<32> = String::new();
+                let _ = core::fmt::Write::write_fmt(&mut cmd, format_args!("{verb}={s},{asked}"));
+                self.queue(&cmd);
+                self.txn = Txn::Read { s, asked, left: None };
+                return Ok(());
+            }
+        }
+        if self.len == RX {
+            self.len = 0; // a line longer than any answer: noise
+        }
+        let len = self.len;
+        let n = match deadline {
+            None => self.uart.read(&mut self.rx[len..]).await.map_err(|_| ModemError::Io)?,
+            Some(d) => match select(self.uart.read(&mut self.rx[len..]), clock.sleep_until(d)).await {
+                Either::First(r) => r.map_err(|_| ModemError::Io)?,
+                Either::Second(()) => return Err(ModemError::Timeout("AT")),
+            },
+        };
+        if n == 0 {
+            return Err(ModemError::Io);
+        }
+        self.len += n;
+        self.parse();
+        Ok(())
+    }
+
+    /// Parses what was read: raw socket data of a read, the send prompt, lines.
+    fn parse(&mut self) {
+        loop {
+            if let Txn::Read { s, asked, left: Some(n) } = self.txn {
+                if n > 0 {
+                    let k = n.min(self.len);
+                    let sock = &mut self.socks[s];
+                    let end = sock.at + sock.len;
+                    let fit = k.min(SOCK_BUF - end);
+                    sock.buf[end..end + fit].copy_from_slice(&self.rx[..fit]);
+                    sock.len += fit;
+                    self.txn = Txn::Read { s, asked, left: Some(n - k) };
+                    self.consume_raw(k);
+                    if n > k {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let skip = self.rx[..self.len].iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+            self.consume_raw(skip);
+            if self.len == 0 {
+                return;
+            }
+            if let Txn::Send { s, stage: SendStage::Prompt } = self.txn {
+                if self.rx[0] == b'>' {
+                    let k = if self.len > 1 && self.rx[1] == b' ' { 2 } else { 1 };
+                    self.consume_raw(k);
+                    self.txn = Txn::Send { s, stage: SendStage::Body };
+                    continue;
+                }
+            }
+            let Some(end) = self.rx[..self.len].iter().position(|&b| b == b'\r' || b == b'\n') else { return };
+            let mut line = [0u8; RX];
+            line[..end].copy_from_slice(&self.rx[..end]);
+            self.consume_raw(end);
+            self.line(&line[..end]);
+        }
+    }
+
+    fn sock(&mut self, id: &str) -> Option<&mut Sock> {
+        let id: usize = id.trim().parse().ok()?;
+        self.socks.get_mut(id)
+    }
+
+    /// One line from the module.
+    fn line(&mut self, l: &[u8]) {
+        let Ok(l) = core::str::from_utf8(l) else { return };
+        if let Some(r) = l.strip_prefix("+QIURC: ").or_else(|| l.strip_prefix("+QSSLURC: ")) {
+            let mut f = r.split(',');
+            match (f.next(), f.next()) {
+                (Some("\"recv\""), Some(id)) => {
+                    if let Some(k) = self.sock(id) {
+                        k.pending = k.used;
+                    }
+                }
+                (Some("\"closed\""), Some(id)) => {
+                    if let Some(k) = self.sock(id) {
+                        k.closed = true;
+                    }
+                }
+                (Some("\"pdpdeact\""), _) => self.socks.iter_mut().for_each(|k| k.closed = true),
+                _ => {}
+            }
+            return;
+        }
+        if let Some(r) = l.strip_prefix("+QIOPEN: ").or_else(|| l.strip_prefix("+QSSLOPEN: ")) {
+            let mut f = r.split(',');
+            if let (Some(id), Some(err)) = (f.next(), f.next()) {
+                let err = err.trim().parse::<i32>().unwrap_or(-1);
+                if let Some(k) = self.sock(id) {
+                    k.opened = Some(err);
+                }
+            }
+            return;
+        }
+        if let Some(r) = l.strip_prefix("+QIND: \"FOTA\",") {
+            let mut f = r.split(',');
+            let (what, n) = (f.next().unwrap_or(""), f.next().and_then(|n| n.trim().parse::<u16>().ok()));
+            let urc = match (what, n) {
+                ("\"HTTPSTART\"", _) => Some(FotaUrc::HttpStart),
+                ("\"DOWNLOADING\"", Some(p)) => Some(FotaUrc::Downloading(p.min(100) as u8)),
+                ("\"HTTPEND\"", Some(e)) => Some(FotaUrc::HttpEnd(e)),
+                ("\"START\"", _) => Some(FotaUrc::Start),
+                ("\"UPDATING\"", Some(p)) => Some(FotaUrc::Updating(p.min(100) as u8)),
+                ("\"END\"", Some(e)) => Some(FotaUrc::End(e)),
+                _ => None,
+            };
+            if let Some(u) = urc {
+                self.note(u);
+            }
+            return;
+        }
+        if l == "RDY" {
+            // The module restarted: its sockets, PDP context and files are gone.
+            self.socks.iter_mut().for_each(|k| k.closed = true);
+            self.ca_uploaded = false;
+            self.pkg_ca_uploaded = false;
+            self.note(FotaUrc::Ready);
+            return;
+        }
+        let failed = l == "ERROR" || l.starts_with("+CME ERROR") || l == "SEND FAIL";
+        match &mut self.txn {
+            Txn::Read { s, asked, left: None } => {
+                let n = l.strip_prefix("+QIRD: ").or_else(|| l.strip_prefix("+QSSLRECV: "));
+                if let Some(n) = n.and_then(|n| n.split(',').next()).and_then(|n| n.trim().parse::<usize>().ok()) {
+                    let (s, asked) = (*s, *asked);
+                    if n < asked {
+                        self.socks[s].pending = false; // read empty
+                    }
+                    self.txn = Txn::Read { s, asked, left: Some(n.min(asked)) };
+                } else if failed {
+                    let s = *s;
+                    self.socks[s].pending = false;
+                    self.socks[s].closed = true;
+                    self.txn = Txn::Idle;
+                }
+            }
+            Txn::Read { .. } if l == "OK" => self.txn = Txn::Idle,
+            Txn::Send { .. } if l == "SEND OK" || failed => {
+                self.sent = Some(!failed);
+                self.txn = Txn::Idle;
+            }
+            Txn::Cmd { internal, .. } if l == "OK" || failed => {
+                if !*internal {
+                    self.outcome = Some(!failed && self.info_ok());
+                }
+                self.txn = Txn::Idle;
+            }
+            Txn::Cmd { .. } if l == "CONNECT" => self.connect = true,
+            Txn::Cmd { want: Some(p), got, .. } if !*got => {
+                if let Some(rest) = l.strip_prefix(*p) {
+                    *got = true;
+                    self.info = head(rest);
+                }
+            }
             _ => {}
         }
-        Ok(())
+    }
+
+    fn info_ok(&self) -> bool {
+        match self.txn {
+            Txn::Cmd { want: Some(_), got, .. } => got,
+            _ => true,
+        }
+    }
+
+    /// Keeps a FOTA URC (the oldest progress goes when the queue is full).
+    fn note(&mut self, u: FotaUrc) {
+        if self.fota.is_full() {
+            self.fota.pop_front();
+        }
+        let _ = self.fota.push_back(u);
     }
 
     /// Leaves transparent mode: 1 s of silence, `+++`, 1 s of silence (Quectel's guard times).
@@ -245,6 +779,9 @@ impl<U: Read + Write> Modem<U> {
                 Either::First(Ok(_)) => {}
                 Either::Second(()) => {
                     self.len = 0;
+                    self.txn = Txn::Idle;
+                    self.tx.clear();
+                    self.tx_at = 0;
                     return Ok(());
                 }
             }
@@ -255,7 +792,7 @@ impl<U: Read + Write> Modem<U> {
         let deadline = clock.now() + timeout;
         loop {
             for (cmd, prefix) in [("AT+CEREG?", "+CEREG: "), ("AT+CREG?", "+CREG: ")] {
-                if let Ok(stat) = self.query(clock, cmd, prefix, 2000).await {
+                if let Ok(stat) = self.command(clock, cmd, Some(prefix), 2000).await {
                     // "<n>,<stat>[,...]": 1 = home, 5 = roaming.
                     if matches!(stat.split(',').nth(1).map(str::trim), Some("1") | Some("5")) {
                         return Ok(());
@@ -269,152 +806,85 @@ impl<U: Read + Write> Modem<U> {
         }
     }
 
-    /// Sends `cmd` and waits for OK.
-    async fn command<C: Clock>(&mut self, clock: &C, cmd: &str, ms: u64) -> Result<(), ModemError> {
-        self.query(clock, cmd, "", ms).await.map(|_| ())
-    }
-
-    /// Sends `cmd`, waits for a line starting with `want` and then OK.
-    async fn expect_info<C: Clock>(
-        &mut self,
-        clock: &C,
-        cmd: &'static str,
-        want: &str,
-        ms: u64,
-    ) -> Result<(), ModemError> {
-        self.query(clock, cmd, want, ms).await.map(|_| ())
-    }
-
-    /// Sends `cmd`, returns the rest of the first line that starts with `prefix` (empty prefix:
-    /// none needed) once OK arrives.
-    async fn query<C: Clock>(
-        &mut self,
-        clock: &C,
-        cmd: &str,
-        prefix: &str,
-        ms: u64,
-    ) -> Result<heapless::String<64>, ModemError> {
-        let name = static_name(cmd);
-        self.send(cmd).await?;
-        let deadline = clock.now() + Duration::from_millis(ms);
-        let mut found: Option<heapless::String<64>> =
-            if prefix.is_empty() { Some(heapless::String::new()) } else { None };
-        loop {
-            match self.line(clock, deadline).await? {
-                Line::Timeout => return Err(ModemError::Timeout(name)),
-                Line::Text(n) => {
-                    let l = core::str::from_utf8(&self.buf[..n]).unwrap_or("");
-                    let mut done = None;
-                    if l == "OK" {
-                        done = Some(found.take().ok_or(ModemError::Refused(name)));
-                    } else if l == "ERROR" || l.starts_with("+CME ERROR") {
-                        done = Some(Err(ModemError::Refused(name)));
-                    } else if found.is_none() {
-                        if let Some(rest) = l.strip_prefix(prefix) {
-                            found = Some(head(rest));
-                        }
-                    }
-                    self.consume(n);
-                    if let Some(r) = done {
-                        return r;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn send(&mut self, cmd: &str) -> Result<(), ModemError> {
-        self.uart.write_all(cmd.as_bytes()).await.map_err(|_| ModemError::Io)?;
-        // V.25ter: a command ends with S3 (CR) alone; a LF after it would be socket data once a
-        // QIOPEN answers CONNECT.
-        self.uart.write_all(b"\r").await.map_err(|_| ModemError::Io)?;
-        self.uart.flush().await.map_err(|_| ModemError::Io)
-    }
-
-    /// The next non-empty line (empty lines skipped), or a timeout.
-    async fn line<C: Clock>(&mut self, clock: &C, deadline: Instant) -> Result<Line, ModemError> {
-        loop {
-            // Skip leading CR/LF.
-            let skip = self.buf[..self.len].iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
-            self.consume_raw(skip);
-            if let Some(end) = self.buf[..self.len].iter().position(|&b| b == b'\r' || b == b'\n') {
-                return Ok(Line::Text(end));
-            }
-            // CONNECT may be followed by data without a line end of its own in our buffer yet.
-            if self.len == self.buf.len() {
-                self.len = 0; // a line longer than the buffer: noise, dropped
-            }
-            let len = self.len;
-            match select(self.uart.read(&mut self.buf[len..]), clock.sleep_until(deadline)).await {
-                Either::First(Ok(0)) | Either::First(Err(_)) => return Err(ModemError::Io),
-                Either::First(Ok(n)) => self.len += n,
-                Either::Second(()) => return Ok(Line::Timeout),
-            }
-        }
-    }
-
-    /// Drops a line of `n` bytes and its line end.
-    fn consume(&mut self, n: usize) {
-        let mut k = n;
-        while k < self.len && (self.buf[k] == b'\r' || self.buf[k] == b'\n') && k < n + 2 {
-            k += 1;
-        }
-        self.consume_raw(k);
-    }
-
     fn consume_raw(&mut self, n: usize) {
-        self.buf.copy_within(n..self.len, 0);
+        self.rx.copy_within(n..self.len, 0);
         self.len -= n;
     }
 }
 
+impl ModemError {
+    /// A timeout of a step is a timeout of the command it served.
+    fn named(self, name: &'static str) -> ModemError {
+        match self {
+            ModemError::Timeout(_) => ModemError::Timeout(name),
+            e => e,
+        }
+    }
+}
+
 /// The first 64 bytes of `s` at most, cut on a character boundary.
-fn head(s: &str) -> heapless::String<64> {
+fn head(s: &str) -> String<64> {
     let mut cut = s.len().min(64);
     while !s.is_char_boundary(cut) {
         cut -= 1;
     }
-    let mut out = heapless::String::new();
+    let mut out = String::new();
     let _ = out.push_str(&s[..cut]);
     out
 }
 
-fn write<const N: usize>(s: &mut heapless::String<N>, args: core::fmt::Arguments<'_>) -> Result<(), ModemError> {
+fn write<const N: usize>(s: &mut String<N>, args: core::fmt::Arguments<'_>) -> Result<(), ModemError> {
     core::fmt::Write::write_fmt(s, args).map_err(|_| ModemError::Refused("AT command too long"))
 }
 
 /// The command's name for errors (`AT+QIOPEN=...` -> `AT+QIOPEN`).
 fn static_name(cmd: &str) -> &'static str {
-    const NAMES: [&str; 12] = [
+    const NAMES: [&str; 19] = [
         "AT+QICSGP",
         "AT+QIACT?",
         "AT+QIACT=1",
         "AT+QICLOSE",
+        "AT+QSSLCLOSE",
         "AT+QSSLCFG",
+        "AT+QSSLOPEN",
+        "AT+QIOPEN",
         "AT+QFDEL",
         "AT+QFUPL",
+        "AT+QFOTADL",
+        "AT+QGMR",
         "AT+CEREG?",
         "AT+CREG?",
         "AT+CPIN?",
         "ATE0",
+        "AT+QIRD",
+        "AT+QSSLRECV",
         "AT",
     ];
     NAMES.into_iter().find(|n| cmd.starts_with(n)).unwrap_or("AT command")
 }
 
-/// The socket's stream errors: the UART's, or the modem saying the link dropped.
+/// A socket's stream errors: the UART's, or the module saying the socket ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkError {
     Uart(embedded_io_async::ErrorKind),
-    /// `NO CARRIER`: the modem closed the socket and is back in command mode.
+    /// The socket closed (the far end, the network, a module restart) or did not answer.
     Dropped,
+}
+
+impl From<ModemError> for LinkError {
+    fn from(e: ModemError) -> Self {
+        match e {
+            ModemError::Io => LinkError::Uart(embedded_io_async::ErrorKind::Other),
+            _ => LinkError::Dropped,
+        }
+    }
 }
 
 impl core::fmt::Display for LinkError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             LinkError::Uart(k) => write!(f, "modem UART: {k:?}"),
-            LinkError::Dropped => f.write_str("modem: NO CARRIER (the link dropped)"),
+            LinkError::Dropped => f.write_str("modem: the socket closed"),
         }
     }
 }
@@ -430,38 +900,49 @@ impl embedded_io_async::Error for LinkError {
     }
 }
 
-impl<U: ErrorType> ErrorType for Modem<U> {
+/// One socket of the shared modem as a byte stream (the MQTT session's).
+pub struct Socket<'a, U, C> {
+    pub modem: &'a Shared<U>,
+    pub clock: &'a C,
+    pub id: usize,
+}
+
+impl<U, C> ErrorType for Socket<'_, U, C> {
     type Error = LinkError;
 }
 
-/// What the modem prints when the link drops in transparent mode (no DCD line to watch here).
-const NO_CARRIER: &[u8] = b"\r\nNO CARRIER\r\n";
-
-impl<U: Read + Write> Read for Modem<U> {
-    async fn read(&mut self, out: &mut [u8]) -> Result<usize, Self::Error> {
-        if self.len > 0 {
-            // Socket data that arrived together with CONNECT.
-            let n = self.len.min(out.len());
-            out[..n].copy_from_slice(&self.buf[..n]);
-            self.consume_raw(n);
-            return Ok(n);
+impl<U: Read + Write, C: Clock> Socket<'_, U, C> {
+    /// Reads what socket `id` has (`Ok(0)`: `Err(Dropped)` is the end), stepping the modem one
+    /// step per lock so the other users of the modem get their turn.
+    pub async fn read_until(&mut self, out: &mut [u8], deadline: Option<Instant>) -> Result<usize, LinkError> {
+        loop {
+            {
+                let mut m = self.modem.lock().await;
+                if let Some(r) = m.take(self.id, out) {
+                    return r;
+                }
+                m.step(self.clock, deadline).await?;
+            }
+            embassy_futures::yield_now().await;
         }
-        let n = self.uart.read(out).await.map_err(|e| LinkError::Uart(e.kind()))?;
-        // The drop notice ends what the modem sends; data bytes that happen to spell it are
-        // followed by more data, and a session misled by them only reconnects.
-        if out[..n].ends_with(NO_CARRIER) {
-            return Err(LinkError::Dropped);
-        }
-        Ok(n)
     }
 }
 
-impl<U: Read + Write> Write for Modem<U> {
-    async fn write(&mut self, data: &[u8]) -> Result<usize, Self::Error> {
-        self.uart.write(data).await.map_err(|e| LinkError::Uart(e.kind()))
+impl<U: Read + Write, C: Clock> Read for Socket<'_, U, C> {
+    async fn read(&mut self, out: &mut [u8]) -> Result<usize, LinkError> {
+        self.read_until(out, None).await
     }
-    async fn flush(&mut self) -> Result<(), Self::Error> {
-        self.uart.flush().await.map_err(|e| LinkError::Uart(e.kind()))
+}
+
+impl<U: Read + Write, C: Clock> Write for Socket<'_, U, C> {
+    async fn write(&mut self, data: &[u8]) -> Result<usize, LinkError> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.modem.lock().await.send_on(self.clock, self.id, data).await
+    }
+    async fn flush(&mut self) -> Result<(), LinkError> {
+        Ok(())
     }
 }
 

@@ -61,6 +61,16 @@ pub struct Config {
     /// The modem's APN.
     #[serde(default = "default_apn")]
     apn: String,
+    /// With `modem`: the CA (PEM) the module verifies download hosts with, besides the bundled
+    /// GlobalSign roots of Aliyun's package hosts.
+    download_ca: Option<PathBuf>,
+    /// With `modem`: the Aliyun module name of the cellular module's own firmware.
+    #[serde(default = "default_module_name")]
+    module_name: String,
+}
+
+fn default_module_name() -> String {
+    "modem".into()
 }
 
 fn default_apn() -> String {
@@ -133,9 +143,13 @@ async fn run(cfg: Config) -> Result<(), String> {
         (Some(_), Some(p)) => Some(std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?),
         _ => None,
     };
+    let mut download_ca = crate::DOWNLOAD_CA.to_vec();
+    if let (Some(_), Some(p)) = (&cfg.modem, &cfg.download_ca) {
+        download_ca.extend(std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?);
+    }
     let clock = net::TokioClock(tokio::time::Instant::now());
     loop {
-        match power_on(&cfg, &host, method, &clock, modem_ca.as_deref()).await? {
+        match power_on(&cfg, &host, method, &clock, modem_ca.as_deref(), &download_ca).await? {
             Exit::Reset => log::info!("--- reset: power on again ---"),
             Exit::BadCredentials(code) => {
                 return Err(format!("{host}:{}: {}", cfg.port, crate::mqtt::MqttError::Refused(code)))
@@ -150,6 +164,7 @@ async fn power_on(
     method: SignMethod,
     clock: &net::TokioClock,
     modem_ca: Option<&[u8]>,
+    download_ca: &[u8],
 ) -> Result<Exit, String> {
     let layout = Board::Host.layout();
     let file = FileFlash::open(&cfg.flash, layout.flash.length as usize).map_err(|e| e.to_string())?;
@@ -194,28 +209,52 @@ async fn power_on(
         confirm_deadline: Duration::from_secs(cfg.confirm_deadline_s),
         ..Settings::new(&cfg.product_key, &cfg.device_name, secret, method, cfg.tls)
     };
-    let mut link = net::HostLink {
-        host,
-        port: cfg.port,
-        tls: cfg.tls,
-        ca: cfg.ca.as_deref(),
-        modem: cfg.modem.as_deref().map(|uart| net::ModemPort {
-            uart,
-            apn: &cfg.apn,
-            // The module verifies the broker with `ca` if given, else with its endpoint's root.
-            ca: modem_ca.unwrap_or_else(|| crate::root_ca(cfg.port)),
-            modem: None,
-        }),
-        clock,
-    };
-    let mut http = net::HostHttp::new(cfg.ca.as_deref())?;
     let say: fn(core::fmt::Arguments<'_>) = |args| log::info!("{args}");
-    let board = driver::Board { layout, link: &mut link, http: &mut http, clock, self_test: behaviour.self_test, say };
     let Slots { active, dfu, state, boot_record } = slots;
     let mut flashes = Flashes { active, boot_record, state, dfu };
     let (mut rx, mut body, mut work) = (vec![0u8; MQTT_RX], vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
     let booted = driver::boot(&mut flashes, layout, &mut work, say).map_err(|e| e.to_string())?;
     let bufs = Buffers { mqtt: &mut rx, http: &mut body, work: &mut work };
     let mut machine = core::mem::MaybeUninit::uninit();
-    driver::run(booted, flashes, board, &settings, &mut machine, bufs).await.map_err(|e| e.to_string())
+    let self_test = behaviour.self_test;
+    let r = match cfg.modem.as_deref() {
+        None => {
+            let mut link = net::HostLink { host, port: cfg.port, tls: cfg.tls, ca: cfg.ca.as_deref() };
+            let mut http = net::HostHttp::new(cfg.ca.as_deref())?;
+            let board = driver::Board {
+                layout,
+                link: &mut link,
+                http: &mut http,
+                module: &mut driver::NoModule,
+                clock,
+                self_test,
+                say,
+            };
+            driver::run(booted, flashes, board, &settings, &mut machine, bufs).await
+        }
+        Some(uart) => {
+            // The modem on its "UART", for this power-on (the module keeps running across the
+            // device's resets, as a real one does; its state is the simulator's).
+            let modem = crate::cellular::shared(net::modem_uart(uart).await?);
+            let mut link = crate::cellular::ModemLink {
+                modem: &modem,
+                clock,
+                cfg: crate::modem::ModemConfig {
+                    apn: &cfg.apn,
+                    host,
+                    port: cfg.port,
+                    tls: cfg.tls,
+                    register_timeout: Duration::from_secs(60),
+                    // The module verifies the broker with `ca` if given, else with its endpoint's root.
+                    ca: Some(modem_ca.unwrap_or_else(|| crate::root_ca(cfg.port))),
+                },
+            };
+            let mut http = crate::cellular::ModemHttp::new(&modem, clock, download_ca);
+            let mut module = crate::cellular::ModemModule::new(&modem, clock, &cfg.module_name);
+            let board =
+                driver::Board { layout, link: &mut link, http: &mut http, module: &mut module, clock, self_test, say };
+            driver::run(booted, flashes, board, &settings, &mut machine, bufs).await
+        }
+    };
+    r.map_err(|e| e.to_string())
 }

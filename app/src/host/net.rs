@@ -1,7 +1,7 @@
 //! The host board's transports: MQTT over TCP or TLS (rustls), downloads over HTTP(S) (ureq).
 
 use crate::driver::{Clock, Http};
-use crate::modem::{Modem, ModemConfig};
+use shared::ota::HttpError;
 use embedded_io_adapters::tokio_1::FromTokio;
 use shared::time::Instant;
 use std::sync::Arc;
@@ -52,100 +52,41 @@ pub fn tls_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConf
     Ok(Arc::new(config))
 }
 
-/// The MQTT byte stream: a socket of this process, or the socket of the AT modem on its UART
-/// (the modem lives as long as the power is on; each MQTT session reopens its socket).
-pub enum Link<'a> {
-    Direct(FromTokio<Box<dyn Io>>),
-    Modem(&'a mut Modem<FromTokio<TcpStream>>),
-}
-
-/// The modem on a "UART" (a TCP connection to the modem simulator), opened once per power-on.
-pub struct ModemPort<'a> {
-    pub uart: &'a str,
-    pub apn: &'a str,
-    /// The CA (PEM) the module verifies the broker with.
-    pub ca: &'a [u8],
-    pub modem: Option<Modem<FromTokio<TcpStream>>>,
-}
-
-/// The host device's link: TCP or TLS from this process, or through the modem.
+/// The host device's own link: TCP or TLS from this process (with `modem`, the device uses
+/// `crate::cellular::ModemLink` instead).
 pub struct HostLink<'a> {
     pub host: &'a str,
     pub port: u16,
     pub tls: bool,
     pub ca: Option<&'a std::path::Path>,
-    pub modem: Option<ModemPort<'a>>,
-    pub clock: &'a TokioClock,
 }
 
 impl crate::driver::Link for HostLink<'_> {
     type Io<'b>
-        = Link<'b>
+        = FromTokio<Box<dyn Io>>
     where
         Self: 'b;
     type Error = String;
 
-    async fn open(&mut self) -> Result<Link<'_>, String> {
-        let Some(port) = self.modem.as_mut() else {
-            return connect(self.host, self.port, self.tls, self.ca).await.map(|io| Link::Direct(FromTokio::new(io)));
-        };
-        if port.modem.is_none() {
-            let tcp = TcpStream::connect(port.uart)
-                .await
-                .map_err(|e| format!("cannot reach the modem UART {}: {e}", port.uart))?;
-            tcp.set_nodelay(true).ok();
-            port.modem = Some(Modem::new(FromTokio::new(tcp)));
-        }
-        let cfg = ModemConfig {
-            apn: port.apn,
-            host: self.host,
-            port: self.port,
-            tls: self.tls,
-            register_timeout: shared::time::Duration::from_secs(60),
-            ca: Some(port.ca),
-        };
-        let modem = port.modem.as_mut().expect("opened above");
-        if let Err(e) = modem.open(self.clock, &cfg).await {
-            // The UART (the simulator's socket) may be gone: open it again next time.
-            port.modem = None;
-            return Err(format!("{e} (UART {})", port.uart));
-        }
-        log::info!(
-            "modem: {} socket to {}:{} open (transparent mode)",
-            if self.tls { "TLS" } else { "TCP" },
-            self.host,
-            self.port
-        );
-        Ok(Link::Modem(port.modem.as_mut().expect("opened above")))
+    async fn open(&mut self) -> Result<FromTokio<Box<dyn Io>>, String> {
+        connect(self.host, self.port, self.tls, self.ca).await.map(FromTokio::new)
     }
 }
 
-impl embedded_io_async::ErrorType for Link<'_> {
-    type Error = embedded_io_async::ErrorKind;
-}
-
-impl embedded_io_async::Read for Link<'_> {
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
-        match self {
-            Link::Direct(s) => s.read(buf).await.map_err(|e| embedded_io_async::Error::kind(&e)),
-            Link::Modem(m) => m.read(buf).await.map_err(|e| embedded_io_async::Error::kind(&e)),
+/// The modem's "UART": a TCP connection to the modem simulator (retried while it starts).
+pub async fn modem_uart(addr: &str) -> Result<FromTokio<TcpStream>, String> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => {
+                tcp.set_nodelay(true).ok();
+                return Ok(FromTokio::new(tcp));
+            }
+            Err(e) => last = e.to_string(),
         }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-}
-
-impl embedded_io_async::Write for Link<'_> {
-    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
-        match self {
-            Link::Direct(s) => s.write(buf).await.map_err(|e| embedded_io_async::Error::kind(&e)),
-            Link::Modem(m) => m.write(buf).await.map_err(|e| embedded_io_async::Error::kind(&e)),
-        }
-    }
-    async fn flush(&mut self) -> Result<(), Self::Error> {
-        match self {
-            Link::Direct(s) => s.flush().await.map_err(|e| embedded_io_async::Error::kind(&e)),
-            Link::Modem(m) => m.flush().await.map_err(|e| embedded_io_async::Error::kind(&e)),
-        }
-    }
+    Err(format!("cannot reach the modem UART {addr}: {last}"))
 }
 
 pub struct TokioClock(pub tokio::time::Instant);
@@ -182,7 +123,7 @@ impl HostHttp {
 }
 
 impl Http for HostHttp {
-    async fn get(&mut self, url: &str, from: u32) -> Result<(u16, Option<u32>), ()> {
+    async fn get(&mut self, url: &str, from: u32) -> Result<(u16, Option<u32>), HttpError> {
         let (tx, rx) = mpsc::channel(8);
         let url = url.to_string();
         let agent = self.agent.clone();
@@ -234,13 +175,17 @@ impl Http for HostHttp {
             }
             Some(Chunk::Fail(e)) => {
                 log::warn!("HTTP: {e}");
-                Err(())
+                Err(if e.contains("certificate") || e.contains("tls") || e.contains("TLS") {
+                    HttpError::Tls
+                } else {
+                    HttpError::Connect
+                })
             }
-            _ => Err(()),
+            _ => Err(HttpError::Connect),
         }
     }
 
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, ()> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, HttpError> {
         loop {
             if !self.left.is_empty() {
                 let n = buf.len().min(self.left.len());
@@ -258,11 +203,11 @@ impl Http for HostHttp {
                 Some(Chunk::Fail(e)) => {
                     log::warn!("HTTP: {e}");
                     self.rx = None;
-                    return Err(());
+                    return Err(HttpError::Closed);
                 }
                 _ => {
                     self.rx = None;
-                    return Err(());
+                    return Err(HttpError::Closed);
                 }
             }
         }
