@@ -23,7 +23,8 @@ use shared::alink::{self, AlinkError, DeviceSecret, SignMethod};
 use shared::boot::{boot_info, confirm, progress, request_revert, UpdateError, Updater};
 use shared::image::{PublicKey, VerifyOptions};
 use shared::ota::{
-    check_keep_alive, Action, Backoff, BootReport, ConfigError, Event, MarkError, OtaConfig, OtaMachine, STEADY_SESSION,
+    check_keep_alive, Action, Backoff, BootReport, ConfigError, Event, HttpError, MarkError, ModuleError, OtaConfig,
+    OtaMachine, STEADY_SESSION,
 };
 use shared::time::{Duration, Instant};
 
@@ -482,7 +483,7 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                 }
                 Either3::Third(Err(())) => {
                     self.http.close();
-                    self.m.handle(now, Event::HttpFailed);
+                    self.m.handle(now, Event::HttpFailed(HttpError::Closed));
                 }
             }
         }
@@ -571,10 +572,10 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                             log::info!("GET {} from byte {}", redact(&url), from);
                             match http.get(&url, from).await {
                                 Ok((status, length)) => Some(Event::HttpResponse { status, length }),
-                                Err(()) => Some(Event::HttpFailed),
+                                Err(()) => Some(Event::HttpFailed(HttpError::Connect)),
                             }
                         }
-                        _ => Some(Event::HttpFailed),
+                        _ => Some(Event::HttpFailed(HttpError::Connect)),
                     }
                 }
                 Action::HttpClose => {
@@ -608,6 +609,11 @@ impl<H: Http, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, C, D, S> {
                     let ok = request_revert(up.state(), ctx.erased, buf).is_ok();
                     log::warn!("broken image: revert {}, reset", if ok { "asked" } else { "request FAILED" });
                     return Some(Exit::Reset);
+                }
+                Action::ModuleUpdate { module, .. } => {
+                    // No board configures OtaConfig::external yet: nothing carries it out.
+                    log::warn!("update of module {} asked for: not supported on this board", module);
+                    Some(Event::ModuleDone(Err(ModuleError::Refused)))
                 }
             };
             if let Some(ev) = ev {
