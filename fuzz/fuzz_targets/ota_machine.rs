@@ -2,7 +2,9 @@
 //! fuzz/src/ota_script.rs): pushes and get_replies built from the input (right or wrong digests,
 //! sizes, versions, modules, MQTT or HTTPS), arbitrary messages, block replies to the requests in
 //! flight (good, short, long, corrupt, refused, shifted, cut, duplicated), HTTP responses and
-//! bodies, timers, acks, flash failures, self-test / confirm / rehash / mark results, power cuts.
+//! bodies, timers, acks, flash failures, self-test / confirm / rehash / mark results, power cuts,
+//! and the external modules `modem` and `gnss` (their versions, tasks for the modem, its
+//! progress URCs and results).
 //! Its actions are carried out against a model (a DFU `Vec` of the slot plus a spare page, the
 //! persisted resume point, the HTTP cursor), and these must hold:
 //! - it never panics (output queue, buffers, progress steps);
@@ -12,7 +14,9 @@
 //! - `VerifyAndMark` only in AwaitMark with the whole file written, and DFU then holds bytes whose
 //!   digest (the task's method) is the digest of an offered task of that size;
 //! - every publish is JSON, made while connected; a progress report's step is 1..=100 or
-//!   -1..=-4 (never 0) and its desc at most 128 bytes.
+//!   -1..=-4 (never 0) and its desc at most 128 bytes; a report's module is the app's (absent)
+//!   or a configured external module's;
+//! - `ModuleUpdate` only for the modem, in ModuleUpdating, with a URL of at most its 255 bytes.
 #![no_main]
 use arbitrary::{Arbitrary, Result, Unstructured};
 use fuzz::ota_script as op;
@@ -24,7 +28,10 @@ use shared::alink::{
     EscapedStr, Offer, OfferFile, OfferFiles,
 };
 use shared::image::{sign_image, ImageError, ImageVersion, SignParams};
-use shared::ota::{Action, BootOutcome, BootReport, Event, MarkError, OtaConfig, OtaMachine, Resume, StateName, Task};
+use shared::ota::{
+    Action, BootOutcome, BootReport, Event, External, HttpError, MarkError, ModuleError, ModulePhase, OtaConfig,
+    OtaMachine, Resume, StateName, Task,
+};
 use shared::time::{Duration, Instant};
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -80,6 +87,9 @@ impl<'a> Arbitrary<'a> for Setup {
         cfg.request_timeout = Duration::from_secs(1 + u64::from(b[7] % 30));
         cfg.pull_interval = Duration::from_secs(3600);
         cfg.confirm_deadline = Duration::from_secs(600);
+        cfg.external.push(External::modem()).unwrap();
+        cfg.external.push(External::new("gnss", 512).unwrap()).unwrap();
+        cfg.module_timeout = Duration::from_secs(60);
         let image = match img {
             0..=3 => signed(img as usize).to_vec(),
             n => {
@@ -127,10 +137,13 @@ enum Ev<'a> {
     HttpResponse(u8, u8),
     HttpBody(u16, u8),
     HttpEnd,
-    HttpFailed,
+    HttpFailed(u8),
     Tick(u16),
     Timeout,
     Reboot(u8),
+    ModuleVersion(u8, u8),
+    ModuleProgress(u8, u8),
+    ModuleDone(u8),
 }
 
 impl<'a> Arbitrary<'a> for Ev<'a> {
@@ -161,9 +174,12 @@ impl<'a> Arbitrary<'a> for Ev<'a> {
             op::HTTP_RESPONSE => Ev::HttpResponse(b(u)?, b(u)?),
             op::HTTP_BODY => Ev::HttpBody(w(u)?, b(u)?),
             op::HTTP_END => Ev::HttpEnd,
-            op::HTTP_FAILED => Ev::HttpFailed,
+            op::HTTP_FAILED => Ev::HttpFailed(b(u)?),
             op::TICK => Ev::Tick(w(u)?),
             op::TIMEOUT => Ev::Timeout,
+            op::MODULE_VERSION => Ev::ModuleVersion(b(u)?, b(u)?),
+            op::MODULE_PROGRESS => Ev::ModuleProgress(b(u)?, b(u)?),
+            op::MODULE_DONE => Ev::ModuleDone(b(u)?),
             _ => Ev::Reboot(b(u)?),
         })
     }
@@ -269,7 +285,11 @@ impl Harness {
             md5: (!sha).then_some(EscapedStr(&sign)),
             sign: Some(EscapedStr(&sign)),
             sign_method: method,
-            module: (f & op::offer::OTHER_MODULE != 0).then_some(EscapedStr("MCU")),
+            module: if spec.flags2 & op::offer::MODEM != 0 {
+                Some(EscapedStr("modem"))
+            } else {
+                (f & op::offer::OTHER_MODULE != 0).then_some(EscapedStr("MCU"))
+            },
             d_protocol: (!https).then_some(EscapedStr("mqtt")),
             stream_id: (!https).then_some(1000 + u64::from(spec.stream)),
             stream_file_id: (!https).then_some(1),
@@ -325,6 +345,10 @@ impl Harness {
                         assert!((1..=100).contains(&step) || (-4..=-1).contains(&step), "progress step {step}");
                         let desc = v["params"]["desc"].as_str().expect("a desc");
                         assert!(desc.len() <= 128, "desc of {} bytes", desc.len());
+                    }
+                    if !topic.ends_with("/thing/file/download") {
+                        let module = v["params"]["module"].as_str();
+                        assert!(matches!(module, None | Some("modem" | "gnss")), "a report for module {module:?}");
                     }
                     let id = v["id"].as_str().expect("an id string").to_string();
                     if topic.ends_with("/thing/ota/firmware/get") {
@@ -394,6 +418,11 @@ impl Harness {
                 Action::RunSelfTest => self.asked.push_back(Asked::SelfTest),
                 Action::Confirm => self.asked.push_back(Asked::Confirm),
                 Action::Reset | Action::Revert => self.reset = true,
+                Action::ModuleUpdate { module, url } => {
+                    assert_eq!(module, "modem", "only the modem is offered tasks");
+                    assert!(url.len() <= 255 && url.starts_with("https:"), "ModuleUpdate with {url:?}");
+                    assert_eq!(self.m.state(), StateName::ModuleUpdating);
+                }
             }
         }
     }
@@ -478,7 +507,7 @@ impl Harness {
                 | Ev::HttpResponse(..)
                 | Ev::HttpBody(..)
                 | Ev::HttpEnd
-                | Ev::HttpFailed
+                | Ev::HttpFailed(_)
         );
         if online_only && !self.connected {
             return;
@@ -561,7 +590,32 @@ impl Harness {
                 self.handle(Event::HttpBody(&body), Some(&body));
             }
             Ev::HttpEnd => self.handle(Event::HttpEnd, None),
-            Ev::HttpFailed => self.handle(Event::HttpFailed, None),
+            Ev::HttpFailed(why) => {
+                let why =
+                    [HttpError::Connect, HttpError::Tls, HttpError::Protocol, HttpError::Chunked, HttpError::Closed]
+                        [why as usize % 5];
+                self.handle(Event::HttpFailed(why), None);
+            }
+            Ev::ModuleVersion(module, version) => {
+                let module = ["modem", "gnss", "wifi", "default"][module as usize % 4];
+                let version = [RUNNING, "1.4", "1.5", "1.4 beta!"][version as usize % 4];
+                self.handle(Event::ModuleVersion { module, version }, None);
+            }
+            Ev::ModuleProgress(phase, percent) => {
+                let phase = if phase & 1 == 0 { ModulePhase::Download } else { ModulePhase::Install };
+                self.handle(Event::ModuleProgress { phase, percent }, None);
+            }
+            Ev::ModuleDone(r) => {
+                let r = match r % 6 {
+                    0 => Ok(()),
+                    1 => Err(ModuleError::Refused),
+                    2 => Err(ModuleError::Download(702)),
+                    3 => Err(ModuleError::Install(504)),
+                    4 => Err(ModuleError::Install(1)),
+                    _ => Err(ModuleError::Lost),
+                };
+                self.handle(Event::ModuleDone(r), None);
+            }
             Ev::Tick(t) => {
                 self.now += u64::from(t) * 10;
                 if self.m.poll_timeout().is_some_and(|t| t.as_millis() <= self.now) {

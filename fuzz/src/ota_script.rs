@@ -44,6 +44,8 @@ pub mod offer {
     pub const NO_SIZE: u8 = 4;
     pub const OTHER_VERSION: u8 = 8;
     pub const ESCAPED_URL: u8 = 16;
+    /// For the external module `modem` (else the app's, or MCU with OTHER_MODULE).
+    pub const MODEM: u8 = 32;
 }
 
 /// Connected: no arguments.
@@ -77,6 +79,7 @@ pub const HTTP_RESPONSE: u8 = 15;
 /// HTTP body bytes of the image from where the GET is: length (2 bytes), corrupt (1 byte).
 pub const HTTP_BODY: u8 = 16;
 pub const HTTP_END: u8 = 17;
+/// The HTTP request failed: reason (1 byte, mod 5: connect, TLS, protocol, chunked, closed).
 pub const HTTP_FAILED: u8 = 18;
 /// Time passes: 2 bytes, in units of 10 ms.
 pub const TICK: u8 = 19;
@@ -84,5 +87,12 @@ pub const TICK: u8 = 19;
 pub const TIMEOUT: u8 = 20;
 /// A power cut and restart: flags (1 byte: bit 0 awaiting confirm, bit 1 reverted).
 pub const REBOOT: u8 = 21;
+/// The board read an external module's version: module (1 byte, mod 4: modem, gnss, an unknown
+/// one, the app's), version (1 byte, mod 4: 1.3, 1.4, 1.5, not an Aliyun version).
+pub const MODULE_VERSION: u8 = 22;
+/// A progress URC of the module being updated: phase (1 byte: bit 0 install), percent (1 byte).
+pub const MODULE_PROGRESS: u8 = 23;
+/// The module's result: 1 byte (mod 6: ok, refused, download error, install 504, install 1, lost).
+pub const MODULE_DONE: u8 = 24;
 /// Number of ops.
-pub const OPS: u8 = 22;
+pub const OPS: u8 = 25;

@@ -317,6 +317,7 @@ impl Sim {
                     self.log.push("revert asked, reset".into());
                     self.reset = true;
                 }
+                Action::ModuleUpdate { module, .. } => panic!("no external module here, {module} asked for"),
             }
         }
     }

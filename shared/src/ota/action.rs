@@ -61,4 +61,15 @@ pub enum Action<'a> {
     /// ask the bootloader for the revert (`shared::boot::request_revert`), then reboot. The
     /// revert is reported after the reboot.
     Revert,
+    /// Have the external module `module` update itself from `url` (HTTPS, JSON escapes resolved,
+    /// at most its `max_url` bytes; Quectel: `AT+QFOTADL="<url>"`), then report its URCs as
+    /// [`super::Event::ModuleProgress`], the result as [`super::Event::ModuleDone`]
+    /// (`Err(ModuleError::Refused)` when it answers ERROR), and its version once it is back as
+    /// [`super::Event::ModuleVersion`]. The link may drop meanwhile (the module restarts).
+    ModuleUpdate {
+        /// its name, as in `OtaConfig::external`
+        module: &'a str,
+        /// the package's URL
+        url: &'a str,
+    },
 }

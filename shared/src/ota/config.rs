@@ -1,8 +1,8 @@
 //! The settings of one device's OTA client, and the checks a board runs on what a user gave it.
 
-use crate::alink::{Topics, KEEP_ALIVE};
+use crate::alink::{valid_version, Topics, KEEP_ALIVE};
 use crate::time::Duration;
-use heapless::String;
+use heapless::{String, Vec};
 
 /// Most block requests in flight at once.
 pub const MAX_WINDOW: usize = 8;
@@ -24,6 +24,55 @@ pub const DEFAULT_PULL: Duration = Duration::from_secs(24 * 3600);
 /// Default time a new image has to reach the broker (a modem's bring-up and network
 /// registration can take minutes).
 pub const DEFAULT_CONFIRM: Duration = Duration::from_secs(600);
+
+/// Default time an external module's FOTA may go without a progress URC (and a module may take
+/// to come back after installing) before it counts as failed.
+pub const DEFAULT_MODULE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Most external modules a device has.
+pub const MAX_EXTERNAL: usize = 2;
+/// Longest external module name.
+pub const MAX_MODULE_NAME: usize = 32;
+/// Longest URL Quectel's `AT+QFOTADL="<url>"` takes.
+pub const QFOTADL_MAX_URL: u16 = 255;
+
+/// A module beside the MCU that updates its own firmware from an HTTPS URL (a cellular module's
+/// FOTA): the machine informs its version, takes its tasks and hands the board the URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct External {
+    /// Its Aliyun module name (1-32 of `A-Z a-z 0-9 . _ -`, not `default`).
+    pub name: String<MAX_MODULE_NAME>,
+    /// The longest URL the module takes (longer ones are refused with -1).
+    pub max_url: u16,
+}
+
+impl External {
+    /// A module named `name` that takes URLs up to `max_url` bytes.
+    pub fn new(name: &str, max_url: u16) -> Result<Self, ConfigError> {
+        let name = String::try_from(name).map_err(|_| ConfigError::External { index: 0, why: "name too long" })?;
+        let e = External { name, max_url };
+        e.check(0)?;
+        Ok(e)
+    }
+
+    /// A Quectel cellular module's own firmware: module `modem`, URLs up to 255 bytes
+    /// (`AT+QFOTADL`).
+    pub fn modem() -> Self {
+        External { name: String::try_from("modem").unwrap_or_default(), max_url: QFOTADL_MAX_URL }
+    }
+
+    fn check(&self, index: u8) -> Result<(), ConfigError> {
+        let why = if !valid_version(&self.name) {
+            "name must be 1-32 of A-Z a-z 0-9 . _ -"
+        } else if self.name == "default" {
+            "name `default` is the app's (offers without a module)"
+        } else if self.max_url < 16 {
+            "max_url below 16 bytes"
+        } else {
+            return Ok(());
+        };
+        Err(ConfigError::External { index, why })
+    }
+}
 
 /// Settings of one device.
 #[derive(Clone, Debug)]
@@ -57,6 +106,12 @@ pub struct OtaConfig {
     pub confirm_deadline: Duration,
     /// The board downloads over HTTPS too (else HTTPS tasks are refused with a reason).
     pub https: bool,
+    /// Modules beside the MCU that update themselves (default none). One named like the app's
+    /// module (known at boot) is ignored.
+    pub external: Vec<External, MAX_EXTERNAL>,
+    /// How long an external module's FOTA may go without a progress URC, and a module may take
+    /// to report its version after installing, before the update counts as failed.
+    pub module_timeout: Duration,
 }
 
 /// A setting outside what Aliyun or the device accepts.
@@ -71,6 +126,15 @@ pub enum ConfigError {
     Window(usize),
     /// Keep-alive outside [`KEEP_ALIVE`].
     KeepAlive(u16),
+    /// An entry of `external` is unusable.
+    External {
+        /// its index
+        index: u8,
+        /// what is wrong
+        why: &'static str,
+    },
+    /// `module_timeout` is zero.
+    ModuleTimeout,
 }
 
 impl core::fmt::Display for ConfigError {
@@ -80,6 +144,8 @@ impl core::fmt::Display for ConfigError {
             ConfigError::BlockSize(b) => write!(f, "block_size {b} is outside Aliyun's 256..=131072"),
             ConfigError::Window(w) => write!(f, "window {w} is outside 1..={MAX_WINDOW}"),
             ConfigError::KeepAlive(k) => write!(f, "keep_alive {k} s is outside Aliyun's 30..=1200 s"),
+            ConfigError::External { index, why } => write!(f, "external[{index}]: {why}"),
+            ConfigError::ModuleTimeout => f.write_str("module_timeout must be above 0"),
         }
     }
 }
@@ -98,7 +164,7 @@ pub fn check_keep_alive(s: u16) -> Result<(), ConfigError> {
 impl OtaConfig {
     /// Defaults for a device: 5 KiB blocks, up to 4 in flight, 10 s timeout, 3 retries, progress
     /// every 5 % and at most once a second, a pull every 24 h, 10 minutes for a new image to reach
-    /// the broker, no HTTPS.
+    /// the broker, no HTTPS, no external modules (30 minutes for their FOTA once there are).
     pub fn new(product_key: &str, device_name: &str, slot_size: u32, page_size: u32) -> Result<Self, ConfigError> {
         let name = |s: &str, what| {
             String::try_from(s).ok().filter(|s: &String<64>| !s.is_empty()).ok_or(ConfigError::Name(what))
@@ -117,6 +183,8 @@ impl OtaConfig {
             pull_interval: DEFAULT_PULL,
             confirm_deadline: DEFAULT_CONFIRM,
             https: false,
+            external: Vec::new(),
+            module_timeout: DEFAULT_MODULE_TIMEOUT,
         })
     }
 
@@ -127,6 +195,15 @@ impl OtaConfig {
         }
         if !(1..=MAX_WINDOW).contains(&self.window) {
             return Err(ConfigError::Window(self.window));
+        }
+        for (i, e) in self.external.iter().enumerate() {
+            e.check(i as u8)?;
+            if self.external[..i].iter().any(|o| o.name == e.name) {
+                return Err(ConfigError::External { index: i as u8, why: "name used twice" });
+            }
+        }
+        if self.module_timeout.as_millis() == 0 {
+            return Err(ConfigError::ModuleTimeout);
         }
         Ok(())
     }

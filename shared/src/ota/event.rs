@@ -130,8 +130,82 @@ pub enum Event<'a> {
     HttpBody(&'a [u8]),
     /// The HTTP body ended (all of it, or the connection closed).
     HttpEnd,
-    /// The HTTP request failed (connect, TLS, read timeout).
-    HttpFailed,
+    /// The HTTP request failed, for this reason.
+    HttpFailed(HttpError),
     /// `VerifyAndMark` finished.
     Marked(Result<(), MarkError>),
+    /// The board read an external module's firmware version (at bring-up, and again after the
+    /// module restarted). Names that are not in `OtaConfig::external` are ignored; so are
+    /// versions that are not Aliyun versions (1-64 of `A-Z a-z 0-9 . _ -`: the board trims the
+    /// module's answer to that).
+    ModuleVersion {
+        /// the module's name, as in `OtaConfig::external`
+        module: &'a str,
+        /// its firmware version
+        version: &'a str,
+    },
+    /// The module of the running [`crate::ota::Action::ModuleUpdate`] reported progress (a URC).
+    ModuleProgress {
+        /// downloading or installing
+        phase: ModulePhase,
+        /// 0..=100 of that phase
+        percent: u8,
+    },
+    /// The module of the running [`crate::ota::Action::ModuleUpdate`] finished: `Ok` once it
+    /// installed the package and is restarting (then send [`Event::ModuleVersion`] when it is
+    /// back), or why not.
+    ModuleDone(Result<(), ModuleError>),
+}
+
+/// Why an HTTP request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum HttpError {
+    /// No connection to the server (DNS, TCP connect, the modem's socket).
+    Connect,
+    /// The TLS handshake failed (certificate not covered by the CA, no common cipher).
+    Tls,
+    /// The response was not HTTP we can read (status line or headers malformed or too long).
+    Protocol,
+    /// The response has a chunked body (`Transfer-Encoding: chunked`): the download needs a
+    /// Content-Length. The download fails at once; retrying does not help.
+    Chunked,
+    /// The connection closed, or a read timed out, before the body ended.
+    Closed,
+}
+
+impl core::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            HttpError::Connect => "could not connect to the server",
+            HttpError::Tls => "TLS handshake failed (does the CA cover the host?)",
+            HttpError::Protocol => "malformed HTTP response",
+            HttpError::Chunked => "chunked body (Content-Length is required)",
+            HttpError::Closed => "the connection closed before the body ended",
+        })
+    }
+}
+
+/// What an external module's FOTA is doing, as its progress URCs say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ModulePhase {
+    /// The module downloads the package (Quectel `+QIND: "FOTA","HTTPSTART"` / `"DOWNLOADING"`).
+    Download,
+    /// The module installs it (Quectel `+QIND: "FOTA","START"` / `"UPDATING"`).
+    Install,
+}
+
+/// Why an external module's FOTA failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ModuleError {
+    /// The module answered ERROR to the FOTA command.
+    Refused,
+    /// The module's download failed with this code (Quectel `+QIND: "FOTA","HTTPEND",<code>`).
+    Download(u16),
+    /// The module's install failed with this code (Quectel `+QIND: "FOTA","END",<code>`).
+    Install(u16),
+    /// The module restarted or vanished without a result.
+    Lost,
 }

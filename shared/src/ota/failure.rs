@@ -2,11 +2,18 @@
 //! (`-1` upgrade, `-2` download, `-3` verification, `-4` flash) and its `desc` (the `Display`,
 //! at most 128 bytes). Every `desc` starts with a fixed phrase of its kind, so whoever reads a
 //! progress report (the console, the tests, the QEMU campaign) gets the typed kind back with
-//! [`FailureKind::of_desc`] instead of matching prose.
+//! [`FailureKind::of_desc`] instead of matching prose. The failures of an external module's
+//! update (`Module*`) start with its name and `: ` (`modem: download failed ...`), then the
+//! phrase.
 
+use super::config::MAX_MODULE_NAME;
+use super::HttpError;
 use crate::alink::{DigestMethod, STEP_DOWNLOAD_FAILED, STEP_FLASH_FAILED, STEP_UPGRADE_FAILED, STEP_VERIFY_FAILED};
 use crate::image::ImageError;
 use heapless::String;
+
+/// An external module's name, as it goes into its reports.
+pub type ModuleName = String<MAX_MODULE_NAME>;
 
 /// Longest platform message kept for a desc (`msg` / `message` of an error reply).
 pub const MAX_PLATFORM_MSG: usize = 48;
@@ -106,7 +113,11 @@ pub enum Failure {
         at: u32,
         /// retries made
         retries: u8,
+        /// why the last try failed
+        last: HttpError,
     },
+    /// The download server sent a chunked body: the download needs its Content-Length.
+    HttpChunked,
     /// The MD5 / SHA-256 of the download differs from the task's `sign`.
     DigestMismatch(DigestMethod),
     /// Our own check of the downloaded image refused it (signature, hash, counter, size).
@@ -118,6 +129,97 @@ pub enum Failure {
     },
     /// Marking the image for install (STATE) failed.
     MarkFailed,
+    /// An MQTT stream task for an external module: the module fetches an HTTPS URL itself.
+    ModuleHttpsOnly {
+        /// the module
+        module: ModuleName,
+    },
+    /// The task's URL is longer than the external module takes.
+    ModuleUrlTooLong {
+        /// the module
+        module: ModuleName,
+        /// bytes of the URL (JSON escapes resolved)
+        len: u32,
+        /// bytes the module takes
+        max: u16,
+    },
+    /// The external module answered ERROR to the FOTA command.
+    ModuleRefused {
+        /// the module
+        module: ModuleName,
+    },
+    /// The external module's download failed.
+    ModuleDownload {
+        /// the module
+        module: ModuleName,
+        /// its error code (Quectel: the `HTTPEND` code)
+        code: u16,
+    },
+    /// The external module's install failed (504, 505 and 510, Quectel's package errors, are
+    /// reported as a verification failure, -3).
+    ModuleInstall {
+        /// the module
+        module: ModuleName,
+        /// its error code (Quectel: the `END` code)
+        code: u16,
+    },
+    /// The external module restarted or vanished during its FOTA without a result.
+    ModuleLost {
+        /// the module
+        module: ModuleName,
+    },
+    /// The external module's FOTA went `module_timeout` without progress.
+    ModuleTimeout {
+        /// the module
+        module: ModuleName,
+        /// the timeout, in seconds
+        secs: u32,
+    },
+    /// The external module installed but did not report a version within `module_timeout`.
+    ModuleNoVersion {
+        /// the module
+        module: ModuleName,
+        /// the timeout, in seconds
+        secs: u32,
+    },
+    /// The external module came back after its FOTA with another version than the task's.
+    ModuleWrongVersion {
+        /// the module
+        module: ModuleName,
+        /// the version it reports (cut to 36 bytes: the desc holds two, and a Failure stays small)
+        running: String<36, u8>,
+        /// the task's version (cut likewise)
+        wanted: String<36, u8>,
+    },
+}
+
+impl Failure {
+    /// [`Failure::ModuleWrongVersion`], the versions cut to what it keeps.
+    pub fn module_wrong_version(module: ModuleName, running: &str, wanted: &str) -> Failure {
+        fn cut(v: &str) -> String<36, u8> {
+            let mut s = String::new();
+            for c in v.chars() {
+                if s.push(c).is_err() {
+                    break;
+                }
+            }
+            s
+        }
+        Failure::ModuleWrongVersion { module, running: cut(running), wanted: cut(wanted) }
+    }
+}
+
+/// `30 min`, `90 s`.
+struct Span(u32);
+
+impl core::fmt::Display for Span {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.0.is_multiple_of(60) && self.0 > 0 {
+            write!(f, "{} min", self.0 / 60)
+        } else {
+            write!(f, "{} s", self.0)
+        }
+    }
 }
 
 /// The kind of a [`Failure`], without its details.
@@ -150,11 +252,21 @@ pub enum FailureKind {
     ImageRefused,
     FlashWrite,
     MarkFailed,
+    HttpChunked,
+    ModuleHttpsOnly,
+    ModuleUrlTooLong,
+    ModuleRefused,
+    ModuleDownload,
+    ModuleInstall,
+    ModuleLost,
+    ModuleTimeout,
+    ModuleNoVersion,
+    ModuleWrongVersion,
 }
 
 impl FailureKind {
     /// Every kind.
-    pub const ALL: [FailureKind; 25] = [
+    pub const ALL: [FailureKind; 35] = [
         FailureKind::DiffUnsupported,
         FailureKind::SignMethodUnsupported,
         FailureKind::SeveralFiles,
@@ -180,6 +292,16 @@ impl FailureKind {
         FailureKind::ImageRefused,
         FailureKind::FlashWrite,
         FailureKind::MarkFailed,
+        FailureKind::HttpChunked,
+        FailureKind::ModuleHttpsOnly,
+        FailureKind::ModuleUrlTooLong,
+        FailureKind::ModuleRefused,
+        FailureKind::ModuleDownload,
+        FailureKind::ModuleInstall,
+        FailureKind::ModuleLost,
+        FailureKind::ModuleTimeout,
+        FailureKind::ModuleNoVersion,
+        FailureKind::ModuleWrongVersion,
     ];
 
     /// The fixed phrase every desc of this kind starts with.
@@ -210,13 +332,49 @@ impl FailureKind {
             FailureKind::ImageRefused => "image refused",
             FailureKind::FlashWrite => "flash write failed at ",
             FailureKind::MarkFailed => "marking the image for install failed",
+            FailureKind::HttpChunked => "the server sent a chunked body",
+            FailureKind::ModuleHttpsOnly => "downloads over HTTPS only",
+            FailureKind::ModuleUrlTooLong => "URL of ",
+            FailureKind::ModuleRefused => "the module refused the FOTA command",
+            FailureKind::ModuleDownload => "download failed",
+            FailureKind::ModuleInstall => "install failed",
+            FailureKind::ModuleLost => "the module restarted or vanished",
+            FailureKind::ModuleTimeout => "no FOTA result in ",
+            FailureKind::ModuleNoVersion => "no version from the module ",
+            FailureKind::ModuleWrongVersion => "restarted with ",
         }
+    }
+
+    /// Whether it is the failure of an external module's update (its desc starts with the
+    /// module's name).
+    pub const fn is_module(self) -> bool {
+        matches!(
+            self,
+            FailureKind::ModuleHttpsOnly
+                | FailureKind::ModuleUrlTooLong
+                | FailureKind::ModuleRefused
+                | FailureKind::ModuleDownload
+                | FailureKind::ModuleInstall
+                | FailureKind::ModuleLost
+                | FailureKind::ModuleTimeout
+                | FailureKind::ModuleNoVersion
+                | FailureKind::ModuleWrongVersion
+        )
     }
 
     /// The kind of a progress `desc` written by [`Failure`]'s `Display`, if it is one.
     pub fn of_desc(desc: &str) -> Option<FailureKind> {
         // No phrase is a prefix of another, so at most one matches.
-        FailureKind::ALL.into_iter().find(|k| desc.starts_with(k.phrase()))
+        let plain = FailureKind::ALL.into_iter().find(|k| !k.is_module() && desc.starts_with(k.phrase()));
+        // An external module's: `<module>: <phrase>...`.
+        let module = || {
+            let (name, rest) = desc.split_once(": ")?;
+            if !crate::alink::valid_version(name) {
+                return None;
+            }
+            FailureKind::ALL.into_iter().find(|k| k.is_module() && rest.starts_with(k.phrase()))
+        };
+        plain.or_else(module)
     }
 }
 
@@ -249,6 +407,32 @@ impl Failure {
             Failure::ImageRefused(_) => FailureKind::ImageRefused,
             Failure::FlashWrite { .. } => FailureKind::FlashWrite,
             Failure::MarkFailed => FailureKind::MarkFailed,
+            Failure::HttpChunked => FailureKind::HttpChunked,
+            Failure::ModuleHttpsOnly { .. } => FailureKind::ModuleHttpsOnly,
+            Failure::ModuleUrlTooLong { .. } => FailureKind::ModuleUrlTooLong,
+            Failure::ModuleRefused { .. } => FailureKind::ModuleRefused,
+            Failure::ModuleDownload { .. } => FailureKind::ModuleDownload,
+            Failure::ModuleInstall { .. } => FailureKind::ModuleInstall,
+            Failure::ModuleLost { .. } => FailureKind::ModuleLost,
+            Failure::ModuleTimeout { .. } => FailureKind::ModuleTimeout,
+            Failure::ModuleNoVersion { .. } => FailureKind::ModuleNoVersion,
+            Failure::ModuleWrongVersion { .. } => FailureKind::ModuleWrongVersion,
+        }
+    }
+
+    /// The external module this failure is of, if it is one's.
+    pub fn module(&self) -> Option<&str> {
+        match self {
+            Failure::ModuleHttpsOnly { module }
+            | Failure::ModuleUrlTooLong { module, .. }
+            | Failure::ModuleRefused { module }
+            | Failure::ModuleDownload { module, .. }
+            | Failure::ModuleInstall { module, .. }
+            | Failure::ModuleLost { module }
+            | Failure::ModuleTimeout { module, .. }
+            | Failure::ModuleNoVersion { module, .. }
+            | Failure::ModuleWrongVersion { module, .. } => Some(module),
+            _ => None,
         }
     }
 
@@ -262,7 +446,11 @@ impl Failure {
             | Failure::HttpStatus(_)
             | Failure::HttpLength { .. }
             | Failure::HttpTooMuch { .. }
-            | Failure::HttpBroke { .. } => STEP_DOWNLOAD_FAILED,
+            | Failure::HttpBroke { .. }
+            | Failure::HttpChunked
+            | Failure::ModuleDownload { .. } => STEP_DOWNLOAD_FAILED,
+            // Quectel's "package error" codes: the module refused the package itself.
+            Failure::ModuleInstall { code: 504 | 505 | 510, .. } => STEP_VERIFY_FAILED,
             Failure::DigestMismatch(_) => STEP_VERIFY_FAILED,
             Failure::ImageRefused(e) => match e {
                 // Authentic images the device's policy refuses: not a verification failure.
@@ -288,6 +476,9 @@ impl Failure {
 
 impl core::fmt::Display for Failure {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if let Some(m) = self.module() {
+            write!(f, "{m}: ")?;
+        }
         f.write_str(self.kind().phrase())?;
         match self {
             Failure::DiffUnsupported => f.write_str(" by this firmware"),
@@ -314,7 +505,8 @@ impl core::fmt::Display for Failure {
                 write!(f, "{len} bytes from {from}, the task says {size} in all")
             }
             Failure::HttpTooMuch { size } => write!(f, "the task's {size} bytes"),
-            Failure::HttpBroke { at, retries } => write!(f, "{at} bytes, {retries} retries failed"),
+            Failure::HttpBroke { at, retries, last } => write!(f, "{at} bytes after {retries} retries: {last}"),
+            Failure::HttpChunked => f.write_str("; Content-Length is required"),
             Failure::DigestMismatch(m) => write!(
                 f,
                 ": the {} of the download differs from the task's sign",
@@ -326,6 +518,18 @@ impl core::fmt::Display for Failure {
             Failure::ImageRefused(e) => write!(f, ": {e}"),
             Failure::FlashWrite { at } => write!(f, "{at}"),
             Failure::MarkFailed => Ok(()),
+            Failure::ModuleHttpsOnly { .. } => f.write_str(" (the module fetches the URL itself)"),
+            Failure::ModuleUrlTooLong { len, max, .. } => write!(f, "{len} bytes; the module takes at most {max}"),
+            Failure::ModuleRefused { .. } => f.write_str(" (ERROR)"),
+            Failure::ModuleDownload { code, .. } => write!(f, " (module HTTP error {code})"),
+            Failure::ModuleInstall { code: code @ (504 | 505 | 510), .. } => {
+                write!(f, ": the module refused the package (error {code})")
+            }
+            Failure::ModuleInstall { code, .. } => write!(f, " (module error {code})"),
+            Failure::ModuleLost { .. } => f.write_str(" without a FOTA result"),
+            Failure::ModuleTimeout { secs, .. } => write!(f, "{}", Span(*secs)),
+            Failure::ModuleNoVersion { secs, .. } => write!(f, "in {} after it installed", Span(*secs)),
+            Failure::ModuleWrongVersion { running, wanted, .. } => write!(f, "{running}, not {wanted}"),
         }
     }
 }
@@ -334,7 +538,11 @@ impl core::fmt::Display for Failure {
 mod tests {
     use super::*;
 
-    fn one_of_each() -> [Failure; 25] {
+    fn m() -> ModuleName {
+        "modem".try_into().unwrap()
+    }
+
+    fn one_of_each() -> [Failure; 35] {
         [
             Failure::DiffUnsupported,
             Failure::SignMethodUnsupported,
@@ -360,11 +568,25 @@ mod tests {
             Failure::HttpStatus(404),
             Failure::HttpLength { from: 0, len: 10, size: 20 },
             Failure::HttpTooMuch { size: 20 },
-            Failure::HttpBroke { at: 100, retries: 3 },
+            Failure::HttpBroke { at: 100, retries: 3, last: HttpError::Tls },
             Failure::DigestMismatch(DigestMethod::Sha256),
             Failure::ImageRefused(ImageError::HashMismatch),
             Failure::FlashWrite { at: 4096 },
             Failure::MarkFailed,
+            Failure::HttpChunked,
+            Failure::ModuleHttpsOnly { module: m() },
+            Failure::ModuleUrlTooLong { module: m(), len: 300, max: 255 },
+            Failure::ModuleRefused { module: m() },
+            Failure::ModuleDownload { module: m(), code: 702 },
+            Failure::ModuleInstall { module: m(), code: 504 },
+            Failure::ModuleLost { module: m() },
+            Failure::ModuleTimeout { module: m(), secs: 1800 },
+            Failure::ModuleNoVersion { module: m(), secs: 90 },
+            Failure::module_wrong_version(
+                "a-module-name-of-32-characters-x".try_into().unwrap(),
+                "EC200UCNAAR03A03M08_01.200.01.200",
+                "EC200UCNAAR03A04M08_01.200.01.200-and-more-than-36",
+            ),
         ]
     }
 
@@ -397,5 +619,43 @@ mod tests {
         assert_eq!(Failure::ImageRefused(ImageError::KeyRevoked { key: 0 }).step(), -1);
         assert_eq!(Failure::FlashWrite { at: 0 }.step(), -4);
         assert_eq!(Failure::Reverted.step(), -1);
+        assert_eq!(Failure::HttpChunked.step(), -2);
+        assert_eq!(Failure::ModuleDownload { module: m(), code: 702 }.step(), -2);
+        for code in [504, 505, 510] {
+            assert_eq!(Failure::ModuleInstall { module: m(), code }.step(), -3);
+        }
+        assert_eq!(Failure::ModuleInstall { module: m(), code: 1 }.step(), -1);
+        assert_eq!(Failure::ModuleRefused { module: m() }.step(), -1);
+        assert_eq!(Failure::ModuleLost { module: m() }.step(), -1);
+    }
+
+    #[test]
+    fn module_descs_name_the_module_and_say_what_happened() {
+        let d = |f: Failure| f.desc();
+        assert_eq!(
+            d(Failure::ModuleHttpsOnly { module: m() }),
+            "modem: downloads over HTTPS only (the module fetches the URL itself)"
+        );
+        assert_eq!(
+            d(Failure::ModuleUrlTooLong { module: m(), len: 300, max: 255 }),
+            "modem: URL of 300 bytes; the module takes at most 255"
+        );
+        assert_eq!(
+            d(Failure::ModuleDownload { module: m(), code: 702 }),
+            "modem: download failed (module HTTP error 702)"
+        );
+        assert_eq!(
+            d(Failure::ModuleInstall { module: m(), code: 505 }),
+            "modem: install failed: the module refused the package (error 505)"
+        );
+        assert_eq!(d(Failure::ModuleTimeout { module: m(), secs: 1800 }), "modem: no FOTA result in 30 min");
+        assert_eq!(
+            d(Failure::HttpBroke { at: 7, retries: 3, last: HttpError::Tls }),
+            "download broke off at 7 bytes after 3 retries: TLS handshake failed (does the CA cover the host?)"
+        );
+        assert_eq!(d(Failure::HttpChunked), "the server sent a chunked body; Content-Length is required");
+        // A desc that merely starts like a module's is not one.
+        assert_eq!(FailureKind::of_desc("modem: downloading 1.4"), None);
+        assert_eq!(FailureKind::of_desc("two words: download failed"), None);
     }
 }

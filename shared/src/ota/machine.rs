@@ -1,8 +1,8 @@
 //! [`OtaMachine`]: the whole OTA flow, deterministic, time passed in.
 
-use super::config::{OtaConfig, MAX_WINDOW, MIN_BLOCK};
+use super::config::{OtaConfig, MAX_EXTERNAL, MAX_WINDOW, MIN_BLOCK};
 use super::task::{module_of, Source, Task, TaskKey, UrlPiece};
-use super::{Action, BootOutcome, BootReport, Event, Failure, MarkError, Resume};
+use super::{Action, BootOutcome, BootReport, Event, Failure, HttpError, MarkError, ModuleError, ModulePhase, Resume};
 use crate::alink::{self, AlinkError, BlockReply, DigestMethod, Downlink, EscapedStr, Topic, Topics};
 use crate::image::{Header, HeaderRepr, TlvIter, TlvKind, TLV_PROT_INFO_MAGIC};
 use crate::time::{Duration, Instant};
@@ -40,6 +40,10 @@ pub enum StateName {
     AwaitMark,
     /// The reset that hands over to the bootloader.
     AwaitReset,
+    /// An external module updates itself ([`Action::ModuleUpdate`]): its progress and result.
+    ModuleUpdating,
+    /// An external module installed its update and restarts: its version.
+    ModuleRestarting,
 }
 
 #[derive(Clone)]
@@ -136,6 +140,8 @@ struct Https {
     /// When a fresh URL was asked for: the time to give up waiting for it.
     refresh_by: Option<Instant>,
     tail: Tail,
+    /// Why the last try failed (named when the retries run out).
+    last: Option<HttpError>,
 }
 
 // One download at a time, kept in place: no allocator to box the URL into.
@@ -174,6 +180,56 @@ struct Download {
     last_report: Instant,
 }
 
+/// Whose message: the app's module, or an external module (its index in `OtaConfig::external`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Who {
+    App,
+    Ext(u8),
+}
+
+/// Modules a device reports: the app's and the external ones.
+const MODULES: usize = 1 + MAX_EXTERNAL;
+
+impl Who {
+    fn idx(self) -> usize {
+        match self {
+            Who::App => 0,
+            Who::Ext(i) => 1 + i as usize,
+        }
+    }
+    fn of_idx(k: usize) -> Who {
+        if k == 0 {
+            Who::App
+        } else {
+            Who::Ext(k as u8 - 1)
+        }
+    }
+}
+
+/// The module name `who` reports with.
+fn name_of<'a>(cfg: &'a OtaConfig, app: &'a str, who: Who) -> &'a str {
+    match who {
+        Who::App => app,
+        Who::Ext(i) => cfg.external.get(i as usize).map_or(app, |e| e.name.as_str()),
+    }
+}
+
+/// An external module's update, from the [`Action::ModuleUpdate`] to its version after the
+/// restart.
+#[derive(Clone)]
+struct ModuleJob {
+    ext: u8,
+    /// The task's version.
+    version: String<64>,
+    url: String<MAX_URL>,
+    /// What its last progress URC said (None before the first).
+    phase: Option<ModulePhase>,
+    last_step: i8,
+    last_report: Instant,
+    /// No progress (updating) or no version (restarting) by then: failed.
+    deadline: Instant,
+}
+
 enum State {
     AwaitBoot,
     AwaitSelfTest,
@@ -189,6 +245,8 @@ enum State {
     AwaitReset {
         by: Option<Instant>,
     },
+    ModuleUpdating(ModuleJob),
+    ModuleRestarting(ModuleJob),
 }
 
 /// A queued output; turned into an [`Action`] (JSON built then) by `poll_action`.
@@ -196,11 +254,15 @@ enum State {
 enum Out {
     Inform {
         pid: u16,
+        who: Who,
     },
-    FirmwareGet,
+    FirmwareGet {
+        who: Who,
+    },
     /// A progress report on the way (1..99; its desc is made when it is sent).
     Progress {
         step: i8,
+        who: Who,
     },
     /// A QoS 1 report of `pending`.
     Report {
@@ -230,6 +292,7 @@ enum Plain {
     VerifyAndMark,
     Reset,
     Revert,
+    ModuleUpdate,
 }
 
 /// After a failure report, offers come only from pulls sent after it. The task the report fails is
@@ -253,6 +316,7 @@ struct Pending {
     pid: u16,
     step: i8,
     desc: String<128>,
+    who: Who,
 }
 
 /// The OTA client. See the module docs.
@@ -266,10 +330,15 @@ pub struct OtaMachine {
     resume: Option<Resume>,
     next_id: u32,
     next_pid: u16,
-    out: Deque<Out, 24>,
+    out: Deque<Out, 32>,
     pending: Vec<Pending, MAX_PENDING>,
-    /// The version report not yet acknowledged, if one was sent.
-    inform_pid: Option<u16>,
+    /// Per module (app first): the version report not yet acknowledged, if one was sent.
+    inform_pid: [Option<u16>; MODULES],
+    /// Per module: a version report owed since the last connect (the version changed when it
+    /// could not be sent).
+    inform_due: [bool; MODULES],
+    /// The external modules' versions, as the board read them.
+    ext_versions: [Option<String<64>>; MAX_EXTERNAL],
     /// After a failure report: offers come from pulls sent after it.
     hold: Option<Hold>,
     /// When the last `firmware/get` went out.
@@ -279,6 +348,14 @@ pub struct OtaMachine {
     pull_at: Option<Instant>,
     topic: Topic,
     buf: [u8; OUT_BUF],
+}
+
+/// Bytes of the task's URL with its JSON escapes resolved.
+fn url_len(task: &Task<'_>) -> Result<usize, ()> {
+    task.url_fragments().try_fold(0, |n, piece| match piece? {
+        UrlPiece::Str(s) => Ok(n + s.len()),
+        UrlPiece::Char(c) => Ok(n + c.len_utf8()),
+    })
 }
 
 fn unescape_url(task: &Task<'_>) -> Result<String<MAX_URL>, ()> {
@@ -336,7 +413,9 @@ impl OtaMachine {
             next_pid: 0,
             out: Deque::new(),
             pending: Vec::new(),
-            inform_pid: None,
+            inform_pid: [None; MODULES],
+            inform_due: [false; MODULES],
+            ext_versions: Default::default(),
             hold: None,
             last_pull: None,
             now: Instant::from_millis(0),
@@ -368,7 +447,39 @@ impl OtaMachine {
             State::Downloading(_) => StateName::Downloading,
             State::AwaitMark(_) => StateName::AwaitMark,
             State::AwaitReset { .. } => StateName::AwaitReset,
+            State::ModuleUpdating(_) => StateName::ModuleUpdating,
+            State::ModuleRestarting(_) => StateName::ModuleRestarting,
         }
+    }
+
+    /// The external module being updated and the task's version.
+    pub fn module_task(&self) -> Option<(&str, &str)> {
+        match &self.state {
+            State::ModuleUpdating(j) | State::ModuleRestarting(j) => {
+                Some((name_of(&self.cfg, &self.module, Who::Ext(j.ext)), &j.version))
+            }
+            _ => None,
+        }
+    }
+
+    /// The version of an external module, as last reported by the board.
+    pub fn module_version(&self, module: &str) -> Option<&str> {
+        self.ext(module).and_then(|i| self.ext_versions[i as usize].as_deref())
+    }
+
+    /// The index of the external module `name` (one named like the app's module is none).
+    fn ext(&self, name: &str) -> Option<u8> {
+        if name == self.module.as_str() {
+            return None;
+        }
+        self.cfg.external.iter().position(|e| e.name == name).map(|i| i as u8)
+    }
+
+    /// The external modules whose version is known (the ones reported and pulled for).
+    fn known_exts(&self) -> Vec<u8, MAX_EXTERNAL> {
+        (0..self.cfg.external.len() as u8)
+            .filter(|&i| self.ext_versions[i as usize].is_some() && self.cfg.external[i as usize].name != self.module)
+            .collect()
     }
 
     /// Bytes of the current download written so far, and its size.
@@ -417,22 +528,32 @@ impl OtaMachine {
         0x8000 | self.next_pid
     }
 
-    /// A progress report on the way (dropped while offline: a later one says more).
+    /// A progress report of the app's task on the way (dropped while offline: a later one says
+    /// more).
     fn progress(&mut self, step: i8) {
+        self.progress_as(Who::App, step);
+    }
+
+    fn progress_as(&mut self, who: Who, step: i8) {
         if self.connected {
-            self.push(Out::Progress { step });
+            self.push(Out::Progress { step, who });
         }
     }
 
-    /// A terminal report (100, or a failure): QoS 1, kept and sent again after a reconnect until
-    /// the broker acknowledges it.
+    /// A terminal report (100, or a failure) of the app's task: QoS 1, kept and sent again after
+    /// a reconnect until the broker acknowledges it.
     fn report(&mut self, step: i8, desc: String<128>) {
+        self.report_as(Who::App, step, desc);
+    }
+
+    /// A terminal report of `who`'s task.
+    fn report_as(&mut self, who: Who, step: i8, desc: String<128>) {
         if self.pending.is_full() {
             // Four reports unacknowledged is a broker that does not acknowledge: the oldest goes.
             self.pending.remove(0);
         }
         let pid = self.new_pid();
-        let _ = self.pending.push(Pending { pid, step, desc });
+        let _ = self.pending.push(Pending { pid, step, desc, who });
         if self.connected {
             self.push(Out::Report { pid });
         }
@@ -454,33 +575,44 @@ impl OtaMachine {
         }
     }
 
-    /// A `firmware/get` (at connect, every `pull_interval`, after a failure report).
+    /// A `firmware/get` for every module (at connect, every `pull_interval`, after a failure
+    /// report, when idle again after an update).
     fn pull(&mut self) {
         self.pull_at = Some(self.now + self.cfg.pull_interval);
         self.last_pull = Some(self.now);
-        self.push(Out::FirmwareGet);
+        self.push(Out::FirmwareGet { who: Who::App });
+        for i in self.known_exts() {
+            self.push(Out::FirmwareGet { who: Who::Ext(i) });
+        }
     }
 
-    fn inform(&mut self) {
+    /// A version report of `who` (QoS 1).
+    fn inform(&mut self, who: Who) {
         let pid = self.new_pid();
-        self.inform_pid = Some(pid);
-        self.push(Out::Inform { pid });
+        self.inform_pid[who.idx()] = Some(pid);
+        self.inform_due[who.idx()] = false;
+        self.push(Out::Inform { pid, who });
     }
 
     /// The next thing to do, if any.
     pub fn poll_action(&mut self) -> Option<Action<'_>> {
         let o = self.out.pop_front()?;
         let t = self.cfg.topics();
-        let module = self.module.as_str();
         let mut id: String<10> = String::new();
         let built: Result<(Topic, usize, Option<u16>), AlinkError> = match &o {
-            Out::Inform { pid } => {
+            Out::Inform { pid, who } => {
+                let module = name_of(&self.cfg, &self.module, *who);
+                let version = match who {
+                    Who::App => Some(self.version.as_str()),
+                    Who::Ext(i) => self.ext_versions[*i as usize].as_deref(),
+                };
+                let Some(version) = version else { return self.poll_action() };
                 self.next_id = self.next_id.wrapping_add(1).max(1);
                 let _ = write!(id, "{}", self.next_id);
-                t.inform()
-                    .and_then(|tp| Ok((tp, alink::inform(&mut self.buf, &id, &self.version, module)?, Some(*pid))))
+                t.inform().and_then(|tp| Ok((tp, alink::inform(&mut self.buf, &id, version, module)?, Some(*pid))))
             }
-            Out::FirmwareGet => {
+            Out::FirmwareGet { who } => {
+                let module = name_of(&self.cfg, &self.module, *who);
                 self.next_id = self.next_id.wrapping_add(1).max(1);
                 let _ = write!(id, "{}", self.next_id);
                 if let Some(h) = &mut self.hold {
@@ -489,14 +621,24 @@ impl OtaMachine {
                 }
                 t.firmware_get().and_then(|tp| Ok((tp, alink::firmware_get(&mut self.buf, &id, module)?, None)))
             }
-            Out::Progress { step } => {
+            Out::Progress { step, who } => {
+                let module = name_of(&self.cfg, &self.module, *who);
                 self.next_id = self.next_id.wrapping_add(1).max(1);
                 let _ = write!(id, "{}", self.next_id);
-                let desc: String<80> = match &self.state {
-                    State::Rehashing(d) | State::Downloading(d) | State::AwaitMark(d) => {
+                let desc: String<128> = match (&self.state, who) {
+                    (State::Rehashing(d) | State::Downloading(d) | State::AwaitMark(d), Who::App) => {
                         fmt(format_args!("downloading {}", d.version))
                     }
-                    _ => fmt(format_args!("downloading")),
+                    (State::ModuleUpdating(j) | State::ModuleRestarting(j), Who::Ext(_)) => {
+                        let doing = match j.phase {
+                            None => "updating to",
+                            Some(ModulePhase::Download) => "downloading",
+                            Some(ModulePhase::Install) => "installing",
+                        };
+                        fmt(format_args!("{module}: {doing} {}", j.version))
+                    }
+                    (_, Who::App) => fmt(format_args!("downloading")),
+                    (_, Who::Ext(_)) => fmt(format_args!("{module}: updating")),
                 };
                 t.progress().and_then(|tp| Ok((tp, alink::progress(&mut self.buf, &id, *step, &desc, module)?, None)))
             }
@@ -504,6 +646,7 @@ impl OtaMachine {
                 let Some(p) = self.pending.iter().find(|p| p.pid == *pid) else {
                     return self.poll_action(); // acknowledged meanwhile
                 };
+                let module = name_of(&self.cfg, &self.module, p.who);
                 self.next_id = self.next_id.wrapping_add(1).max(1);
                 let _ = write!(id, "{}", self.next_id);
                 t.progress()
@@ -515,6 +658,14 @@ impl OtaMachine {
                     let n = alink::download_request(&mut self.buf, &id, "ota", *stream_id, *file_id, *offset, *len)?;
                     Ok((tp, n, None))
                 })
+            }
+            Out::Plain(Plain::ModuleUpdate) => {
+                if !matches!(self.state, State::ModuleUpdating(_)) {
+                    return self.poll_action(); // over meanwhile
+                }
+                let State::ModuleUpdating(j) = &self.state else { return None };
+                let module = name_of(&self.cfg, &self.module, Who::Ext(j.ext));
+                return Some(Action::ModuleUpdate { module, url: &j.url });
             }
             Out::Plain(p) => {
                 return Some(match p.clone() {
@@ -530,6 +681,7 @@ impl OtaMachine {
                     Plain::VerifyAndMark => Action::VerifyAndMark,
                     Plain::Reset => Action::Reset,
                     Plain::Revert => Action::Revert,
+                    Plain::ModuleUpdate => unreachable!("handled above"),
                 })
             }
         };
@@ -553,6 +705,7 @@ impl OtaMachine {
                 deadlines.chain(s.retry_at).min()
             }
             State::Downloading(Download { via: Via::Https(h), .. }) => h.refresh_by,
+            State::ModuleUpdating(j) | State::ModuleRestarting(j) => Some(j.deadline),
             _ => None,
         }
     }
@@ -570,6 +723,8 @@ impl OtaMachine {
             Expired,
             Lost,
             Fetch,
+            ModuleSilent,
+            ModuleGone,
         }
         let then = match &mut self.state {
             // A new image that never reached the broker in time counts as broken: the bootloader
@@ -581,6 +736,8 @@ impl OtaMachine {
             State::Downloading(Download { via: Via::Https(h), .. }) if h.refresh_by.is_some_and(|t| t <= now) => {
                 Then::Expired
             }
+            State::ModuleUpdating(j) if j.deadline <= now => Then::ModuleSilent,
+            State::ModuleRestarting(j) if j.deadline <= now => Then::ModuleGone,
             State::Downloading(Download { via: Via::Mqtt(s), .. }) => {
                 if s.peek.is_some_and(|p| p.deadline <= now) {
                     s.peek = None; // only an early check: the final verify still runs
@@ -602,6 +759,17 @@ impl OtaMachine {
             Then::Expired => self.fail(Failure::UrlExpired),
             Then::Lost => self.lost(now, Loss::Timeout),
             Then::Fetch => self.fetch(now),
+            Then::ModuleSilent | Then::ModuleGone => {
+                let secs = (self.cfg.module_timeout.as_millis() / 1000).min(u32::MAX as u64) as u32;
+                if let Some(j) = self.take_job() {
+                    let module = self.cfg.external[j.ext as usize].name.clone();
+                    let f = match then {
+                        Then::ModuleSilent => Failure::ModuleTimeout { module, secs },
+                        _ => Failure::ModuleNoVersion { module, secs },
+                    };
+                    self.fail_module(j.ext, f);
+                }
+            }
         }
     }
 
@@ -628,8 +796,8 @@ impl OtaMachine {
                 }
             }
             Event::Acked(pid) => {
-                if self.inform_pid == Some(pid) {
-                    self.inform_pid = None;
+                for p in self.inform_pid.iter_mut().filter(|p| **p == Some(pid)) {
+                    *p = None;
                 }
                 self.pending.retain(|p| p.pid != pid);
                 if matches!(self.state, State::AwaitReset { by: Some(_) }) && self.pending.is_empty() {
@@ -686,8 +854,18 @@ impl OtaMachine {
             }
             Event::HttpResponse { status, length } => self.http_response(now, status, length),
             Event::HttpBody(data) => self.http_body(now, data),
-            Event::HttpEnd | Event::HttpFailed => self.http_end(),
+            Event::HttpEnd => self.http_end(HttpError::Closed),
+            Event::HttpFailed(HttpError::Chunked) => {
+                // No retry brings a Content-Length.
+                if matches!(self.state, State::Downloading(Download { via: Via::Https(_), .. })) {
+                    self.fail(Failure::HttpChunked);
+                }
+            }
+            Event::HttpFailed(e) => self.http_end(e),
             Event::Marked(r) => self.marked(now, r),
+            Event::ModuleVersion { module, version } => self.module_version_read(module, version),
+            Event::ModuleProgress { phase, percent } => self.module_progress(now, phase, percent),
+            Event::ModuleDone(r) => self.module_done(now, r),
         }
     }
 
@@ -745,8 +923,10 @@ impl OtaMachine {
             }
             State::AwaitTask => self.announce(),
             _ => {
-                if self.inform_pid.is_some() {
-                    self.inform();
+                for k in 0..MODULES {
+                    if self.inform_pid[k].is_some() || self.inform_due[k] {
+                        self.inform(Who::of_idx(k));
+                    }
                 }
                 if let State::Downloading(Download { via: Via::Mqtt(s), .. }) = &mut self.state {
                     s.window = 1;
@@ -756,19 +936,188 @@ impl OtaMachine {
         }
     }
 
-    /// Once connected and settled: the version, then a pull (the platform also re-pushes
-    /// pending tasks on a reconnect). The pull is repeated every `pull_interval`.
+    /// Once connected and settled: the versions (the app's, then every external module's that
+    /// is known), then a pull for each (the platform also re-pushes pending tasks on a
+    /// reconnect). The pulls are repeated every `pull_interval`.
     fn announce(&mut self) {
         if !self.connected || !matches!(self.state, State::AwaitTask) {
             return;
         }
-        self.inform();
+        self.inform(Who::App);
+        for i in self.known_exts() {
+            self.inform(Who::Ext(i));
+        }
         self.pull();
     }
 
     /// Tells the platform we will not carry out an offer.
     fn refuse(&mut self, f: Failure) {
         self.report(f.step(), f.desc());
+    }
+
+    /// Tells the platform we will not carry out an offer for `who`.
+    fn refuse_as(&mut self, who: Who, f: Failure) {
+        self.report_as(who, f.step(), f.desc());
+    }
+
+    /// An offer for the external module `i` (whose version is known). Taken only when idle: one
+    /// update at a time. When busy it is ignored, not refused (the platform re-pushes it at a
+    /// reconnect, and the machine pulls for every module when it is idle again).
+    fn module_offer(&mut self, now: Instant, i: u8, offer: &alink::Offer<'_>) {
+        if !matches!(self.state, State::AwaitTask) {
+            return;
+        }
+        let who = Who::Ext(i);
+        let ext = &self.cfg.external[i as usize];
+        let (module, max) = (ext.name.clone(), ext.max_url);
+        if offer.version.map(|v| v.0).is_some_and(|v| Some(v) == self.ext_versions[i as usize].as_deref()) {
+            // Already running it: the platform did not get the version report. Repeat it.
+            if self.inform_pid[who.idx()].is_none() {
+                self.inform(who);
+            }
+            return;
+        }
+        let task = match Task::from_module_offer(offer) {
+            Ok(t) => t,
+            Err(f) => return self.refuse_as(who, f),
+        };
+        if let Source::Mqtt { .. } = task.source {
+            return self.refuse_as(who, Failure::ModuleHttpsOnly { module });
+        }
+        let len = match url_len(&task) {
+            Ok(n) => n,
+            Err(()) => return self.refuse_as(who, Failure::BadField("url")),
+        };
+        if len > max as usize {
+            return self.refuse_as(who, Failure::ModuleUrlTooLong { module, len: len as u32, max });
+        }
+        let Ok(url) = unescape_url(&task) else { return self.refuse_as(who, Failure::UrlTooLong) };
+        self.hold = None;
+        self.state = State::ModuleUpdating(ModuleJob {
+            ext: i,
+            version: String::try_from(task.version).unwrap_or_default(),
+            url,
+            phase: None,
+            last_step: 1,
+            last_report: now,
+            deadline: now + self.cfg.module_timeout,
+        });
+        self.progress_as(who, 1);
+        self.plain(Plain::ModuleUpdate);
+    }
+
+    /// Ends the external module's update in progress, if there is one: AwaitTask.
+    fn take_job(&mut self) -> Option<ModuleJob> {
+        match core::mem::replace(&mut self.state, State::AwaitTask) {
+            State::ModuleUpdating(j) | State::ModuleRestarting(j) => Some(j),
+            other => {
+                self.state = other;
+                None
+            }
+        }
+    }
+
+    /// Reports the failure of the external module `i`'s update and waits for a task again.
+    fn fail_module(&mut self, i: u8, f: Failure) {
+        self.state = State::AwaitTask;
+        self.report_as(Who::Ext(i), f.step(), f.desc());
+    }
+
+    fn module_version_read(&mut self, module: &str, version: &str) {
+        let Some(i) = self.ext(module) else { return };
+        if !alink::valid_version(version) {
+            return;
+        }
+        let Ok(v) = String::<64>::try_from(version) else { return };
+        let who = Who::Ext(i);
+        let changed = self.ext_versions[i as usize].as_ref() != Some(&v);
+        self.ext_versions[i as usize] = Some(v);
+        let (job, restarting) = match &self.state {
+            State::ModuleUpdating(j) => (Some(j), false),
+            State::ModuleRestarting(j) => (Some(j), true),
+            _ => (None, false),
+        };
+        match job.filter(|j| j.ext == i).map(|j| j.version == version) {
+            Some(true) => {
+                // Back with the task's version: the version report is the success the platform
+                // needs (now, or at the next connect), then pulls for every module.
+                self.take_job();
+                if self.connected {
+                    self.inform(who);
+                    self.pull();
+                }
+            }
+            Some(false) if restarting => {
+                let Some(j) = self.take_job() else { return };
+                let module = self.cfg.external[i as usize].name.clone();
+                self.fail_module(i, Failure::module_wrong_version(module, version, &j.version));
+                self.inform_now_or_later(who);
+            }
+            _ if changed => {
+                self.inform_now_or_later(who);
+                if self.connected && matches!(self.state, State::AwaitTask) {
+                    self.last_pull = Some(self.now);
+                    self.push(Out::FirmwareGet { who });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A version report of `who` at once if connected (and not on the way to a reset), else at
+    /// the next connect.
+    fn inform_now_or_later(&mut self, who: Who) {
+        let settled = !matches!(self.state, State::AwaitBoot | State::AwaitReset { .. });
+        if self.connected && settled {
+            self.inform(who);
+        } else {
+            self.inform_due[who.idx()] = true;
+        }
+    }
+
+    fn module_progress(&mut self, now: Instant, phase: ModulePhase, percent: u8) {
+        let (every, interval, timeout) = (self.cfg.progress_every, self.cfg.progress_interval, self.cfg.module_timeout);
+        let State::ModuleUpdating(j) = &mut self.state else { return };
+        j.deadline = now + timeout;
+        // One rising scale: the download is 1..=50, the install 50..=99.
+        let p = percent.min(100);
+        let step = match phase {
+            ModulePhase::Download => (p / 2).max(1),
+            ModulePhase::Install => (50 + p / 2).min(99),
+        } as i8;
+        let moved = step as i16 >= j.last_step as i16 + every as i16 || (j.phase != Some(phase) && step > j.last_step);
+        j.phase = Some(phase);
+        if moved && now.since(j.last_report) >= interval {
+            j.last_step = step;
+            j.last_report = now;
+            let ext = j.ext;
+            self.progress_as(Who::Ext(ext), step);
+        }
+    }
+
+    fn module_done(&mut self, now: Instant, r: Result<(), ModuleError>) {
+        let State::ModuleUpdating(j) = &mut self.state else { return };
+        let i = j.ext;
+        let module = self.cfg.external[i as usize].name.clone();
+        match r {
+            Ok(()) => {
+                j.deadline = now + self.cfg.module_timeout;
+                let desc = fmt(format_args!("{module}: installed {}, restarting", j.version));
+                if let Some(j) = self.take_job() {
+                    self.state = State::ModuleRestarting(j);
+                }
+                self.report_as(Who::Ext(i), 100, desc);
+            }
+            Err(e) => {
+                let f = match e {
+                    ModuleError::Refused => Failure::ModuleRefused { module },
+                    ModuleError::Download(code) => Failure::ModuleDownload { module, code },
+                    ModuleError::Install(code) => Failure::ModuleInstall { module, code },
+                    ModuleError::Lost => Failure::ModuleLost { module },
+                };
+                self.fail_module(i, f);
+            }
+        }
     }
 
     fn task_message(&mut self, now: Instant, topic: Downlink, payload: &[u8]) {
@@ -787,7 +1136,12 @@ impl OtaMachine {
         }
         // No task, or one we cannot read at all (its module unknown, so it may not be ours).
         let Ok(Some(offer)) = alink::parse_offer(payload) else { return };
-        if module_of(&offer) != self.module.as_str() {
+        let module = module_of(&offer);
+        if module != self.module.as_str() {
+            // An external module's, if we know its version (else the board has not reached it).
+            if let Some(i) = self.ext(module).filter(|&i| self.ext_versions[i as usize].is_some()) {
+                self.module_offer(now, i, &offer);
+            }
             return;
         }
         let task = Task::from_offer(&offer);
@@ -826,8 +1180,8 @@ impl OtaMachine {
         }
         if offer.version.map(|v| v.0) == Some(self.version.as_str()) {
             // Already running it: the platform did not get our version report. Repeat it.
-            if self.inform_pid.is_none() {
-                self.inform();
+            if self.inform_pid[Who::App.idx()].is_none() {
+                self.inform(Who::App);
             }
             return;
         }
@@ -862,6 +1216,7 @@ impl OtaMachine {
                     from: 0,
                     refresh_by: None,
                     tail: Tail::Unknown,
+                    last: None,
                 }),
                 Err(()) => return self.refuse(Failure::UrlTooLong),
             },
@@ -1189,7 +1544,7 @@ impl OtaMachine {
                 h.refreshed = true;
                 h.refresh_by = Some(now + wait);
                 self.plain(Plain::HttpClose);
-                self.push(Out::FirmwareGet);
+                self.push(Out::FirmwareGet { who: Who::App });
                 return;
             }
             s => return self.fail(Failure::HttpStatus(s)),
@@ -1261,10 +1616,14 @@ impl OtaMachine {
         self.plain(Plain::HttpGet(at));
     }
 
-    fn http_end(&mut self) {
+    /// The GET in progress ended: the body is complete, or it broke off (`why`).
+    fn http_end(&mut self, why: HttpError) {
         let retries = self.cfg.retries;
         let State::Downloading(d) = &mut self.state else { return };
         let Via::Https(h) = &mut d.via else { return };
+        if d.written < d.size {
+            h.last = Some(why);
+        }
         if matches!(h.tail, Tail::Reading { .. }) {
             // The early look broke off: go on with the body; the final verify still checks.
             h.tail = Tail::Done;
@@ -1280,8 +1639,8 @@ impl OtaMachine {
             return;
         }
         if h.tries >= retries {
-            let at = d.written;
-            return self.fail(Failure::HttpBroke { at, retries });
+            let (at, last) = (d.written, h.last.unwrap_or(why));
+            return self.fail(Failure::HttpBroke { at, retries, last });
         }
         h.tries += 1;
         h.from = d.written;
@@ -1298,3 +1657,6 @@ impl OtaMachine {
         self.report(f.step(), f.desc());
     }
 }
+
+#[cfg(test)]
+mod tests;

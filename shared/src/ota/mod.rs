@@ -14,10 +14,21 @@
 //!            ──we can──▶ [Rehashing ──▶] Downloading ──all bytes, digest ok──▶ AwaitMark
 //!            ──our signature ok, marked──▶ progress 100 (acknowledged) ──▶ AwaitReset
 //!  any failure ──▶ progress -1..-4 with a typed [`Failure`] as its desc ──▶ AwaitTask
+//!
+//!  AwaitTask ──HTTPS task for an external module (OtaConfig::external)──▶ progress 1,
+//!            [`Action::ModuleUpdate`] ──▶ ModuleUpdating ──ModuleProgress──▶ progress 1..99
+//!  ModuleUpdating ──ModuleDone(Ok)──▶ progress 100 (acknowledged) ──▶ ModuleRestarting
+//!                 ──ModuleDone(Err) / no progress for module_timeout──▶ progress -1..-3 ──▶ AwaitTask
+//!  ModuleRestarting ──ModuleVersion = the task's──▶ its version reported ──▶ AwaitTask
+//!                   ──another version / none by module_timeout──▶ progress -1 ──▶ AwaitTask
 //! ```
 //!
-//! Version reports and terminal progress (100, negative) go at QoS 1 and are sent again after a
-//! reconnect until acknowledged; `firmware/get` goes at connect and every `pull_interval`.
+//! One update at a time: while one runs, offers for other modules are ignored (the platform
+//! re-pushes them, and the machine pulls for every module when it is idle again). Every report
+//! of an external module's task carries that module's name. Version reports and terminal
+//! progress (100, negative) go at QoS 1 and are sent again after a reconnect until
+//! acknowledged; at connect every module whose version is known is reported (the app's first)
+//! and pulled for; `firmware/get` goes again every `pull_interval`.
 
 mod action;
 mod config;
@@ -29,11 +40,12 @@ mod task;
 
 pub use action::Action;
 pub use config::{
-    check_keep_alive, ConfigError, OtaConfig, BLOCK_SIZES, DEFAULT_BLOCK, DEFAULT_CONFIRM, DEFAULT_PULL,
-    DEFAULT_WINDOW, MAX_BLOCK, MAX_WINDOW, MIN_BLOCK,
+    check_keep_alive, ConfigError, External, OtaConfig, BLOCK_SIZES, DEFAULT_BLOCK, DEFAULT_CONFIRM,
+    DEFAULT_MODULE_TIMEOUT, DEFAULT_PULL, DEFAULT_WINDOW, MAX_BLOCK, MAX_EXTERNAL, MAX_MODULE_NAME, MAX_WINDOW,
+    MIN_BLOCK, QFOTADL_MAX_URL,
 };
 pub use connect::{Backoff, BACKOFF_BASE, BACKOFF_CAP, STEADY_SESSION};
-pub use event::{BootOutcome, BootReport, Event, MarkError, Resume};
-pub use failure::{Failure, FailureKind, MAX_PLATFORM_MSG};
+pub use event::{BootOutcome, BootReport, Event, HttpError, MarkError, ModuleError, ModulePhase, Resume};
+pub use failure::{Failure, FailureKind, ModuleName, MAX_PLATFORM_MSG};
 pub use machine::{OtaMachine, StateName, MAX_URL};
 pub use task::{module_of, Source, Task, TaskKey, UrlPiece};

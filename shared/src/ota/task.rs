@@ -66,7 +66,17 @@ impl<'a> Task<'a> {
     /// checks run in the order a person reading the refusal would want: what kind of package, then
     /// what is missing, then what does not fit.
     pub fn from_offer(o: &Offer<'a>) -> Result<Task<'a>, Failure> {
-        if o.is_diff == Some(1) {
+        Task::read(o, false)
+    }
+
+    /// [`Task::from_offer`] for an external module, which applies differential packages itself
+    /// (Quectel DFOTA packages are deltas): `isDiff: 1` is accepted.
+    pub fn from_module_offer(o: &Offer<'a>) -> Result<Task<'a>, Failure> {
+        Task::read(o, true)
+    }
+
+    fn read(o: &Offer<'a>, diff: bool) -> Result<Task<'a>, Failure> {
+        if o.is_diff == Some(1) && !diff {
             return Err(Failure::DiffUnsupported);
         }
         let files = o.files.unwrap_or_default();
@@ -201,6 +211,17 @@ mod tests {
             break_it(&mut o);
             assert_eq!(Task::from_offer(&o), Err(why.clone()), "{why}");
         }
+    }
+
+    #[test]
+    fn an_external_module_takes_a_diff_package_the_app_does_not() {
+        let mut o = good();
+        o.is_diff = Some(1);
+        assert_eq!(Task::from_offer(&o), Err(Failure::DiffUnsupported));
+        assert_eq!(Task::from_module_offer(&o).map(|t| t.version), Ok("1.4"));
+        // The other checks still apply.
+        o.version = None;
+        assert_eq!(Task::from_module_offer(&o), Err(Failure::MissingField("version")));
     }
 
     #[test]
