@@ -1078,3 +1078,687 @@ pub fn run(a: Args) -> Result<()> {
         seen_urcs = log.urcs.len();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener as StdListener;
+    use std::path::PathBuf;
+    use std::sync::mpsc as smpsc;
+    use std::sync::OnceLock;
+
+    // ---- certificates (openssl, once per test run) ----
+
+    struct Certs {
+        dir: PathBuf,
+    }
+
+    impl Certs {
+        fn path(&self, f: &str) -> PathBuf {
+            self.dir.join(f)
+        }
+        fn read(&self, f: &str) -> Vec<u8> {
+            std::fs::read(self.path(f)).unwrap()
+        }
+    }
+
+    fn openssl(dir: &std::path::Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// ca1 + srv1 (localhost, 127.0.0.1, signed by ca1); ca2 + srv2 (the same names, by ca2).
+    fn certs() -> &'static Certs {
+        static C: OnceLock<Certs> = OnceLock::new();
+        C.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("modem-sim-certs-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("ext.cnf"),
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+            )
+            .unwrap();
+            for n in ["1", "2"] {
+                let (ca, cakey, key, csr, srv) = (
+                    format!("ca{n}.pem"),
+                    format!("ca{n}.key"),
+                    format!("srv{n}.key"),
+                    format!("srv{n}.csr"),
+                    format!("srv{n}.pem"),
+                );
+                let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+                let subj = format!("/CN=Sim Test CA {n}");
+                let mut a = vec!["req", "-x509"];
+                a.extend(ec);
+                a.extend(["-keyout", &cakey, "-out", &ca, "-days", "30", "-subj", &subj]);
+                a.extend([
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ]);
+                openssl(&dir, &a);
+                let mut a = vec!["req"];
+                a.extend(ec);
+                a.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
+                openssl(&dir, &a);
+                openssl(
+                    &dir,
+                    &[
+                        "x509",
+                        "-req",
+                        "-in",
+                        &csr,
+                        "-CA",
+                        &ca,
+                        "-CAkey",
+                        &cakey,
+                        "-CAcreateserial",
+                        "-out",
+                        &srv,
+                        "-days",
+                        "30",
+                        "-extfile",
+                        "ext.cnf",
+                    ],
+                );
+            }
+            Certs { dir }
+        })
+    }
+
+    fn server_config(n: &str) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let c = certs();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(c.path(&format!("srv{n}.pem"))).unwrap().map(|c| c.unwrap()).collect();
+        let key = PrivateKeyDer::from_pem_file(c.path(&format!("srv{n}.key"))).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Arc::new(cfg)
+    }
+
+    // ---- far-end servers (std threads) ----
+
+    trait Rw: Read + Write + Send {}
+    impl<T: Read + Write + Send> Rw for T {}
+
+    /// Accepts connections; each (after the TLS handshake, when `tls`) goes to `f` with the SNI
+    /// the client sent.
+    fn serve(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        f: impl Fn(Box<dyn Rw>, Option<String>) + Send + Sync + 'static,
+    ) -> u16 {
+        let l = StdListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let f = Arc::new(f);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let (tls, f) = (tls.clone(), f.clone());
+                std::thread::spawn(move || match tls {
+                    None => f(Box::new(s), None),
+                    Some(cfg) => {
+                        let mut conn = rustls::ServerConnection::new(cfg).unwrap();
+                        while conn.is_handshaking() {
+                            if conn.complete_io(&mut s).is_err() {
+                                return;
+                            }
+                        }
+                        let sni = conn.server_name().map(str::to_string);
+                        f(Box::new(rustls::StreamOwned::new(conn, s)), sni)
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn echo(mut s: Box<dyn Rw>) {
+        let mut b = [0u8; 4096];
+        while let Ok(n) = s.read(&mut b) {
+            if n == 0 || s.write_all(&b[..n]).and_then(|_| s.flush()).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// An HTTP server answering every GET with `status` and `body` (after `delay_ms`).
+    fn http(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        status: u16,
+        body: Vec<u8>,
+        delay_ms: u64,
+    ) -> (u16, smpsc::Receiver<String>) {
+        let (tx, rx) = smpsc::channel();
+        let tx = Mutex::new(tx);
+        let port = serve(tls, move |mut s, _| {
+            let mut req = Vec::new();
+            let mut b = [0u8; 1];
+            while !req.ends_with(b"\r\n\r\n") {
+                if s.read(&mut b).unwrap_or(0) == 0 {
+                    return;
+                }
+                req.push(b[0]);
+            }
+            let _ = tx.lock().unwrap().send(String::from_utf8_lossy(&req).to_string());
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+            let _ = s.flush();
+        });
+        (port, rx)
+    }
+
+    // ---- the device side ----
+
+    fn is_urc(l: &str) -> bool {
+        ["+QIURC:", "+QSSLURC:", "+QIOPEN:", "+QSSLOPEN:", "+QIND:"].iter().any(|p| l.starts_with(p)) || l == "RDY"
+    }
+
+    struct Dev {
+        s: std::net::TcpStream,
+        buf: Vec<u8>,
+        urcs: Vec<String>,
+    }
+
+    impl Dev {
+        fn new(sim: &ModemSim) -> Dev {
+            let s = std::net::TcpStream::connect(("127.0.0.1", sim.port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut d = Dev { s, buf: Vec::new(), urcs: Vec::new() };
+            assert_eq!(d.cmd("ATE0"), ["ATE0", "OK"]);
+            assert_eq!(d.cmd("AT+QIACT=1"), ["OK"]);
+            d
+        }
+
+        fn fill(&mut self) {
+            let mut b = [0u8; 4096];
+            let n = self.s.read(&mut b).expect("nothing from the sim in 20 s");
+            assert!(n > 0, "the sim closed the UART");
+            self.buf.extend_from_slice(&b[..n]);
+        }
+
+        fn raw(&mut self, n: usize) -> Vec<u8> {
+            while self.buf.len() < n {
+                self.fill();
+            }
+            self.buf.drain(..n).collect()
+        }
+
+        /// The next line (leading CR/LF skipped), or "> " for the send prompt.
+        fn line(&mut self) -> String {
+            loop {
+                let skip = self.buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                self.buf.drain(..skip);
+                if self.buf.starts_with(b"> ") {
+                    self.buf.drain(..2);
+                    return "> ".into();
+                }
+                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    let l = String::from_utf8_lossy(&self.buf[..i]).to_string();
+                    self.buf.drain(..i + 2);
+                    return l;
+                }
+                self.fill();
+            }
+        }
+
+        fn write(&mut self, b: &[u8]) {
+            self.s.write_all(b).unwrap();
+        }
+
+        /// A command and its response lines up to the final result (URCs set aside).
+        fn cmd(&mut self, c: &str) -> Vec<String> {
+            self.write(format!("{c}\r").as_bytes());
+            let mut out = Vec::new();
+            loop {
+                let l = self.line();
+                if is_urc(&l) {
+                    self.urcs.push(l);
+                    continue;
+                }
+                let fin = l == "OK" || l == "ERROR" || l.starts_with("+CME ERROR");
+                out.push(l);
+                if fin {
+                    return out;
+                }
+            }
+        }
+
+        /// Waits for a URC starting with `want` (URCs before it stay aside).
+        fn urc(&mut self, want: &str) -> String {
+            loop {
+                if let Some(i) = self.urcs.iter().position(|u| u.starts_with(want)) {
+                    return self.urcs.remove(i);
+                }
+                let l = self.line();
+                assert!(is_urc(&l), "unexpected {l:?} while waiting for {want:?}");
+                self.urcs.push(l);
+            }
+        }
+
+        /// Lets URCs already sent arrive (an AT round trip).
+        fn sync(&mut self) {
+            assert_eq!(self.cmd("AT"), ["OK"]);
+        }
+
+        fn upload(&mut self, name: &str, data: &[u8]) {
+            self.write(format!("AT+QFUPL=\"{name}\",{}\r", data.len()).as_bytes());
+            assert_eq!(self.line(), "CONNECT");
+            self.write(data);
+            let r = self.cmd("");
+            assert!(r[0].starts_with("+QFUPL: ") && r[1] == "OK", "{r:?}");
+        }
+
+        /// AT+QIRD / AT+QSSLRECV, checking the framing byte for byte.
+        fn read(&mut self, tls: bool, id: u8, len: usize) -> Option<Vec<u8>> {
+            let (c, r) = if tls { ("AT+QSSLRECV", "+QSSLRECV: ") } else { ("AT+QIRD", "+QIRD: ") };
+            self.write(format!("{c}={id},{len}\r").as_bytes());
+            loop {
+                let l = self.line();
+                if is_urc(&l) {
+                    self.urcs.push(l);
+                    continue;
+                }
+                if l == "ERROR" {
+                    return None;
+                }
+                let n: usize = l.strip_prefix(r).unwrap_or_else(|| panic!("{l:?}")).parse().unwrap();
+                let data = self.raw(n);
+                let tail: &[u8] = if n == 0 { b"\r\nOK\r\n" } else { b"\r\n\r\nOK\r\n" };
+                assert_eq!(self.raw(tail.len()), tail, "the end of {c}");
+                return Some(data);
+            }
+        }
+
+        /// Everything buffered, by reads of `chunk`.
+        fn read_all(&mut self, tls: bool, id: u8) -> Vec<u8> {
+            let mut all = Vec::new();
+            loop {
+                let d = self.read(tls, id, 1500).expect("socket open");
+                if d.is_empty() {
+                    return all;
+                }
+                all.extend(d);
+            }
+        }
+
+        /// AT+QISEND / AT+QSSLSEND: the result line right after the data.
+        fn send(&mut self, tls: bool, id: u8, data: &[u8]) -> String {
+            let c = if tls { "AT+QSSLSEND" } else { "AT+QISEND" };
+            self.write(format!("{c}={id},{}\r", data.len()).as_bytes());
+            loop {
+                let l = self.line();
+                if is_urc(&l) {
+                    self.urcs.push(l);
+                    continue;
+                }
+                if l == "ERROR" {
+                    return l;
+                }
+                assert_eq!(l, "> ");
+                break;
+            }
+            self.write(data);
+            let l = self.line();
+            assert!(l == "SEND OK" || l == "SEND FAIL", "{l:?} right after the data");
+            l
+        }
+
+        /// Reads `id` until `want` bytes came, waiting for recv URCs.
+        fn read_n(&mut self, tls: bool, id: u8, want: usize) -> Vec<u8> {
+            let tag = if tls { "+QSSLURC: \"recv\"" } else { "+QIURC: \"recv\"" };
+            let mut all = Vec::new();
+            while all.len() < want {
+                let d = self.read_all(tls, id);
+                if d.is_empty() {
+                    self.urc(&format!("{tag},{id}"));
+                }
+                all.extend(d);
+            }
+            all
+        }
+
+        fn ssl_ctx(&mut self, ctx: u8, ca: &[u8], sni: bool) {
+            let name = format!("UFS:ca{ctx}.pem");
+            self.upload(&name, ca);
+            assert_eq!(self.cmd(&format!("AT+QSSLCFG=\"seclevel\",{ctx},1")), ["OK"]);
+            assert_eq!(self.cmd(&format!("AT+QSSLCFG=\"cacert\",{ctx},\"{name}\"")), ["OK"]);
+            assert_eq!(self.cmd(&format!("AT+QSSLCFG=\"sni\",{ctx},{}", sni as u8)), ["OK"]);
+            assert_eq!(self.cmd(&format!("AT+QSSLCFG=\"sslversion\",{ctx},4")), ["OK"]);
+        }
+    }
+
+    fn sim(o: SimOptions) -> ModemSim {
+        ModemSim::start(o).unwrap()
+    }
+
+    #[test]
+    fn tcp_and_ssl_sockets_at_once() {
+        let tcp = serve(None, |s, _| echo(s));
+        let ssl = serve(Some(server_config("1")), |s, _| echo(s));
+        let m = sim(SimOptions::default());
+        let mut d = Dev::new(&m);
+        d.ssl_ctx(1, &certs().read("ca1.pem"), true);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{tcp},0,0")), ["OK"]);
+        assert_eq!(d.cmd(&format!("AT+QSSLOPEN=1,1,1,\"localhost\",{ssl},0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 0,"), "+QIOPEN: 0,0");
+        assert_eq!(d.urc("+QSSLOPEN: 1,"), "+QSSLOPEN: 1,0");
+        let tricky = b"a\r\nOK\r\n\r\n+QIRD: 5\r\nERROR\r\nz".to_vec();
+        for round in 0..5u8 {
+            let t: Vec<u8> = [tricky.clone(), vec![round; 1000]].concat();
+            let s: Vec<u8> = [b"ssl ".to_vec(), vec![b'0' + round; 1400], tricky.clone()].concat();
+            assert_eq!(d.send(false, 0, &t), "SEND OK");
+            assert_eq!(d.send(true, 1, &s), "SEND OK");
+            assert_eq!(d.read_n(true, 1, s.len()), s);
+            assert_eq!(d.read_n(false, 0, t.len()), t);
+        }
+        // Kinds do not mix: QIRD of the SSL socket, QSSLSEND of the TCP one.
+        assert_eq!(d.read(false, 1, 10), None);
+        assert_eq!(d.send(true, 0, b"x"), "ERROR");
+        assert_eq!(d.cmd("AT+QSSLCLOSE=1"), ["OK"]);
+        assert_eq!(d.cmd("AT+QICLOSE=0"), ["OK"]);
+        assert_eq!(d.read(false, 0, 10), None);
+        let log = m.log();
+        assert_eq!(log.sockets_opened, 2);
+        assert_eq!(log.rd_bytes[&0], 5 * (tricky.len() as u64 + 1000));
+        assert_eq!(log.rd_bytes[&1], 5 * (tricky.len() as u64 + 1404));
+        assert!(log.urcs.iter().any(|u| u == "+QSSLURC: \"recv\",1"), "{:?}", log.urcs);
+    }
+
+    #[test]
+    fn recv_urc_once_until_drained() {
+        let tcp = serve(None, |s, _| echo(s));
+        let m = sim(SimOptions::default());
+        let mut d = Dev::new(&m);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,3,\"TCP\",\"localhost\",{tcp},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 3,"), "+QIOPEN: 3,0");
+        assert_eq!(d.read(false, 3, 100), Some(vec![]));
+        assert_eq!(d.send(false, 3, b"0123456789"), "SEND OK");
+        d.urc("+QIURC: \"recv\",3");
+        assert_eq!(d.send(false, 3, b"abcdefghij"), "SEND OK");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(d.read(false, 3, 5), Some(b"01234".to_vec()));
+        d.sync();
+        std::thread::sleep(Duration::from_millis(200));
+        d.sync();
+        assert!(d.urcs.is_empty(), "a second recv URC before the buffer was drained: {:?}", d.urcs);
+        assert_eq!(d.read(false, 3, 1500), Some(b"56789abcdefghij".to_vec()));
+        assert_eq!(d.read(false, 3, 1500), Some(vec![]));
+        assert_eq!(d.send(false, 3, b"again"), "SEND OK");
+        assert_eq!(d.urc("+QIURC: \"recv\""), "+QIURC: \"recv\",3");
+        assert_eq!(d.read(false, 3, 1500), Some(b"again".to_vec()));
+        // Bad lengths and ids.
+        assert_eq!(d.read(false, 3, 0), None);
+        assert_eq!(d.read(false, 3, 1501), None);
+        assert_eq!(d.send(false, 3, &[0u8; 1461]), "ERROR");
+        assert_eq!(d.cmd("AT+QIOPEN=1,12,\"TCP\",\"127.0.0.1\",1,0,0"), ["ERROR"]);
+        let recvs = m.log().urcs.iter().filter(|u| u.starts_with("+QIURC: \"recv\"")).count();
+        assert_eq!(recvs, 2);
+    }
+
+    #[test]
+    fn closed_urc_then_remaining_data_and_errors() {
+        let bye = serve(None, |mut s, _| {
+            let _ = s.write_all(b"last words\r\nOK\r\n");
+        });
+        let m = sim(SimOptions::default());
+        let mut d = Dev::new(&m);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,5,\"TCP\",\"127.0.0.1\",{bye},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 5,"), "+QIOPEN: 5,0");
+        d.urc("+QIURC: \"recv\",5");
+        assert_eq!(d.urc("+QIURC: \"closed\""), "+QIURC: \"closed\",5");
+        assert_eq!(d.read(false, 5, 4), Some(b"last".to_vec()));
+        assert_eq!(d.read(false, 5, 1500), Some(b" words\r\nOK\r\n".to_vec()));
+        assert_eq!(d.read(false, 5, 1500), Some(vec![]));
+        assert_eq!(d.send(false, 5, b"hello?"), "SEND FAIL");
+        // Still in use until closed.
+        assert_eq!(d.cmd(&format!("AT+QSSLOPEN=1,1,5,\"127.0.0.1\",{bye},0")), ["OK"]);
+        assert_eq!(d.urc("+QSSLOPEN: 5,"), "+QSSLOPEN: 5,563");
+        assert_eq!(d.cmd("AT+QICLOSE=5"), ["OK"]);
+        assert_eq!(d.cmd("AT+QICLOSE=5"), ["OK"]);
+        assert_eq!(d.cmd("AT+QSSLCLOSE=9"), ["OK"]);
+        assert_eq!(d.read(false, 5, 10), None);
+        assert_eq!(d.send(false, 5, b"x"), "ERROR");
+        // Reusable; one closed URC per socket.
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,5,\"TCP\",\"127.0.0.1\",{bye},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 5,"), "+QIOPEN: 5,0");
+        d.urc("+QIURC: \"closed\",5");
+        assert_eq!(d.read_all(false, 5), b"last words\r\nOK\r\n");
+        d.sync();
+        assert_eq!(m.log().urcs.iter().filter(|u| u.contains("closed")).count(), 2);
+        // Nobody listening: 566; not 127.0.0.1: ERROR; without a PDP context: ERROR.
+        let dead = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,2,\"TCP\",\"127.0.0.1\",{dead},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 2,"), "+QIOPEN: 2,566");
+        assert_eq!(d.read(false, 2, 10), None);
+        assert_eq!(d.cmd("AT+QIOPEN=1,2,\"TCP\",\"10.1.2.3\",80,0,0"), ["ERROR"]);
+        let mut d2 = Dev { s: std::net::TcpStream::connect(("127.0.0.1", m.port)).unwrap(), buf: vec![], urcs: vec![] };
+        assert_eq!(d2.cmd("ATE0"), ["ATE0", "OK"]);
+        assert_eq!(d2.cmd(&format!("AT+QIOPEN=1,2,\"TCP\",\"127.0.0.1\",{bye},0,0")), ["ERROR"]);
+    }
+
+    #[test]
+    fn ssl_server_not_covered_by_the_ca() {
+        let other = serve(Some(server_config("2")), |s, _| echo(s));
+        let good = serve(Some(server_config("1")), |s, _| echo(s));
+        let m = sim(SimOptions::default());
+        let mut d = Dev::new(&m);
+        // Context 3 has no CA yet, then ca1 (which does not cover srv2).
+        assert_eq!(d.cmd(&format!("AT+QSSLOPEN=1,3,0,\"localhost\",{good},0")), ["OK"]);
+        assert_eq!(d.urc("+QSSLOPEN: 0,"), "+QSSLOPEN: 0,-1");
+        d.ssl_ctx(3, &certs().read("ca1.pem"), false);
+        assert_eq!(d.cmd(&format!("AT+QSSLOPEN=1,3,0,\"localhost\",{other},0")), ["OK"]);
+        assert_eq!(d.urc("+QSSLOPEN: 0,"), "+QSSLOPEN: 0,-1");
+        assert_eq!(d.read(true, 0, 10), None);
+        // The id is free again after a failed open; the right server works on the same context.
+        assert_eq!(d.cmd(&format!("AT+QSSLOPEN=1,3,0,\"127.0.0.1\",{good},0")), ["OK"]);
+        assert_eq!(d.urc("+QSSLOPEN: 0,"), "+QSSLOPEN: 0,0");
+        assert_eq!(d.send(true, 0, b"ping"), "SEND OK");
+        assert_eq!(d.read_n(true, 0, 4), b"ping");
+        assert_eq!(m.log().sockets_opened, 1);
+    }
+
+    #[test]
+    fn ssl_sni_per_context() {
+        let (tx, rx) = smpsc::channel();
+        let tx = Mutex::new(tx);
+        let srv = serve(Some(server_config("1")), move |s, sni| {
+            let _ = tx.lock().unwrap().send(sni);
+            echo(s)
+        });
+        let m = sim(SimOptions::default());
+        let mut d = Dev::new(&m);
+        let ca = certs().read("ca1.pem");
+        d.ssl_ctx(1, &ca, true);
+        d.ssl_ctx(4, &ca, false);
+        assert_eq!(d.cmd(&format!("AT+QSSLOPEN=1,1,0,\"localhost\",{srv},0")), ["OK"]);
+        assert_eq!(d.urc("+QSSLOPEN: 0,"), "+QSSLOPEN: 0,0");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().as_deref(), Some("localhost"));
+        assert_eq!(d.cmd(&format!("AT+QSSLOPEN=1,4,1,\"localhost\",{srv},0")), ["OK"]);
+        assert_eq!(d.urc("+QSSLOPEN: 1,"), "+QSSLOPEN: 1,0");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), None);
+        assert_eq!(d.send(true, 1, b"no sni"), "SEND OK");
+        assert_eq!(d.read_n(true, 1, 6), b"no sni");
+    }
+
+    #[test]
+    fn qgmr_ati_and_slow_module() {
+        let m = sim(SimOptions::default());
+        let mut d = Dev::new(&m);
+        assert_eq!(d.cmd("AT+QGMR"), ["EC200UCNAAR03A01M08", "OK"]);
+        assert_eq!(d.cmd("ATI"), ["Quectel", "EC200U", "Revision: EC200UCNAAR03A01M08", "OK"]);
+        let m = sim(SimOptions { qgmr: "BG95M3LAR02A03".into(), slow_ms: 150, ..Default::default() });
+        let mut d = Dev::new(&m);
+        let t0 = std::time::Instant::now();
+        assert_eq!(d.cmd("AT+QGMR"), ["BG95M3LAR02A03", "OK"]);
+        assert!(t0.elapsed() >= Duration::from_millis(150), "{:?}", t0.elapsed());
+    }
+
+    fn fota_urcs_until_end(d: &mut Dev) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let u = d.urc("+QIND: \"FOTA\"");
+            let end = u.contains("\"END\"") || (u.contains("HTTPEND") && !u.ends_with(",0"));
+            seen.push(u);
+            if end {
+                return seen;
+            }
+        }
+    }
+
+    #[test]
+    fn fota_success_over_https_restarts_the_module() {
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+        let (web, reqs) = http(Some(server_config("1")), 200, fota_package("NEWVER", &payload), 0);
+        let tcp = serve(None, |s, _| echo(s));
+        let m = sim(SimOptions::default());
+        let mut d = Dev::new(&m);
+        d.ssl_ctx(2, &certs().read("ca1.pem"), true);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{tcp},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 0,"), "+QIOPEN: 0,0");
+        assert_eq!(d.cmd(&format!("AT+QFOTADL=\"https://localhost:{web}/fw/module.bin\"")), ["OK"]);
+        // A second one while it runs.
+        assert_eq!(d.cmd(&format!("AT+QFOTADL=\"https://localhost:{web}/fw/module.bin\"")), ["ERROR"]);
+        let seen = fota_urcs_until_end(&mut d);
+        let mut want = vec!["+QIND: \"FOTA\",\"HTTPSTART\"".to_string()];
+        want.extend((1..=10).map(|p| format!("+QIND: \"FOTA\",\"DOWNLOADING\",{}", p * 10)));
+        want.push("+QIND: \"FOTA\",\"HTTPEND\",0".into());
+        want.push("+QIND: \"FOTA\",\"START\"".into());
+        want.extend((1..=10).map(|p| format!("+QIND: \"FOTA\",\"UPDATING\",{}", p * 10)));
+        want.push("+QIND: \"FOTA\",\"END\",0".into());
+        assert_eq!(seen, want);
+        let req = reqs.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(req.starts_with("GET /fw/module.bin HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.contains(&format!("\r\nHost: localhost:{web}\r\n")) && req.contains("\r\nConnection: close\r\n"),
+            "{req}"
+        );
+        assert_eq!(d.urc("RDY"), "RDY");
+        // Restarted: echo on, no PDP context, no sockets, the new version.
+        assert_eq!(d.cmd("AT"), ["AT", "OK"]);
+        assert_eq!(d.cmd("AT+QIACT?"), ["AT+QIACT?", "OK"]);
+        assert_eq!(d.cmd("AT+QGMR"), ["AT+QGMR", "NEWVER", "OK"]);
+        assert_eq!(d.cmd("ATE0"), ["ATE0", "OK"]);
+        assert_eq!(d.read(false, 0, 10), None);
+        assert_eq!(d.cmd("AT+QIACT=1"), ["OK"]);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{tcp},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 0,"), "+QIOPEN: 0,0");
+        // The version outlives the UART connection.
+        let mut d2 = Dev::new(&m);
+        assert_eq!(d2.cmd("AT+QGMR"), ["NEWVER", "OK"]);
+    }
+
+    #[test]
+    fn fota_corrupted_package_keeps_the_module_running() {
+        let mut bad = fota_package("NEWVER", &[1u8; 5000]);
+        bad[100] ^= 1;
+        let (web, _r) = http(None, 200, bad, 0);
+        let tcp = serve(None, |s, _| echo(s));
+        let m = sim(SimOptions::default());
+        let mut d = Dev::new(&m);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{tcp},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 0,"), "+QIOPEN: 0,0");
+        assert_eq!(d.cmd(&format!("AT+QFOTADL=\"http://127.0.0.1:{web}/m.bin\"")), ["OK"]);
+        // The socket keeps working during the FOTA.
+        assert_eq!(d.send(false, 0, b"progress 1"), "SEND OK");
+        let seen = fota_urcs_until_end(&mut d);
+        assert_eq!(seen.last().unwrap(), "+QIND: \"FOTA\",\"END\",504");
+        assert!(
+            seen.contains(&"+QIND: \"FOTA\",\"HTTPEND\",0".to_string()) && !seen.iter().any(|u| u.contains("UPDATING"))
+        );
+        assert_eq!(d.read_n(false, 0, 10), b"progress 1");
+        std::thread::sleep(Duration::from_millis(500));
+        d.sync();
+        assert!(!d.urcs.contains(&"RDY".to_string()), "{:?}", d.urcs);
+        assert_eq!(d.cmd("AT+QGMR"), ["EC200UCNAAR03A01M08", "OK"]);
+        assert_eq!(d.send(false, 0, b"still up"), "SEND OK");
+        assert_eq!(d.read_n(false, 0, 8), b"still up");
+        // A package for another current version: 510.
+        let (web, _r) = http(None, 200, fota_package_from("NEWVER", "EC200UCNAAR03A01M07", b"x"), 0);
+        assert_eq!(d.cmd(&format!("AT+QFOTADL=\"http://127.0.0.1:{web}/m.bin\"")), ["OK"]);
+        assert_eq!(fota_urcs_until_end(&mut d).last().unwrap(), "+QIND: \"FOTA\",\"END\",510");
+        assert_eq!(d.cmd("AT+QGMR"), ["EC200UCNAAR03A01M08", "OK"]);
+    }
+
+    #[test]
+    fn fota_refusals_and_http_errors() {
+        let (nf, _r) = http(None, 404, b"not here".to_vec(), 300);
+        let m = sim(SimOptions::default());
+        let mut d = Dev::new(&m);
+        let long = format!("http://127.0.0.1:{nf}/{}", "a".repeat(255));
+        assert_eq!(d.cmd(&format!("AT+QFOTADL=\"{long}\"")), ["ERROR"]);
+        assert_eq!(d.cmd("AT+QFOTADL=\"ftp://127.0.0.1/x\""), ["ERROR"]);
+        assert_eq!(d.cmd(&format!("AT+QFOTADL=\"http://127.0.0.1:{nf}/x\"")), ["OK"]);
+        assert_eq!(d.cmd(&format!("AT+QFOTADL=\"http://127.0.0.1:{nf}/x\"")), ["ERROR"]);
+        assert_eq!(fota_urcs_until_end(&mut d), ["+QIND: \"FOTA\",\"HTTPSTART\"", "+QIND: \"FOTA\",\"HTTPEND\",704"]);
+        let dead = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert_eq!(d.cmd(&format!("AT+QFOTADL=\"http://127.0.0.1:{dead}/x\"")), ["OK"]);
+        assert_eq!(fota_urcs_until_end(&mut d).last().unwrap(), "+QIND: \"FOTA\",\"HTTPEND\",716");
+        assert_eq!(d.cmd("AT+QFOTADL=\"http://example.com/x\""), ["OK"]);
+        assert_eq!(fota_urcs_until_end(&mut d).last().unwrap(), "+QIND: \"FOTA\",\"HTTPEND\",711");
+        // https with context 2 not configured.
+        let (web, _r) = http(Some(server_config("1")), 200, fota_package("V", b""), 0);
+        assert_eq!(d.cmd(&format!("AT+QFOTADL=\"https://127.0.0.1:{web}/x\"")), ["OK"]);
+        assert_eq!(fota_urcs_until_end(&mut d).last().unwrap(), "+QIND: \"FOTA\",\"HTTPEND\",701");
+        assert_eq!(d.cmd("AT+QGMR"), ["EC200UCNAAR03A01M08", "OK"]);
+        let m = sim(SimOptions { fota_refuse: true, ..Default::default() });
+        let mut d = Dev::new(&m);
+        assert_eq!(d.cmd(&format!("AT+QFOTADL=\"http://127.0.0.1:{nf}/x\"")), ["ERROR"]);
+    }
+
+    #[test]
+    fn drop_socket_after_cuts_the_far_end() {
+        let big = serve(None, |mut s, _| {
+            let _ = s.write_all(&[7u8; 5000]);
+            std::thread::sleep(Duration::from_secs(5));
+        });
+        let m = sim(SimOptions { drop_socket_after: Some((1, 1000)), ..Default::default() });
+        let mut d = Dev::new(&m);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,1,\"TCP\",\"127.0.0.1\",{big},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 1,"), "+QIOPEN: 1,0");
+        d.urc("+QIURC: \"closed\",1");
+        assert_eq!(d.read_all(false, 1), vec![7u8; 1000]);
+        assert_eq!(d.send(false, 1, b"x"), "SEND FAIL");
+        assert_eq!(d.cmd("AT+QICLOSE=1"), ["OK"]);
+        // Once per simulator: the next socket 1 gets everything.
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,1,\"TCP\",\"127.0.0.1\",{big},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 1,"), "+QIOPEN: 1,0");
+        assert_eq!(d.read_n(false, 1, 5000), vec![7u8; 5000]);
+        assert_eq!(m.log().rd_bytes[&1], 6000);
+    }
+
+    #[test]
+    fn backpressure_caps_the_buffer() {
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let s2 = sent.clone();
+        let flood = serve(None, move |mut s, _| {
+            let chunk = [3u8; 4096];
+            for _ in 0..64 {
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+                s2.fetch_add(chunk.len(), Ordering::SeqCst);
+            }
+        });
+        let m = sim(SimOptions::default());
+        let mut d = Dev::new(&m);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{flood},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 0,"), "+QIOPEN: 0,0");
+        d.urc("+QIURC: \"recv\",0");
+        std::thread::sleep(Duration::from_millis(500));
+        // 256 KiB offered; the socket holds 64 KiB (plus what the kernel buffers hold).
+        assert!(sent.load(Ordering::SeqCst) < 256 * 1024, "the far end was read without limit");
+        let all = d.read_n(false, 0, 256 * 1024);
+        assert_eq!(all.len(), 256 * 1024);
+        assert!(all.iter().all(|&b| b == 3));
+    }
+}
