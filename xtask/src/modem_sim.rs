@@ -30,7 +30,8 @@
 //! AT+QISEND=<id>,<len> / AT+QSSLSEND=<id>,<len>    (len 1..1460)
 //!   -> \r\n> , then exactly len raw bytes from the device (they start right after the `\r`
 //!      ending the command, once the prompt is seen), then \r\nSEND OK\r\n, or \r\nSEND FAIL\r\n
-//!      when the far end has closed; \r\nERROR\r\n (no prompt) when not open
+//!      when the far end has closed (or does not take the data within 10 s);
+//!      \r\nERROR\r\n (no prompt) when not open
 //! AT+QICLOSE=<id> / AT+QSSLCLOSE=<id>              -> OK (either closes a socket of either kind;
 //!                                                 closing a closed or unknown id is OK too)
 //! ```
@@ -38,14 +39,15 @@
 //! SSL contexts 0..5 each have `AT+QSSLCFG="seclevel",<ctx>,<0|1|2>`, `"cacert",<ctx>,"<file>"`,
 //! `"sni",<ctx>,<0|1>` (default 0); other settings (`sslversion`, `ciphersuite`, ...) answer OK
 //! and are ignored. The server is always verified (seclevel >= 1 required) against the context's
-//! CA file and the `<host>` of the command; SNI is sent only when the context's sni is 1.
+//! CA file and the `<host>` of the command; SNI is sent only when the context's sni is 1 (and
+//! never for an IP host such as 127.0.0.1, as TLS requires).
 //! Data from the far end is buffered per socket up to 64 KiB; while full the far end is not read.
 //! URCs are only written between responses.
 //!
 //! **Module firmware**: `AT+QGMR` -> `\r\n<version>\r\n\r\nOK\r\n` (initially
 //! [`SimOptions::qgmr`]); `ATI` -> `Quectel`, `EC200U`, `Revision: <version>`, `OK`.
-//! `AT+QFOTADL="<url>"` (http:// or https://, at most 255 characters, PDP context active, no FOTA
-//! running, not [`SimOptions::fota_refuse`]; else ERROR) -> OK, then
+//! `AT+QFOTADL="<url>"` (http:// or https://, at most 255 characters, no FOTA running, not
+//! [`SimOptions::fota_refuse`]; else ERROR) -> OK, then
 //!
 //! ```text
 //! +QIND: "FOTA","HTTPSTART"
@@ -717,7 +719,7 @@ impl Session {
         let url = arg.strip_prefix('"').and_then(|u| u.strip_suffix('"')).context("the URL is quoted")?;
         anyhow::ensure!(url.len() <= 255, "URL longer than 255");
         anyhow::ensure!(url.starts_with("http://") || url.starts_with("https://"), "http(s) only");
-        anyhow::ensure!(!self.fota && !self.o.fota_refuse && self.active, "FOTA refused");
+        anyhow::ensure!(!self.fota && !self.o.fota_refuse, "FOTA refused");
         let tls = url.starts_with("https://").then(|| self.tls_config(2).ok());
         let current = self.module.version.lock().unwrap().clone();
         self.fota = true;
