@@ -11,11 +11,11 @@
 
 use crate::driver::{Clock, Http, Link, Module, ModuleNews};
 use crate::modem::{FotaUrc, Modem, ModemConfig, ModemError, Shared, Socket, DOWNLOAD, MQTT, SEND_MAX};
-use shared::ota::{ModuleError, ModulePhase};
 use core::fmt::Write as _;
 use embedded_io_async::{Read, Write};
 use heapless::String;
 use shared::ota::HttpError;
+use shared::ota::{ModuleError, ModulePhase};
 use shared::time::{Duration, Instant};
 
 /// The response head we keep (OSS sends some 15 headers, under 1 KiB).
@@ -219,13 +219,15 @@ pub struct ModemModule<'a, U, C> {
     modem: &'a Shared<U>,
     clock: &'a C,
     name: &'a str,
+    /// The download CA bundle (the module's FOTA client fetches over SSL context 2 too).
+    ca: &'a [u8],
     /// An update was handed over and has not ended.
     updating: bool,
 }
 
 impl<'a, U: Read + Write, C: Clock> ModemModule<'a, U, C> {
-    pub fn new(modem: &'a Shared<U>, clock: &'a C, name: &'a str) -> Self {
-        ModemModule { modem, clock, name, updating: false }
+    pub fn new(modem: &'a Shared<U>, clock: &'a C, name: &'a str, ca: &'a [u8]) -> Self {
+        ModemModule { modem, clock, name, ca, updating: false }
     }
 
     /// What a URC means for the update (`None`: nothing to tell).
@@ -272,7 +274,12 @@ impl<U: Read + Write, C: Clock> Module for ModemModule<'_, U, C> {
     }
     async fn update(&mut self, url: &str) -> Result<(), ()> {
         let mut m = self.modem.lock().await;
-        match m.start_fota(self.clock, url).await {
+        let ready = if url.starts_with("https") { m.download_context(self.clock, self.ca).await } else { Ok(()) };
+        let started = match ready {
+            Ok(()) => m.start_fota(self.clock, url).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(()) => {
                 self.updating = true;
                 Ok(())
@@ -307,9 +314,13 @@ impl<U: Read + Write, C: Clock> Module for ModemModule<'_, U, C> {
                     return core::future::pending().await;
                 }
                 // Errors of the UART show in the MQTT session; here they only end a step.
-                if m.step(self.clock, None).await.is_err() {
-                    drop(m);
-                    return core::future::pending().await;
+                let slice = self.clock.now() + crate::modem::SLICE;
+                match m.step(self.clock, Some(slice)).await {
+                    Ok(()) | Err(ModemError::Timeout(_)) => {}
+                    Err(_) => {
+                        drop(m);
+                        return core::future::pending().await;
+                    }
                 }
             }
             embassy_futures::yield_now().await;
@@ -342,7 +353,12 @@ mod tests {
         let oss = "https://iotx-ota.oss-cn-shanghai.aliyuncs.com/ota/a/b.bin?Expires=1&OSSAccessKeyId=k&Signature=s%2B";
         assert_eq!(
             split_url(oss),
-            Some((true, "iotx-ota.oss-cn-shanghai.aliyuncs.com", 443, "/ota/a/b.bin?Expires=1&OSSAccessKeyId=k&Signature=s%2B"))
+            Some((
+                true,
+                "iotx-ota.oss-cn-shanghai.aliyuncs.com",
+                443,
+                "/ota/a/b.bin?Expires=1&OSSAccessKeyId=k&Signature=s%2B"
+            ))
         );
         assert_eq!(split_url("http://127.0.0.1:8080/f"), Some((false, "127.0.0.1", 8080, "/f")));
         assert_eq!(split_url("https://h"), Some((true, "h", 443, "/")));

@@ -119,7 +119,7 @@ where
         layout: b.layout,
         link: &mut link,
         http: &mut ModemHttp::new(modem, b.clock, crate::DOWNLOAD_CA),
-        module: &mut ModemModule::new(modem, b.clock, MODEM_MODULE),
+        module: &mut ModemModule::new(modem, b.clock, MODEM_MODULE, crate::DOWNLOAD_CA),
         clock: b.clock,
         self_test: b.self_test,
         say: b.say,

@@ -76,7 +76,8 @@ pub trait Module {
     async fn next(&mut self) -> ModuleNews;
 }
 
-/// A board without such a part.
+/// A board without such a part (the host device without `modem`).
+#[cfg_attr(target_os = "none", allow(dead_code))]
 pub struct NoModule;
 
 impl Module for NoModule {
@@ -490,7 +491,8 @@ impl<H: Http, M: Module, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, M, C, D
                 return End::Reset;
             }
             let wake = self.m.poll_timeout().map_or(next_ping, |t| t.min(next_ping));
-            let next = select4(mqtt.next(), clock.sleep_until(wake), self.http.read(self.body), self.module.next()).await;
+            let next =
+                select4(mqtt.next(), clock.sleep_until(wake), self.http.read(self.body), self.module.next()).await;
             last = Last::None;
             let now = clock.now();
             match next {

@@ -38,10 +38,10 @@ pub fn root_ca(port: u16) -> &'static [u8] {
 
 #[cfg(all(target_os = "none", feature = "attack"))]
 mod attack;
-#[cfg(target_os = "none")]
-mod device;
 #[cfg(any(target_os = "none", feature = "host"))]
 mod cellular;
+#[cfg(target_os = "none")]
+mod device;
 mod driver;
 mod modem;
 mod mqtt;

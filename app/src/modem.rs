@@ -60,6 +60,9 @@ const RX: usize = 256;
 /// One command line (the longest: `AT+QFOTADL="<255-byte URL>"`).
 const CMD: usize = 300;
 
+/// The longest a user of the shared modem holds it while waiting for the UART.
+pub const SLICE: Duration = Duration::from_millis(50);
+
 /// The modem shared by the MQTT socket, the download and the module-update watcher.
 pub type Shared<U> = Mutex<NoopRawMutex, Modem<U>>;
 
@@ -147,10 +150,21 @@ enum SendStage {
 enum Txn {
     Idle,
     /// A command; `want`: the prefix of the answer line to keep (`Some("")`: the first line).
-    Cmd { want: Option<&'static str>, got: bool, internal: bool },
+    Cmd {
+        want: Option<&'static str>,
+        got: bool,
+        internal: bool,
+    },
     /// `AT+QIRD` / `AT+QSSLRECV` of `asked` bytes; `left`: raw bytes still to come.
-    Read { s: usize, asked: usize, left: Option<usize> },
-    Send { s: usize, stage: SendStage },
+    Read {
+        s: usize,
+        asked: usize,
+        left: Option<usize>,
+    },
+    Send {
+        s: usize,
+        stage: SendStage,
+    },
 }
 
 /// One socket as we see it.
@@ -318,8 +332,7 @@ impl<U: Read + Write> Modem<U> {
         }
         cmd.clear();
         write(&mut cmd, format_args!("AT+QSSLCFG=\"cacert\",{ctx},\"{file}\""))?;
-        self.command(clock, &cmd, None, 5000).await
-            .map(|_| ())
+        self.command(clock, &cmd, None, 5000).await.map(|_| ())
     }
 
     /// Sets up SSL context 2 for downloads, verified with `ca` (uploaded once per module start).
@@ -535,6 +548,7 @@ impl<U: Read + Write> Modem<U> {
     }
 
     fn queue(&mut self, cmd: &str) {
+        log::trace!("AT> {}", cmd);
         self.tx.clear();
         self.tx_at = 0;
         // V.25ter: a command ends with S3 (CR) alone.
@@ -638,11 +652,14 @@ impl<U: Read + Write> Modem<U> {
                     continue;
                 }
             }
-            let Some(end) = self.rx[..self.len].iter().position(|&b| b == b'\r' || b == b'\n') else { return };
+            // A line ends with LF (the module sends CR LF; an echo may add a CR): the raw data
+            // of a `+QIRD: <n>` starts right after it.
+            let Some(end) = self.rx[..self.len].iter().position(|&b| b == b'\n') else { return };
             let mut line = [0u8; RX];
-            line[..end].copy_from_slice(&self.rx[..end]);
-            self.consume_raw(end);
-            self.line(&line[..end]);
+            let text = self.rx[..end].iter().rposition(|&b| b != b'\r').map_or(0, |i| i + 1);
+            line[..text].copy_from_slice(&self.rx[..text]);
+            self.consume_raw(end + 1);
+            self.line(&line[..text]);
         }
     }
 
@@ -654,6 +671,7 @@ impl<U: Read + Write> Modem<U> {
     /// One line from the module.
     fn line(&mut self, l: &[u8]) {
         let Ok(l) = core::str::from_utf8(l) else { return };
+        log::trace!("AT< {}", l);
         if let Some(r) = l.strip_prefix("+QIURC: ").or_else(|| l.strip_prefix("+QSSLURC: ")) {
             let mut f = r.split(',');
             match (f.next(), f.next()) {
@@ -921,7 +939,15 @@ impl<U: Read + Write, C: Clock> Socket<'_, U, C> {
                 if let Some(r) = m.take(self.id, out) {
                     return r;
                 }
-                m.step(self.clock, deadline).await?;
+                // A step that waits on the UART holds the modem: it waits a slice at most, so
+                // that another user whose bytes are already here is not kept waiting.
+                let now = self.clock.now();
+                let slice = now + SLICE;
+                match m.step(self.clock, Some(deadline.map_or(slice, |d| d.min(slice)))).await {
+                    Ok(()) => {}
+                    Err(ModemError::Timeout(_)) if deadline.is_none_or(|d| self.clock.now() < d) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             embassy_futures::yield_now().await;
         }

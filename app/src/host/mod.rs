@@ -250,7 +250,7 @@ async fn power_on(
                 },
             };
             let mut http = crate::cellular::ModemHttp::new(&modem, clock, download_ca);
-            let mut module = crate::cellular::ModemModule::new(&modem, clock, &cfg.module_name);
+            let mut module = crate::cellular::ModemModule::new(&modem, clock, &cfg.module_name, download_ca);
             let board =
                 driver::Board { layout, link: &mut link, http: &mut http, module: &mut module, clock, self_test, say };
             driver::run(booted, flashes, board, &settings, &mut machine, bufs).await

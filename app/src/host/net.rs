@@ -1,8 +1,8 @@
 //! The host board's transports: MQTT over TCP or TLS (rustls), downloads over HTTP(S) (ureq).
 
 use crate::driver::{Clock, Http};
-use shared::ota::HttpError;
 use embedded_io_adapters::tokio_1::FromTokio;
+use shared::ota::HttpError;
 use shared::time::Instant;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
