@@ -173,7 +173,12 @@ fn settle(
     let out = rig.dev.output();
     let jumps: Vec<&str> = out[from..].lines().filter_map(|l| l.strip_prefix("boot: ")).collect();
     if !good {
-        ensure!(jumps.last().is_some_and(|l| l.contains("last Reverted")), "-1 reported but no revert: {jumps:?}");
+        // The revert boot, then maybe more boots of the old image (a cut that fell after it).
+        let at = jumps.iter().rposition(|l| l.contains("last Reverted"));
+        ensure!(
+            at.is_some_and(|i| jumps[i..].iter().all(|l| l.contains(&format!("jump to {before} ")))),
+            "-1 reported but no revert: {jumps:?}"
+        );
     }
     ensure!(jumps.iter().all(|l| l.starts_with("jump to ")), "a power-on did not boot an image: {jumps:?}");
     let last = jumps.last().and_then(|l| l.strip_prefix("jump to ")).and_then(|l| l.split(' ').next());

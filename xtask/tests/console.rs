@@ -386,8 +386,8 @@ fn a_publish_over_256_kb_closes_the_connection_and_a_newer_login_replaces_an_old
     let first = login(c.mqtt_port, "big", "securemode=3", 60).unwrap();
     let _second = login(c.mqtt_port, "big", "securemode=3", 60).unwrap();
     assert!(first.next(5, |x| matches!(x, rumqttc::Packet::Disconnect)).is_some(), "the older one stays");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(c.with(|e| e.device(&(PK.into(), "big".into())).unwrap().online), "the newer one is online");
+    c.wait(Duration::from_secs(10), "the newer one online", |e| e.device(&(PK.into(), "big".into())).unwrap().online)
+        .expect("the newer one is online");
 }
 
 #[test]
