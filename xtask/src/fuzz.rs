@@ -212,7 +212,9 @@ pub fn write_seeds(dir: &Path) -> Result<()> {
     for (name, frame) in frames()? {
         put("alink_download", &name, &frame)?;
     }
-    put("image_verify", "imgtool-signed", include_bytes!("../../shared/src/testdata/imgtool-signed.bin"))?;
+    // An image signed by imgtool itself (the shared crate's test data).
+    let imgtool = crate::root().join("shared/src/testdata/imgtool-signed.bin");
+    put("image_verify", "imgtool-signed", &std::fs::read(&imgtool).with_context(|| imgtool.display().to_string())?)?;
     put("image_verify", "dev-key-signed", &signed_image(200, 2)?)?;
 
     let rec = {

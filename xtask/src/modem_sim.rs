@@ -1364,20 +1364,25 @@ mod tests {
         fn read(&mut self, tls: bool, id: u8, len: usize) -> Option<Vec<u8>> {
             let (c, r) = if tls { ("AT+QSSLRECV", "+QSSLRECV: ") } else { ("AT+QIRD", "+QIRD: ") };
             self.write(format!("{c}={id},{len}\r").as_bytes());
+            let l = self.answer();
+            if l == "ERROR" {
+                return None;
+            }
+            let n: usize = l.strip_prefix(r).unwrap_or_else(|| panic!("{l:?}")).parse().unwrap();
+            let data = self.raw(n);
+            let tail: &[u8] = if n == 0 { b"\r\nOK\r\n" } else { b"\r\n\r\nOK\r\n" };
+            assert_eq!(self.raw(tail.len()), tail, "the end of {c}");
+            Some(data)
+        }
+
+        /// The next line that is not a URC (URCs met on the way are kept).
+        fn answer(&mut self) -> String {
             loop {
                 let l = self.line();
-                if is_urc(&l) {
-                    self.urcs.push(l);
-                    continue;
+                if !is_urc(&l) {
+                    return l;
                 }
-                if l == "ERROR" {
-                    return None;
-                }
-                let n: usize = l.strip_prefix(r).unwrap_or_else(|| panic!("{l:?}")).parse().unwrap();
-                let data = self.raw(n);
-                let tail: &[u8] = if n == 0 { b"\r\nOK\r\n" } else { b"\r\n\r\nOK\r\n" };
-                assert_eq!(self.raw(tail.len()), tail, "the end of {c}");
-                return Some(data);
+                self.urcs.push(l);
             }
         }
 
@@ -1397,18 +1402,11 @@ mod tests {
         fn send(&mut self, tls: bool, id: u8, data: &[u8]) -> String {
             let c = if tls { "AT+QSSLSEND" } else { "AT+QISEND" };
             self.write(format!("{c}={id},{}\r", data.len()).as_bytes());
-            loop {
-                let l = self.line();
-                if is_urc(&l) {
-                    self.urcs.push(l);
-                    continue;
-                }
-                if l == "ERROR" {
-                    return l;
-                }
-                assert_eq!(l, "> ");
-                break;
+            let l = self.answer();
+            if l == "ERROR" {
+                return l;
             }
+            assert_eq!(l, "> ");
             self.write(data);
             let l = self.line();
             assert!(l == "SEND OK" || l == "SEND FAIL", "{l:?} right after the data");
