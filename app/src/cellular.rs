@@ -36,14 +36,14 @@ pub struct ModemHttp<'a, U, C> {
     /// Body bytes that came with the head: `head[at..at + len]`.
     at: usize,
     len: usize,
-    /// Body bytes still to come (Content-Length).
-    left: u32,
+    /// Body bytes still to come (from the Content-Length; `None`: until the server closes).
+    left: Option<u32>,
     last: Instant,
 }
 
 impl<'a, U: Read + Write, C: Clock> ModemHttp<'a, U, C> {
     pub fn new(modem: &'a Shared<U>, clock: &'a C, ca: &'a [u8]) -> Self {
-        ModemHttp { modem, clock, ca, open: false, head: [0; HEAD], at: 0, len: 0, left: 0, last: clock.now() }
+        ModemHttp { modem, clock, ca, open: false, head: [0; HEAD], at: 0, len: 0, left: None, last: clock.now() }
     }
 
     fn socket(&self) -> Socket<'a, U, C> {
@@ -141,7 +141,7 @@ impl<U: Read + Write, C: Clock> Http for ModemHttp<'_, U, C> {
         }
         self.at = end;
         self.len = got - end;
-        self.left = length.unwrap_or(u32::MAX);
+        self.left = length;
         self.last = self.clock.now();
         Ok((status, length))
     }
@@ -150,10 +150,10 @@ impl<U: Read + Write, C: Clock> Http for ModemHttp<'_, U, C> {
         if !self.open {
             return core::future::pending().await;
         }
-        if self.left == 0 || buf.is_empty() {
+        if self.left == Some(0) || buf.is_empty() {
             return Ok(0);
         }
-        let cap = buf.len().min(self.left.min(u32::MAX - 1) as usize);
+        let cap = self.left.map_or(buf.len(), |l| buf.len().min(l as usize));
         let n = if self.len > 0 {
             let n = self.len.min(cap);
             buf[..n].copy_from_slice(&self.head[self.at..self.at + n]);
@@ -165,13 +165,13 @@ impl<U: Read + Write, C: Clock> Http for ModemHttp<'_, U, C> {
             match sock.read_until(&mut buf[..cap], Some(self.last + STALL)).await {
                 Ok(n) => n,
                 // The end without a Content-Length is the end of the body; with one, a break.
-                Err(_) if self.left == u32::MAX => return Ok(0),
+                Err(_) if self.left.is_none() => return Ok(0),
                 Err(_) => return Err(HttpError::Closed),
             }
         };
         self.last = self.clock.now();
-        if self.left != u32::MAX {
-            self.left -= n as u32;
+        if let Some(l) = &mut self.left {
+            *l -= n as u32;
         }
         Ok(n)
     }
