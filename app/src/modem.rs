@@ -180,6 +180,10 @@ struct Sock {
     opened: Option<i32>,
     /// To be closed when the command channel is free (data that still comes is dropped).
     close: bool,
+    /// Its `AT+QICLOSE` is out: the id stays taken until the module answers, and URCs that
+    /// still come for it (a `"closed"` sent before the module read the command) are the old
+    /// connection's, never the next one's.
+    closing: bool,
     buf: [u8; SOCK_BUF],
     at: usize,
     len: usize,
@@ -194,6 +198,7 @@ impl Sock {
             closed: false,
             opened: None,
             close: false,
+            closing: false,
             buf: [0; SOCK_BUF],
             at: 0,
             len: 0,
@@ -206,6 +211,7 @@ impl Sock {
         self.closed = false;
         self.opened = None;
         self.close = false;
+        self.closing = false;
         self.at = 0;
         self.len = 0;
     }
@@ -386,7 +392,7 @@ impl<U: Read + Write> Modem<U> {
         let what = if ssl.is_some() { "AT+QSSLOPEN" } else { "AT+QIOPEN" };
         // The id is busy until the module closed it.
         while self.socks[s].used {
-            self.socks[s].close = true;
+            self.socks[s].close |= !self.socks[s].closing;
             self.step(clock, Some(deadline)).await.map_err(|e| e.named(what))?;
         }
         let mut cmd: String<CMD> = String::new();
@@ -452,7 +458,7 @@ impl<U: Read + Write> Modem<U> {
             }
             return Some(Ok(n));
         }
-        if !k.used || k.close || (k.closed && !k.pending) {
+        if !k.used || k.close || k.closing || (k.closed && !k.pending) {
             return Some(Err(LinkError::Dropped));
         }
         None
@@ -583,7 +589,8 @@ impl<U: Read + Write> Modem<U> {
                 let verb = if self.socks[s].ssl { "AT+QSSLCLOSE" } else { "AT+QICLOSE" };
                 let mut cmd: String<24> = String::new();
                 let _ = core::fmt::Write::write_fmt(&mut cmd, format_args!("{verb}={s}"));
-                self.socks[s].reset();
+                let k = &mut self.socks[s];
+                (k.close, k.closing, k.pending, k.at, k.len) = (false, true, false, 0, 0);
                 self.begin(&cmd, None, true);
                 return Ok(());
             }
@@ -677,12 +684,12 @@ impl<U: Read + Write> Modem<U> {
             match (f.next(), f.next()) {
                 (Some("\"recv\""), Some(id)) => {
                     if let Some(k) = self.sock(id) {
-                        k.pending = k.used;
+                        k.pending = k.used && !k.closing;
                     }
                 }
                 (Some("\"closed\""), Some(id)) => {
                     if let Some(k) = self.sock(id) {
-                        k.closed = true;
+                        k.closed |= !k.closing;
                     }
                 }
                 (Some("\"pdpdeact\""), _) => self.socks.iter_mut().for_each(|k| k.closed = true),
@@ -748,7 +755,10 @@ impl<U: Read + Write> Modem<U> {
                 self.txn = Txn::Idle;
             }
             Txn::Cmd { internal, .. } if l == "OK" || failed => {
-                if !*internal {
+                if *internal {
+                    // The only internal command is a socket's close: its id is free now.
+                    self.socks.iter_mut().filter(|k| k.closing).for_each(Sock::reset);
+                } else {
                     self.outcome = Some(!failed && self.info_ok());
                 }
                 self.txn = Txn::Idle;
@@ -975,6 +985,78 @@ impl<U: Read + Write, C: Clock> Write for Socket<'_, U, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::cell::Cell;
+
+    /// A module that says `said`, one line per read, and keeps what it was told.
+    struct Said<'a> {
+        said: &'a [u8],
+        told: std::vec::Vec<u8>,
+    }
+
+    impl ErrorType for Said<'_> {
+        type Error = embedded_io_async::ErrorKind;
+    }
+
+    impl Read for Said<'_> {
+        async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+            let n = self.said.iter().position(|&b| b == b'\n').map_or(self.said.len(), |i| i + 1).min(buf.len());
+            if n == 0 {
+                return core::future::pending().await;
+            }
+            buf[..n].copy_from_slice(&self.said[..n]);
+            self.said = &self.said[n..];
+            Ok(n)
+        }
+    }
+
+    impl Write for Said<'_> {
+        async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+            self.told.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        async fn flush(&mut self) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    /// Time that passes only when somebody sleeps.
+    #[derive(Default)]
+    struct Clock(Cell<u64>);
+
+    impl crate::driver::Clock for Clock {
+        fn now(&self) -> Instant {
+            Instant::from_millis(self.0.get())
+        }
+        async fn sleep_until(&self, t: Instant) {
+            self.0.set(self.0.get().max(t.as_millis()));
+        }
+    }
+
+    #[test]
+    fn a_closed_urc_of_the_old_connection_does_not_end_the_next_one() {
+        // Found by the QEMU power-cut campaign: a small HTTPS reply closed by the server sent
+        // `"closed"` for the download socket while its AT+QSSLCLOSE was on the way; that URC was
+        // taken for the socket opened next on the same id, which then "closed" before a byte came.
+        let said = b"+QSSLURC: \"closed\",1\r\nOK\r\nOK\r\n+QSSLOPEN: 1,0\r\n";
+        let mut m = Modem::new(Said { said, told: std::vec::Vec::new() });
+        let k = &mut m.socks[DOWNLOAD];
+        (k.used, k.ssl) = (true, true);
+        m.close_socket(DOWNLOAD);
+        let clock = Clock::default();
+        let opened = embassy_futures::block_on(m.open_socket(
+            &clock,
+            DOWNLOAD,
+            Some(2),
+            "127.0.0.1",
+            443,
+            Duration::from_secs(5),
+        ));
+        assert_eq!(opened, Ok(()));
+        let told = std::string::String::from_utf8(m.uart.told.clone()).unwrap();
+        assert_eq!(told, "AT+QSSLCLOSE=1\rAT+QSSLOPEN=1,2,1,\"127.0.0.1\",443,0\r");
+        // Open, nothing read yet: more is to come, not the end.
+        assert!(m.take(DOWNLOAD, &mut [0u8; 8]).is_none());
+    }
 
     #[test]
     fn a_long_answer_is_cut_on_a_character_boundary() {

@@ -6,6 +6,8 @@
 //! request at a time).
 //! `cargo xtask bench qemu`: instructions from main to the jump of the real bootloader under
 //! QEMU's `-icount shift=0`, with nothing to do, with a 256 KiB image, and for an update.
+//! `cargo xtask bench qemu-download`: the real app under QEMU downloading through the modem
+//! simulator from the local console, over MQTT stream and over HTTPS, alternating, in one run.
 
 use anyhow::{bail, Result};
 use core::cell::RefCell;
@@ -20,11 +22,14 @@ use shared::sim::{SimFlash, Wear};
 #[derive(clap::Args)]
 pub struct Args {
     /// What to measure.
-    #[arg(value_parser = ["boot", "ota", "qemu"])]
+    #[arg(value_parser = ["boot", "ota", "qemu", "qemu-download"])]
     what: String,
-    /// Image size in KiB (default: 64 for boot, 1024 for ota, 256 for qemu).
+    /// Image size in KiB (default: 64 for boot, 1024 for ota, 256 for qemu and qemu-download).
     #[arg(long)]
     image_kib: Option<usize>,
+    /// qemu-download: downloads per protocol (alternating MQTT and HTTPS).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 type Flash = SimFlash<8192, 16>;
@@ -107,6 +112,7 @@ pub fn run(a: Args) -> Result<()> {
     match a.what.as_str() {
         "ota" => crate::bench_ota::run(a.image_kib.unwrap_or(1024)),
         "qemu" => crate::bench_qemu::run(a.image_kib.unwrap_or(256)),
+        "qemu-download" => crate::bench_qemu::download(a.image_kib.unwrap_or(256), a.rounds),
         _ => boot(a.image_kib.unwrap_or(64)),
     }
 }

@@ -3,6 +3,12 @@
 //! count (25 MHz core clock, so one tick is 40 instructions) from `main` to the jump. Measured
 //! side by side in one run: a boot with nothing to do (verify ACTIVE), the same with a 256 KiB
 //! image, and an update of that image (verify DFU, swap, verify ACTIVE).
+//!
+//! `download`: the real app under QEMU (real time, no -icount) downloading a padded image through
+//! the modem simulator from the local console, alternately over MQTT stream (5 KiB blocks on the
+//! module's MQTT socket) and HTTPS (Range GET on its second socket, TLS in the module), each
+//! download timed by the console from the push to the device's progress 100 (downloaded and
+//! verified), in one run so the two share the machine's load.
 
 use crate::proc;
 use anyhow::{bail, Context, Result};
@@ -96,4 +102,51 @@ fn group(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// `bench qemu-download`: bytes/s over MQTT stream and over HTTPS, `rounds` downloads each.
+pub fn download(image_kib: usize, rounds: usize) -> Result<()> {
+    use crate::console::engine::Protocol;
+    use crate::qemu;
+    let dir = crate::root().join("target/bench-qemu-download");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let body = (image_kib * 1024).to_string();
+    let padded: &[&str] = &["--body-size", &body];
+    qemu::releases(&dir, &[("1.3", &[]), ("1.4", padded), ("1.5", padded)])?;
+    let rig = qemu::Rig::start(&dir, &dir.join("1.3"), true)?;
+    rig.runs("1.3", Duration::from_secs(120))?;
+    let mut seen: Vec<(Protocol, f64)> = Vec::new();
+    println!("qemu-an386 app under QEMU, modem simulator, local console: {image_kib} KiB image, push to progress 100");
+    for i in 0..2 * rounds {
+        let target = ["1.4", "1.5"][i % 2];
+        let protocol = [Protocol::Mqtt, Protocol::Https, Protocol::Https, Protocol::Mqtt][i % 4];
+        let size = std::fs::metadata(dir.join(target).join(format!("firmware-{target}.bin")))?.len();
+        let j = rig.console.add_job(crate::demo::job(&dir.join(target), protocol, false, Duration::from_secs(600))?)?;
+        rig.console.wait(Duration::from_secs(600), "the download to end", |e| {
+            e.device(&rig.id()).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.state.done())
+        })?;
+        let t = rig.task(j).context("no task")?;
+        let (Some(ms), crate::console::engine::TaskState::Succeeded) = (t.downloaded_ms, t.state) else {
+            bail!("download {} of {target} over {protocol:?} ended {:?} step {} {}", i + 1, t.state, t.step, t.desc);
+        };
+        let rate = size as f64 / (ms as f64 / 1e3);
+        println!(
+            "  {:>2}. {target} over {:<5} {size:>8} B in {:>6.2} s: {:>7.0} B/s",
+            i + 1,
+            format!("{protocol:?}"),
+            ms as f64 / 1e3,
+            rate
+        );
+        seen.push((protocol, rate));
+        rig.runs(target, Duration::from_secs(120))?;
+    }
+    let median = |p: Protocol| {
+        let mut v: Vec<f64> = seen.iter().filter(|s| s.0 == p).map(|s| s.1).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (m, h) = (median(Protocol::Mqtt), median(Protocol::Https));
+    println!("  median: MQTT stream {m:.0} B/s, HTTPS {h:.0} B/s: HTTPS/MQTT = {:.2}", h / m);
+    Ok(())
 }

@@ -5,7 +5,7 @@ use crate::{keys, tools, BoardArg};
 use anyhow::{bail, ensure, Context, Result};
 use memory_layouts::{build::PUBKEY_ENV, Board};
 use shared::image::PublicKey;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[derive(clap::Args)]
@@ -76,20 +76,35 @@ pub fn host_device_profile(keys: &[PublicKey], profile: &str) -> Result<PathBuf>
 
 /// Builds `c` for `board` trusting `keys`; returns the ELF's path.
 pub fn firmware(board: Board, c: Crate, keys: &[PublicKey]) -> Result<PathBuf> {
-    firmware_with(board, c, keys, &[])
+    firmware_with(board, c, keys, &[], None)
 }
 
-/// The same with extra cargo features of the crate (e.g. `self-test-fails`), built in a target
-/// dir of their own so that switching back and forth rebuilds nothing.
-pub fn firmware_with(board: Board, c: Crate, keys: &[PublicKey], features: &[&str]) -> Result<PathBuf> {
+/// The same with extra cargo features of the crate (e.g. `self-test-fails`) and, for the app, a
+/// CA (PEM file) its download hosts are verified with besides the bundled roots, built in a
+/// target dir of their own so that switching back and forth rebuilds nothing.
+pub fn firmware_with(
+    board: Board,
+    c: Crate,
+    keys: &[PublicKey],
+    features: &[&str],
+    download_ca: Option<&Path>,
+) -> Result<PathBuf> {
     let Some(target) = board.target() else {
         bail!("the {} board runs no firmware binary: its device is `cargo xtask device`", board.name())
     };
     tools::ensure_rust_target(target)?;
     let hex_keys: Vec<String> = keys.iter().map(|k| hex::encode(k.0)).collect();
-    let dir = match features {
+    let mut suffix: Vec<&str> = features.to_vec();
+    if download_ca.is_some() {
+        suffix.push("download-ca");
+    }
+    let dir = match suffix[..] {
         [] => target_dir(),
-        f => crate::root().join(format!("target/firmware-{}", f.join("-"))),
+        _ => crate::root().join(format!("target/firmware-{}", suffix.join("-"))),
+    };
+    let ca = match download_ca {
+        Some(p) => std::fs::canonicalize(p).with_context(|| format!("the download CA {}", p.display()))?,
+        None => PathBuf::new(),
     };
     let status = Command::new(env!("CARGO"))
         .current_dir(crate::root())
@@ -103,6 +118,7 @@ pub fn firmware_with(board: Board, c: Crate, keys: &[PublicKey], features: &[&st
         )
         .env("CARGO_TARGET_DIR", &dir)
         .env(PUBKEY_ENV, hex_keys.join(","))
+        .env("APP_DOWNLOAD_CA", &ca)
         .status()
         .context("running cargo build")?;
     ensure!(status.success(), "building {} for {} failed", c.name(), board.name());

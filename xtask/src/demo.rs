@@ -297,8 +297,9 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
 pub const QEMU_RELEASES: &[(&str, &[&str])] =
     &[("1.3", &[]), ("1.4", &[]), ("1.5", &[]), ("1.6", &["--failing-self-test"])];
 
-/// `demo --qemu`: (a)-(c) with the real bootloader and app under QEMU, and (d) a push larger than
-/// the board's MQTT buffer.
+/// `demo --qemu`: (a)-(c) with the real bootloader and app under QEMU ((b) over HTTPS), (d) a
+/// push larger than the board's MQTT buffer, and (f) the cellular module's own firmware upgraded
+/// as module `modem`.
 fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
     eprintln!("building the qemu-an386 bootloader, app and releases (dev key) in {} ...", dir.display());
     qemu::releases(dir, QEMU_RELEASES)?;
@@ -322,14 +323,15 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
         format!("{} blocks in {:.2} s", t.blocks, t.elapsed_ms as f64 / 1e3),
     ));
 
-    // (b) Over MQTT too: this board downloads over the modem's socket only.
+    // (b) Over HTTPS as Aliyun's console offers by default: a second socket of the module, TLS
+    // done by the module with the CA the firmware uploaded, while the MQTT session stays up.
     let before = connects(&rig);
-    let j = rig.console.add_job(job(&dir.join("1.5"), Protocol::Mqtt, true, STEP_TIMEOUT)?)?;
-    let t = follow(&rig.console, &id, j, &bar("(b) tampered v1.5 over MQTT stream"), |_| false)?;
+    let j = rig.console.add_job(job(&dir.join("1.5"), Protocol::Https, true, STEP_TIMEOUT)?)?;
+    let t = follow(&rig.console, &id, j, &bar("(b) tampered v1.5 over HTTPS Range"), |_| false)?;
     std::thread::sleep(Duration::from_millis(500));
     let stayed = if connects(&rig) == before { "" } else { " after a reset" };
     rows.push((
-        "(b) tampered v1.5, MQTT stream",
+        "(b) tampered v1.5, HTTPS Range",
         "step -3, runs 1.4".into(),
         format!("{}, runs {}{stayed}", outcome(&t), rig.version()),
         t.desc.clone(),
@@ -367,6 +369,31 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
         t.desc.clone(),
     ));
 
+    // (f) The cellular module's own firmware, as Aliyun module `modem`: the module downloads the
+    // package itself (AT+QFOTADL), restarts on the new version; the MCU app is not touched.
+    let modem_version =
+        |r: &qemu::Rig| r.console.with(|e| e.device(&id).and_then(|d| d.versions.get("modem").cloned()));
+    let (from, to) = (crate::modem_sim::SimOptions::default().qgmr, "EC200UCNAAR03A01M09");
+    let mut spec = JobSpec::new(
+        Package::new(&format!("{to}.bin"), "modem", to, crate::modem_sim::fota_package(to, &[0x5A; 200 * 1024])),
+        Protocol::Https,
+    );
+    spec.from = vec![from.clone()];
+    spec.timeout = Some(STEP_TIMEOUT);
+    let resets = rig.dev.output().matches("boot: ").count();
+    let j = rig.console.add_job(spec)?;
+    let t = follow(&rig.console, &id, j, &bar("(f) the module's firmware as module modem"), |_| false)?;
+    let _ = rig.console.wait(STEP_TIMEOUT, "the module to inform its new version", |e| {
+        e.device(&id).and_then(|d| d.versions.get("modem")).is_some_and(|v| v == to)
+    });
+    let mcu = if rig.dev.output().matches("boot: ").count() == resets { "app not reset" } else { "app reset" };
+    rows.push((
+        "(f) module firmware, module modem",
+        format!("success, modem {to}, app not reset"),
+        format!("{}, modem {}, {mcu}", outcome(&t), modem_version(&rig).unwrap_or_else(|| "?".into())),
+        format!("{from} -> {to}, {} s", t.elapsed_ms / 1000),
+    ));
+
     // What the bootloader said on each power-on.
     let boots: Vec<String> =
         rig.dev.output().lines().filter(|l| l.starts_with("boot: ")).map(|l| l[6..].to_string()).collect();
@@ -376,12 +403,16 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
 
 /// Prints the table; fails if a row differs from what was expected.
 fn verdict(rows: &[(&str, String, String, String)], console: &Console, dir: &Path, t0: Instant) -> Result<()> {
-    println!("\n{:<36} {:<36} {:<36} detail", "scenario", "expected", "observed");
+    let w = |col: fn(&(&str, String, String, String)) -> usize, head: &str| {
+        rows.iter().map(col).chain([head.len()]).max().unwrap_or(0)
+    };
+    let (wn, we, wo) = (w(|r| r.0.len(), "scenario"), w(|r| r.1.len(), "expected"), w(|r| r.2.len(), "observed"));
+    println!("\n{:<wn$} {:<we$} {:<wo$} detail", "scenario", "expected", "observed");
     let mut failed = 0;
     for (name, expected, observed, detail) in rows {
         let mark = if expected == observed { "" } else { "  <-- MISMATCH" };
         failed += usize::from(expected != observed);
-        println!("{name:<36} {expected:<36} {observed:<36} {detail}{mark}");
+        println!("{name:<wn$} {expected:<we$} {observed:<wo$} {detail}{mark}");
     }
     print!("\n{}", console::table(&console.status()));
     println!(

@@ -21,6 +21,7 @@ pub mod qemu;
 pub mod sign;
 pub mod size;
 pub mod test;
+pub mod tls;
 pub mod tools;
 
 use clap::ValueEnum;

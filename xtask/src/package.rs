@@ -60,6 +60,11 @@ pub struct Args {
     /// credentials the broker refuses), so devices revert it.
     #[arg(long)]
     failing_login: bool,
+    /// Thumb boards: the app also trusts this CA (PEM) for download hosts, besides the bundled
+    /// roots of Aliyun's package hosts (for a console of your own; the local one's is
+    /// `target/dev-tls/console-ca.pem`).
+    #[arg(long)]
+    download_ca: Option<PathBuf>,
     /// Pad the firmware body to at least this many bytes (host: the simulated firmware's size).
     #[arg(long, value_parser = crate::parse_u32, default_value = "4096")]
     body_size: u32,
@@ -112,6 +117,10 @@ pub fn run(a: Args) -> Result<()> {
                 !a.attack && !a.unprotected_bootloader,
                 "--attack and --unprotected-bootloader are for the thumb boards (the host board has no bootloader binary)"
             );
+            ensure!(
+                a.download_ca.is_none(),
+                "--download-ca is for the thumb boards: the host device reads `download_ca` from its device.toml"
+            );
             let b = HostBehaviour { self_test: !a.failing_self_test, login: !a.failing_login };
             shared::image::host_body(b, a.body_size as usize)
         }
@@ -121,8 +130,10 @@ pub fn run(a: Args) -> Result<()> {
                 .into_iter()
                 .filter_map(|(on, f)| on.then_some(f))
                 .collect();
-            let mut body =
-                elf_to_bin(&read(&firmware_with(board, Crate::App, &trusted, &features)?)?, layout.app_origin())?;
+            let mut body = elf_to_bin(
+                &read(&firmware_with(board, Crate::App, &trusted, &features, a.download_ca.as_deref())?)?,
+                layout.app_origin(),
+            )?;
             if body.len() < a.body_size as usize {
                 body.resize(a.body_size as usize, 0xFF);
             }
@@ -154,7 +165,7 @@ pub fn run(a: Args) -> Result<()> {
     let bl_features: &[&str] = if a.unprotected_bootloader { &["unprotected"] } else { &[] };
     let bl = match board.target() {
         Some(_) => elf_to_bin(
-            &read(&firmware_with(board, Crate::Bootloader, &trusted, bl_features)?)?,
+            &read(&firmware_with(board, Crate::Bootloader, &trusted, bl_features, None)?)?,
             layout.bootloader.origin,
         )?,
         None => Vec::new(),

@@ -1,6 +1,8 @@
 //! `cargo xtask qemu --power-cuts N`: the real firmware under QEMU, `kill -9`ed at seeded random
 //! moments of an update: during the download, around the mark (last block, final verify, STATE
-//! written), during the bootloader's swap, around the confirm, and during a revert. QEMU's flash
+//! written), during the bootloader's swap, around the confirm, and during a revert. Rounds of the
+//! five phases alternate the download: HTTPS (Range over the module's second socket) in the first,
+//! MQTT stream in the next (the mark phase always MQTT: its anchor is the last block request). QEMU's flash
 //! is a shared file mapping, so a `kill -9` keeps exactly what was written: a power cut.
 //!
 //! After each cut QEMU starts again on the same flash and the cycle runs to its end. Then:
@@ -38,6 +40,7 @@ const CYCLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 struct Cycle {
     phase: Phase,
+    protocol: Protocol,
     target: &'static str,
     delay_ms: u64,
     /// The device's last line before the cut.
@@ -76,10 +79,14 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
             Phase::Confirm => (format!("boot: jump to {target} "), 3000),
             Phase::Revert => ("self-test: FAIL".to_string(), 150),
         };
+        // Every other round downloads over HTTPS (the module's second socket, Range resume),
+        // except for the mark phase, whose anchor is the last MQTT block request.
+        let protocol =
+            if (i / PHASES.len()).is_multiple_of(2) && phase != Phase::Mark { Protocol::Https } else { Protocol::Mqtt };
         let delay_ms = rng.below(max_ms + 1);
         let from = rig.dev.output().len();
         let started = Instant::now();
-        let j = rig.console.add_job(crate::demo::job(&dir.join(target), Protocol::Mqtt, false, CYCLE_TIMEOUT)?)?;
+        let j = rig.console.add_job(crate::demo::job(&dir.join(target), protocol, false, CYCLE_TIMEOUT)?)?;
         rig.dev.wait_for(from, &anchor, Duration::from_secs(120))?;
         std::thread::sleep(Duration::from_millis(delay_ms));
         rig.dev.cut();
@@ -89,11 +96,12 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
         rig.dev.start()?;
         let (runs, outcome) = settle(&mut rig, j, current, target, !failing, from, cut_at)?;
-        let c = Cycle { phase, target, delay_ms, cut_after, outcome, took: started.elapsed() };
+        let c = Cycle { phase, protocol, target, delay_ms, cut_after, outcome, took: started.elapsed() };
         eprintln!(
-            "cut {:>3}/{cuts} {:<8?} -> {:<3} +{:>4} ms after {:?}: {} ({:.1} s)",
+            "cut {:>3}/{cuts} {:<8?} {:<5?} -> {:<3} +{:>4} ms after {:?}: {} ({:.1} s)",
             i + 1,
             c.phase,
+            c.protocol,
             c.target,
             c.delay_ms,
             anchor,
@@ -106,11 +114,20 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
     println!("\npower cuts under QEMU (seed {seed}): where each cut landed (the device's last line before it)");
     for (i, c) in done.iter().enumerate() {
         let line: String = c.cut_after.chars().take(70).collect();
-        println!("{:>3} {:<8?} {:<3} +{:>4} ms  {:<70}  {}", i + 1, c.phase, c.target, c.delay_ms, line, c.outcome);
+        println!(
+            "{:>3} {:<8?} {:<5?} {:<3} +{:>4} ms  {:<70}  {}",
+            i + 1,
+            c.phase,
+            c.protocol,
+            c.target,
+            c.delay_ms,
+            line,
+            c.outcome
+        );
     }
     for p in PHASES {
-        let n = done.iter().filter(|c| c.phase == p).count();
-        println!("  {p:?}: {n} cuts");
+        let n = |proto| done.iter().filter(|c| c.phase == p && c.protocol == proto).count();
+        println!("  {p:?}: {} cuts over MQTT, {} over HTTPS", n(Protocol::Mqtt), n(Protocol::Https));
     }
     println!(
         "power-cut campaign: {} cuts, every one recovered: valid image booted, right version, true report ({:.0} s)",

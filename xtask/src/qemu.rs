@@ -7,11 +7,11 @@
 //! `--upgrade DIR`, pushes those releases to it one after the other.
 
 use crate::console::engine::{Protocol, Task};
-use crate::console::{self, Console, Options};
+use crate::console::{self, Console, Options, TlsOptions};
 use crate::modem_sim::{ModemSim, SimOptions};
 use crate::proc::{spawn_logged, Killed};
 use crate::provision::{self, Fields};
-use crate::{proc, tools};
+use crate::{proc, tls, tools};
 use anyhow::{bail, Context, Result};
 use memory_layouts::Board;
 use std::path::{Path, PathBuf};
@@ -109,10 +109,13 @@ impl Rig {
     /// Writes `factory` (a qemu-an386 release folder's factory.bin) into `dir/qemu-01.flash`,
     /// provisions it for the console, and powers the device on.
     pub fn start(dir: &Path, factory: &Path, quiet: bool) -> Result<Rig> {
+        let pki = tls::dev()?;
         let console = Console::start(Options {
             devices: vec![console::device(PK, DN, SECRET)],
             status_file: Some(dir.join("status.json")),
             quiet,
+            // HTTPS downloads: the firmware of `releases` trusts this CA.
+            tls: Some(TlsOptions { cert: pki.cert, key: pki.key, port: 0, https_port: 0 }),
             ..Default::default()
         })?;
         let modem = ModemSim::start(SimOptions::default())?;
@@ -169,11 +172,14 @@ pub fn fields(mqtt_port: u16) -> Fields {
     }
 }
 
-/// Builds qemu-an386 releases `(version, extra release flags)` into `dir/<version>`.
+/// Builds qemu-an386 releases `(version, extra release flags)` into `dir/<version>`, trusting
+/// the development CA of the console's HTTPS listener for downloads.
 pub fn releases(dir: &Path, list: &[(&str, &[&str])]) -> Result<()> {
+    let ca = tls::dev()?.ca;
+    let ca = ca.to_str().context("non-UTF-8 path")?;
     for (v, extra) in list {
         let out = dir.join(v);
-        let mut args = vec!["release", "--board", "qemu-an386", "--version", v, "--out"];
+        let mut args = vec!["release", "--board", "qemu-an386", "--version", v, "--download-ca", ca, "--out"];
         args.push(out.to_str().context("non-UTF-8 path")?);
         args.extend_from_slice(extra);
         proc::xtask(&args)?;

@@ -61,15 +61,23 @@ pub fn run(a: Args) -> Result<()> {
     let qemu_demo = crate::root().join("target/test-demo-qemu");
     let ok = self_run(&["demo", "--qemu", "--dir", qemu_demo.to_str().unwrap_or("target/test-demo-qemu")]);
     steps.push((
-        "demo --qemu: real bootloader + app under QEMU: upgrade, tampered -3, self-test rollback -1, push over the buffer -1".into(),
+        "demo --qemu: real bootloader + app under QEMU: upgrade, tampered -3 over HTTPS, self-test rollback -1, push over the buffer -1, module modem upgraded".into(),
         ok,
     ));
     let cuts = if a.full { "100" } else { "10" };
     let cut_dir = crate::root().join("target/test-qemu-cuts");
     let ok = self_run(&["qemu", "--power-cuts", cuts, "--dir", cut_dir.to_str().unwrap_or("target/test-qemu-cuts")]);
-    steps.push((format!("qemu --power-cuts {cuts}: kill -9 during download, mark, swap, confirm, revert"), ok));
+    steps.push((
+        format!("qemu --power-cuts {cuts}: kill -9 during download, mark, swap, confirm, revert (MQTT and HTTPS)"),
+        ok,
+    ));
     let ok = self_run(&["bench", "qemu"]);
     steps.push(("bench qemu: bootloader instructions to the jump under -icount (3 boots)".into(), ok));
+    let ok = self_run(&["bench", "qemu-download", "--rounds", "1", "--image-kib", "64"]);
+    steps.push((
+        "bench qemu-download: the app under QEMU downloads over MQTT stream and HTTPS (1 round, 64 KiB)".into(),
+        ok,
+    ));
 
     // The app's own unit tests (MQTT codec, CA choice), on the host board.
     let dev_keys = hex::encode(keys::load_public_key(&keys::dev_key())?.0);

@@ -86,63 +86,8 @@ pub fn bytes(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-/// A CA and a server certificate for 127.0.0.1, made by openssl.
+/// A CA and a server certificate for 127.0.0.1, made by openssl: (CA, certificate, key).
 pub fn tls_files(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let (ca, ca_key, srv, srv_key) = (
-        dir.join(format!("{name}-ca.pem")),
-        dir.join(format!("{name}-ca.key")),
-        dir.join(format!("{name}-srv.pem")),
-        dir.join(format!("{name}-srv.key")),
-    );
-    let ok = |o: std::process::Output| assert!(o.status.success(), "openssl: {}", text(&o.stderr));
-    ok(run(
-        openssl(),
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            s(&ca_key),
-            "-out",
-            s(&ca),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name} test CA"),
-        ],
-    ));
-    let csr = dir.join(format!("{name}.csr"));
-    ok(run(
-        openssl(),
-        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", s(&srv_key), "-out", s(&csr), "-subj", "/CN=127.0.0.1"],
-    ));
-    let ext = dir.join(format!("{name}.ext"));
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
-        .unwrap();
-    ok(run(
-        openssl(),
-        &[
-            "x509",
-            "-req",
-            "-in",
-            s(&csr),
-            "-CA",
-            s(&ca),
-            "-CAkey",
-            s(&ca_key),
-            "-CAcreateserial",
-            "-out",
-            s(&srv),
-            "-days",
-            "2",
-            "-extfile",
-            s(&ext),
-        ],
-    ));
-    // mosquitto started as root reads its files as the `mosquitto` user.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&srv_key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    (ca, srv, srv_key)
+    let p = xtask::tls::make(dir, name, 2).unwrap();
+    (p.ca, p.cert, p.key)
 }

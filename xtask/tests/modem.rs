@@ -380,8 +380,18 @@ fn bad_downloads_through_the_modem_fail_with_a_reason_and_the_device_keeps_worki
         assert_eq!(t.step, step, "{m}: {t:?}");
         assert!(t.desc.contains(phrase), "{m}: {:?} does not say {phrase:?}", t.desc);
     }
-    // Still 1.3, still online; a good download then goes through.
+    // A URL longer than the device's buffer (`shared::ota::MAX_URL`): refused before a byte moves.
     *mode.lock().unwrap() = "ok";
+    let base = c.with(|e| e.http_base.clone());
+    c.with_mut(|e| e.http_base = format!("{base}/{}", "u".repeat(shared::ota::MAX_URL)));
+    let mut j = https_job("1.4");
+    j.devices = Some(vec!["b1".into()]);
+    let job = c.add_job(j).unwrap();
+    let t = outcome(&c, "b1", job, 120, &log);
+    c.with_mut(|e| e.http_base = base);
+    assert_eq!((t.state, t.step), (TaskState::Failed, -1), "{t:?}");
+    assert!(t.desc.contains("download URL too long"), "{:?}", t.desc);
+    // Still 1.3, still online; a good download then goes through.
     let mut j = https_job("1.4");
     j.devices = Some(vec!["b1".into()]);
     let job = c.add_job(j).unwrap();
@@ -462,6 +472,16 @@ fn a_module_that_refuses_the_fota_command_is_reported_and_the_device_keeps_worki
     let (_d, log) = device_with(&dir, "f2", sim.port, c.mqtt_port, false, &extra);
     online(&c, "f2", "1.3", &log);
     let good = xtask::modem_sim::fota_package("EC200UCNAAR03A01M09", &[7u8; 1000]);
+    // A URL longer than AT+QFOTADL takes (255 bytes): refused before the module hears of it.
+    let base = c.with(|e| e.http_base.clone());
+    c.with_mut(|e| e.http_base = format!("{base}/{}", "u".repeat(256)));
+    let job = c.add_job(modem_job("EC200UCNAAR03A01M09", "EC200UCNAAR03A01M08", good.clone())).unwrap();
+    let t = outcome(&c, "f2", job, 120, &log);
+    c.with_mut(|e| e.http_base = base);
+    assert_eq!((t.state, t.step), (TaskState::Failed, -1), "{t:?}");
+    assert!(t.desc.starts_with("modem: URL of ") && t.desc.contains("at most 255"), "{:?}", t.desc);
+    assert!(!sim.log().commands.iter().any(|c| c.starts_with("AT+QFOTADL")), "the module was asked");
+    // The module answers ERROR to AT+QFOTADL.
     let job = c.add_job(modem_job("EC200UCNAAR03A01M09", "EC200UCNAAR03A01M08", good)).unwrap();
     let t = outcome(&c, "f2", job, 120, &log);
     assert_eq!((t.state, t.step), (TaskState::Failed, -1), "{t:?}");
