@@ -458,7 +458,10 @@ impl<U: Read + Write> Modem<U> {
             }
             return Some(Ok(n));
         }
-        if !k.used || k.close || k.closing || (k.closed && !k.pending) {
+        // Read empty after the far end closed: the end, unless the last read's data is still on
+        // its way over the UART (its `+QIRD: <n>` line came, its bytes not yet).
+        let reading = matches!(self.txn, Txn::Read { s: r, .. } if r == s);
+        if !k.used || k.close || k.closing || (k.closed && !k.pending && !reading) {
             return Some(Err(LinkError::Dropped));
         }
         None
@@ -1056,6 +1059,23 @@ mod tests {
         assert_eq!(told, "AT+QSSLCLOSE=1\rAT+QSSLOPEN=1,2,1,\"127.0.0.1\",443,0\r");
         // Open, nothing read yet: more is to come, not the end.
         assert!(m.take(DOWNLOAD, &mut [0u8; 8]).is_none());
+    }
+
+    #[test]
+    fn the_last_bytes_after_a_closed_urc_are_read_before_the_end() {
+        // Found under QEMU (a slow UART): the far end closed, `+QSSLRECV: 5` came in one UART
+        // read and its 5 bytes in the next; in between the socket looked read empty and closed.
+        let said = b"+QSSLRECV: 5\r\nhello\r\n\r\nOK\r\n";
+        let mut m = Modem::new(Said { said, told: std::vec::Vec::new() });
+        let k = &mut m.socks[DOWNLOAD];
+        (k.used, k.ssl, k.pending, k.closed) = (true, true, true, true);
+        let shared: Shared<_> = Mutex::new(m);
+        let clock = Clock::default();
+        let mut sock = Socket { modem: &shared, clock: &clock, id: DOWNLOAD };
+        let mut buf = [0u8; 16];
+        let n = embassy_futures::block_on(sock.read_until(&mut buf, None));
+        assert_eq!(n.map(|n| &buf[..n]), Ok(&b"hello"[..]));
+        assert_eq!(embassy_futures::block_on(sock.read_until(&mut buf, None)), Err(LinkError::Dropped));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! | [`image`] | the MCUboot-compatible image format: zero-copy views, emit, streaming `verify` |
 //! | [`alink`] | the Aliyun device protocol: topics, CONNECT credentials, OTA JSON, MQTT download frames |
 //! | [`boot`] | the boot policy: validate DFU, swap only the pages in use, revert, counter, BOOT_RECORD |
+//! | [`delta`] | differential packages: detools sequential patches applied into DFU from ACTIVE |
 //! | [`flash`] | NOR semantics over plain memory (the qemu-an386 flash driver) |
 //! | [`ota`] | `OtaMachine`, the sans-IO OTA client: every protocol decision |
 //! | [`provision`] | the provisioning page: credentials and broker, written once per device |
@@ -19,6 +20,7 @@
 
 pub mod alink;
 pub mod boot;
+pub mod delta;
 pub mod flash;
 pub mod image;
 pub mod ota;

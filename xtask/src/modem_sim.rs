@@ -142,6 +142,8 @@ pub struct SimLog {
     pub sent_bytes: HashMap<u8, u64>,
     /// Every URC sent, in order (without the framing), `RDY` included.
     pub urcs: Vec<String>,
+    /// Commands (`> `), answers and URCs (`< `) as they went, interleaved (data as byte counts).
+    pub transcript: Vec<String>,
 }
 
 pub struct ModemSim {
@@ -379,7 +381,11 @@ impl Session {
             if self.echo {
                 self.uart.write_all(format!("{cmd}\r\n").as_bytes()).await?;
             }
-            self.log.lock().unwrap().commands.push(cmd.clone());
+            {
+                let mut log = self.log.lock().unwrap();
+                log.commands.push(cmd.clone());
+                log.transcript.push(format!("> {cmd}"));
+            }
             if self.o.slow_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(self.o.slow_ms)).await;
             }
@@ -390,6 +396,7 @@ impl Session {
     }
 
     async fn reply(&mut self, lines: &[&str]) -> Result<()> {
+        self.log.lock().unwrap().transcript.push(format!("< {}", lines.join(" | ")));
         let mut out = String::new();
         for l in lines {
             out.push_str("\r\n");
@@ -680,7 +687,11 @@ impl Session {
         };
         s.shared.space.notify_one();
         let tag = if s.tls { "+QSSLRECV" } else { "+QIRD" };
-        *self.log.lock().unwrap().rd_bytes.entry(id).or_default() += data.len() as u64;
+        {
+            let mut log = self.log.lock().unwrap();
+            *log.rd_bytes.entry(id).or_default() += data.len() as u64;
+            log.transcript.push(format!("< {tag}: {} (data) | OK", data.len()));
+        }
         let mut out = format!("\r\n{tag}: {}\r\n", data.len()).into_bytes();
         if !data.is_empty() {
             out.extend_from_slice(&data);

@@ -103,6 +103,15 @@ pub struct Rig {
     pub console: Console,
     pub modem: ModemSim,
     pub dev: QemuDevice,
+    dir: PathBuf,
+}
+
+impl Drop for Rig {
+    /// Leaves what the modem simulator saw beside the device's log (`modem.log`).
+    fn drop(&mut self) {
+        let t = self.modem.log().transcript.join("\n");
+        let _ = std::fs::write(self.dir.join("modem.log"), t + "\n");
+    }
 }
 
 impl Rig {
@@ -127,7 +136,7 @@ impl Rig {
         let _ = std::fs::remove_file(&log);
         let mut dev = QemuDevice::new(flash, log, modem.port);
         dev.start()?;
-        Ok(Rig { console, modem, dev })
+        Ok(Rig { console, modem, dev, dir: dir.to_path_buf() })
     }
 
     pub fn id(&self) -> console::auth::DeviceId {

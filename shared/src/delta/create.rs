@@ -1,0 +1,232 @@
+//! Making patches (host side, `std`): filter, bsdiff, detools' sequential stream, compression.
+
+use super::header::{Base, Compression, Filter, Header};
+use super::thumb;
+use std::vec::Vec;
+
+/// How to make a patch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Branch filter (with our header only).
+    pub filter: Filter,
+    /// Codec of the stream.
+    pub compression: Compression,
+}
+
+/// A detools size (see the module docs of [`super`]).
+pub fn pack_size(v: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (neg, mut m) = (v < 0, v.unsigned_abs());
+    let mut first = (m & 0x3f) as u8;
+    if neg {
+        first |= 0x40;
+    }
+    m >>= 6;
+    out.push(first);
+    while m > 0 {
+        *out.last_mut().expect("one byte") |= 0x80;
+        out.push((m & 0x7f) as u8);
+        m >>= 7;
+    }
+    out
+}
+
+/// The patch that rebuilds `target` from `base`: our header naming `base_id` (and the filter),
+/// or with `base_id` None a plain detools sequential patch (`opts.filter` must then be None).
+pub fn create(base: &[u8], target: &[u8], base_id: Option<&Base>, opts: &CreateOptions) -> Vec<u8> {
+    assert!(base_id.is_some() || opts.filter == Filter::None, "a filter needs our header to say so");
+    let (mut b, mut t) = (base.to_vec(), target.to_vec());
+    if opts.filter == Filter::Thumb {
+        thumb::filter(&mut b, true);
+        thumb::filter(&mut t, true);
+    }
+    let mut controls = Vec::new();
+    bsdiff::diff(&b, &t, &mut controls).expect("diffing in memory");
+    // bsdiff's stream: (add, copy, seek) as 8-byte LE words (seek sign-magnitude), then the add
+    // bytes, then the copy bytes: detools' diff, extra and adjustment, one for one.
+    let mut stream = pack_size(0); // no data format
+    let mut c = controls.as_slice();
+    let word = |c: &[u8]| u64::from_le_bytes(c[..8].try_into().expect("8 bytes"));
+    while !c.is_empty() {
+        let (add, copy, seek) = (word(c) as usize, word(&c[8..]) as usize, word(&c[16..]));
+        let seek = if seek >> 63 == 1 { -((seek & !(1 << 63)) as i64) } else { seek as i64 };
+        c = &c[24..];
+        stream.extend(pack_size(add as i64));
+        stream.extend_from_slice(&c[..add]);
+        stream.extend(pack_size(copy as i64));
+        stream.extend_from_slice(&c[add..add + copy]);
+        stream.extend(pack_size(seek));
+        c = &c[add + copy..];
+    }
+    let mut out = match base_id {
+        Some(id) => Header::emit_ours(id, opts.filter),
+        None => Vec::new(),
+    };
+    out.push(opts.compression.number());
+    out.extend(pack_size(target.len() as i64));
+    match opts.compression {
+        Compression::None => out.extend(stream),
+        Compression::Crle => out.extend(crle_compress(&stream)),
+        Compression::Heatshrink { window, lookahead } => out.extend(heatshrink_compress(&stream, window, lookahead)),
+    }
+    out
+}
+
+/// detools' CRLE: runs of 6 or more equal bytes as repeated segments, the rest scattered.
+fn crle_compress(data: &[u8]) -> Vec<u8> {
+    fn leb(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            out.push(if v > 0 { b | 0x80 } else { b });
+            if v == 0 {
+                break;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut lit = 0; // start of the pending scattered bytes
+    let mut i = 0;
+    while i < data.len() {
+        let run = data[i..].iter().take_while(|&&x| x == data[i]).count();
+        if run >= 6 {
+            if lit < i {
+                out.push(0);
+                leb(i - lit, &mut out);
+                out.extend_from_slice(&data[lit..i]);
+            }
+            out.push(1);
+            leb(run, &mut out);
+            out.push(data[i]);
+            i += run;
+            lit = i;
+        } else {
+            i += run;
+        }
+    }
+    if lit < data.len() || data.is_empty() {
+        out.push(0);
+        leb(data.len() - lit, &mut out);
+        out.extend_from_slice(&data[lit..]);
+    }
+    out
+}
+
+/// heatshrink with a window of 2^`window` and matches of up to 2^`lookahead` bytes, parsed
+/// optimally (fewest bits: a literal is 9, a copy 1 + window + lookahead, whatever its length),
+/// detools' parameter byte first. Copies never reach before the start (the decoder's window
+/// starts zeroed, but not every encoder relies on that).
+pub fn heatshrink_compress(data: &[u8], window: u8, lookahead: u8) -> Vec<u8> {
+    let n = data.len();
+    let (wsize, max_len) = (1usize << window, 1usize << lookahead);
+    let copy_bits = 1 + u32::from(window) + u32::from(lookahead);
+    // The longest match at each position within the window (and its distance).
+    let mut best = vec![(0u16, 0u16); n];
+    let mut head = vec![usize::MAX; 1 << 16];
+    let mut prev = vec![usize::MAX; n];
+    for i in 0..n {
+        if i + 1 < n {
+            let h = usize::from(u16::from_le_bytes([data[i], data[i + 1]]));
+            let mut j = head[h];
+            let (mut len, mut dist) = (0, 0);
+            while j != usize::MAX && i - j <= wsize {
+                let l = data[i..n.min(i + max_len)].iter().zip(&data[j..]).take_while(|(a, b)| a == b).count();
+                if l > len {
+                    (len, dist) = (l, i - j);
+                    if l == max_len.min(n - i) {
+                        break;
+                    }
+                }
+                j = prev[j];
+            }
+            best[i] = (len as u16, dist as u16);
+            prev[i] = head[h];
+            head[h] = i;
+        }
+    }
+    // Cheapest parse, from the end.
+    let mut cost = vec![u32::MAX; n + 1];
+    let mut choice = vec![0u16; n + 1]; // 0: literal, else copy length
+    cost[n] = 0;
+    for i in (0..n).rev() {
+        cost[i] = 9 + cost[i + 1];
+        choice[i] = 0;
+        let (len, _) = best[i];
+        for l in 2..=usize::from(len) {
+            let c = copy_bits + cost[i + l];
+            if c < cost[i] {
+                cost[i] = c;
+                choice[i] = l as u16;
+            }
+        }
+    }
+    let mut w = BitWriter::default();
+    let mut i = 0;
+    while i < n {
+        match choice[i] {
+            0 => {
+                w.put(1, 1);
+                w.put(u32::from(data[i]), 8);
+                i += 1;
+            }
+            l => {
+                let dist = u32::from(best[i].1);
+                w.put(0, 1);
+                w.put(dist - 1, window);
+                w.put(u32::from(l) - 1, lookahead);
+                i += usize::from(l);
+            }
+        }
+    }
+    let mut out = vec![((window - 4) << 4) | (lookahead - 3)];
+    out.extend(w.finish());
+    out
+}
+
+#[derive(Default)]
+struct BitWriter {
+    out: Vec<u8>,
+    acc: u32,
+    n: u8,
+}
+
+impl BitWriter {
+    fn put(&mut self, v: u32, bits: u8) {
+        for k in (0..bits).rev() {
+            self.acc = (self.acc << 1) | ((v >> k) & 1);
+            self.n += 1;
+            if self.n == 8 {
+                self.out.push(self.acc as u8);
+                (self.acc, self.n) = (0, 0);
+            }
+        }
+    }
+    fn finish(mut self) -> Vec<u8> {
+        if self.n > 0 {
+            self.out.push((self.acc << (8 - self.n)) as u8);
+        }
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_pack_as_detools_does() {
+        // detools.common.pack_size
+        assert_eq!(pack_size(0), [0x00]);
+        assert_eq!(pack_size(5), [0x05]);
+        assert_eq!(pack_size(63), [0x3f]);
+        assert_eq!(pack_size(64), [0x80, 0x01]);
+        assert_eq!(pack_size(-1), [0x41]);
+        assert_eq!(pack_size(-100), [0xe4, 0x01]);
+        let mut r = super::super::size::SizeReader::new();
+        for v in [0i64, 1, -1, 63, 64, -64, 1 << 20, -(1 << 40), i64::MAX / 2] {
+            let p = pack_size(v);
+            let got = p.iter().map(|&b| r.push(b).unwrap()).last().unwrap();
+            assert_eq!(got, Some(v));
+        }
+    }
+}

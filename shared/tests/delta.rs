@@ -1,0 +1,165 @@
+//! Delta patches made by `shared::delta::create` and applied by `shared::delta::Patcher` from a
+//! strict NOR flash: every codec and filter, fed in pieces of every size, and damaged patches
+//! (truncated, trailing bytes, flipped bits) never panic and never write past the image.
+//! The interop with detools itself is in xtask/tests/interop.rs; the power cuts in
+//! power_loss.rs.
+
+use shared::delta::{self, Base, Compression, CreateOptions, DeltaError, Filter, Patcher};
+use shared::sim::{Rng, SimFlash};
+
+const SLOT: u32 = 64 * 1024;
+
+/// Thumb-like firmware: functions of random halfwords with `BL`s between them; `variant` 1
+/// inserts code early and changes a few instructions, so most later functions move.
+fn firmware(variant: u32) -> Vec<u8> {
+    let mut rng = Rng::new(7);
+    let sizes: Vec<usize> = (0..120).map(|_| 40 + 2 * rng.below(60) as usize).collect();
+    let grow = |i: usize| if variant == 1 && i == 3 { 36 } else { 0 };
+    let mut starts = Vec::new();
+    let mut at = 0x400; // an image header's worth of bytes first
+    for (i, s) in sizes.iter().enumerate() {
+        starts.push(at);
+        at += s + grow(i);
+    }
+    let mut img = vec![0u8; at];
+    let mut rng = Rng::new(11);
+    for (i, &s) in sizes.iter().enumerate() {
+        let mut p = starts[i];
+        let end = p + s + grow(i);
+        while p + 4 <= end {
+            if rng.below(5) == 0 {
+                let target = starts[rng.below(sizes.len() as u64) as usize] as i64;
+                let off = ((target - (p as i64 + 4)) >> 1) as u32 & 0x3f_ffff;
+                img[p..p + 4].copy_from_slice(&[
+                    (off >> 11) as u8,
+                    0xF0 | ((off >> 19) & 7) as u8,
+                    off as u8,
+                    0xF8 | ((off >> 8) & 7) as u8,
+                ]);
+                p += 4;
+            } else {
+                let (h, tweak) = (rng.below(0xE800) as u16, rng.below(300) == 0);
+                let h = if variant == 1 && tweak { h ^ 0x55 } else { h };
+                img[p..p + 2].copy_from_slice(&h.to_le_bytes());
+                p += 2;
+            }
+        }
+    }
+    img
+}
+
+fn base_id(base: &[u8]) -> Base {
+    use sha2::Digest;
+    Base { size: base.len() as u32, sha256: sha2::Sha256::digest(base).into(), version: "1.3".try_into().unwrap() }
+}
+
+fn flash_with(base: &[u8]) -> SimFlash<4096, 4> {
+    let mut f = SimFlash::<4096, 4>::new(SLOT as usize, 0xFF);
+    f.load(0, base);
+    f
+}
+
+/// Applies `patch` in `chunk`-byte pieces; the rebuilt image, or the first error.
+fn apply(patch: &[u8], base: &[u8], chunk: usize) -> Result<Vec<u8>, DeltaError> {
+    let mut flash = flash_with(base);
+    let mut p = Box::new(Patcher::new(SLOT));
+    p.reset(base.len() as u32);
+    let mut out = Vec::new();
+    for c in patch.chunks(chunk) {
+        p.feed(c, &mut flash, &mut |at, b| {
+            assert_eq!(at as usize, out.len(), "writes in order, each byte once");
+            out.extend_from_slice(b);
+            Ok(())
+        })?;
+        assert!(out.len() <= SLOT as usize, "nothing past the slot");
+    }
+    let n = p.finish()?;
+    assert_eq!(n as usize, out.len());
+    Ok(out)
+}
+
+fn codecs() -> [Compression; 4] {
+    [
+        Compression::None,
+        Compression::Crle,
+        Compression::Heatshrink { window: 8, lookahead: 7 },
+        Compression::Heatshrink { window: 11, lookahead: 4 },
+    ]
+}
+
+#[test]
+fn every_codec_and_filter_rebuilds_the_target_in_any_pieces() {
+    let (old, new) = (firmware(0), firmware(1));
+    assert_ne!(old, new);
+    let mut cases = 0;
+    for compression in codecs() {
+        for (filter, id) in
+            [(Filter::None, None), (Filter::None, Some(base_id(&old))), (Filter::Thumb, Some(base_id(&old)))]
+        {
+            let patch = delta::create(&old, &new, id.as_ref(), &CreateOptions { filter, compression });
+            for chunk in [1, 3, 64, 1000, patch.len()] {
+                let got = apply(&patch, &old, chunk).unwrap_or_else(|e| panic!("{compression:?} {filter:?}: {e}"));
+                assert!(got == new, "{compression:?} {filter:?} in {chunk}-byte pieces: wrong bytes");
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 4 * 3 * 5);
+}
+
+#[test]
+fn the_thumb_filter_makes_moved_calls_cheap() {
+    let (old, new) = (firmware(0), firmware(1));
+    let h = Compression::Heatshrink { window: 11, lookahead: 4 };
+    let id = base_id(&old);
+    let plain = delta::create(&old, &new, Some(&id), &CreateOptions { filter: Filter::None, compression: h });
+    let thumb = delta::create(&old, &new, Some(&id), &CreateOptions { filter: Filter::Thumb, compression: h });
+    eprintln!("{} byte image: patch {} bytes plain, {} with the Thumb filter", new.len(), plain.len(), thumb.len());
+    assert!(thumb.len() < plain.len());
+}
+
+#[test]
+fn damaged_patches_fail_cleanly_and_never_write_past_the_image() {
+    let (old, new) = (firmware(0), firmware(1));
+    let mut rng = Rng::new(2026);
+    let mut cases = 0;
+    for compression in codecs() {
+        let patch =
+            delta::create(&old, &new, Some(&base_id(&old)), &CreateOptions { filter: Filter::Thumb, compression });
+        // Cut short anywhere: an error (never a whole image).
+        for _ in 0..20 {
+            let n = rng.below(patch.len() as u64) as usize;
+            assert!(apply(&patch[..n], &old, 100).is_err(), "{compression:?} cut at {n} of {}", patch.len());
+            cases += 1;
+        }
+        // Trailing bytes.
+        let mut long = patch.clone();
+        long.extend_from_slice(&[0xA5; 9]);
+        assert!(apply(&long, &old, 100).is_err(), "{compression:?}: trailing bytes accepted");
+        // Flipped bits: an error, or some image of the stated size (the signature check is what
+        // stands after that); never a panic, never a byte past the image.
+        for _ in 0..200 {
+            let mut bad = patch.clone();
+            let i = rng.below(bad.len() as u64) as usize;
+            bad[i] ^= 1 << rng.below(8);
+            if let Ok(img) = apply(&bad, &old, 77) {
+                assert_eq!(img.len(), new.len());
+            }
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 4 * 220);
+}
+
+#[test]
+fn a_patch_that_would_write_past_the_slot_is_refused_at_its_header() {
+    let old = firmware(0);
+    let big = vec![0x5Au8; SLOT as usize + 2];
+    let patch = delta::create(
+        &old,
+        &big,
+        Some(&base_id(&old)),
+        &CreateOptions { filter: Filter::None, compression: Compression::Crle },
+    );
+    assert_eq!(apply(&patch, &old, 50), Err(DeltaError::TooLarge { size: SLOT + 2, slot: SLOT }));
+}
