@@ -10,6 +10,7 @@ use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use memory_layouts::Layout;
 use shared::alink::SignMethod;
+use shared::delta::Patcher;
 use shared::ota::OtaMachine;
 use shared::provision::{self, Provision};
 use shared::time::Duration;
@@ -32,6 +33,8 @@ pub struct OtaState<U> {
     // `.data` (its image in flash, copied at start).
     machine: MaybeUninit<OtaMachine>,
     modem: MaybeUninit<Shared<U>>,
+    /// Applies differential packages (its heatshrink window and header buffer).
+    patcher: MaybeUninit<Patcher>,
     /// HTTPS body chunks.
     http: [u8; HTTP_CHUNK],
     /// One MQTT packet (kept in place while the machine works on it).
@@ -45,6 +48,7 @@ impl<U> OtaState<U> {
         OtaState {
             machine: MaybeUninit::uninit(),
             modem: MaybeUninit::uninit(),
+            patcher: MaybeUninit::uninit(),
             http: [0; HTTP_CHUNK],
             mqtt: [0; MQTT_RX],
             work: [0; 1024],
@@ -88,7 +92,7 @@ where
     D: NorFlash,
     C: Clock,
 {
-    let OtaState { machine, modem, http, mqtt, work } = state;
+    let OtaState { machine, modem, patcher, http, mqtt, work } = state;
     let mut f = f;
     let booted = driver::boot(&mut f, b.layout, &mut work[..], b.say).map_err(|e| {
         (b.say)(format_args!("app: {}", e));
@@ -124,7 +128,8 @@ where
         self_test: b.self_test,
         say: b.say,
     };
-    let bufs = Buffers { mqtt: &mut mqtt[..], http: &mut http[..], work: &mut work[..] };
+    let patcher = patcher.write(Patcher::new());
+    let bufs = Buffers { mqtt: &mut mqtt[..], http: &mut http[..], work: &mut work[..], patcher };
     driver::run(booted, f, board, &settings, machine, bufs).await.map_err(|e| {
         (b.say)(format_args!("app: {}", e));
         "cannot start"

@@ -21,6 +21,7 @@ use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use memory_layouts::Layout;
 use shared::alink::{self, AlinkError, DeviceSecret, SignMethod};
 use shared::boot::{boot_info, confirm, progress, request_revert, UpdateError, Updater};
+use shared::delta::Patcher;
 use shared::image::{PublicKey, VerifyOptions};
 use shared::ota::{
     check_keep_alive, Action, Backoff, BootReport, ConfigError, Event, External, HttpError, MarkError, ModuleError,
@@ -193,8 +194,9 @@ pub struct Board<'a, L, H, M, C> {
 }
 
 /// The board's buffers: one MQTT packet (the largest block reply plus its header and topic, or
-/// the largest push with its extData), HTTP body chunks (empty without HTTP), and flash work (the
-/// final verify reads the whole image through it: 1 KiB on a microcontroller).
+/// the largest push with its extData), HTTP body chunks (empty without HTTP), flash work (the
+/// final verify reads the whole image through it: 1 KiB on a microcontroller), and the patcher
+/// of differential packages (its heatshrink window: about 2.3 KiB).
 pub struct Buffers<'a> {
     /// MQTT receive buffer.
     pub mqtt: &'a mut [u8],
@@ -202,6 +204,8 @@ pub struct Buffers<'a> {
     pub http: &'a mut [u8],
     /// Flash reads.
     pub work: &'a mut [u8],
+    /// Applies differential packages.
+    pub patcher: &'a mut Patcher,
 }
 
 /// Why [`run`] returned.
@@ -258,6 +262,8 @@ struct Ctx<'a> {
     slot_size: u32,
     self_test: bool,
     erased: u8,
+    /// Bytes of the running image (the base of a patch that names none).
+    image_len: u32,
 }
 
 /// Where the bytes of the last event are (`Action::Write` ranges index them).
@@ -277,9 +283,14 @@ enum End {
 }
 
 /// The machine, the updater and what carries out actions.
-struct Core<'a, H, M, C, D, S> {
+struct Core<'a, H, M, C, A, D, S> {
     m: &'a mut OtaMachine,
     up: Updater<D, S>,
+    /// ACTIVE: the base of differential packages.
+    active: A,
+    patcher: &'a mut Patcher,
+    /// DFU is being written by the patcher (since `BeginPatch`), not directly.
+    patching: bool,
     http: &'a mut H,
     module: &'a mut M,
     /// The module version last told to the machine.
@@ -342,7 +353,7 @@ where
     S: NorFlash,
     D: NorFlash,
 {
-    let Buffers { mqtt: rx, http: body, work } = bufs;
+    let Buffers { mqtt: rx, http: body, work, patcher } = bufs;
     let (l, clock) = (b.layout, b.clock);
     let keys = TRUSTED_KEYS.map(PublicKey);
     let info = booted.info;
@@ -353,6 +364,7 @@ where
     cfg.pull_interval = s.pull_interval;
     cfg.confirm_deadline = s.confirm_deadline;
     cfg.https = b.http.available();
+    cfg.delta = true;
     if let Some(name) = b.module.name() {
         let _ = cfg.external.push(External::new(name, b.module.max_url())?);
     }
@@ -367,6 +379,9 @@ where
     let mut core = Core {
         m,
         up: Updater::new(f.dfu, f.state, l.geometry.erased, 0),
+        active: f.active,
+        patcher,
+        patching: false,
         http: b.http,
         module: b.module,
         module_version: None,
@@ -379,6 +394,7 @@ where
             slot_size: l.active.length,
             self_test: b.self_test,
             erased: l.geometry.erased,
+            image_len: info.running.total_len,
         },
         work,
         body,
@@ -426,7 +442,7 @@ where
     }
 }
 
-impl<H: Http, M: Module, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, M, C, D, S> {
+impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Core<'_, H, M, C, A, D, S> {
     /// One MQTT session: open the link, log in, subscribe, then run until it drops or the
     /// machine asks for a reset.
     async fn session<L: Link>(
@@ -566,7 +582,7 @@ impl<H: Http, M: Module, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, M, C, D
 
     /// Carries out the machine's actions; `last` says where the last event's bytes are.
     async fn act<T: Read + Write>(&mut self, mut mqtt: Option<&mut Mqtt<'_, T>>, last: &Last) -> Option<Exit> {
-        let Core { m, up, http, module: module_dev, clock, ctx, work, body, .. } = self;
+        let Core { m, up, active, patcher, patching, http, module: module_dev, clock, ctx, work, body, .. } = self;
         let (clock, buf) = (*clock, &mut **work);
         loop {
             let a = m.poll_action()?;
@@ -601,7 +617,31 @@ impl<H: Http, M: Module, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, M, C, D
                 Action::BeginDownload { at } => {
                     log::info!("download into DFU from byte {}", at);
                     up.restart(at);
+                    *patching = false;
                     None
+                }
+                Action::BeginPatch => {
+                    log::info!("patch into DFU from the running image");
+                    up.restart(0);
+                    patcher.reset(ctx.slot_size, ctx.image_len);
+                    *patching = true;
+                    None
+                }
+                Action::Patch { offset: _, range } => {
+                    let bytes: &[u8] = match (last, mqtt.as_deref()) {
+                        (Last::Mqtt(r), Some(s)) => &s.rx()[r.clone()],
+                        (Last::Http(n), _) => &body[..*n],
+                        _ => &[],
+                    };
+                    let bytes = bytes.get(range).unwrap_or(&[]);
+                    let r = patcher.feed(bytes, active, &mut |at, b| up.write(at, b).map_err(|_| ()));
+                    match r {
+                        Ok(()) => None,
+                        Err(e) => {
+                            log::warn!("patch: {}", e);
+                            Some(Event::PatchFailed(e))
+                        }
+                    }
                 }
                 Action::Write { offset, range } => {
                     let bytes: &[u8] = match (last, mqtt.as_deref()) {
@@ -661,21 +701,27 @@ impl<H: Http, M: Module, C: Clock, D: NorFlash, S: NorFlash> Core<'_, H, M, C, D
                     None
                 }
                 Action::VerifyAndMark => {
-                    let opts = VerifyOptions {
-                        keys: ctx.keys,
-                        revoked: ctx.revoked,
-                        min_sec_cnt: ctx.sec_cnt,
-                        slot_size: Some(ctx.slot_size),
-                    };
-                    let r = up.finish(&opts, buf);
-                    match &r {
-                        Ok(i) => log::info!("verify: OK, SHA-256 {:02x?}..., marked for install", &i.digest[..4]),
-                        Err(e) => log::warn!("verify: {}", e),
+                    // A patch must have ended with its image before the image is checked.
+                    if let Some(Err(e)) = (*patching).then(|| patcher.finish()) {
+                        log::warn!("patch: {}", e);
+                        Some(Event::Marked(Err(MarkError::Patch(e))))
+                    } else {
+                        let opts = VerifyOptions {
+                            keys: ctx.keys,
+                            revoked: ctx.revoked,
+                            min_sec_cnt: ctx.sec_cnt,
+                            slot_size: Some(ctx.slot_size),
+                        };
+                        let r = up.finish(&opts, buf);
+                        match &r {
+                            Ok(i) => log::info!("verify: OK, SHA-256 {:02x?}..., marked for install", &i.digest[..4]),
+                            Err(e) => log::warn!("verify: {}", e),
+                        }
+                        Some(Event::Marked(r.map(|_| ()).map_err(|e| match e {
+                            UpdateError::Image(i) => MarkError::Image(i),
+                            _ => MarkError::Flash,
+                        })))
                     }
-                    Some(Event::Marked(r.map(|_| ()).map_err(|e| match e {
-                        UpdateError::Image(i) => MarkError::Image(i),
-                        _ => MarkError::Flash,
-                    })))
                 }
                 Action::Reset => {
                     log::info!("reset");

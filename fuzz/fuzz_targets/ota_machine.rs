@@ -240,8 +240,16 @@ impl Harness {
         self.http = None;
         self.reset = false;
         let running = self.running.clone();
-        let r =
-            BootReport { version: &running, module: "default", awaiting_confirm, outcome, sec_cnt, resume: self.saved };
+        let r = BootReport {
+            version: &running,
+            module: "default",
+            awaiting_confirm,
+            outcome,
+            sec_cnt,
+            resume: self.saved,
+            digest: [0; 32],
+            image_len: 0,
+        };
         self.handle(Event::Booted(r), None);
     }
 
@@ -379,6 +387,9 @@ impl Harness {
                     self.dfu[offset as usize..end as usize].copy_from_slice(&p[range]);
                     self.cursor = Some(end as u32);
                 }
+                // The harness's device takes no differential packages (OtaConfig::delta off):
+                // isDiff offers must be refused, never patched.
+                Action::BeginPatch | Action::Patch { .. } => panic!("a patch action with delta off: {a:?}"),
                 Action::BeginDownload { at } => {
                     assert!(at % page == 0 && at < slot.max(1), "BeginDownload at {at}");
                     self.cursor = Some(at);

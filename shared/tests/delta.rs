@@ -62,8 +62,8 @@ fn flash_with(base: &[u8]) -> SimFlash<4096, 4> {
 /// Applies `patch` in `chunk`-byte pieces; the rebuilt image, or the first error.
 fn apply(patch: &[u8], base: &[u8], chunk: usize) -> Result<Vec<u8>, DeltaError> {
     let mut flash = flash_with(base);
-    let mut p = Box::new(Patcher::new(SLOT));
-    p.reset(base.len() as u32);
+    let mut p = Box::new(Patcher::new());
+    p.reset(SLOT, base.len() as u32);
     let mut out = Vec::new();
     for c in patch.chunks(chunk) {
         p.feed(c, &mut flash, &mut |at, b| {

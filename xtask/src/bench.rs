@@ -8,6 +8,7 @@
 //! QEMU's `-icount shift=0`, with nothing to do, with a 256 KiB image, and for an update.
 //! `cargo xtask bench qemu-download`: the real app under QEMU downloading through the modem
 //! simulator from the local console, over MQTT stream and over HTTPS, alternating, in one run.
+//! `cargo xtask bench delta`: differential packages, ours against detools and bsdiff4.
 
 use anyhow::{bail, Result};
 use core::cell::RefCell;
@@ -22,7 +23,7 @@ use shared::sim::{SimFlash, Wear};
 #[derive(clap::Args)]
 pub struct Args {
     /// What to measure.
-    #[arg(value_parser = ["boot", "ota", "qemu", "qemu-download"])]
+    #[arg(value_parser = ["boot", "ota", "qemu", "qemu-download", "delta"])]
     what: String,
     /// Image size in KiB (default: 64 for boot, 1024 for ota, 256 for qemu and qemu-download).
     #[arg(long)]
@@ -30,6 +31,9 @@ pub struct Args {
     /// qemu-download: downloads per protocol (alternating MQTT and HTTPS).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// delta: our patch's size for every heatshrink window and lookahead, instead of the table.
+    #[arg(long)]
+    sweep: bool,
 }
 
 type Flash = SimFlash<8192, 16>;
@@ -113,6 +117,7 @@ pub fn run(a: Args) -> Result<()> {
         "ota" => crate::bench_ota::run(a.image_kib.unwrap_or(1024)),
         "qemu" => crate::bench_qemu::run(a.image_kib.unwrap_or(256)),
         "qemu-download" => crate::bench_qemu::download(a.image_kib.unwrap_or(256), a.rounds),
+        "delta" => crate::bench_delta::run(a.sweep),
         _ => boot(a.image_kib.unwrap_or(64)),
     }
 }

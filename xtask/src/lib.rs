@@ -2,6 +2,7 @@
 //! command line), shared with the integration tests and between subcommands.
 
 pub mod bench;
+pub mod bench_delta;
 pub mod bench_ota;
 pub mod bench_qemu;
 pub mod build;

@@ -3,7 +3,9 @@
 //! ```text
 //! <out>/
 //!   firmware-<version>.bin   the signed image: upload this to the Aliyun console as the package
-//!   manifest.json            board, module, version, size, md5, sha256, sec_cnt, key hash
+//!   delta-<from>-<version>.bin  with --delta-from: the differential package from <from> (upload
+//!                            it as a differential package with source version <from>)
+//!   manifest.json            board, module, version, size, md5, sha256, sec_cnt, key hash, delta
 //!   factory.bin              bootloader + signed app + erased state, flashed once (host: the
 //!                            flash file for `cargo xtask device --factory`)
 //! ```
@@ -68,8 +70,90 @@ pub struct Args {
     /// Pad the firmware body to at least this many bytes (host: the simulated firmware's size).
     #[arg(long, value_parser = crate::parse_u32, default_value = "4096")]
     body_size: u32,
+    /// Also write a differential package from this base: a release folder (its manifest names
+    /// the image) or a signed image, which must verify with the trusted keys. Upload
+    /// `delta-<from>-<version>.bin` as a differential package whose source version is the base's.
+    #[arg(long)]
+    delta_from: Option<PathBuf>,
     #[command(flatten)]
     rotation: crate::sign::Rotation,
+}
+
+/// What `manifest.json` says of the differential package.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct DeltaManifest {
+    /// The patch file.
+    pub file: String,
+    /// The base's Aliyun version (the package's source version).
+    pub from: String,
+    /// The base image's SHA-256 (its SHA256 TLV, over header, body and protected TLVs) and bytes.
+    pub from_sha256: String,
+    pub from_size: u32,
+    pub size: u64,
+    pub md5: String,
+    pub sha256: String,
+    /// `thumb` (ARM-Thumb branch filter) or `none`: whichever made the smaller patch.
+    pub filter: String,
+    /// detools compression and its parameters (window/lookahead bits), e.g. `heatshrink 11/8`.
+    pub compression: String,
+}
+
+/// What our header says of a base image that verifies with `keys`: its length, SHA256 TLV and
+/// Aliyun version; and its Aliyun module.
+pub fn base_id(image: &[u8], keys: &[PublicKey]) -> Result<(shared::delta::Base, String)> {
+    let opts = shared::image::VerifyOptions { keys, revoked: 0, min_sec_cnt: 0, slot_size: None };
+    let info = shared::image::verify(&mut shared::image::SliceFlash(image), &opts, &mut [0u8; 1024])
+        .map_err(|e| anyhow::anyhow!("the base image does not verify with the trusted keys: {e}"))?;
+    let version = info.aliyun_version.map(|v| v.to_string()).context("the base image has no Aliyun version")?;
+    let module = info.module.map(|m| m.to_string()).unwrap_or_else(|| "default".into());
+    let version =
+        version.as_str().try_into().map_err(|_| anyhow::anyhow!("base version {version:?} is over 64 bytes"))?;
+    Ok((shared::delta::Base { size: info.total_len, sha256: info.digest, version }, module))
+}
+
+/// The smallest patch that rebuilds `target` from `base` (signed images) over the heatshrink
+/// windows and lookaheads a device decodes and, on the Thumb boards (`thumb`), with and without
+/// the ARM-Thumb filter; applied back with the device's patcher before it is returned.
+pub fn make_delta(
+    base: &[u8],
+    base_id: &shared::delta::Base,
+    target: &[u8],
+    thumb: bool,
+) -> Result<(Vec<u8>, shared::delta::CreateOptions)> {
+    use shared::delta::Filter;
+    let filters: &[Filter] = if thumb { &[Filter::None, Filter::Thumb] } else { &[Filter::None] };
+    let (patch, opts) = shared::delta::create_smallest(base, target, base_id, filters);
+    let rebuilt = apply_delta(&patch, base, target.len() as u32)?;
+    ensure!(rebuilt == target, "the patch does not rebuild the image (a bug in shared::delta)");
+    Ok((patch, opts))
+}
+
+/// Applies `patch` to `base` with the device's patcher (`slot`: the most it may rebuild).
+pub fn apply_delta(patch: &[u8], base: &[u8], slot: u32) -> Result<Vec<u8>> {
+    let mut flash = shared::image::SliceFlash(base);
+    let mut p = Box::new(shared::delta::Patcher::new());
+    p.reset(slot, base.len() as u32);
+    let mut out = Vec::new();
+    for c in patch.chunks(1024) {
+        p.feed(c, &mut flash, &mut |_, b| {
+            out.extend_from_slice(b);
+            Ok(())
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    p.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(out)
+}
+
+/// The base image of `--delta-from`: a release folder's image, or an image file.
+fn read_base(p: &Path) -> Result<Vec<u8>> {
+    if p.is_dir() {
+        let m = std::fs::read(p.join("manifest.json"))
+            .with_context(|| format!("--delta-from {}: not a release folder (no manifest.json)", p.display()))?;
+        let m: Manifest = serde_json::from_slice(&m).with_context(|| format!("{}/manifest.json", p.display()))?;
+        return read(&p.join(m.file));
+    }
+    read(p).with_context(|| format!("--delta-from {}", p.display()))
 }
 
 /// `manifest.json`.
@@ -92,6 +176,9 @@ pub struct Manifest {
     #[serde(default)]
     pub revokes_keys: Vec<u8>,
     pub factory: Option<String>,
+    /// The differential package, with `--delta-from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaManifest>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -172,6 +259,45 @@ pub fn run(a: Args) -> Result<()> {
     };
     write(&out.join("factory.bin"), &factory_image(layout, &bl, &image)?)?;
     let factory = Some("factory.bin".to_string());
+    let delta = match &a.delta_from {
+        None => None,
+        Some(from) => {
+            let base = read_base(from)?;
+            let (id, module) = base_id(&base, &trusted).with_context(|| format!("--delta-from {}", from.display()))?;
+            ensure!(
+                module == a.module,
+                "--delta-from {}: the base is module {module:?}, this release module {:?}: a differential package \
+                 upgrades one module",
+                from.display(),
+                a.module
+            );
+            ensure!(
+                id.version.as_str() != a.version,
+                "--delta-from {}: the base is version {} too: a differential package goes from one version to another",
+                from.display(),
+                a.version
+            );
+            let (patch, opts) = make_delta(&base, &id, &image, board.target().is_some())?;
+            let file = format!("delta-{}-{}.bin", id.version, a.version);
+            write(&out.join(&file), &patch)?;
+            Some(DeltaManifest {
+                file,
+                from: id.version.to_string(),
+                from_sha256: hex::encode(id.sha256),
+                from_size: id.size,
+                size: patch.len() as u64,
+                md5: hex::encode(Md5::digest(&patch)),
+                sha256: hex::encode(Sha256::digest(&patch)),
+                filter: format!("{:?}", opts.filter).to_lowercase(),
+                compression: match opts.compression {
+                    shared::delta::Compression::Heatshrink { window, lookahead } => {
+                        format!("heatshrink {window}/{lookahead}")
+                    }
+                    c => format!("{c:?}").to_lowercase(),
+                },
+            })
+        }
+    };
     let manifest = Manifest {
         board: board.name().into(),
         module: a.module.clone(),
@@ -186,6 +312,7 @@ pub fn run(a: Args) -> Result<()> {
         key_slot,
         revokes_keys: a.rotation.revoke_keys.clone(),
         factory,
+        delta,
     };
     write(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     println!("release {} {} {} -> {}", board.name(), a.module, a.version, out.display());
@@ -204,6 +331,16 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(f) = &manifest.factory {
         println!("  {f}: flash once at {:#010x}", layout.flash.origin);
+    }
+    if let Some(d) = &manifest.delta {
+        println!(
+            "  {}: {} bytes ({:.1} % of the image), md5 {}: upload as a differential package, source version {}",
+            d.file,
+            d.size,
+            d.size as f64 * 100.0 / image.len() as f64,
+            d.md5,
+            d.from
+        );
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! What the tests need beyond the toolchain, installed on first use by the project itself:
-//! the thumb target (rustup), imgtool (PyPI, in a virtualenv under target/), openssl,
+//! the thumb target (rustup), imgtool, detools and bsdiff4 (PyPI, in a virtualenv under target/), openssl,
 //! qemu-system-arm and mosquitto (apt), a nightly toolchain (rustup) and cargo-fuzz (crates.io).
 
 use anyhow::{bail, ensure, Context, Result};
@@ -8,17 +8,22 @@ use std::process::{Command, Stdio};
 
 /// imgtool version the interop tests run against.
 pub const IMGTOOL_VERSION: &str = "2.5.0";
+/// detools version the delta interop tests and bench run against.
+pub const DETOOLS_VERSION: &str = "0.53.0";
+/// bsdiff4 version the delta bench compares with.
+pub const BSDIFF4_VERSION: &str = "1.3.2";
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Tool to install if needed and print the path of.
-    #[arg(value_parser = ["imgtool", "openssl", "qemu-system-arm", "mosquitto"])]
+    #[arg(value_parser = ["imgtool", "detools", "openssl", "qemu-system-arm", "mosquitto"])]
     tool: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let path = match a.tool.as_str() {
         "imgtool" => imgtool()?,
+        "detools" => detools()?,
         "openssl" => openssl()?,
         "mosquitto" => mosquitto()?,
         _ => qemu()?,
@@ -120,11 +125,27 @@ pub fn mosquitto() -> Result<PathBuf> {
 
 /// imgtool from PyPI in `target/tools/venv`, created on first use.
 pub fn imgtool() -> Result<PathBuf> {
+    pip_tool(&format!("imgtool=={IMGTOOL_VERSION}"), "imgtool")
+}
+
+/// detools from PyPI (the delta patch format's reference implementation: `detools
+/// create_patch` / `apply_patch`, heatshrink through heatshrink2) in `target/tools/venv`.
+pub fn detools() -> Result<PathBuf> {
+    pip_tool(&format!("detools=={DETOOLS_VERSION}"), "detools")
+}
+
+/// The virtualenv's python with bsdiff4 from PyPI (the classic bsdiff, for the delta bench).
+pub fn bsdiff4_python() -> Result<PathBuf> {
+    pip_tool(&format!("bsdiff4=={BSDIFF4_VERSION}"), "python3")
+}
+
+/// `package` (a pip requirement) installed in `target/tools/venv`; the path of its `bin`.
+fn pip_tool(package: &str, bin: &str) -> Result<PathBuf> {
     let venv = crate::root().join("target/tools/venv");
-    let bin = venv.join("bin/imgtool");
-    let stamp = venv.join(format!("imgtool-{IMGTOOL_VERSION}.ok"));
-    if bin.exists() && stamp.exists() {
-        return Ok(bin);
+    let path = venv.join("bin").join(bin);
+    let stamp = venv.join(format!("{}.ok", package.replace("==", "-")));
+    if path.exists() && stamp.exists() {
+        return Ok(path);
     }
     if !found("python3") {
         apt_install(&["python3", "python3-venv"])?;
@@ -137,15 +158,14 @@ pub fn imgtool() -> Result<PathBuf> {
             ensure!(st.success(), "python3 -m venv {} failed", venv.display());
         }
     }
-    eprintln!("installing imgtool {IMGTOOL_VERSION} from PyPI into {}", venv.display());
+    eprintln!("installing {package} from PyPI into {}", venv.display());
     let st = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("imgtool=={IMGTOOL_VERSION}"))
+        .args(["install", "--quiet", "--disable-pip-version-check", package])
         .status()
         .context("running pip")?;
-    if !st.success() || !bin.exists() {
-        bail!("pip could not install imgtool {IMGTOOL_VERSION} (is PyPI reachable?)");
+    if !st.success() || !path.exists() {
+        bail!("pip could not install {package} (is PyPI reachable?)");
     }
     std::fs::write(&stamp, b"")?;
-    Ok(bin)
+    Ok(path)
 }

@@ -157,7 +157,16 @@ impl Sim {
     }
 
     fn boot(&mut self, version: &str, outcome: BootOutcome, awaiting_confirm: bool) {
-        let r = BootReport { version, module: "default", awaiting_confirm, outcome, sec_cnt: 0, resume: self.saved };
+        let r = BootReport {
+            version,
+            module: "default",
+            awaiting_confirm,
+            outcome,
+            sec_cnt: 0,
+            resume: self.saved,
+            digest: [0; 32],
+            image_len: 0,
+        };
         let now = self.at();
         self.m.handle(now, Event::Booted(r));
         self.drain(&[]);

@@ -214,7 +214,8 @@ async fn power_on(
     let mut flashes = Flashes { active, boot_record, state, dfu };
     let (mut rx, mut body, mut work) = (vec![0u8; MQTT_RX], vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
     let booted = driver::boot(&mut flashes, layout, &mut work, say).map_err(|e| e.to_string())?;
-    let bufs = Buffers { mqtt: &mut rx, http: &mut body, work: &mut work };
+    let mut patcher = Box::new(shared::delta::Patcher::new());
+    let bufs = Buffers { mqtt: &mut rx, http: &mut body, work: &mut work, patcher: &mut patcher };
     let mut machine = core::mem::MaybeUninit::uninit();
     let self_test = behaviour.self_test;
     let r = match cfg.modem.as_deref() {

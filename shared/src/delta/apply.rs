@@ -49,13 +49,19 @@ pub struct Patcher {
     taken: u32,
 }
 
+impl Default for Patcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Patcher {
-    /// A patcher for an image of at most `slot` bytes.
-    pub const fn new(slot: u32) -> Self {
+    /// A patcher; [`Patcher::reset`] starts each patch.
+    pub const fn new() -> Self {
         Patcher {
             hdr: Vec::new(),
             header: None,
-            slot,
+            slot: 0,
             base_len: 0,
             heatshrink: Heatshrink::new(),
             crle: Crle::new(),
@@ -69,10 +75,9 @@ impl Patcher {
         }
     }
 
-    /// Starts a new patch. `base_len`: the bytes of the running image, the base of a patch
-    /// without our header (ours names its own).
-    pub fn reset(&mut self, base_len: u32) {
-        let slot = self.slot;
+    /// Starts a new patch of an image of at most `slot` bytes. `base_len`: the bytes of the
+    /// running image, the base of a patch without our header (ours names its own).
+    pub fn reset(&mut self, slot: u32, base_len: u32) {
         self.hdr.clear();
         self.header = None;
         self.slot = slot;

@@ -35,8 +35,35 @@ pub fn pack_size(v: i64) -> Vec<u8> {
 /// or with `base_id` None a plain detools sequential patch (`opts.filter` must then be None).
 pub fn create(base: &[u8], target: &[u8], base_id: Option<&Base>, opts: &CreateOptions) -> Vec<u8> {
     assert!(base_id.is_some() || opts.filter == Filter::None, "a filter needs our header to say so");
+    let s = stream(base, target, opts.filter);
+    assemble(base_id, opts, target.len(), &s)
+}
+
+/// The smallest patch over `filters` and every heatshrink window and lookahead a device decodes
+/// (windows of 2^8..=2^[`super::MAX_WINDOW_BITS`] bytes; long copies suit the zero runs of a
+/// patch between near-identical images, short ones new code), and the options chosen.
+pub fn create_smallest(base: &[u8], target: &[u8], base_id: &Base, filters: &[Filter]) -> (Vec<u8>, CreateOptions) {
+    let mut best: Option<(Vec<u8>, CreateOptions)> = None;
+    for &filter in filters {
+        let s = stream(base, target, filter);
+        for window in 8..=super::MAX_WINDOW_BITS {
+            for lookahead in 4..window {
+                let opts = CreateOptions { filter, compression: Compression::Heatshrink { window, lookahead } };
+                let p = assemble(Some(base_id), &opts, target.len(), &s);
+                if best.as_ref().is_none_or(|b| p.len() < b.0.len()) {
+                    best = Some((p, opts));
+                }
+            }
+        }
+    }
+    best.expect("at least one filter")
+}
+
+/// detools' uncompressed sequential stream from `base` to `target`: no data format, then bsdiff's
+/// (diff, extra, adjustment) steps.
+fn stream(base: &[u8], target: &[u8], filter: Filter) -> Vec<u8> {
     let (mut b, mut t) = (base.to_vec(), target.to_vec());
-    if opts.filter == Filter::Thumb {
+    if filter == Filter::Thumb {
         thumb::filter(&mut b, true);
         thumb::filter(&mut t, true);
     }
@@ -58,16 +85,21 @@ pub fn create(base: &[u8], target: &[u8], base_id: Option<&Base>, opts: &CreateO
         stream.extend(pack_size(seek));
         c = &c[add + copy..];
     }
+    stream
+}
+
+/// The headers, then `stream` compressed.
+fn assemble(base_id: Option<&Base>, opts: &CreateOptions, to_len: usize, stream: &[u8]) -> Vec<u8> {
     let mut out = match base_id {
         Some(id) => Header::emit_ours(id, opts.filter),
         None => Vec::new(),
     };
     out.push(opts.compression.number());
-    out.extend(pack_size(target.len() as i64));
+    out.extend(pack_size(to_len as i64));
     match opts.compression {
-        Compression::None => out.extend(stream),
-        Compression::Crle => out.extend(crle_compress(&stream)),
-        Compression::Heatshrink { window, lookahead } => out.extend(heatshrink_compress(&stream, window, lookahead)),
+        Compression::None => out.extend_from_slice(stream),
+        Compression::Crle => out.extend(crle_compress(stream)),
+        Compression::Heatshrink { window, lookahead } => out.extend(heatshrink_compress(stream, window, lookahead)),
     }
     out
 }

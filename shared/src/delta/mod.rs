@@ -51,7 +51,7 @@ pub mod thumb;
 
 pub use apply::Patcher;
 #[cfg(feature = "std")]
-pub use create::{create, heatshrink_compress, pack_size, CreateOptions};
+pub use create::{create, create_smallest, heatshrink_compress, pack_size, CreateOptions};
 pub use header::{Base, Compression, Filter, Header, MAGIC, MAX_HEADER, MAX_VERSION};
 
 use embedded_storage::nor_flash::NorFlashErrorKind;

@@ -26,6 +26,19 @@ pub enum Action<'a> {
         /// offset in DFU
         at: u32,
     },
+    /// Start applying a differential package (`shared::delta::Patcher`, the base read from
+    /// ACTIVE): a fresh patcher, the DFU writer at 0. A patch is never resumed after a reset: it
+    /// starts over.
+    BeginPatch,
+    /// Feed bytes `range` of the payload last handed in (the patch from byte `offset`) to the
+    /// patcher, which writes the image it rebuilds into DFU. Report [`super::Event::PatchFailed`]
+    /// if it fails; success needs no event.
+    Patch {
+        /// offset in the patch
+        offset: u32,
+        /// bytes of the last `Message` payload or `HttpBody`
+        range: Range<usize>,
+    },
     /// Write bytes `range` of the payload last handed in, at `offset` of DFU. Report
     /// [`super::Event::FlashFailed`] if it fails; success needs no event.
     Write {
@@ -52,7 +65,8 @@ pub enum Action<'a> {
     /// Drop the HTTP connection.
     HttpClose,
     /// Verify the image in DFU with our keys and counter, mark it for swap, then report
-    /// [`super::Event::Marked`].
+    /// [`super::Event::Marked`]. After a [`Action::BeginPatch`], first check that the patch ended
+    /// with its image (`Patcher::finish`; `MarkError::Patch` if not).
     VerifyAndMark,
     /// Reboot (the bootloader takes over: it installs a marked image, starts an unconfirmed one
     /// again while it has boot attempts left, or reverts it).

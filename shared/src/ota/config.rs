@@ -106,6 +106,9 @@ pub struct OtaConfig {
     pub confirm_deadline: Duration,
     /// The board downloads over HTTPS too (else HTTPS tasks are refused with a reason).
     pub https: bool,
+    /// The board applies differential packages (`isDiff: 1`) with `shared::delta` (else they
+    /// are refused with a reason).
+    pub delta: bool,
     /// Modules beside the MCU that update themselves (default none). One named like the app's
     /// module (known at boot) is ignored.
     pub external: Vec<External, MAX_EXTERNAL>,
@@ -164,7 +167,8 @@ pub fn check_keep_alive(s: u16) -> Result<(), ConfigError> {
 impl OtaConfig {
     /// Defaults for a device: 5 KiB blocks, up to 4 in flight, 10 s timeout, 3 retries, progress
     /// every 5 % and at most once a second, a pull every 24 h, 10 minutes for a new image to reach
-    /// the broker, no HTTPS, no external modules (30 minutes for their FOTA once there are).
+    /// the broker, no HTTPS, no differential packages, no external modules (30 minutes for their
+    /// FOTA once there are).
     pub fn new(product_key: &str, device_name: &str, slot_size: u32, page_size: u32) -> Result<Self, ConfigError> {
         let name = |s: &str, what| {
             String::try_from(s).ok().filter(|s: &String<64>| !s.is_empty()).ok_or(ConfigError::Name(what))
@@ -183,6 +187,7 @@ impl OtaConfig {
             pull_interval: DEFAULT_PULL,
             confirm_deadline: DEFAULT_CONFIRM,
             https: false,
+            delta: false,
             external: Vec::new(),
             module_timeout: DEFAULT_MODULE_TIMEOUT,
         })

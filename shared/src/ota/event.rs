@@ -3,6 +3,7 @@
 use super::TaskKey;
 use crate::alink::Downlink;
 use crate::boot::{BootInfo, LastBoot};
+use crate::delta::DeltaError;
 use crate::image::ImageError;
 
 /// Where an interrupted download stopped, as the driver persisted it from
@@ -55,6 +56,11 @@ pub struct BootReport<'a> {
     pub sec_cnt: u32,
     /// An interrupted download, if one was persisted.
     pub resume: Option<Resume>,
+    /// The running image's SHA-256 (its SHA256 TLV): what a differential package must name as
+    /// its base.
+    pub digest: [u8; 32],
+    /// The running image's bytes (header to the last TLV).
+    pub image_len: u32,
 }
 
 impl<'a> BootReport<'a> {
@@ -67,6 +73,8 @@ impl<'a> BootReport<'a> {
             outcome: info.last.into(),
             sec_cnt: info.sec_cnt,
             resume,
+            digest: info.running.digest,
+            image_len: info.running.total_len,
         }
     }
 }
@@ -79,6 +87,8 @@ pub enum MarkError {
     Image(ImageError),
     /// Flash failed while reading or marking.
     Flash,
+    /// The patch of a differential package did not end where its image does.
+    Patch(DeltaError),
 }
 
 /// An input to the machine.
@@ -134,6 +144,9 @@ pub enum Event<'a> {
     HttpFailed(HttpError),
     /// `VerifyAndMark` finished.
     Marked(Result<(), MarkError>),
+    /// [`crate::ota::Action::Patch`] failed: the patch is refused or damaged, or reading ACTIVE
+    /// or writing DFU failed.
+    PatchFailed(DeltaError),
     /// The board read an external module's firmware version (at bring-up, and again after the
     /// module restarted). Names that are not in `OtaConfig::external` are ignored; so are
     /// versions that are not Aliyun versions (1-64 of `A-Z a-z 0-9 . _ -`: the board trims the

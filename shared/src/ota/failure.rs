@@ -9,6 +9,7 @@
 use super::config::MAX_MODULE_NAME;
 use super::HttpError;
 use crate::alink::{DigestMethod, STEP_DOWNLOAD_FAILED, STEP_FLASH_FAILED, STEP_UPGRADE_FAILED, STEP_VERIFY_FAILED};
+use crate::delta::DeltaError;
 use crate::image::ImageError;
 use heapless::String;
 
@@ -24,6 +25,24 @@ pub const MAX_PLATFORM_MSG: usize = 48;
 pub enum Failure {
     /// `isDiff: 1`: this firmware cannot rebuild an image from a differential package.
     DiffUnsupported,
+    /// A differential package made for another image than the one running.
+    DeltaBase {
+        /// the base version the patch names (cut to 36 bytes)
+        delta: String<36, u8>,
+        /// the first bytes of the base's SHA-256 the patch names
+        delta_sha: [u8; 4],
+        /// the running version (cut likewise)
+        running: String<36, u8>,
+        /// the first bytes of the running image's SHA-256
+        running_sha: [u8; 4],
+    },
+    /// A differential package this device cannot apply (compression, window, data format, a
+    /// rebuilt image larger than the slot, a malformed header).
+    DeltaRefused(DeltaError),
+    /// A differential package whose patch is damaged.
+    DeltaCorrupt(DeltaError),
+    /// Reading the base image (ACTIVE) failed while applying a patch.
+    DeltaRead,
     /// `signMethod` is neither MD5 nor SHA256.
     SignMethodUnsupported,
     /// The package has several files (`files[]`); we install one image.
@@ -193,19 +212,42 @@ pub enum Failure {
     },
 }
 
+/// `v` cut to 36 bytes (on a character boundary).
+fn cut(v: &str) -> String<36, u8> {
+    let mut s = String::new();
+    for c in v.chars() {
+        if s.push(c).is_err() {
+            break;
+        }
+    }
+    s
+}
+
 impl Failure {
     /// [`Failure::ModuleWrongVersion`], the versions cut to what it keeps.
     pub fn module_wrong_version(module: ModuleName, running: &str, wanted: &str) -> Failure {
-        fn cut(v: &str) -> String<36, u8> {
-            let mut s = String::new();
-            for c in v.chars() {
-                if s.push(c).is_err() {
-                    break;
-                }
-            }
-            s
-        }
         Failure::ModuleWrongVersion { module, running: cut(running), wanted: cut(wanted) }
+    }
+
+    /// [`Failure::DeltaBase`]: the base a patch names against the running image.
+    pub fn delta_base(delta: &str, delta_sha: &[u8; 32], running: &str, running_sha: &[u8; 32]) -> Failure {
+        let four = |d: &[u8; 32]| [d[0], d[1], d[2], d[3]];
+        Failure::DeltaBase {
+            delta: cut(delta),
+            delta_sha: four(delta_sha),
+            running: cut(running),
+            running_sha: four(running_sha),
+        }
+    }
+
+    /// What a patcher's error is reported as.
+    pub fn of_delta(e: DeltaError) -> Failure {
+        match e {
+            DeltaError::Write { at } => Failure::FlashWrite { at },
+            DeltaError::Base(_) => Failure::DeltaRead,
+            e if e.is_refusal() => Failure::DeltaRefused(e),
+            e => Failure::DeltaCorrupt(e),
+        }
     }
 }
 
@@ -228,6 +270,10 @@ impl core::fmt::Display for Span {
 #[allow(missing_docs)] // one per Failure variant, same names
 pub enum FailureKind {
     DiffUnsupported,
+    DeltaBase,
+    DeltaRefused,
+    DeltaCorrupt,
+    DeltaRead,
     SignMethodUnsupported,
     SeveralFiles,
     MissingField,
@@ -266,8 +312,12 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind.
-    pub const ALL: [FailureKind; 35] = [
+    pub const ALL: [FailureKind; 39] = [
         FailureKind::DiffUnsupported,
+        FailureKind::DeltaBase,
+        FailureKind::DeltaRefused,
+        FailureKind::DeltaCorrupt,
+        FailureKind::DeltaRead,
         FailureKind::SignMethodUnsupported,
         FailureKind::SeveralFiles,
         FailureKind::MissingField,
@@ -308,6 +358,10 @@ impl FailureKind {
     pub const fn phrase(self) -> &'static str {
         match self {
             FailureKind::DiffUnsupported => "differential packages are not supported",
+            FailureKind::DeltaBase => "delta for ",
+            FailureKind::DeltaRefused => "delta patch refused: ",
+            FailureKind::DeltaCorrupt => "delta patch corrupt ",
+            FailureKind::DeltaRead => "reading the running image for the delta failed",
             FailureKind::SignMethodUnsupported => "unsupported signMethod",
             FailureKind::SeveralFiles => "multi-file packages are not supported",
             FailureKind::MissingField => "the task has no ",
@@ -383,6 +437,10 @@ impl Failure {
     pub fn kind(&self) -> FailureKind {
         match self {
             Failure::DiffUnsupported => FailureKind::DiffUnsupported,
+            Failure::DeltaBase { .. } => FailureKind::DeltaBase,
+            Failure::DeltaRefused(_) => FailureKind::DeltaRefused,
+            Failure::DeltaCorrupt(_) => FailureKind::DeltaCorrupt,
+            Failure::DeltaRead => FailureKind::DeltaRead,
             Failure::SignMethodUnsupported => FailureKind::SignMethodUnsupported,
             Failure::SeveralFiles { .. } => FailureKind::SeveralFiles,
             Failure::MissingField(_) => FailureKind::MissingField,
@@ -451,7 +509,8 @@ impl Failure {
             | Failure::ModuleDownload { .. } => STEP_DOWNLOAD_FAILED,
             // Quectel's "package error" codes: the module refused the package itself.
             Failure::ModuleInstall { code: 504 | 505 | 510, .. } => STEP_VERIFY_FAILED,
-            Failure::DigestMismatch(_) => STEP_VERIFY_FAILED,
+            Failure::DigestMismatch(_) | Failure::DeltaCorrupt(_) => STEP_VERIFY_FAILED,
+            Failure::DeltaRead => STEP_FLASH_FAILED,
             Failure::ImageRefused(e) => match e {
                 // Authentic images the device's policy refuses: not a verification failure.
                 ImageError::CounterTooLow { .. }
@@ -482,6 +541,18 @@ impl core::fmt::Display for Failure {
         f.write_str(self.kind().phrase())?;
         match self {
             Failure::DiffUnsupported => f.write_str(" by this firmware"),
+            Failure::DeltaBase { delta, delta_sha, running, running_sha } => {
+                let h = |d: &[u8; 4]| u32::from_be_bytes(*d);
+                write!(
+                    f,
+                    "{delta} (sha256 {:08x}...), running {running} (sha256 {:08x}...)",
+                    h(delta_sha),
+                    h(running_sha)
+                )
+            }
+            Failure::DeltaRefused(e) => write!(f, "{e}"),
+            Failure::DeltaCorrupt(e) => write!(f, "{e}"),
+            Failure::DeltaRead => Ok(()),
             Failure::SignMethodUnsupported => f.write_str(": only Md5 and SHA256"),
             Failure::SeveralFiles { files } => write!(f, ": this one has {files} files"),
             Failure::MissingField(n) => f.write_str(n),
@@ -542,9 +613,18 @@ mod tests {
         "modem".try_into().unwrap()
     }
 
-    fn one_of_each() -> [Failure; 35] {
+    fn one_of_each() -> [Failure; 39] {
         [
             Failure::DiffUnsupported,
+            Failure::delta_base(
+                "1.3-a-version-name-longer-than-thirty-six-bytes",
+                &[0xab; 32],
+                "1.3-a-version-name-longer-than-thirty-six-bytes",
+                &[0xcd; 32],
+            ),
+            Failure::DeltaRefused(DeltaError::Compression(1)),
+            Failure::DeltaCorrupt(DeltaError::Corrupt { what: crate::delta::Corruption::TooLong, at: 4000 }),
+            Failure::DeltaRead,
             Failure::SignMethodUnsupported,
             Failure::SeveralFiles { files: 3 },
             Failure::MissingField("size"),
@@ -656,6 +736,20 @@ mod tests {
         assert_eq!(d(Failure::HttpChunked), "the server sent a chunked body; Content-Length is required");
         // A desc that merely starts like a module's is not one.
         assert_eq!(FailureKind::of_desc("modem: downloading 1.4"), None);
+        assert_eq!(
+            d(Failure::delta_base("1.3", &[0xab; 32], "1.3", &[0xcd; 32])),
+            "delta for 1.3 (sha256 abababab...), running 1.3 (sha256 cdcdcdcd...)"
+        );
+        assert_eq!(
+            d(Failure::of_delta(DeltaError::Compression(1))),
+            "delta patch refused: compression 1 (lzma); this device takes none, crle and heatshrink"
+        );
+        assert_eq!(Failure::of_delta(DeltaError::Compression(1)).step(), -1);
+        assert_eq!(Failure::of_delta(DeltaError::TooLarge { size: 9, slot: 8 }).step(), -1);
+        let corrupt = DeltaError::Corrupt { what: crate::delta::Corruption::Trailing, at: 77 };
+        assert_eq!(d(Failure::of_delta(corrupt)), "delta patch corrupt at patch byte 77: bytes after its end");
+        assert_eq!(Failure::of_delta(corrupt).step(), -3);
+        assert_eq!(Failure::of_delta(DeltaError::Write { at: 8 }), Failure::FlashWrite { at: 8 });
         assert_eq!(FailureKind::of_desc("two words: download failed"), None);
     }
 }

@@ -4,6 +4,7 @@ use super::config::{OtaConfig, MAX_EXTERNAL, MAX_WINDOW, MIN_BLOCK};
 use super::task::{module_of, Source, Task, TaskKey, UrlPiece};
 use super::{Action, BootOutcome, BootReport, Event, Failure, HttpError, MarkError, ModuleError, ModulePhase, Resume};
 use crate::alink::{self, AlinkError, BlockReply, DigestMethod, Downlink, EscapedStr, Topic, Topics};
+use crate::delta;
 use crate::image::{Header, HeaderRepr, TlvIter, TlvKind, TLV_PROT_INFO_MAGIC};
 use crate::time::{Duration, Instant};
 use core::fmt::Write as _;
@@ -178,6 +179,16 @@ struct Download {
     via: Via,
     last_pct: u8,
     last_report: Instant,
+    /// A differential package: its first bytes until [`delta::Header::parse`] decides (the base
+    /// it names is checked against the running image before a byte is written).
+    patch: Option<PatchStart>,
+}
+
+/// The start of a patch, kept until its header is read.
+#[derive(Clone)]
+struct PatchStart {
+    head: Vec<u8, { delta::MAX_HEADER }>,
+    checked: bool,
 }
 
 /// Whose message: the app's module, or an external module (its index in `OtaConfig::external`).
@@ -283,7 +294,9 @@ enum Plain {
     RunSelfTest,
     Confirm,
     BeginDownload(u32),
+    BeginPatch,
     Write(u32, core::ops::Range<usize>),
+    Patch(u32, core::ops::Range<usize>),
     Rehash(u32),
     SaveProgress(Resume),
     ClearProgress,
@@ -328,6 +341,9 @@ pub struct OtaMachine {
     module: String<64>,
     sec_cnt: u32,
     resume: Option<Resume>,
+    /// The running image's SHA-256 and length (the base a differential package must name).
+    digest: [u8; 32],
+    image_len: u32,
     next_id: u32,
     next_pid: u16,
     out: Deque<Out, 32>,
@@ -409,6 +425,8 @@ impl OtaMachine {
             module: String::new(),
             sec_cnt: 0,
             resume: None,
+            digest: [0; 32],
+            image_len: 0,
             next_id: 0,
             next_pid: 0,
             out: Deque::new(),
@@ -672,7 +690,9 @@ impl OtaMachine {
                     Plain::RunSelfTest => Action::RunSelfTest,
                     Plain::Confirm => Action::Confirm,
                     Plain::BeginDownload(at) => Action::BeginDownload { at },
+                    Plain::BeginPatch => Action::BeginPatch,
                     Plain::Write(offset, range) => Action::Write { offset, range },
+                    Plain::Patch(offset, range) => Action::Patch { offset, range },
                     Plain::Rehash(len) => Action::Rehash { len },
                     Plain::SaveProgress(r) => Action::SaveProgress(r),
                     Plain::ClearProgress => Action::ClearProgress,
@@ -863,6 +883,12 @@ impl OtaMachine {
             }
             Event::HttpFailed(e) => self.http_end(e),
             Event::Marked(r) => self.marked(now, r),
+            Event::PatchFailed(e) => {
+                if matches!(self.state, State::Downloading(Download { patch: Some(_), .. })) {
+                    self.plain(Plain::ClearProgress);
+                    self.fail(Failure::of_delta(e));
+                }
+            }
             Event::ModuleVersion { module, version } => self.module_version_read(module, version),
             Event::ModuleProgress { phase, percent } => self.module_progress(now, phase, percent),
             Event::ModuleDone(r) => self.module_done(now, r),
@@ -887,6 +913,8 @@ impl OtaMachine {
         self.module = String::try_from(r.module).unwrap_or_default();
         self.sec_cnt = r.sec_cnt;
         self.resume = r.resume;
+        self.digest = r.digest;
+        self.image_len = r.image_len;
         // The truth about the last boot goes first, as soon as the broker is reached.
         match r.outcome {
             BootOutcome::Reverted => self.report(Failure::Reverted.step(), Failure::Reverted.desc()),
@@ -1144,7 +1172,7 @@ impl OtaMachine {
             }
             return;
         }
-        let task = Task::from_offer(&offer);
+        let task = Task::from_offer_with(&offer, self.cfg.delta);
         match &mut self.state {
             State::AwaitTask => {}
             State::Downloading(d) | State::Rehashing(d) => {
@@ -1199,7 +1227,8 @@ impl OtaMachine {
                 next: 0,
                 in_flight: Vec::new(),
                 peek: None,
-                peeked: false,
+                // A patch's last bytes are no image's TLVs: no early look.
+                peeked: task.diff,
                 window: 1,
                 ceiling: self.cfg.window as u8,
                 cap: self.cfg.block_size,
@@ -1215,7 +1244,7 @@ impl OtaMachine {
                     refreshed: false,
                     from: 0,
                     refresh_by: None,
-                    tail: Tail::Unknown,
+                    tail: if task.diff { Tail::Done } else { Tail::Unknown },
                     last: None,
                 }),
                 Err(()) => return self.refuse(Failure::UrlTooLong),
@@ -1234,9 +1263,20 @@ impl OtaMachine {
             via,
             last_pct: 1,
             last_report: now,
+            patch: task.diff.then(|| PatchStart { head: Vec::new(), checked: false }),
         };
         self.hold = None;
         self.progress(1);
+        if d.patch.is_some() {
+            // A patch starts over after a reset: what the patcher had in RAM is gone, and the
+            // patch is a fraction of the image.
+            self.resume = None;
+            self.plain(Plain::ClearProgress);
+            self.plain(Plain::BeginPatch);
+            self.state = State::Downloading(d);
+            self.fetch(now);
+            return;
+        }
         match self.resume.take().filter(|r| r.key == key && r.written > 0 && r.written < d.size) {
             Some(r) => {
                 d.written = r.written;
@@ -1453,23 +1493,29 @@ impl OtaMachine {
     /// Takes bytes at the end of what was written: hash, write, progress, persist, continue.
     fn accept(&mut self, now: Instant, offset: u32, data: &[u8], range: core::ops::Range<usize>) {
         let (page, every, interval) = (self.cfg.page_size, self.cfg.progress_every, self.cfg.progress_interval);
+        if let Err(f) = self.check_patch(data) {
+            self.plain(Plain::ClearProgress);
+            return self.fail(f);
+        }
         let State::Downloading(d) = &mut self.state else { return };
         d.hasher.update(data);
         d.written += data.len() as u32;
         let (written, size, key) = (d.written, d.size, d.key);
         let boundary = written / page * page;
-        let save = boundary > d.saved && written < size;
+        // A patch is never resumed (see `task_message`): no resume points.
+        let save = boundary > d.saved && written < size && d.patch.is_none();
         if save {
             d.saved = boundary;
         }
         let mqtt = matches!(d.via, Via::Mqtt(_));
+        let patch = d.patch.is_some();
         let pct = ((written as u64 * 100 / size as u64) as u8).clamp(1, 99);
         let report = pct >= d.last_pct.saturating_add(every) && now.since(d.last_report) >= interval;
         if report {
             d.last_pct = pct;
             d.last_report = now;
         }
-        self.plain(Plain::Write(offset, range));
+        self.plain(if patch { Plain::Patch(offset, range) } else { Plain::Write(offset, range) });
         if save {
             self.plain(Plain::SaveProgress(Resume { key, written: boundary }));
         }
@@ -1480,6 +1526,36 @@ impl OtaMachine {
             self.finish();
         } else if mqtt {
             self.fetch(now); // HTTPS: the body keeps coming on the GET in progress
+        }
+    }
+
+    /// The first bytes of a patch: once its header is read, the base it names must be the
+    /// running image, and the rest something this device applies, before a byte is written.
+    fn check_patch(&mut self, data: &[u8]) -> Result<(), Failure> {
+        let (slot, digest, image_len) = (self.cfg.slot_size, self.digest, self.image_len);
+        let State::Downloading(d) = &mut self.state else { return Ok(()) };
+        let Some(p) = d.patch.as_mut().filter(|p| !p.checked) else { return Ok(()) };
+        let room = p.head.capacity() - p.head.len();
+        let _ = p.head.extend_from_slice(&data[..data.len().min(room)]);
+        let ended = d.written as usize + data.len() >= d.size as usize;
+        let h = match delta::Header::parse(&p.head, slot) {
+            Ok(Some(h)) => h,
+            Ok(None) if ended => {
+                let at = p.head.len() as u32;
+                return Err(Failure::of_delta(delta::DeltaError::Corrupt { what: delta::Corruption::Truncated, at }));
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(Failure::of_delta(e)),
+        };
+        p.checked = true;
+        p.head.clear();
+        match h.base {
+            Some(b) if b.sha256 != digest || b.size != image_len => {
+                Err(Failure::delta_base(&b.version, &b.sha256, &self.version, &digest))
+            }
+            // Ours naming this image, or a plain detools patch (no base named: the rebuilt
+            // image's signature check is what stands).
+            _ => Ok(()),
         }
     }
 
@@ -1519,6 +1595,10 @@ impl OtaMachine {
                 self.plain(Plain::ClearProgress);
                 self.fail(Failure::ImageRefused(e));
             }
+            Err(MarkError::Patch(e)) => {
+                self.plain(Plain::ClearProgress);
+                self.fail(Failure::of_delta(e));
+            }
         }
     }
 
@@ -1536,8 +1616,9 @@ impl OtaMachine {
                 d.saved = 0;
                 h.from = 0;
                 d.hasher = Hasher::new(d.method);
+                let patch = d.patch.as_mut().map(|p| *p = PatchStart { head: Vec::new(), checked: false }).is_some();
                 self.plain(Plain::ClearProgress);
-                self.plain(Plain::BeginDownload(0));
+                self.plain(if patch { Plain::BeginPatch } else { Plain::BeginDownload(0) });
             }
             401 | 403 if !h.refreshed => {
                 // The pre-signed URL expired: ask for the task again, with a fresh URL.

@@ -37,6 +37,8 @@ pub struct Task<'a> {
     pub method: DigestMethod,
     /// Where the file is.
     pub source: Source<'a>,
+    /// `isDiff: 1`: a differential package (a patch against the running image).
+    pub diff: bool,
 }
 
 /// The module an offer is for (`default` when it names none).
@@ -67,6 +69,11 @@ impl<'a> Task<'a> {
     /// what is missing, then what does not fit.
     pub fn from_offer(o: &Offer<'a>) -> Result<Task<'a>, Failure> {
         Task::read(o, false)
+    }
+
+    /// [`Task::from_offer`] on a device that applies differential packages when `delta`.
+    pub fn from_offer_with(o: &Offer<'a>, delta: bool) -> Result<Task<'a>, Failure> {
+        Task::read(o, delta)
     }
 
     /// [`Task::from_offer`] for an external module, which applies differential packages itself
@@ -112,7 +119,7 @@ impl<'a> Task<'a> {
             let url = text(first.and_then(|f| f.file_url)).or(text(o.url)).ok_or(Failure::MissingField("url"))?;
             Source::Https { url }
         };
-        Ok(Task { version, size, digest, method, source })
+        Ok(Task { version, size, digest, method, source, diff: o.is_diff == Some(1) })
     }
 
     /// The key that names this task across resets.
@@ -219,6 +226,9 @@ mod tests {
         o.is_diff = Some(1);
         assert_eq!(Task::from_offer(&o), Err(Failure::DiffUnsupported));
         assert_eq!(Task::from_module_offer(&o).map(|t| t.version), Ok("1.4"));
+        // An app that applies patches takes it, knowing it is one.
+        assert_eq!(Task::from_offer_with(&o, true).map(|t| t.diff), Ok(true));
+        assert_eq!(Task::from_offer_with(&good(), true).map(|t| t.diff), Ok(false));
         // The other checks still apply.
         o.version = None;
         assert_eq!(Task::from_module_offer(&o), Err(Failure::MissingField("version")));

@@ -15,6 +15,9 @@ const MD5: &str = "1ac1ef01e96caf1be0d329331a4fc2a8";
 const OLD: &str = "EC200UCNAAR03A03";
 const NEW: &str = "EC200UCNAAR03A04";
 const MIN: u64 = 60_000;
+/// The running image's SHA-256 and length, as BootReport tells the machine.
+const RUNNING_SHA: [u8; 32] = [0x5A; 32];
+const RUNNING_LEN: u32 = 40_000;
 
 /// What the machine asked for.
 #[derive(Clone, Debug, PartialEq)]
@@ -163,6 +166,8 @@ impl T {
             outcome: BootOutcome::Nothing,
             sec_cnt: 0,
             resume: None,
+            digest: RUNNING_SHA,
+            image_len: RUNNING_LEN,
         };
         t.ev(Event::Booted(r));
         t
@@ -582,4 +587,113 @@ fn external_modules_are_checked_with_the_settings() {
     let mut c = cfg();
     c.module_timeout = Duration::from_millis(0);
     assert_eq!(c.check(), Err(ConfigError::ModuleTimeout));
+}
+
+/// A patch naming `base` (SHA-256, length) whose detools header says `compression`, then filler.
+fn patch_for(sha: [u8; 32], len: u32, compression: u8) -> V<u8> {
+    let base = crate::delta::Base { size: len, sha256: sha, version: "1.3".try_into().unwrap() };
+    let mut p = crate::delta::Header::emit_ours(&base, crate::delta::Filter::Thumb);
+    p.extend_from_slice(&[compression, 0x80 | 0x10, 0x10, 0x44]); // to size 1040, heatshrink w8 l7
+    p.extend((0..900u32).map(|i| (i * 7) as u8));
+    p
+}
+
+fn md5_hex(b: &[u8]) -> S {
+    md5::Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// An HTTPS offer of `patch` as a differential package for the app.
+fn delta_offer<'a>(patch: &[u8], md5: &'a str) -> Offer<'a> {
+    Offer { is_diff: Some(1), size: Some(patch.len() as u32), md5: e(md5), sign: e(md5), ..app_offer(true) }
+}
+
+fn delta_t() -> T {
+    T::with(|c| c.delta = true)
+}
+
+#[test]
+fn a_diff_package_naming_the_running_image_is_patched_into_dfu_and_never_resumed() {
+    let mut t = delta_t();
+    let patch = patch_for(RUNNING_SHA, RUNNING_LEN, 4);
+    let sum = md5_hex(&patch);
+    let did = t.push(&delta_offer(&patch, &sum));
+    assert_eq!(one(msgs(&did, "progress")).step, 1);
+    // No early look at the tail (a patch has no image TLVs there), no rehash: a patch from 0.
+    assert_eq!(others(&did), ["ClearProgress", "BeginPatch", "HttpGet { from: 0 }"]);
+    t.ev(Event::HttpResponse { status: 200, length: Some(patch.len() as u32) });
+    let (a, b) = patch.split_at(30); // the header arrives in two pieces
+    let did = t.ev(Event::HttpBody(a));
+    assert_eq!(others(&did), ["Patch { offset: 0, range: 0..30 }"]);
+    let did = t.ev(Event::HttpBody(b));
+    let o = others(&did);
+    assert_eq!(o[0], format!("Patch {{ offset: 30, range: 0..{} }}", b.len()));
+    assert_eq!(&o[1..], ["HttpClose", "VerifyAndMark"], "no resume point saved: {o:?}");
+    let did = t.ev(Event::Marked(Ok(())));
+    assert_eq!(one(msgs(&did, "progress")).step, 100);
+}
+
+#[test]
+fn a_diff_package_for_another_image_is_refused_before_a_byte_is_patched() {
+    let mut t = delta_t();
+    let patch = patch_for([0xAB; 32], RUNNING_LEN, 4);
+    let sum = md5_hex(&patch);
+    t.push(&delta_offer(&patch, &sum));
+    t.ev(Event::HttpResponse { status: 200, length: Some(patch.len() as u32) });
+    let did = t.ev(Event::HttpBody(&patch));
+    assert!(others(&did).iter().all(|o| !o.starts_with("Patch")), "{did:?}");
+    let p = one(msgs(&did, "progress"));
+    assert_eq!((p.step, p.desc.as_str()), (-1, "delta for 1.3 (sha256 abababab...), running 1.3 (sha256 5a5a5a5a...)"));
+    assert_eq!(t.m.state(), StateName::AwaitTask);
+}
+
+#[test]
+fn a_diff_package_the_device_cannot_apply_says_why() {
+    for (compression, desc) in [
+        (1, "delta patch refused: compression 1 (lzma); this device takes none, crle and heatshrink"),
+        (0x14, "delta patch refused: detools patch type 1; only sequential (0) is applied"),
+    ] {
+        let mut t = delta_t();
+        let patch = patch_for(RUNNING_SHA, RUNNING_LEN, compression);
+        let sum = md5_hex(&patch);
+        t.push(&delta_offer(&patch, &sum));
+        t.ev(Event::HttpResponse { status: 200, length: Some(patch.len() as u32) });
+        let did = t.ev(Event::HttpBody(&patch));
+        let p = one(msgs(&did, "progress"));
+        assert_eq!((p.step, p.desc.as_str()), (-1, desc));
+    }
+    // A board that applies none: refused at the offer.
+    let mut t = T::new();
+    let patch = patch_for(RUNNING_SHA, RUNNING_LEN, 4);
+    let sum = md5_hex(&patch);
+    let p = one(msgs(&t.push(&delta_offer(&patch, &sum)), "progress"));
+    assert!(p.step == -1 && p.desc.starts_with("differential packages are not supported"), "{p:?}");
+}
+
+#[test]
+fn a_damaged_patch_is_a_verification_failure() {
+    use crate::delta::{Corruption, DeltaError};
+    let corrupt = DeltaError::Corrupt { what: Corruption::TooLong, at: 99 };
+    let patch = patch_for(RUNNING_SHA, RUNNING_LEN, 4);
+    let sum = md5_hex(&patch);
+    // While patching.
+    let mut t = delta_t();
+    t.push(&delta_offer(&patch, &sum));
+    t.ev(Event::HttpResponse { status: 200, length: Some(patch.len() as u32) });
+    t.ev(Event::HttpBody(&patch[..200]));
+    let p = one(msgs(&t.ev(Event::PatchFailed(corrupt)), "progress"));
+    assert_eq!((p.step, p.desc.as_str()), (-3, "delta patch corrupt at patch byte 99: data past the image's end"));
+    // At its end (it did not end with its image).
+    let mut t = delta_t();
+    t.push(&delta_offer(&patch, &sum));
+    t.ev(Event::HttpResponse { status: 200, length: Some(patch.len() as u32) });
+    t.ev(Event::HttpBody(&patch));
+    let p = one(msgs(&t.ev(Event::Marked(Err(MarkError::Patch(corrupt)))), "progress"));
+    assert_eq!(p.step, -3);
+    // Writing DFU failed: -4.
+    let mut t = delta_t();
+    t.push(&delta_offer(&patch, &sum));
+    t.ev(Event::HttpResponse { status: 200, length: Some(patch.len() as u32) });
+    t.ev(Event::HttpBody(&patch[..200]));
+    let p = one(msgs(&t.ev(Event::PatchFailed(DeltaError::Write { at: 4096 })), "progress"));
+    assert_eq!((p.step, p.desc.as_str()), (-4, "flash write failed at 4096"));
 }
