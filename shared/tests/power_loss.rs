@@ -35,6 +35,7 @@ const MIN_REVERT: u64 = 16_500;
 const MIN_REFUSAL: u64 = 2_800;
 const MIN_ROTATION: u64 = 2_700;
 const MIN_AFTER_CONFIRM: u64 = 1_100;
+const MIN_DELTA: u64 = 1;
 const REGIONS: [usize; 4] = [2, 1, ACTIVE_PAGES, ACTIVE_PAGES + 1];
 
 fn full() -> bool {
@@ -103,6 +104,7 @@ enum Fail {
     Power,
     Boot(boot::BootError),
     Update(UpdateError),
+    Delta(shared::delta::DeltaError),
 }
 
 fn is_power(e: &Fail) -> bool {
@@ -192,6 +194,28 @@ impl<const E: usize, const W: usize> Device<E, W> {
         )
     }
 
+    /// App: apply the differential package `patch` from ACTIVE into DFU in 1 KiB pieces (as the
+    /// download brings them), from its first byte, then verify and mark the rebuilt image.
+    fn patch_as(&mut self, patch: &[u8], info: &BootInfo) -> Result<(), Fail> {
+        let (revoked, min_sec_cnt, base_len) = (info.revoked, info.sec_cnt, info.running.total_len);
+        let slot = (ACTIVE_PAGES * E) as u32;
+        let applied = self.op(
+            |p| {
+                let mut u = Updater::new(&mut p.dfu, &mut p.state, 0xFF, 0);
+                let mut patcher = Box::new(shared::delta::Patcher::new());
+                patcher.reset(slot, base_len);
+                for chunk in patch.chunks(1024) {
+                    patcher.feed(chunk, &mut p.active, &mut |at, b| u.write(at, b).map_err(|_| ()))?;
+                }
+                patcher.finish()?;
+                let opts = VerifyOptions { keys: &keys(), revoked, min_sec_cnt, slot_size: Some(slot) };
+                Ok(u.finish(&opts, &mut [0u8; 512]).map(|_| ()))
+            },
+            Fail::Delta,
+        )?;
+        applied.map_err(Fail::Update)
+    }
+
     fn download(&mut self, img: &[u8]) -> Result<(), Fail> {
         let info = self.info()?;
         self.download_as(img, true, &info)
@@ -247,6 +271,9 @@ struct Scenario<'a> {
     /// false: the app marks the download without verifying it (a bug, or DFU corrupted after
     /// the check), so the bootloader's own check is what stands.
     app_verifies: bool,
+    /// The update comes as this differential package from `old` (rebuilt into DFU from ACTIVE,
+    /// started over from its first byte after every power cut, as the device does).
+    delta: Option<&'a [u8]>,
 }
 
 /// SHA-256 of an image's header, body and protected TLVs: what `ImageInfo::digest` must say.
@@ -384,7 +411,11 @@ fn drive_cuts<const E: usize, const W: usize>(
                 SelfTest::Hangs => Ok(()), // the watchdog reboots it
             }
         } else if running_old && !(this_cycle && matches!(info.last, LastBoot::Reverted | LastBoot::Refused(_))) {
-            match d.download_as(s.new, s.app_verifies, &info) {
+            let r = match s.delta {
+                Some(patch) => d.patch_as(patch, &info),
+                None => d.download_as(s.new, s.app_verifies, &info),
+            };
+            match r {
                 Err(Fail::Update(UpdateError::Image(e))) => {
                     // The app's own verify refused it: nothing marked, the old image stays.
                     if let Expect::Old(LastBoot::Refused(want)) = s.expect {
@@ -458,7 +489,8 @@ macro_rules! for_each_geometry {
 fn update_confirm<const E: usize, const W: usize>(pages_old: usize, pages_new: usize, ecc: bool) -> u64 {
     let old = image(pages_old * E - 100, 3, 1);
     let new = image(pages_new * E - 7, 4, 2);
-    let s = Scenario { old: &old, new: &new, test: SelfTest::Passes, expect: Expect::New, app_verifies: true };
+    let s =
+        Scenario { delta: None, old: &old, new: &new, test: SelfTest::Passes, expect: Expect::New, app_verifies: true };
     sweep::<E, W>(&format!("update->confirm {pages_old}->{pages_new} pages"), &s, ecc)
 }
 
@@ -468,10 +500,47 @@ fn update_revert<const E: usize, const W: usize>(pages_old: usize, pages_new: us
     let mut n = 0;
     for (test, what) in [(SelfTest::Fails, "self-test fails->revert asked"), (SelfTest::Hangs, "hangs->starts used up")]
     {
-        let s = Scenario { old: &old, new: &new, test, expect: Expect::Old(LastBoot::Reverted), app_verifies: true };
+        let s = Scenario {
+            delta: None,
+            old: &old,
+            new: &new,
+            test,
+            expect: Expect::Old(LastBoot::Reverted),
+            app_verifies: true,
+        };
         n += sweep::<E, W>(&format!("update->{what}->revert {pages_old}->{pages_new} pages"), &s, ecc);
     }
     n
+}
+
+/// The update as a differential package from the running image: every flash operation of
+/// patching (DFU erased and written page by page while ACTIVE is read), marking, swapping and
+/// confirming is cut; after each cut the app starts the patch over from its first byte.
+fn delta_update<const E: usize, const W: usize>(pages_old: usize, pages_new: usize, ecc: bool) -> u64 {
+    use shared::delta::{Base, Compression, CreateOptions, Filter};
+    let old = image(pages_old * E - 100, 3, 1);
+    let new = image(pages_new * E - 7, 4, 2);
+    let id = Base { size: old.len() as u32, sha256: digest_of(&old), version: "1.3".try_into().unwrap() };
+    let opts =
+        CreateOptions { filter: Filter::Thumb, compression: Compression::Heatshrink { window: 11, lookahead: 7 } };
+    let patch = shared::delta::create(&old, &new, Some(&id), &opts);
+    assert!(patch.len() < new.len() / 4, "a patch of {} bytes for a {}-byte image", patch.len(), new.len());
+    let s = Scenario {
+        old: &old,
+        new: &new,
+        test: SelfTest::Passes,
+        expect: Expect::New,
+        app_verifies: true,
+        delta: Some(&patch),
+    };
+    sweep::<E, W>(&format!("delta update->confirm {pages_old}->{pages_new} pages"), &s, ecc)
+}
+
+#[test]
+fn power_cuts_during_a_delta_update() {
+    let n = for_each_geometry!(delta_update(2, 3));
+    eprintln!("delta update sweeps: {n} cases");
+    assert!(n >= MIN_DELTA, "delta update sweeps ran only {n} cases");
 }
 
 #[test]
@@ -494,6 +563,7 @@ fn power_cuts_during_update_and_revert() {
 fn refused<const E: usize, const W: usize>(new: &[u8], old_sec: u32, why: ImageError, ecc: bool) -> u64 {
     let old = image(3 * E - 100, 3, old_sec);
     let s = Scenario {
+        delta: None,
         old: &old,
         new,
         test: SelfTest::Passes,
@@ -547,7 +617,7 @@ fn an_unconfirmed_image_gets_its_boot_attempts_and_a_broken_one_asks_for_the_rev
         let old = image(3 * 4096 + 5, 3, 1);
         let new = image(4 * 4096 - 9, 4, 2);
         let run = |test, expect| {
-            let s = Scenario { old: &old, new: &new, test, expect, app_verifies: true };
+            let s = Scenario { delta: None, old: &old, new: &new, test, expect, app_verifies: true };
             let mut d = Device::<4096, 4>::new(&old, ecc, 3);
             drive(&mut d, &s).unwrap_or_else(|e| panic!("{test:?}: {e}"))
         };
@@ -559,7 +629,14 @@ fn an_unconfirmed_image_gets_its_boot_attempts_and_a_broken_one_asks_for_the_rev
         let seen = run(SelfTest::Fails, Expect::Old(LastBoot::Reverted));
         assert_eq!((seen.new_started, seen.testing_boots), (1, 1), "a failed self-test reverts at the next boot");
         // A good image started, then reset before its confirm (power lost), is started again.
-        let s = Scenario { old: &old, new: &new, test: SelfTest::Passes, expect: Expect::New, app_verifies: true };
+        let s = Scenario {
+            delta: None,
+            old: &old,
+            new: &new,
+            test: SelfTest::Passes,
+            expect: Expect::New,
+            app_verifies: true,
+        };
         let mut d = Device::<4096, 4>::new(&old, ecc, 4);
         d.boot().unwrap();
         d.download(&new).unwrap();
@@ -583,7 +660,7 @@ fn key_rotation<const E: usize, const W: usize>(ecc: bool) -> u64 {
     let v5 = image_by(3 * E - 50, 5, 1, 1, 0b1);
     let mut n = 0;
     for (test, expect) in [(SelfTest::Passes, Expect::New), (SelfTest::Fails, Expect::Old(LastBoot::Reverted))] {
-        let s = Scenario { old: &v3, new: &v5, test, expect, app_verifies: true };
+        let s = Scenario { delta: None, old: &v3, new: &v5, test, expect, app_verifies: true };
         n += sweep::<E, W>(&format!("revoking update, {test:?}"), &s, ecc);
         // Settled: revoked exactly when 1.5 runs confirmed, stored at the latest by the next boot.
         let mut d = Device::<E, W>::new(&v3, ecc, 2);
@@ -595,6 +672,7 @@ fn key_rotation<const E: usize, const W: usize>(ecc: bool) -> u64 {
     // Revoked: an image signed by key 0 is refused, before any page moves.
     let v6 = image_by(4 * E, 6, 2, 0, 0);
     let refusal = Scenario {
+        delta: None,
         old: &v5,
         new: &v6,
         test: SelfTest::Passes,
@@ -623,6 +701,7 @@ fn a_second_update_after_a_revert_succeeds() {
         let v5 = image(4 * 4096 - 3, 5, 2);
         let mut d = Device::<4096, 4>::new(&v3, ecc, 5);
         let revert = Scenario {
+            delta: None,
             old: &v3,
             new: &v4,
             test: SelfTest::Fails,
@@ -632,7 +711,14 @@ fn a_second_update_after_a_revert_succeeds() {
         drive(&mut d, &revert).unwrap();
         d.boot().unwrap();
         assert_eq!(d.info().unwrap().last, LastBoot::Nothing, "an outcome is reported by the boot that made it, once");
-        let update = Scenario { old: &v3, new: &v5, test: SelfTest::Passes, expect: Expect::New, app_verifies: true };
+        let update = Scenario {
+            delta: None,
+            old: &v3,
+            new: &v5,
+            test: SelfTest::Passes,
+            expect: Expect::New,
+            app_verifies: true,
+        };
         drive(&mut d, &update).unwrap();
         let info = d.info().unwrap();
         assert_eq!(info.running.aliyun_version.as_deref(), Some("1.5"));
@@ -657,7 +743,8 @@ fn update_after_confirm_without_reboot<const E: usize, const W: usize>(ecc: bool
         d.confirm().unwrap();
         d
     };
-    let s = Scenario { old: &v4, new: &v5, test: SelfTest::Passes, expect: Expect::New, app_verifies: true };
+    let s =
+        Scenario { delta: None, old: &v4, new: &v5, test: SelfTest::Passes, expect: Expect::New, app_verifies: true };
     let rest = |d: &mut Device<E, W>| -> Result<(), String> {
         match d.download(&v5) {
             Ok(()) => {}
@@ -705,7 +792,7 @@ fn image_sizes_from_one_page_to_the_whole_slot_update_and_revert() {
         for (test, expect) in [(SelfTest::Passes, Expect::New), (SelfTest::Fails, Expect::Old(LastBoot::Reverted))] {
             let old = image(ACTIVE_PAGES * 4096 - 5000, 3, 0);
             let new = image(pages * 4096, 4, 0);
-            let s = Scenario { old: &old, new: &new, test, expect, app_verifies: true };
+            let s = Scenario { delta: None, old: &old, new: &new, test, expect, app_verifies: true };
             let mut d = Device::<4096, 4>::new(&old, false, 1);
             drive(&mut d, &s).unwrap_or_else(|e| panic!("{pages} pages, {test:?}: {e}"));
         }
@@ -736,7 +823,7 @@ fn multi_cut<const E: usize, const W: usize>(seed: u64) -> u32 {
         SelfTest::Passes => Expect::New,
         SelfTest::Fails | SelfTest::Hangs => Expect::Old(LastBoot::Reverted),
     };
-    let s = Scenario { old: &old, new: &new, test, expect, app_verifies: true };
+    let s = Scenario { delta: None, old: &old, new: &new, test, expect, app_verifies: true };
     let ecc = rng.below(2) == 0;
     let cuts = 1 + rng.below(4) as u32;
     let mut d = Device::<E, W>::new(&old, ecc, seed);

@@ -6,7 +6,9 @@
 //!   refused with -3 and the device keeps running v1.4;
 //! - (c) v1.6 fails its self-test and is rolled back to v1.4, reported as -1;
 //! - (d) a power cut (`kill -9`) in the middle of a download of v1.7 resumes after the restart;
-//! - (e) a device with a wrong secret is refused by the console and says so.
+//! - (e) a device with a wrong secret is refused by the console and says so;
+//! - (f) v1.7 -> v1.8 as a differential package over MQTT stream, rebuilt into DFU from the
+//!   running image.
 //!
 //! It ends with a table (scenario, expected, observed) and fails if any row differs.
 //! `--fleet N` instead upgrades N devices in one job.
@@ -74,6 +76,22 @@ pub fn run(a: Args) -> Result<()> {
         args.extend_from_slice(extra);
         proc::xtask(&args)?;
     }
+    // 1.8 also as a differential package from 1.7.
+    let (from, out) = (dir.join("1.7"), dir.join("1.8"));
+    let (from, out) = (from.to_str().context("non-UTF-8 path")?, out.to_str().context("non-UTF-8 path")?);
+    proc::xtask(&[
+        "release",
+        "--board",
+        "host",
+        "--version",
+        "1.8",
+        "--body-size",
+        "1048576",
+        "--delta-from",
+        from,
+        "--out",
+        out,
+    ])?;
     eprintln!("built in {:.1} s", t0.elapsed().as_secs_f64());
     match a.fleet {
         Some(n) => fleet(&dir, &device_bin, n),
@@ -178,6 +196,18 @@ pub fn job(release: &Path, protocol: Protocol, tamper: bool, timeout: Duration) 
         package = package.tampered(package.bytes.len() / 2);
     }
     Ok(JobSpec {
+        digest: if protocol == Protocol::Https { DigestKind::Sha256 } else { DigestKind::Md5 },
+        timeout: Some(timeout),
+        ..JobSpec::new(package, protocol)
+    })
+}
+
+/// A job of the differential package from `from` of the release folder `release`, to the
+/// devices on `from` (as Aliyun targets a differential package).
+pub fn delta_job(release: &Path, from: &str, protocol: Protocol, timeout: Duration) -> Result<JobSpec> {
+    let package = Package::load_delta(release, from)?;
+    Ok(JobSpec {
+        from: vec![from.to_string()],
         digest: if protocol == Protocol::Https { DigestKind::Sha256 } else { DigestKind::Md5 },
         timeout: Some(timeout),
         ..JobSpec::new(package, protocol)
@@ -289,20 +319,40 @@ fn scenarios(dir: &Path, bin: &Path, t0: Instant) -> Result<()> {
     let detail = said.split("]").last().unwrap_or("").trim().chars().take(90).collect();
     rows.push(("(e) wrong device secret", "refused, device says why".into(), observed, detail));
 
+    // (f)
+    let spec = delta_job(&dir.join("1.8"), "1.7", Protocol::Mqtt, STEP_TIMEOUT)?;
+    let (patch, full) = (spec.package.bytes.len(), std::fs::metadata(dir.join("1.8/firmware-1.8.bin"))?.len());
+    let j = console.add_job(spec)?;
+    let t = follow(&console, &id, j, &bar("(f) v1.7 -> v1.8, delta over MQTT"), |_| false)?;
+    let _ = runs(&console, &id, "1.8");
+    rows.push((
+        "(f) v1.7 -> v1.8, delta, MQTT stream",
+        "success, runs 1.8".into(),
+        format!("{}, runs {}", outcome(&t), version(&console)),
+        format!("patch {patch} of {full} bytes ({:.1} %), {} blocks", patch as f64 * 100.0 / full as f64, t.blocks),
+    ));
+
     verdict(&rows, &console, dir, t0)
 }
 
 /// The releases of `demo --qemu`: the real app, signed as each version; 1.6 is built with the
-/// `self-test-fails` feature.
+/// `self-test-fails` feature. 1.8 is also released as a differential package from 1.7
+/// ([`qemu_releases`]).
 pub const QEMU_RELEASES: &[(&str, &[&str])] =
-    &[("1.3", &[]), ("1.4", &[]), ("1.5", &[]), ("1.6", &["--failing-self-test"])];
+    &[("1.3", &[]), ("1.4", &[]), ("1.5", &[]), ("1.6", &["--failing-self-test"]), ("1.7", &[])];
+
+/// Builds [`QEMU_RELEASES`] into `dir`, and 1.8 with its differential package from 1.7.
+pub fn qemu_releases(dir: &Path) -> Result<()> {
+    qemu::releases(dir, QEMU_RELEASES)?;
+    qemu::delta_release(dir, "1.8", "1.8", "1.7")
+}
 
 /// `demo --qemu`: (a)-(c) with the real bootloader and app under QEMU ((b) over HTTPS), (d) a
 /// push larger than the board's MQTT buffer, and (f) the cellular module's own firmware upgraded
 /// as module `modem`.
 fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
     eprintln!("building the qemu-an386 bootloader, app and releases (dev key) in {} ...", dir.display());
-    qemu::releases(dir, QEMU_RELEASES)?;
+    qemu_releases(dir)?;
     eprintln!("built in {:.1} s", t0.elapsed().as_secs_f64());
     let rig = qemu::Rig::start(dir, &dir.join("1.3"), true)?;
     let id = rig.id();
@@ -369,7 +419,28 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
         t.desc.clone(),
     ));
 
-    // (f) The cellular module's own firmware, as Aliyun module `modem`: the module downloads the
+    // (f) v1.7 (the whole image), then v1.8 as a differential package from it: the app rebuilds
+    // the image into DFU from the one it runs, as it receives the patch.
+    let j = rig.console.add_job(job(&dir.join("1.7"), Protocol::Mqtt, false, STEP_TIMEOUT)?)?;
+    follow(&rig.console, &id, j, &bar("(f) v1.4 -> v1.7 over MQTT stream"), |_| false)?;
+    rig.runs("1.7", STEP_TIMEOUT)?;
+    let spec = delta_job(&dir.join("1.8"), "1.7", Protocol::Mqtt, STEP_TIMEOUT)?;
+    let (patch, full) = (spec.package.bytes.len(), std::fs::metadata(dir.join("1.8/firmware-1.8.bin"))?.len());
+    let j = rig.console.add_job(spec)?;
+    let t = follow(&rig.console, &id, j, &bar("(f) v1.7 -> v1.8, delta over MQTT"), |_| false)?;
+    let _ = rig.runs("1.8", STEP_TIMEOUT);
+    rows.push((
+        "(f) v1.7 -> v1.8, delta, MQTT stream",
+        "success, runs 1.8".into(),
+        format!("{}, runs {}", outcome(&t), rig.version()),
+        format!(
+            "patch {patch} of {full} bytes ({:.1} %), {:.2} s",
+            patch as f64 * 100.0 / full as f64,
+            t.elapsed_ms as f64 / 1e3
+        ),
+    ));
+
+    // (g) The cellular module's own firmware, as Aliyun module `modem`: the module downloads the
     // package itself (AT+QFOTADL), restarts on the new version; the MCU app is not touched.
     let modem_version =
         |r: &qemu::Rig| r.console.with(|e| e.device(&id).and_then(|d| d.versions.get("modem").cloned()));
@@ -382,13 +453,13 @@ fn qemu_scenarios(dir: &Path, t0: Instant) -> Result<()> {
     spec.timeout = Some(STEP_TIMEOUT);
     let resets = rig.dev.output().matches("boot: ").count();
     let j = rig.console.add_job(spec)?;
-    let t = follow(&rig.console, &id, j, &bar("(f) the module's firmware as module modem"), |_| false)?;
+    let t = follow(&rig.console, &id, j, &bar("(g) the module's firmware as module modem"), |_| false)?;
     let _ = rig.console.wait(STEP_TIMEOUT, "the module to inform its new version", |e| {
         e.device(&id).and_then(|d| d.versions.get("modem")).is_some_and(|v| v == to)
     });
     let mcu = if rig.dev.output().matches("boot: ").count() == resets { "app not reset" } else { "app reset" };
     rows.push((
-        "(f) module firmware, module modem",
+        "(g) module firmware, module modem",
         format!("success, modem {to}, app not reset"),
         format!("{}, modem {}, {mcu}", outcome(&t), modem_version(&rig).unwrap_or_else(|| "?".into())),
         format!("{from} -> {to}, {} s", t.elapsed_ms / 1000),

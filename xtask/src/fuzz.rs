@@ -20,7 +20,7 @@ use std::time::Instant;
 mod ota_script;
 
 /// Every target, in the order they run.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "alink_offer",
     "alink_download",
     "image_verify",
@@ -30,6 +30,7 @@ pub const TARGETS: [&str; 9] = [
     "mqtt",
     "modem",
     "ota_machine",
+    "delta",
 ];
 
 /// How the targets are built and run: no sanitizer (the code under test is safe Rust; ASan would
@@ -253,8 +254,39 @@ pub fn write_seeds(dir: &Path) -> Result<()> {
     for (name, s) in ota_scripts() {
         put("ota_machine", name, &s)?;
     }
+    for (name, p) in delta_patches() {
+        put("delta", name, &p)?;
+    }
     println!("wrote {n} seeds under {}", dir.display());
     Ok(())
+}
+
+/// Patches of every codec and filter against the fuzz target's base (its first 6000 bytes), the
+/// piece-size byte first.
+fn delta_patches() -> Vec<(&'static str, Vec<u8>)> {
+    use shared::delta::{create, Base, Compression, CreateOptions, Filter};
+    let base: Vec<u8> = (0..6000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut target = base.clone();
+    target[100..140].fill(0x42);
+    target.splice(3000..3000, [0xF0, 0xF7, 0xFE, 0xFF, 1, 2, 3, 4]);
+    let id = Base { size: 6000, sha256: [1; 32], version: "1.3".try_into().expect("short") };
+    let mut out = Vec::new();
+    let cases: [(&'static str, Filter, Compression); 4] = [
+        ("none", Filter::None, Compression::None),
+        ("crle", Filter::None, Compression::Crle),
+        ("heatshrink-8-7", Filter::None, Compression::Heatshrink { window: 8, lookahead: 7 }),
+        ("heatshrink-11-4-thumb", Filter::Thumb, Compression::Heatshrink { window: 11, lookahead: 4 }),
+    ];
+    for (name, filter, compression) in cases {
+        let mut p = vec![13u8];
+        p.extend(create(&base, &target, Some(&id), &CreateOptions { filter, compression }));
+        out.push((name, p));
+    }
+    // A plain detools patch (no header of ours).
+    let mut p = vec![5u8];
+    p.extend(create(&base, &target, None, &CreateOptions { filter: Filter::None, compression: Compression::Crle }));
+    out.push(("plain-detools-crle", p));
+    out
 }
 
 fn e(s: &str) -> Option<EscapedStr<'_>> {

@@ -1,9 +1,11 @@
 //! `cargo xtask qemu --power-cuts N`: the real firmware under QEMU, `kill -9`ed at seeded random
 //! moments of an update: during the download, around the mark (last block, final verify, STATE
-//! written), during the bootloader's swap, around the confirm, and during a revert. Rounds of the
-//! five phases alternate the download: HTTPS (Range over the module's second socket) in the first,
-//! MQTT stream in the next (the mark phase always MQTT: its anchor is the last block request). QEMU's flash
-//! is a shared file mapping, so a `kill -9` keeps exactly what was written: a power cut.
+//! written), during the bootloader's swap, around the confirm, and during a revert. Cycles take
+//! turns at how the update comes: HTTPS (Range over the module's second socket), MQTT stream, and
+//! a differential package over MQTT stream (a patch from the running 1.4 or 1.5, rebuilt into DFU
+//! from ACTIVE); the mark phase never over HTTPS (its anchor is the last block request), the
+//! failing release never as a patch. QEMU's flash is a shared file mapping, so a `kill -9` keeps
+//! exactly what was written: a power cut.
 //!
 //! After each cut QEMU starts again on the same flash and the cycle runs to its end. Then:
 //! - QEMU never stopped by itself (the bootloader halts QEMU when no image is bootable), and every
@@ -35,12 +37,43 @@ enum Phase {
 
 const PHASES: [Phase; 5] = [Phase::Download, Phase::Mark, Phase::Swap, Phase::Confirm, Phase::Revert];
 
+/// How the update of cycle `i` comes (cycle `i` is in phase `PHASES[i % 5]`): every way in every
+/// phase it can take within 15 cycles, and the patch in download, mark, swap and confirm within
+/// the first 10 (CI's sample). The mark phase never over HTTPS (its anchor is the last block
+/// request), the revert phase's release never as a patch (a patch is of a good release).
+const VIAS: [Via; 15] = [
+    Via::Https, // download
+    Via::Delta, // mark
+    Via::Mqtt,  // swap
+    Via::Delta, // confirm
+    Via::Https, // revert
+    Via::Delta, // download
+    Via::Mqtt,  // mark
+    Via::Delta, // swap
+    Via::Https, // confirm
+    Via::Mqtt,  // revert
+    Via::Mqtt,  // download
+    Via::Mqtt,  // mark
+    Via::Https, // swap
+    Via::Mqtt,  // confirm
+    Via::Https, // revert
+];
+
 /// How long one cycle may take before the campaign gives up (slow QEMU included).
 const CYCLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How a cycle's update comes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Https,
+    Mqtt,
+    /// A differential package over MQTT stream.
+    Delta,
+}
+
 struct Cycle {
     phase: Phase,
-    protocol: Protocol,
+    via: Via,
     target: &'static str,
     delay_ms: u64,
     /// The device's last line before the cut.
@@ -54,6 +87,9 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
     let t0 = Instant::now();
     eprintln!("power-cut campaign: {cuts} cuts, seed {seed} (replay with --seed {seed})");
     qemu::releases(dir, crate::demo::QEMU_RELEASES)?;
+    // The good releases as patches from each other (the images are the same as in 1.4 and 1.5).
+    qemu::delta_release(dir, "1.5", "1.5-from-1.4", "1.4")?;
+    qemu::delta_release(dir, "1.4", "1.4-from-1.5", "1.5")?;
     let rig = Rig::start(dir, &dir.join("1.3"), true)?;
     rig.runs("1.3", Duration::from_secs(120))?;
     let mut rig = rig;
@@ -63,14 +99,29 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
     for i in 0..cuts {
         let phase = PHASES[i % PHASES.len()];
         let good = if current == "1.4" { "1.5" } else { "1.4" };
+        let via = match VIAS[i % VIAS.len()] {
+            Via::Delta if !matches!(current, "1.4" | "1.5") => Via::Mqtt,
+            v => v,
+        };
         // The revert phase needs the release that fails its self-test; the download and mark
-        // phases take it now and then too.
-        let failing = phase == Phase::Revert || (matches!(phase, Phase::Download | Phase::Mark) && rng.below(4) == 0);
+        // phases take it now and then too (never as a patch: that is a good release).
+        let failing = phase == Phase::Revert
+            || (via != Via::Delta && matches!(phase, Phase::Download | Phase::Mark) && rng.below(4) == 0);
         let target = if failing { "1.6" } else { good };
-        let size = std::fs::metadata(dir.join(target).join(format!("firmware-{target}.bin")))?.len();
+        let size = match via {
+            Via::Delta => {
+                crate::console::engine::Package::load_delta(&dir.join(format!("{target}-from-{current}")), current)?
+                    .bytes
+                    .len() as u64
+            }
+            _ => std::fs::metadata(dir.join(target).join(format!("firmware-{target}.bin")))?.len(),
+        };
         let block = shared::ota::DEFAULT_BLOCK as u64;
         let last_block = (size - 1) / block * block;
         let (anchor, max_ms) = match phase {
+            // A patch of a version bump is a few hundred bytes: the image is rebuilt within a
+            // second or two of its start.
+            Phase::Download if via == Via::Delta => ("patch into DFU".to_string(), 1500),
             Phase::Download => ("download into DFU".to_string(), 9000),
             Phase::Mark => (format!("\"offset\":{last_block}}}"), 600),
             // The swap takes tens of ms; the new image's start, modem bring-up, self-test and
@@ -79,14 +130,18 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
             Phase::Confirm => (format!("boot: jump to {target} "), 3000),
             Phase::Revert => ("self-test: FAIL".to_string(), 150),
         };
-        // Every other round downloads over HTTPS (the module's second socket, Range resume),
-        // except for the mark phase, whose anchor is the last MQTT block request.
-        let protocol =
-            if (i / PHASES.len()).is_multiple_of(2) && phase != Phase::Mark { Protocol::Https } else { Protocol::Mqtt };
         let delay_ms = rng.below(max_ms + 1);
         let from = rig.dev.output().len();
         let started = Instant::now();
-        let j = rig.console.add_job(crate::demo::job(&dir.join(target), protocol, false, CYCLE_TIMEOUT)?)?;
+        let spec = match via {
+            Via::Https => crate::demo::job(&dir.join(target), Protocol::Https, false, CYCLE_TIMEOUT)?,
+            Via::Mqtt => crate::demo::job(&dir.join(target), Protocol::Mqtt, false, CYCLE_TIMEOUT)?,
+            Via::Delta => {
+                let release = dir.join(format!("{target}-from-{current}"));
+                crate::demo::delta_job(&release, current, Protocol::Mqtt, CYCLE_TIMEOUT)?
+            }
+        };
+        let j = rig.console.add_job(spec)?;
         rig.dev.wait_for(from, &anchor, Duration::from_secs(120))?;
         std::thread::sleep(Duration::from_millis(delay_ms));
         rig.dev.cut();
@@ -96,12 +151,12 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
         rig.dev.start()?;
         let (runs, outcome) = settle(&mut rig, j, current, target, !failing, from, cut_at)?;
-        let c = Cycle { phase, protocol, target, delay_ms, cut_after, outcome, took: started.elapsed() };
+        let c = Cycle { phase, via, target, delay_ms, cut_after, outcome, took: started.elapsed() };
         eprintln!(
             "cut {:>3}/{cuts} {:<8?} {:<5?} -> {:<3} +{:>4} ms after {:?}: {} ({:.1} s)",
             i + 1,
             c.phase,
-            c.protocol,
+            c.via,
             c.target,
             c.delay_ms,
             anchor,
@@ -118,7 +173,7 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
             "{:>3} {:<8?} {:<5?} {:<3} +{:>4} ms  {:<70}  {}",
             i + 1,
             c.phase,
-            c.protocol,
+            c.via,
             c.target,
             c.delay_ms,
             line,
@@ -126,8 +181,13 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
         );
     }
     for p in PHASES {
-        let n = |proto| done.iter().filter(|c| c.phase == p && c.protocol == proto).count();
-        println!("  {p:?}: {} cuts over MQTT, {} over HTTPS", n(Protocol::Mqtt), n(Protocol::Https));
+        let n = |via| done.iter().filter(|c| c.phase == p && c.via == via).count();
+        println!(
+            "  {p:?}: {} cuts over MQTT, {} over HTTPS, {} of a differential package",
+            n(Via::Mqtt),
+            n(Via::Https),
+            n(Via::Delta)
+        );
     }
     println!(
         "power-cut campaign: {} cuts, every one recovered: valid image booted, right version, true report ({:.0} s)",

@@ -196,6 +196,27 @@ pub fn releases(dir: &Path, list: &[(&str, &[&str])]) -> Result<()> {
     Ok(())
 }
 
+/// Releases qemu-an386 `version` into `dir/<out>` with its differential package from the
+/// release in `dir/<from>` (`release --delta-from`), trusting the console's development CA.
+pub fn delta_release(dir: &Path, version: &str, out: &str, from: &str) -> Result<()> {
+    let ca = tls::dev()?.ca;
+    let (ca, from, out) = (ca.to_str(), dir.join(from), dir.join(out));
+    let (Some(ca), Some(from), Some(out)) = (ca, from.to_str(), out.to_str()) else { bail!("non-UTF-8 path") };
+    proc::xtask(&[
+        "release",
+        "--board",
+        "qemu-an386",
+        "--version",
+        version,
+        "--download-ca",
+        ca,
+        "--delta-from",
+        from,
+        "--out",
+        out,
+    ])
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The factory image: a qemu-an386 release folder (default: builds v1.3 with the dev key).

@@ -60,18 +60,25 @@ pub fn run(_: Args) -> Result<()> {
     let sym = |name: &str| file.symbols().find(|s| s.name() == Ok(name));
     let ota = sym("OTA_STATE").map(|s| s.size()).context("no OTA_STATE symbol")?;
     // The MQTT session (receive and send buffers) lives in the task; the app exports its size.
-    let session = sym("OTA_MQTT_SESSION")
-        .and_then(|s| {
-            use object::{Object as _, ObjectSection as _};
-            let sec = file.section_by_index(s.section_index()?).ok()?;
-            let data = sec.data().ok()?;
-            let at = (s.address() - sec.address()) as usize;
-            Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?) as u64)
-        })
-        .context("no OTA_MQTT_SESSION symbol")?;
+    let word = |name: &str| {
+        sym(name)
+            .and_then(|s| {
+                use object::{Object as _, ObjectSection as _};
+                let sec = file.section_by_index(s.section_index()?).ok()?;
+                let data = sec.data().ok()?;
+                let at = (s.address() - sec.address()) as usize;
+                Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?) as u64)
+            })
+            .with_context(|| format!("no {name} symbol"))
+    };
+    let (session, patcher) = (word("OTA_MQTT_SESSION")?, word("OTA_DELTA_PATCHER")?);
     println!(
-        "OTA path RAM on qemu-an386 (5 KiB blocks): {ota} bytes static (OtaMachine, MQTT receive buffer, modem, work buffer) + {session} bytes MQTT session in the task = {} bytes",
+        "OTA path RAM on qemu-an386 (5 KiB blocks): {ota} bytes static (OtaMachine, MQTT receive buffer, modem, delta patcher, work buffer) + {session} bytes MQTT session in the task = {} bytes",
         ota + session
+    );
+    println!(
+        "  of which the delta patcher (shared::delta::Patcher: heatshrink window of 2^{} bytes, header, filter state): {patcher} bytes",
+        shared::delta::MAX_WINDOW_BITS
     );
     Ok(())
 }

@@ -22,6 +22,7 @@ pub fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
     let mut steps: Vec<(String, bool)> = Vec::new();
     let imgtool = tools::imgtool()?;
+    let detools = tools::detools()?;
     let openssl = tools::openssl()?;
     let qemu = tools::qemu()?;
     let mosquitto = tools::mosquitto()?;
@@ -32,6 +33,7 @@ pub fn run(a: Args) -> Result<()> {
         // Passing tests' output too: the power-cut sweeps print how many cases they ran.
         .args(["--", "--show-output"])
         .env("IMGTOOL", &imgtool)
+        .env("DETOOLS", &detools)
         .env("OPENSSL", &openssl)
         .env("QEMU", &qemu)
         .env("MOSQUITTO", &mosquitto);

@@ -42,6 +42,12 @@ pub fn imgtool() -> &'static Path {
     tool(&P, "IMGTOOL", "imgtool")
 }
 
+/// detools (PyPI) in the project's virtualenv; its python is beside it.
+pub fn detools() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    tool(&P, "DETOOLS", "detools")
+}
+
 pub fn openssl() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     tool(&P, "OPENSSL", "openssl")

@@ -61,7 +61,8 @@ impl Releases {
 
 /// 1.3 (factory), 1.4, 1.5 (its build sends a wrong password), 1.6 (1 MB), signed with a test key
 /// (slot 0); 1.7 signed with the next key (slot 1) revoking slot 0, and 1.8 signed with slot 0
-/// again (after its key leaked). The device trusts both slots.
+/// again (after its key leaked). The device trusts both slots. Differential packages: 2.0 from 1.4,
+/// 2.2 from 2.0, and 2.1 from another build also called 1.4 (`1.4-other`).
 fn releases() -> &'static Releases {
     static R: OnceLock<Releases> = OnceLock::new();
     R.get_or_init(|| {
@@ -84,6 +85,24 @@ fn releases() -> &'static Releases {
             args.extend(["--out", s(&out)]);
             args.extend(extra);
             xtask_ok(&args);
+        }
+        for (v, size, from) in [
+            ("1.4-other", "40001", None),
+            ("2.0", "40000", Some("1.4")),
+            ("2.1", "40000", Some("1.4-other")),
+            ("2.2", "40000", Some("2.0")),
+        ] {
+            let version = v.trim_end_matches("-other");
+            let out = d.join(v);
+            let mut args =
+                vec!["release", "--board", "host", "--version", version, "--key", s(&key), "--body-size", size];
+            let base = from.map(|f| d.join(f));
+            if let Some(b) = &base {
+                args.extend(["--delta-from", s(b)]);
+            }
+            args.extend(["--out", s(&out)]);
+            let said = xtask_ok(&args);
+            assert!(from.is_none() || said.contains("upload as a differential package"), "{said}");
         }
         let (k0, k1) = (s(&key), s(&next));
         let out = d.join("1.7");
@@ -577,4 +596,66 @@ fn xtask_device_writes_the_factory_image_and_says_what_is_wrong() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(std::fs::read(&flash).unwrap(), std::fs::read(r.path("1.3").join("factory.bin")).unwrap());
+}
+
+/// A job of the differential package of release `v` (from `from`), as console.toml's `delta`.
+fn delta_job(v: &str, from: &str, protocol: Protocol) -> JobSpec {
+    let mut j = JobSpec::new(Package::load_delta(&releases().path(v), from).unwrap(), protocol);
+    j.from = vec![from.into()];
+    j
+}
+
+#[test]
+fn a_differential_package_is_patched_from_the_running_image_and_a_foreign_one_refused() {
+    let c = console_with(&["dev-delta"], |_| {});
+    let dev = Dev::new("dev-delta", c.mqtt_port, "");
+    let d = dev.start(&[]);
+    dev.runs(&c, "1.3", 30);
+    let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
+    assert_eq!(dev.outcome(&c, j, 60).state, TaskState::Succeeded);
+    dev.runs(&c, "1.4", 30);
+
+    // The console (as Aliyun) ships a package to the devices on its source version only.
+    let mut wrong_from = delta_job("2.0", "1.4", Protocol::Mqtt);
+    wrong_from.from = vec!["1.3".into()];
+    let e = c.add_job(wrong_from).unwrap_err().to_string();
+    assert!(e.contains("upgrades only devices on 1.4"), "{e}");
+
+    // Made from another build called 1.4: refused before a byte is written, with both hashes.
+    let j = c.add_job(delta_job("2.1", "1.4", Protocol::Mqtt)).unwrap();
+    let t = dev.outcome(&c, j, 60);
+    assert_eq!((t.state, t.step), (TaskState::Failed, -1), "{t:?}");
+    assert!(t.desc.starts_with("delta for 1.4 (sha256 ") && t.desc.contains("), running 1.4 (sha256 "), "{}", t.desc);
+    assert_eq!(dev.active_version(), "1.4");
+
+    // The right one, over the MQTT stream: a fraction of the image, rebuilt into DFU from ACTIVE.
+    let pkg = Package::load_delta(&releases().path("2.0"), "1.4").unwrap();
+    let full = std::fs::metadata(releases().path("2.0").join("firmware-2.0.bin")).unwrap().len();
+    assert!((pkg.bytes.len() as u64) < full / 10, "patch {} of {full} bytes", pkg.bytes.len());
+    let j = c.add_job(delta_job("2.0", "1.4", Protocol::Mqtt)).unwrap();
+    let t = dev.outcome(&c, j, 60);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", dev.log());
+    assert_eq!(dev.active_version(), "2.0");
+    assert!(dev.log().contains("patch into DFU from the running image"), "{}", dev.log());
+    dev.runs(&c, "2.0", 30);
+
+    // Over HTTP Range, with a power cut while it patches (slow flash): it starts over from byte 0 and
+    // succeeds (a patch is never resumed: the patcher's state was in RAM).
+    drop(d);
+    let d = dev.start(&[("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "15")]);
+    dev.runs(&c, "2.0", 30);
+    let j = c.add_job(delta_job("2.2", "2.0", Protocol::Https)).unwrap();
+    let id = dev.id();
+    c.wait(Duration::from_secs(60), "the patch to start", |e| {
+        e.device(&id).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.step >= 1)
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(d); // kill -9
+    let _d = dev.start(&[]);
+    let t = dev.outcome(&c, j, 60);
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", dev.log());
+    assert_eq!(dev.active_version(), "2.2");
+    assert!(dev.log().matches("patch into DFU from the running image").count() >= 3, "{}", dev.log());
+    assert!(dev.violations(&c).is_empty(), "{:?}", dev.violations(&c));
 }

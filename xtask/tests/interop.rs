@@ -245,3 +245,126 @@ fn the_built_in_aliyun_iot_root_ca_is_the_documented_one() {
     let readme = std::fs::read_to_string(pem.with_file_name("README.md")).unwrap();
     assert!(readme.contains(fp));
 }
+
+/// Thumb-like bytes: halfwords with `BL`s between "functions"; `variant` 1 grows one of them and
+/// changes a few instructions, so what follows moves.
+fn thumb_blob(variant: u32) -> Vec<u8> {
+    let mut x = 0x2545_F491u32;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let mut v = Vec::new();
+    for f in 0..400u32 {
+        let len = 20 + (f * 7919) % 90;
+        let len = if variant == 1 && f == 40 { len + 30 } else { len };
+        for i in 0..len {
+            let r = next();
+            if i % 9 == 4 {
+                let off = (r % 40_000) as i32 - 20_000;
+                let off = (off as u32) & 0x3f_ffff;
+                v.extend_from_slice(&[
+                    (off >> 11) as u8,
+                    0xF0 | ((off >> 19) & 7) as u8,
+                    off as u8,
+                    0xF8 | ((off >> 8) & 7) as u8,
+                ]);
+            } else {
+                let h = (r % 0xE000) as u16 ^ if variant == 1 && r % 250 == 0 { 0x11 } else { 0 };
+                v.extend_from_slice(&h.to_le_bytes());
+            }
+        }
+    }
+    v
+}
+
+fn venv_python() -> std::path::PathBuf {
+    detools().with_file_name("python3")
+}
+
+#[test]
+fn patches_made_by_detools_create_patch_apply_on_our_device() {
+    let d = scratch("detools_to_ours");
+    let (old, new) = (thumb_blob(0), thumb_blob(1));
+    let (a, b) = (d.join("old.bin"), d.join("new.bin"));
+    std::fs::write(&a, &old).unwrap();
+    std::fs::write(&b, &new).unwrap();
+    let cases: [&[&str]; 5] = [
+        &["--compression", "none"],
+        &["--compression", "crle"],
+        &["--compression", "heatshrink"],
+        &["--compression", "heatshrink", "--heatshrink-window-sz2", "11", "--heatshrink-lookahead-sz2", "6"],
+        &["--compression", "heatshrink", "--heatshrink-window-sz2", "9", "--heatshrink-lookahead-sz2", "8"],
+    ];
+    for args in cases {
+        let p = d.join("detools.patch");
+        let o = run(detools(), &[&["create_patch"][..], args, &[s(&a), s(&b), s(&p)]].concat());
+        assert!(o.status.success(), "detools create_patch {args:?}: {}", text(&o.stderr));
+        let patch = std::fs::read(&p).unwrap();
+        let rebuilt = xtask::package::apply_delta(&patch, &old, 1 << 20).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(rebuilt == new, "{args:?}: our patcher rebuilt other bytes from detools' patch");
+    }
+    // What the device cannot decode is refused by name, not mis-applied.
+    let p = d.join("lzma.patch");
+    assert!(run(detools(), &["create_patch", "--compression", "lzma", s(&a), s(&b), s(&p)]).status.success());
+    let e = xtask::package::apply_delta(&std::fs::read(&p).unwrap(), &old, 1 << 20).unwrap_err().to_string();
+    assert!(e.contains("compression 1 (lzma)"), "{e}");
+}
+
+#[test]
+fn detools_apply_patch_rebuilds_our_patches_byte_exactly() {
+    use shared::delta::{Base, Compression, CreateOptions, Filter, Header};
+    let d = scratch("ours_to_detools");
+    let (old, new) = (thumb_blob(0), thumb_blob(1));
+    // The ARM-Thumb filter is liblzma's: Python's lzma gives the same bytes (the raw LZMA2 stream
+    // of ARMTHUMB+LZMA2, decoded with LZMA2 alone, is the filter's output).
+    let script = "import lzma, sys\n\
+        d = open(sys.argv[1], 'rb').read()\n\
+        c = lzma.compress(d, format=lzma.FORMAT_RAW, filters=[{'id': lzma.FILTER_ARMTHUMB}, {'id': lzma.FILTER_LZMA2}])\n\
+        f = lzma.decompress(c, format=lzma.FORMAT_RAW, filters=[{'id': lzma.FILTER_LZMA2}])\n\
+        open(sys.argv[2], 'wb').write(f)\n";
+    let mut filtered = Vec::new();
+    for (name, bytes) in [("old", &old), ("new", &new)] {
+        let (raw, out) = (d.join(format!("{name}.bin")), d.join(format!("{name}.thumb")));
+        std::fs::write(&raw, bytes).unwrap();
+        let o = run(&venv_python(), &["-c", script, s(&raw), s(&out)]);
+        assert!(o.status.success(), "python lzma: {}", text(&o.stderr));
+        let theirs = std::fs::read(&out).unwrap();
+        let mut ours = bytes.to_vec();
+        shared::delta::thumb::filter(&mut ours, true);
+        assert!(ours == theirs, "our ARM-Thumb filter differs from liblzma's on {name}");
+        assert_ne!(&ours, bytes, "the sample has BLs to convert");
+        filtered.push(out);
+    }
+    let id = Base { size: old.len() as u32, sha256: [7; 32], version: "1.3".try_into().unwrap() };
+    let codecs = [
+        Compression::None,
+        Compression::Crle,
+        Compression::Heatshrink { window: 8, lookahead: 7 },
+        Compression::Heatshrink { window: 11, lookahead: 4 },
+    ];
+    let mut cases = 0;
+    for compression in codecs {
+        for filter in [Filter::None, Filter::Thumb] {
+            let ours = shared::delta::create(&old, &new, Some(&id), &CreateOptions { filter, compression });
+            // Our header off: what is left is a detools sequential patch (of the filtered images
+            // with the filter).
+            let h = Header::parse(&ours, 1 << 20).unwrap().unwrap();
+            assert_eq!((h.filter, h.compression), (filter, compression));
+            let detools_part = &ours[Header::emit_ours(&id, filter).len()..];
+            let (from, to) = match filter {
+                Filter::None => (d.join("old.bin"), new.clone()),
+                Filter::Thumb => (filtered[0].clone(), std::fs::read(&filtered[1]).unwrap()),
+            };
+            let (p, out) = (d.join("ours.patch"), d.join("rebuilt.bin"));
+            std::fs::write(&p, detools_part).unwrap();
+            let o = run(detools(), &["apply_patch", s(&from), s(&p), s(&out)]);
+            assert!(o.status.success(), "detools apply_patch {compression:?} {filter:?}: {}", text(&o.stderr));
+            assert!(std::fs::read(&out).unwrap() == to, "{compression:?} {filter:?}: detools rebuilt other bytes");
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 8);
+}

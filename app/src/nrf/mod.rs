@@ -54,6 +54,11 @@ pub static mut OTA_STATE: OtaState<ModemUart> = OtaState::new();
 #[no_mangle]
 pub static OTA_MQTT_SESSION: u32 = device::mqtt_session_size::<ModemUart>();
 
+/// Bytes of the delta patcher, part of `OTA_STATE` (read by `cargo xtask size`).
+#[used]
+#[no_mangle]
+pub static OTA_DELTA_PATCHER: u32 = core::mem::size_of::<shared::delta::Patcher>() as u32;
+
 /// UARTE buffers: a whole download block can arrive while the driver writes flash.
 static mut RX_BUF: [u8; 8192] = [0; 8192];
 static mut TX_BUF: [u8; 512] = [0; 512];

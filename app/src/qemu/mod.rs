@@ -31,6 +31,11 @@ pub static mut OTA_STATE: OtaState<Uart> = OtaState::new();
 #[no_mangle]
 pub static OTA_MQTT_SESSION: u32 = device::mqtt_session_size::<Uart>();
 
+/// Bytes of the delta patcher, part of `OTA_STATE` (read by `cargo xtask size`).
+#[used]
+#[no_mangle]
+pub static OTA_DELTA_PATCHER: u32 = core::mem::size_of::<shared::delta::Patcher>() as u32;
+
 /// A region of `mps.ram` as a byte slice.
 ///
 /// # Safety

@@ -12,7 +12,8 @@
 //! | success | the device informs the destination version |
 //! | failure | progress `0` or a negative step; an inform of a version that is neither the source nor the destination; the timeout, which runs from the first progress report |
 //! | block requests | 256..=131072 bytes (the last block of the file may be shorter), a known stream and file, an offset inside the file, a device with a task for it: else an error reply (`code` 400/404 with `msg`), never silence; optionally served one at a time (others dropped) |
-//! | pushes | `signMethod` `Md5` (with `md5`) or `SHA256` (without), `isDiff` only for differential packages, `extData` (batch tags, `_package_udi`) as given, payload at most 256 KB |
+//! | pushes | `signMethod` `Md5` (with `md5`) or `SHA256` (without), `isDiff: 1` only for differential packages, `extData` (batch tags, `_package_udi`) as given, payload at most 256 KB |
+//! | differential packages | a job of one targets exactly its source version (`from` = [source]), and not the destination |
 //! | URLs | pre-signed, valid 24 h by default |
 
 use super::auth::DeviceId;
@@ -33,7 +34,7 @@ pub const MAX_PAYLOAD: usize = 256 * 1024;
 /// Largest file an MQTT stream batch ships.
 pub const MAX_STREAM_FILE: usize = 16 * 1024 * 1024;
 
-/// A firmware package: the signed image of a release folder.
+/// A firmware package: the signed image of a release folder, or its differential package.
 #[derive(Clone, Debug)]
 pub struct Package {
     pub file: String,
@@ -42,6 +43,8 @@ pub struct Package {
     pub bytes: Arc<Vec<u8>>,
     pub md5: String,
     pub sha256: String,
+    /// A differential package (CreateOTAFirmware `Type` 1): the one version it applies to.
+    pub src_version: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +52,14 @@ struct ManifestView {
     module: String,
     version: String,
     file: String,
+    md5: String,
+    delta: Option<DeltaView>,
+}
+
+#[derive(Deserialize)]
+struct DeltaView {
+    file: String,
+    from: String,
     md5: String,
 }
 
@@ -65,6 +76,24 @@ impl Package {
         Ok(p)
     }
 
+    /// The differential package from `from` of a folder made by `cargo xtask release
+    /// --delta-from`.
+    pub fn load_delta(dir: &Path, from: &str) -> Result<Package> {
+        let m = std::fs::read(dir.join("manifest.json"))
+            .with_context(|| format!("{} is not a release folder (no manifest.json)", dir.display()))?;
+        let m: ManifestView = serde_json::from_slice(&m).with_context(|| format!("{}/manifest.json", dir.display()))?;
+        let d = m.delta.with_context(|| {
+            format!("{} has no differential package: make it with `cargo xtask release --delta-from`", dir.display())
+        })?;
+        ensure!(d.from == from, "{} has the differential package from {}, not from {from}", dir.display(), d.from);
+        let bytes =
+            std::fs::read(dir.join(&d.file)).with_context(|| format!("reading {}/{}", dir.display(), d.file))?;
+        let mut p = Package::new(&d.file, &m.module, &m.version, bytes);
+        ensure!(p.md5 == d.md5, "{}/{}: MD5 {} but the manifest says {}", dir.display(), d.file, p.md5, d.md5);
+        p.src_version = Some(d.from);
+        Ok(p)
+    }
+
     pub fn new(file: &str, module: &str, version: &str, bytes: Vec<u8>) -> Package {
         Package {
             file: file.into(),
@@ -73,6 +102,7 @@ impl Package {
             md5: hex::encode(Md5::digest(&bytes)),
             sha256: hex::encode(Sha256::digest(&bytes)),
             bytes: Arc::new(bytes),
+            src_version: None,
         }
     }
 
@@ -81,7 +111,7 @@ impl Package {
     pub fn tampered(&self, offset: usize) -> Package {
         let mut b = self.bytes.to_vec();
         b[offset] ^= 0x01;
-        Package::new(&self.file, &self.module, &self.version, b)
+        Package { src_version: self.src_version.clone(), ..Package::new(&self.file, &self.module, &self.version, b) }
     }
 }
 
@@ -160,6 +190,18 @@ impl JobSpec {
         ensure!(shared::alink::valid_version(&p.module), "module {:?}: 1-64 of A-Z a-z 0-9 . _ -", p.module);
         if self.protocol == Protocol::Mqtt {
             ensure!(p.bytes.len() <= MAX_STREAM_FILE, "an MQTT stream file is at most 16 MB");
+        }
+        if let Some(src) = &p.src_version {
+            // A differential package names the one version it applies to; its batches upgrade
+            // exactly the devices that report it.
+            ensure!(shared::alink::valid_version(src), "source version {src:?}: 1-64 of A-Z a-z 0-9 . _ -");
+            ensure!(
+                self.from == [src.clone()],
+                "a differential package from {src} upgrades only devices on {src}: from = [\"{src}\"] (the job \
+                 says {:?})",
+                self.from
+            );
+            ensure!(src != &p.version, "a differential package from {src} to {src} changes nothing");
         }
         if let Some(t) = self.timeout {
             ensure!((60..=1440 * 60).contains(&t.as_secs()), "TimeoutInMinutes is 1..=1440");
@@ -669,7 +711,7 @@ impl Engine {
         let mut o = Offer {
             size: keep("size").then_some(p.bytes.len() as u32),
             version: keep("version").then(|| e(version.as_deref().unwrap_or(&p.version))),
-            is_diff: quirk(&Quirk::Diff).then_some(1),
+            is_diff: (p.src_version.is_some() || quirk(&Quirk::Diff)).then_some(1),
             url: url.as_deref().filter(|_| keep("url")).map(e),
             md5: (s.digest == DigestKind::Md5 && keep("md5") && keep("sign")).then(|| e(&p.md5)),
             sign: keep("sign").then(|| e(sign)),

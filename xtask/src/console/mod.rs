@@ -391,6 +391,9 @@ fn default_http() -> u16 {
 struct JobEntry {
     /// A folder made by `cargo xtask release`.
     release: PathBuf,
+    /// Ship the release's differential package from this version (`release --delta-from`)
+    /// instead of its image; `from` is then that version.
+    delta: Option<String>,
     #[serde(default)]
     from: Vec<String>,
     #[serde(default = "default_protocol")]
@@ -428,11 +431,18 @@ pub fn run(a: Args) -> Result<()> {
     let base = a.config.parent().unwrap_or(std::path::Path::new("."));
     let mut jobs = Vec::new();
     for j in &cfg.job {
-        let package = Package::load(&base.join(&j.release))?;
+        let package = match &j.delta {
+            Some(from) => Package::load_delta(&base.join(&j.release), from)?,
+            None => Package::load(&base.join(&j.release))?,
+        };
         let mut ext_data: Vec<(String, String)> = j.tags.clone().into_iter().collect();
         ext_data.extend(j.udi.clone().map(|u| ("_package_udi".to_string(), u)));
+        let from = match (&j.delta, j.from.is_empty()) {
+            (Some(d), true) => vec![d.clone()],
+            _ => j.from.clone(),
+        };
         let spec = JobSpec {
-            from: j.from.clone(),
+            from,
             digest: j.digest,
             timeout: j.timeout_min.map(|m| Duration::from_secs(m * 60)),
             need_push: j.need_push,
