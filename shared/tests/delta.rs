@@ -163,3 +163,16 @@ fn a_patch_that_would_write_past_the_slot_is_refused_at_its_header() {
     );
     assert_eq!(apply(&patch, &old, 50), Err(DeltaError::TooLarge { size: SLOT + 2, slot: SLOT }));
 }
+
+#[test]
+fn a_patch_of_steps_that_rebuild_nothing_is_refused_at_once() {
+    // Found by fuzzing (fuzz/regressions/delta-idle-steps): CRLE's one repeated segment of 805 M
+    // zeros read as empty steps (no diff, no extra, no move) kept the patcher busy for minutes,
+    // long past any watchdog.
+    let patch = [
+        0x02, 0xb8, 0x5d, 0x00, 0x03, 0x00, 0xb8, 0x00, 0x01, 0x8e, 0xff, 0xff, 0xff, 0x02, 0x00, 0x37, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0xef, 0x02,
+    ];
+    let e = apply(&patch, &firmware(0), 7).unwrap_err();
+    assert!(matches!(e, DeltaError::Corrupt { what: shared::delta::Corruption::Idle, .. }), "{e:?}");
+}

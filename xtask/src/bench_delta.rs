@@ -9,8 +9,10 @@
 //!   history (checked out as git worktrees under target/bench-delta, built once, cached).
 //!
 //! Every patch of ours is applied back (`shared::delta::Patcher` over a flash model) and must
-//! rebuild the target byte for byte. The apply cost on the device, under QEMU `-icount`, is
-//! `bench_qemu::delta_apply`.
+//! rebuild the target byte for byte. Then the apply cost on the device: the qemu-an386 app built
+//! with `delta-bench` applies each patch (base and patch placed in DFU) under QEMU
+//! `-icount shift=0`, where one SysTick tick (25 MHz) is 40 instructions: instructions per KiB of
+//! rebuilt image.
 
 use crate::{package, proc, qemu, tools};
 use anyhow::{bail, ensure, Context, Result};
@@ -87,7 +89,57 @@ pub fn run(sweep: bool) -> Result<()> {
     }
     println!("ours / detools heatshrink: at most {worst:.2} over {} pairs", pairs.len());
     ensure!(worst < 1.0, "a patch of ours is not smaller than detools heatshrink's");
+    apply_cost(&dir, &pairs)
+}
+
+/// Each pair's patch applied by the qemu-an386 app under `-icount shift=0`.
+fn apply_cost(dir: &Path, pairs: &[Pair]) -> Result<()> {
+    let app = dir.join("bench-app");
+    let out = app.to_str().context("non-UTF-8 path")?;
+    proc::xtask(&["release", "--board", "qemu-an386", "--version", "1.0", "--delta-bench", "--out", out])?;
+    let factory = std::fs::read(app.join("factory.bin"))?;
+    let l = memory_layouts::Board::QemuAn386.layout();
+    let dfu = (l.dfu.origin - l.flash.origin) as usize;
+    println!("\napplying our patches on qemu-an386 under -icount shift=0 (1 instruction = 1 guest ns; DFU written through the updater)");
+    for p in pairs {
+        let (patch, opts) = ours(&p.base, &p.target)?;
+        ensure!(
+            p.base.len() <= 250 * 1024 && patch.len() <= 250 * 1024,
+            "{}: too large for the bench's DFU layout",
+            p.name
+        );
+        let mut flash = factory.clone();
+        for (at, bytes) in [(512 * 1024, &p.base), (768 * 1024, &patch)] {
+            let at = dfu + at;
+            flash[at..at + 4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+            flash[at + 4..at + 4 + bytes.len()].copy_from_slice(bytes);
+        }
+        let f = dir.join("bench-flash.img");
+        std::fs::write(&f, &flash)?;
+        let line = crate::bench_qemu::run_to_line(&f, "delta-bench: ")?;
+        let (n, ticks) = parse_bench(&line).with_context(|| format!("{}: {line}", p.name))?;
+        ensure!(n == p.target.len(), "{}: the device rebuilt {n} bytes, not {}", p.name, p.target.len());
+        let insn = ticks * 40; // 25 MHz SysTick, 1 ns per instruction
+        let per_kib = insn as f64 / (n as f64 / 1024.0);
+        println!(
+            "{:<46} {:>7} B from a {:>6} B patch ({:?}): {:>11} instructions, {:>9} per KiB rebuilt",
+            p.name,
+            n,
+            patch.len(),
+            opts.filter,
+            crate::bench_qemu::group(insn),
+            crate::bench_qemu::group(per_kib as u64)
+        );
+    }
     Ok(())
+}
+
+/// "delta-bench: N bytes rebuilt from a P-byte patch in T ticks" -> (N, T).
+fn parse_bench(line: &str) -> Option<(usize, u64)> {
+    let rest = line.strip_prefix("delta-bench: ")?;
+    let n = rest.split(' ').next()?.parse().ok()?;
+    let ticks = rest.rsplit(" in ").next()?.strip_suffix(" ticks")?.parse().ok()?;
+    Some((n, ticks))
 }
 
 /// Our patch's size for each filter and each heatshrink window and lookahead a device takes,

@@ -91,8 +91,34 @@ fn boot_ticks(flash: &Path) -> Result<u64> {
     }
 }
 
+/// Runs `flash` under -icount shift=0 until the app prints a line starting with `prefix`.
+pub fn run_to_line(flash: &Path, prefix: &str) -> Result<String> {
+    let mut c: Command = crate::qemu::command(flash, None)?;
+    c.args(["-icount", "shift=0"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = proc::Killed(c.spawn().context("starting qemu-system-arm")?);
+    let stdout = child.0.stdout.take().context("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(300)).with_context(|| format!("QEMU printed no {prefix:?}"))?;
+        if line.starts_with(prefix) {
+            return Ok(line);
+        }
+        if line.starts_with("boot: ") && !line.starts_with("boot: jump to ") {
+            bail!("the bootloader did not jump: {line}");
+        }
+    }
+}
+
 /// 1234567 -> "1,234,567".
-fn group(n: u64) -> String {
+pub fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

@@ -54,6 +54,10 @@ pub struct Args {
     /// and resets the device). To show and test the protection; never ship it.
     #[arg(long)]
     attack: bool,
+    /// qemu-an386: the app, built with `delta-bench`, applies the patch `cargo xtask bench delta`
+    /// placed in DFU, prints how long it took and exits. For the bench only.
+    #[arg(long, hide = true)]
+    delta_bench: bool,
     /// Thumb boards: the factory image's bootloader is built with `unprotected` (no write
     /// protection before the jump), the control for `--attack`. Never ship it.
     #[arg(long)]
@@ -145,15 +149,32 @@ pub fn apply_delta(patch: &[u8], base: &[u8], slot: u32) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The base image of `--delta-from`: a release folder's image, or an image file.
-fn read_base(p: &Path) -> Result<Vec<u8>> {
-    if p.is_dir() {
+/// The base image of `--delta-from` for `board`: a release folder's image, or an image file.
+fn read_base(p: &Path, board: Board) -> Result<Vec<u8>> {
+    let image = if p.is_dir() {
         let m = std::fs::read(p.join("manifest.json"))
             .with_context(|| format!("--delta-from {}: not a release folder (no manifest.json)", p.display()))?;
         let m: Manifest = serde_json::from_slice(&m).with_context(|| format!("{}/manifest.json", p.display()))?;
-        return read(&p.join(m.file));
-    }
-    read(p).with_context(|| format!("--delta-from {}", p.display()))
+        ensure!(
+            m.board == board.name(),
+            "--delta-from {}: a release for {}, not {}: a patch applies to the image the device runs",
+            p.display(),
+            m.board,
+            board.name()
+        );
+        read(&p.join(m.file))?
+    } else {
+        read(p).with_context(|| format!("--delta-from {}", p.display()))?
+    };
+    let hdr = shared::image::Header::new_checked(&image[..]).map(|h| h.hdr_size()).ok();
+    ensure!(
+        hdr == Some(board.layout().image_header_size as u16),
+        "--delta-from {}: not an image for {} (its header size is {hdr:?}, the board's {:#x})",
+        p.display(),
+        board.name(),
+        board.layout().image_header_size
+    );
+    Ok(image)
 }
 
 /// `manifest.json`.
@@ -213,10 +234,12 @@ pub fn run(a: Args) -> Result<()> {
         }
         _ => {
             ensure!(!a.failing_login, "--failing-login simulates a broken build on the host board only");
-            let features: Vec<&str> = [(a.failing_self_test, "self-test-fails"), (a.attack, "attack")]
-                .into_iter()
-                .filter_map(|(on, f)| on.then_some(f))
-                .collect();
+            ensure!(!a.delta_bench || board == Board::QemuAn386, "--delta-bench is for qemu-an386");
+            let features: Vec<&str> =
+                [(a.failing_self_test, "self-test-fails"), (a.attack, "attack"), (a.delta_bench, "delta-bench")]
+                    .into_iter()
+                    .filter_map(|(on, f)| on.then_some(f))
+                    .collect();
             let mut body = elf_to_bin(
                 &read(&firmware_with(board, Crate::App, &trusted, &features, a.download_ca.as_deref())?)?,
                 layout.app_origin(),
@@ -244,25 +267,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     let image = make_image(&body, &params, &key, &trusted, Some(layout.active.length))?;
 
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let file = format!("firmware-{}.bin", a.version);
-    write(&out.join(&file), &image)?;
-    // The bootloader of the host board is the host device's own boot logic: its factory image
-    // is the flash file with the signed app in ACTIVE.
-    let bl_features: &[&str] = if a.unprotected_bootloader { &["unprotected"] } else { &[] };
-    let bl = match board.target() {
-        Some(_) => elf_to_bin(
-            &read(&firmware_with(board, Crate::Bootloader, &trusted, bl_features, None)?)?,
-            layout.bootloader.origin,
-        )?,
-        None => Vec::new(),
-    };
-    write(&out.join("factory.bin"), &factory_image(layout, &bl, &image)?)?;
-    let factory = Some("factory.bin".to_string());
+    // The differential package first: a base it cannot patch leaves no folder half written.
     let delta = match &a.delta_from {
         None => None,
         Some(from) => {
-            let base = read_base(from)?;
+            let base = read_base(from, board)?;
             let (id, module) = base_id(&base, &trusted).with_context(|| format!("--delta-from {}", from.display()))?;
             ensure!(
                 module == a.module,
@@ -279,25 +288,51 @@ pub fn run(a: Args) -> Result<()> {
             );
             let (patch, opts) = make_delta(&base, &id, &image, board.target().is_some())?;
             let file = format!("delta-{}-{}.bin", id.version, a.version);
-            write(&out.join(&file), &patch)?;
-            Some(DeltaManifest {
-                file,
-                from: id.version.to_string(),
-                from_sha256: hex::encode(id.sha256),
-                from_size: id.size,
-                size: patch.len() as u64,
-                md5: hex::encode(Md5::digest(&patch)),
-                sha256: hex::encode(Sha256::digest(&patch)),
-                filter: format!("{:?}", opts.filter).to_lowercase(),
-                compression: match opts.compression {
-                    shared::delta::Compression::Heatshrink { window, lookahead } => {
-                        format!("heatshrink {window}/{lookahead}")
-                    }
-                    c => format!("{c:?}").to_lowercase(),
+            let (size, md5, sha256) =
+                (patch.len() as u64, hex::encode(Md5::digest(&patch)), hex::encode(Sha256::digest(&patch)));
+            Some((
+                patch,
+                DeltaManifest {
+                    file,
+                    from: id.version.to_string(),
+                    from_sha256: hex::encode(id.sha256),
+                    from_size: id.size,
+                    size,
+                    md5,
+                    sha256,
+                    filter: format!("{:?}", opts.filter).to_lowercase(),
+                    compression: match opts.compression {
+                        shared::delta::Compression::Heatshrink { window, lookahead } => {
+                            format!("heatshrink {window}/{lookahead}")
+                        }
+                        c => format!("{c:?}").to_lowercase(),
+                    },
                 },
-            })
+            ))
         }
     };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let delta = match delta {
+        Some((patch, m)) => {
+            write(&out.join(&m.file), &patch)?;
+            Some(m)
+        }
+        None => None,
+    };
+    let file = format!("firmware-{}.bin", a.version);
+    write(&out.join(&file), &image)?;
+    // The bootloader of the host board is the host device's own boot logic: its factory image
+    // is the flash file with the signed app in ACTIVE.
+    let bl_features: &[&str] = if a.unprotected_bootloader { &["unprotected"] } else { &[] };
+    let bl = match board.target() {
+        Some(_) => elf_to_bin(
+            &read(&firmware_with(board, Crate::Bootloader, &trusted, bl_features, None)?)?,
+            layout.bootloader.origin,
+        )?,
+        None => Vec::new(),
+    };
+    write(&out.join("factory.bin"), &factory_image(layout, &bl, &image)?)?;
+    let factory = Some("factory.bin".to_string());
     let manifest = Manifest {
         board: board.name().into(),
         module: a.module.clone(),

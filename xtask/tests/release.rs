@@ -142,3 +142,67 @@ fn provision_defaults_to_tls_on_8883_and_plain_1883_only_when_asked() {
     assert_eq!(args(&["--plain", "--port", "1999"]), (false, 1999));
     assert_eq!(args(&["--port", "443"]), (true, 443));
 }
+
+#[test]
+fn release_delta_from_writes_the_patch_and_refuses_bases_it_cannot_patch() {
+    let d = scratch("release_delta");
+    let key = d.join("k.pem");
+    xtask_ok(&["keygen", "--out", s(&key)]);
+    let rel = |v: &str, size: &str, extra: &[&str]| -> std::process::Output {
+        let out = d.join(v);
+        let mut args = vec!["release", "--board", "host", "--version", v, "--key", s(&key), "--body-size", size];
+        args.extend_from_slice(extra);
+        args.extend(["--out", s(&out)]);
+        xtask(&args)
+    };
+    assert!(rel("1.3", "30000", &[]).status.success());
+    let base = d.join("1.3");
+    let o = rel("1.4", "30010", &["--delta-from", s(&base)]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let m: Value = serde_json::from_slice(&std::fs::read(d.join("1.4/manifest.json")).unwrap()).unwrap();
+    let patch = std::fs::read(d.join("1.4/delta-1.3-1.4.bin")).unwrap();
+    let image = std::fs::read(d.join("1.4/firmware-1.4.bin")).unwrap();
+    let b = std::fs::read(base.join("firmware-1.3.bin")).unwrap();
+    assert_eq!(m["delta"]["file"], "delta-1.3-1.4.bin");
+    assert_eq!(m["delta"]["from"], "1.3");
+    assert_eq!(m["delta"]["from_size"], b.len());
+    assert_eq!(m["delta"]["size"], patch.len());
+    assert_eq!(m["delta"]["md5"], hex::encode(Md5::digest(&patch)));
+    assert!(patch.len() < image.len() / 10, "{} of {}", patch.len(), image.len());
+    // The device's patcher rebuilds the image from the base.
+    assert!(xtask::package::apply_delta(&patch, &b, 1 << 21).unwrap() == image);
+    // An image file as the base works the same.
+    let o = rel("1.5", "30000", &["--delta-from", s(&base.join("firmware-1.3.bin"))]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // Bases it cannot patch, each said clearly.
+    let other = d.join("other.pem");
+    xtask_ok(&["keygen", "--out", s(&other)]);
+    let foreign = d.join("foreign");
+    xtask_ok(&["release", "--board", "host", "--version", "1.2", "--key", s(&other), "--out", s(&foreign)]);
+    let module = d.join("module");
+    xtask_ok(&[
+        "release",
+        "--board",
+        "host",
+        "--version",
+        "1.2",
+        "--key",
+        s(&key),
+        "--module",
+        "MCU",
+        "--out",
+        s(&module),
+    ]);
+    for (from, says) in [
+        (foreign, "does not verify with the trusted keys"),
+        (module, "the base is module \"MCU\""),
+        (base.clone(), "the base is version 1.3 too"),
+        (d.join("nothing"), "--delta-from"),
+    ] {
+        let version = if says.contains("version 1.3") { "1.3" } else { "1.6" };
+        let o = rel(version, "30000", &["--delta-from", s(&from)]);
+        let e = text(&o.stderr);
+        assert!(!o.status.success() && e.contains(says), "{}: {e}", from.display());
+    }
+}

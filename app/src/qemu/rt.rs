@@ -47,6 +47,21 @@ fn now_ms() -> u64 {
     free(|cs| NOW_MS.borrow(cs).get())
 }
 
+/// Core clock ticks since `init` (25 MHz: under `-icount shift=0` one tick is 40 instructions).
+#[cfg(feature = "delta-bench")]
+pub fn ticks() -> u64 {
+    const PER_MS: u64 = (SYSCLK_HZ / 1000) as u64;
+    // SAFETY: a read of SysTick's current value only.
+    let syst = unsafe { &*cortex_m::peripheral::SYST::PTR };
+    loop {
+        let ms = now_ms();
+        let v = u64::from(syst.cvr.read());
+        if now_ms() == ms {
+            return ms * PER_MS + (PER_MS - 1 - v);
+        }
+    }
+}
+
 static VTABLE: RawWakerVTable = RawWakerVTable::new(|p| RawWaker::new(p, &VTABLE), |_| wake(), |_| wake(), |_| ());
 
 /// Runs `fut` to completion on this core, sleeping in WFI while nothing can progress.

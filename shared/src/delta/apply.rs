@@ -13,6 +13,10 @@ use heapless::Vec;
 const CHUNK: usize = 64;
 /// Base bytes read at once: a chunk and the filter's margins (2 before, 4 after).
 const BASE_READ: usize = CHUNK + 8;
+/// Steps in a row that rebuild nothing (no diff, no extra bytes) before the patch counts as
+/// damaged: bsdiff never makes two, and without a bound a few bytes of CRLE (a long run of
+/// zeros) would keep a device busy for minutes, its watchdog resetting it over and over.
+const MAX_IDLE_STEPS: u8 = 8;
 
 /// What the interpreter of the decompressed stream expects next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +51,10 @@ pub struct Patcher {
     thumb: thumb::Decoder,
     /// Patch bytes taken so far.
     taken: u32,
+    /// Bytes of the diff of the step being read.
+    step_diff: u32,
+    /// Steps in a row that rebuilt nothing.
+    idle: u8,
 }
 
 impl Default for Patcher {
@@ -72,6 +80,8 @@ impl Patcher {
             out_pos: 0,
             thumb: thumb::Decoder::new(),
             taken: 0,
+            step_diff: 0,
+            idle: 0,
         }
     }
 
@@ -91,6 +101,8 @@ impl Patcher {
         self.out_pos = 0;
         self.thumb = thumb::Decoder::new();
         self.taken = 0;
+        self.step_diff = 0;
+        self.idle = 0;
     }
 
     /// The header, once read.
@@ -208,6 +220,16 @@ impl Patcher {
                                 return Err(corrupt(Corruption::TooLong));
                             }
                             self.to_pos += n;
+                            if op == Op::DiffSize {
+                                self.step_diff = n;
+                            } else if n == 0 && self.step_diff == 0 {
+                                self.idle += 1;
+                                if self.idle > MAX_IDLE_STEPS {
+                                    return Err(corrupt(Corruption::Idle));
+                                }
+                            } else {
+                                self.idle = 0;
+                            }
                             match (op, n) {
                                 (Op::DiffSize, 0) => Op::ExtraSize,
                                 (Op::DiffSize, _) => Op::Diff { left: n },

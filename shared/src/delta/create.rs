@@ -46,12 +46,16 @@ pub fn create_smallest(base: &[u8], target: &[u8], base_id: &Base, filters: &[Fi
     let mut best: Option<(Vec<u8>, CreateOptions)> = None;
     for &filter in filters {
         let s = stream(base, target, filter);
-        for window in 8..=super::MAX_WINDOW_BITS {
+        let table = matches(&s, 1 << (super::MAX_WINDOW_BITS - 1));
+        for window in WINDOWS {
             for lookahead in 4..window {
-                let opts = CreateOptions { filter, compression: Compression::Heatshrink { window, lookahead } };
-                let p = assemble(Some(base_id), &opts, target.len(), &s);
+                let mut p = Header::emit_ours(base_id, filter);
+                p.push(Compression::Heatshrink { window, lookahead }.number());
+                p.extend(pack_size(target.len() as i64));
+                p.extend(heatshrink_with(&s, &table, window, lookahead));
                 if best.as_ref().is_none_or(|b| p.len() < b.0.len()) {
-                    best = Some((p, opts));
+                    best =
+                        Some((p, CreateOptions { filter, compression: Compression::Heatshrink { window, lookahead } }));
                 }
             }
         }
@@ -144,47 +148,107 @@ fn crle_compress(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The windows (bits) the producer tries: detools' default (8) up to what a device decodes.
+const WINDOWS: core::ops::RangeInclusive<u8> = 8..=super::MAX_WINDOW_BITS;
+
+/// For each position of `data` and each window of [`WINDOWS`]: the longest earlier match within
+/// that window (length, distance), lengths up to `max_len`. One walk of a hash chain of 2-byte
+/// prefixes, nearest first, fills every window at once.
+fn matches(data: &[u8], max_len: usize) -> Vec<[(u16, u16); 4]> {
+    const { assert!(*WINDOWS.end() - *WINDOWS.start() == 3) };
+    let n = data.len();
+    let widest = 1usize << WINDOWS.end();
+    let mut best = vec![[(0u16, 0u16); 4]; n];
+    let mut head = vec![usize::MAX; 1 << 16];
+    let mut prev = vec![usize::MAX; n];
+    for i in 0..n.saturating_sub(1) {
+        let h = usize::from(u16::from_le_bytes([data[i], data[i + 1]]));
+        let mut j = head[h];
+        let limit = max_len.min(n - i);
+        let mut found = [(0u16, 0u16); 4];
+        let mut longest = 0;
+        // The previous position's match, one byte on, is a match here too (a run costs O(1) a
+        // byte instead of `max_len`): start from it.
+        if let Some(&[.., (pl, pd)]) = i.checked_sub(1).map(|p| &best[p]) {
+            let d = usize::from(pd);
+            if pl > 1 && d <= i {
+                let mut l = (usize::from(pl) - 1).min(limit);
+                while l < limit && data[i + l] == data[i + l - d] {
+                    l += 1;
+                }
+                longest = l;
+                for (k, w) in WINDOWS.enumerate() {
+                    if d <= 1 << w {
+                        found[k] = (l as u16, d as u16);
+                    }
+                }
+                if l == limit && d <= 1 << WINDOWS.start() {
+                    j = usize::MAX; // the longest possible, in every window: no need to look
+                }
+            }
+        }
+        while j != usize::MAX && i - j <= widest {
+            // Only a match longer than the longest so far counts: its last byte must agree.
+            if longest >= limit || data[j + longest] != data[i + longest] {
+                j = prev[j];
+                continue;
+            }
+            let l = data[i..i + limit].iter().zip(&data[j..]).take_while(|(a, b)| a == b).count();
+            if l > longest {
+                longest = l;
+                // Nearest first: a match found now is the longest so far for every window that
+                // reaches it.
+                for (k, w) in WINDOWS.enumerate() {
+                    if i - j <= 1 << w && l > usize::from(found[k].0) {
+                        found[k] = (l as u16, (i - j) as u16);
+                    }
+                }
+                if l == limit {
+                    break;
+                }
+            }
+            j = prev[j];
+        }
+        // A window that saw no longer match takes the best of a narrower one.
+        for k in 1..4 {
+            if found[k].0 < found[k - 1].0 {
+                found[k] = found[k - 1];
+            }
+        }
+        best[i] = found;
+        prev[i] = head[h];
+        head[h] = i;
+    }
+    best
+}
+
 /// heatshrink with a window of 2^`window` and matches of up to 2^`lookahead` bytes, parsed
 /// optimally (fewest bits: a literal is 9, a copy 1 + window + lookahead, whatever its length),
 /// detools' parameter byte first. Copies never reach before the start (the decoder's window
 /// starts zeroed, but not every encoder relies on that).
 pub fn heatshrink_compress(data: &[u8], window: u8, lookahead: u8) -> Vec<u8> {
+    assert!(WINDOWS.contains(&window) && (3..window).contains(&lookahead), "heatshrink {window}/{lookahead}");
+    heatshrink_with(data, &matches(data, 1 << lookahead), window, lookahead)
+}
+
+/// [`heatshrink_compress`] from a match table made by [`matches`] (with lengths of at least
+/// 2^`lookahead`).
+fn heatshrink_with(data: &[u8], table: &[[(u16, u16); 4]], window: u8, lookahead: u8) -> Vec<u8> {
     let n = data.len();
-    let (wsize, max_len) = (1usize << window, 1usize << lookahead);
+    let k = usize::from(window - WINDOWS.start());
+    let max_len = 1u16 << lookahead;
     let copy_bits = 1 + u32::from(window) + u32::from(lookahead);
-    // The longest match at each position within the window (and its distance).
-    let mut best = vec![(0u16, 0u16); n];
-    let mut head = vec![usize::MAX; 1 << 16];
-    let mut prev = vec![usize::MAX; n];
-    for i in 0..n {
-        if i + 1 < n {
-            let h = usize::from(u16::from_le_bytes([data[i], data[i + 1]]));
-            let mut j = head[h];
-            let (mut len, mut dist) = (0, 0);
-            while j != usize::MAX && i - j <= wsize {
-                let l = data[i..n.min(i + max_len)].iter().zip(&data[j..]).take_while(|(a, b)| a == b).count();
-                if l > len {
-                    (len, dist) = (l, i - j);
-                    if l == max_len.min(n - i) {
-                        break;
-                    }
-                }
-                j = prev[j];
-            }
-            best[i] = (len as u16, dist as u16);
-            prev[i] = head[h];
-            head[h] = i;
-        }
-    }
-    // Cheapest parse, from the end.
+    // Cheapest parse, from the end. A copy costs the same whatever its length: the lengths worth
+    // trying are the longest and the short ones (a long run of zeros would otherwise cost a
+    // thousand tries per byte with a 1 KiB lookahead).
     let mut cost = vec![u32::MAX; n + 1];
     let mut choice = vec![0u16; n + 1]; // 0: literal, else copy length
     cost[n] = 0;
     for i in (0..n).rev() {
         cost[i] = 9 + cost[i + 1];
         choice[i] = 0;
-        let (len, _) = best[i];
-        for l in 2..=usize::from(len) {
+        let len = usize::from(table[i][k].0.min(max_len));
+        for l in (2..=len.min(64)).chain((len > 64).then_some(len)) {
             let c = copy_bits + cost[i + l];
             if c < cost[i] {
                 cost[i] = c;
@@ -202,7 +266,7 @@ pub fn heatshrink_compress(data: &[u8], window: u8, lookahead: u8) -> Vec<u8> {
                 i += 1;
             }
             l => {
-                let dist = u32::from(best[i].1);
+                let dist = u32::from(table[i][k].1);
                 w.put(0, 1);
                 w.put(dist - 1, window);
                 w.put(u32::from(l) - 1, lookahead);

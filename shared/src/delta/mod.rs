@@ -119,6 +119,9 @@ pub enum Corruption {
     Truncated,
     /// A rebuilt image of 0 bytes.
     Empty,
+    /// Steps that rebuild nothing, one after the other (a patch that would keep the device busy
+    /// for nothing).
+    Idle,
 }
 
 impl DeltaError {
@@ -147,6 +150,7 @@ impl core::fmt::Display for Corruption {
             Corruption::Trailing => "bytes after its end",
             Corruption::Truncated => "it ends early",
             Corruption::Empty => "an empty image",
+            Corruption::Idle => "steps that rebuild nothing",
         })
     }
 }
