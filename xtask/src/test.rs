@@ -50,7 +50,8 @@ pub fn run(a: Args) -> Result<()> {
     let demo = crate::root().join("target/test-demo");
     let ok = self_run(&["demo", "--dir", demo.to_str().unwrap_or("target/test-demo")]);
     steps.push((
-        "demo scenarios (a)-(e): upgrade, tampered -3, self-test rollback -1, power cut resume, wrong secret".into(),
+        "demo scenarios (a)-(f): upgrade, tampered -3, self-test rollback -1, power cut resume, wrong secret, delta"
+            .into(),
         ok,
     ));
     let n = if a.full { "100" } else { "20" };
@@ -63,14 +64,14 @@ pub fn run(a: Args) -> Result<()> {
     let qemu_demo = crate::root().join("target/test-demo-qemu");
     let ok = self_run(&["demo", "--qemu", "--dir", qemu_demo.to_str().unwrap_or("target/test-demo-qemu")]);
     steps.push((
-        "demo --qemu: real bootloader + app under QEMU: upgrade, tampered -3 over HTTPS, self-test rollback -1, push over the buffer -1, module modem upgraded".into(),
+        "demo --qemu: real bootloader + app under QEMU: upgrade, tampered -3 over HTTPS, self-test rollback -1, push over the buffer -1, delta v1.7 -> v1.8, module modem upgraded".into(),
         ok,
     ));
     let cuts = if a.full { "100" } else { "10" };
     let cut_dir = crate::root().join("target/test-qemu-cuts");
     let ok = self_run(&["qemu", "--power-cuts", cuts, "--dir", cut_dir.to_str().unwrap_or("target/test-qemu-cuts")]);
     steps.push((
-        format!("qemu --power-cuts {cuts}: kill -9 during download, mark, swap, confirm, revert (MQTT and HTTPS)"),
+        format!("qemu --power-cuts {cuts}: kill -9 during download, mark, swap, confirm, revert (MQTT, HTTPS, delta)"),
         ok,
     ));
     let ok = self_run(&["bench", "qemu"]);

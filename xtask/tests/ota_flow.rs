@@ -243,6 +243,9 @@ impl Sim {
                         self.schedule(self.t + 2 * self.one_way, Hop::Ack(pid));
                     }
                 }
+                // This device takes no differential packages (OtaConfig::delta off): the host
+                // device tests and the power-cut sweeps carry patches out.
+                Action::BeginPatch | Action::Patch { .. } => panic!("a patch action with delta off"),
                 Action::Write { offset, range } => {
                     assert_eq!(offset, self.dfu_pos, "writes are sequential");
                     let data = &payload[range];

@@ -164,7 +164,7 @@ mod tests {
         bits += "0";
         bits += &format!("{:08b}", 1);
         bits += &format!("{:04b}", 5);
-        while bits.len() % 8 != 0 {
+        while !bits.len().is_multiple_of(8) {
             bits.push('0');
         }
         let mut stream = vec![0x41]; // window 8, lookahead 4
