@@ -66,29 +66,9 @@ pub fn run(image_kib: usize) -> Result<()> {
 
 /// Boots `flash` under -icount shift=0 and returns the ticks the bootloader reports.
 fn boot_ticks(flash: &Path) -> Result<u64> {
-    let mut c: Command = crate::qemu::command(flash, None)?;
-    c.args(["-icount", "shift=0"]).stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut child = proc::Killed(c.spawn().context("starting qemu-system-arm")?);
-    let stdout = child.0.stdout.take().context("no stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(120)).context("QEMU printed no jump in 120 s")?;
-        if let Some(rest) = line.strip_prefix("boot: jump to ") {
-            let ticks = rest.rsplit(", ").next().and_then(|t| t.strip_suffix(" ticks"));
-            return ticks.and_then(|t| t.parse().ok()).with_context(|| format!("no tick count in {line:?}"));
-        }
-        if line.starts_with("boot: ") {
-            bail!("the bootloader did not jump: {line}");
-        }
-    }
+    let line = run_to_line(flash, "boot: jump to ")?;
+    let ticks = line.rsplit(", ").next().and_then(|t| t.strip_suffix(" ticks"));
+    ticks.and_then(|t| t.parse().ok()).with_context(|| format!("no tick count in {line:?}"))
 }
 
 /// Runs `flash` under -icount shift=0 until the app prints a line starting with `prefix`.

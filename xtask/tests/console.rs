@@ -123,7 +123,7 @@ fn the_front_door_answers_connack_4_to_a_wrong_password_and_lets_the_right_one_t
         ..Default::default()
     })
     .unwrap();
-    // ALIYUN.md §1.6: a CONNECT as a third-party client sends it (securemode 3: the plain port).
+    // docs/PROTOCOL.md §1.6: a CONNECT as a third-party client sends it (securemode 3: the plain port).
     let cid = "a1CnsTest01.dev-1|securemode=3,signmethod=hmacsha256,timestamp=1700000000000|";
     let user = "dev-1&a1CnsTest01";
     let dev = shared::alink::DeviceSecret {

@@ -1,4 +1,4 @@
-//! MQTT CONNECT credentials for a device (ALIYUN.md §1.3, vectors in §1.6).
+//! MQTT CONNECT credentials for a device (docs/PROTOCOL.md §1.3, vectors in §1.6).
 //!
 //! ```text
 //! clientId = {prefix}|securemode={m},signmethod={hmacsha256|hmacsha1|hmacmd5},timestamp={ts}|

@@ -1,4 +1,4 @@
-//! MQTT stream download (ALIYUN.md §3.1): the block request, and the binary reply frame.
+//! MQTT stream download (docs/PROTOCOL.md §3.1): the block request, and the binary reply frame.
 //!
 //! ```text
 //! 0            2              2+N               2+N+bSize      2+N+bSize+2
@@ -234,7 +234,7 @@ pub fn emit_download_reply(
 mod tests {
     use super::*;
 
-    /// ALIYUN.md §3.1: one block of 16 bytes 00..0f.
+    /// docs/PROTOCOL.md §3.1: one block of 16 bytes 00..0f.
     const FRAME_HEX: &str = "00717b226964223a2231222c22636f6465223a3230302c226d657373616765223a2273756363657373222c2264617461223a7b2266696c65546f6b656e223a2264656661756c74222c2266696c654c656e677468223a343039362c226253697a65223a31362c22624f6666736574223a307d7d000102030405060708090a0b0c0d0e0f0a17";
 
     fn frame() -> Vec<u8> {

@@ -1,4 +1,4 @@
-//! JSON of the OTA messages (ALIYUN.md §2).
+//! JSON of the OTA messages (docs/PROTOCOL.md §2).
 //!
 //! Uplinks send `id` as a string and `step` as a string; `module` is left out for the default
 //! module. The downlink task (push, get_reply) is in `offer.rs`.

@@ -1,4 +1,4 @@
-//! The task the platform offers (ALIYUN.md §2.2, §2.4): the `data` of an upgrade push
+//! The task the platform offers (docs/PROTOCOL.md §2.2, §2.4): the `data` of an upgrade push
 //! (`{"code":"1000","data":{..},"id":N,"message":"success"}`) and of a `firmware/get` reply
 //! (`{"id":"12","code":200,"data":{..}}`), written and read here, in one place: the console
 //! emits what the device parses (`parse(emit(x)) == x`).
@@ -237,7 +237,7 @@ mod tests {
         Some(EscapedStr(s))
     }
 
-    /// ALIYUN.md §2.2, the doc-shaped HTTPS push.
+    /// docs/PROTOCOL.md §2.2, the doc-shaped HTTPS push.
     const HTTPS_PUSH: &str = r#"{"code":"1000","message":"success","id":1626969597470,
  "data":{"size":432945,"version":"2.0.0","isDiff":1,
          "url":"https://iotx-ota.oss-cn-shanghai.aliyuncs.com/ota/pkg.bin?Expires=1502955804&OSSAccessKeyId=XXXX&Signature=XXXX",
@@ -245,7 +245,7 @@ mod tests {
          "signMethod":"Md5","digestsign":"A4WOP","module":"MCU",
          "extData":{"key1":"value1","_package_udi":"{\"ota_notice\":\"x\"}"}}}"#;
 
-    /// ALIYUN.md §2.2, the real captured MQTT push.
+    /// docs/PROTOCOL.md §2.2, the real captured MQTT push.
     const MQTT_PUSH: &str = r#"{"code":"1000","data":{"size":4252,"streamId":12332,"sign":"2e78f357f54732c90f3bebb2fb6a3865",
  "dProtocol":"mqtt","version":"1.1","signMethod":"Md5","streamFileId":1,
  "md5":"2e78f357f54732c90f3bebb2fb6a3865"},"id":1695281536874,"message":"success"}"#;

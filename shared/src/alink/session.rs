@@ -1,4 +1,4 @@
-//! Facts of the MQTT session with Aliyun that every board follows (ALIYUN.md §1): the
+//! Facts of the MQTT session with Aliyun that every board follows (docs/PROTOCOL.md §1): the
 //! keep-alive range, `securemode`, which CONNACK codes mean bad credentials, and which root CA
 //! an endpoint's TLS certificate chains to.
 
@@ -18,7 +18,7 @@ pub fn securemode(tls: bool) -> u8 {
 /// Whether a CONNACK return code says the credentials are wrong.
 ///
 /// Standard MQTT 3.1.1 numbering has 4 = bad user name or password and 5 = not authorized; the
-/// C LinkSDK labels 3 "bad username/password" and 4 "not authorized" (ALIYUN.md §1.5, which
+/// C LinkSDK labels 3 "bad username/password" and 4 "not authorized" (docs/PROTOCOL.md §1.5, which
 /// numbering the broker uses is not settled). 4 and 5 mean credentials in both; 3 is "server
 /// unavailable" in the standard one, so it is retried: stopping on it could wedge a device
 /// behind a broker that is only down, retrying it costs a capped back-off.

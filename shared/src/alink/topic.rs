@@ -1,4 +1,4 @@
-//! Topic names (ALIYUN.md §2, §3.1).
+//! Topic names (docs/PROTOCOL.md §2, §3.1).
 
 use super::AlinkError;
 use core::fmt::Write;

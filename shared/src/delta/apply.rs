@@ -18,6 +18,15 @@ const BASE_READ: usize = CHUNK + 8;
 /// zeros) would keep a device busy for minutes, its watchdog resetting it over and over.
 const MAX_IDLE_STEPS: u8 = 8;
 
+/// `b` to the sink at image offset `*pos`, which moves past it.
+fn put(sink: &mut impl FnMut(u32, &[u8]) -> Result<(), ()>, pos: &mut u32, b: &[u8]) -> Result<(), DeltaError> {
+    if !b.is_empty() {
+        sink(*pos, b).map_err(|()| DeltaError::Write { at: *pos })?;
+        *pos += b.len() as u32;
+    }
+    Ok(())
+}
+
 /// What the interpreter of the decompressed stream expects next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -288,13 +297,7 @@ impl Patcher {
     fn emit(&mut self, bytes: &[u8], sink: &mut impl FnMut(u32, &[u8]) -> Result<(), ()>) -> Result<(), DeltaError> {
         let filter = self.header.as_ref().map_or(Filter::None, |h| h.filter);
         let pos = &mut self.out_pos;
-        let mut put = |b: &[u8]| -> Result<(), DeltaError> {
-            if !b.is_empty() {
-                sink(*pos, b).map_err(|()| DeltaError::Write { at: *pos })?;
-                *pos += b.len() as u32;
-            }
-            Ok(())
-        };
+        let mut put = |b: &[u8]| put(sink, pos, b);
         match filter {
             Filter::None => put(bytes),
             Filter::Thumb => self.thumb.push(bytes, &mut put),
@@ -304,14 +307,7 @@ impl Patcher {
     /// The image is complete: what the filter held back goes out.
     fn end(&mut self, sink: &mut impl FnMut(u32, &[u8]) -> Result<(), ()>) -> Result<(), DeltaError> {
         let pos = &mut self.out_pos;
-        let mut put = |b: &[u8]| -> Result<(), DeltaError> {
-            if !b.is_empty() {
-                sink(*pos, b).map_err(|()| DeltaError::Write { at: *pos })?;
-                *pos += b.len() as u32;
-            }
-            Ok(())
-        };
-        self.thumb.finish(&mut put)
+        self.thumb.finish(&mut |b: &[u8]| put(sink, pos, b))
     }
 
     /// All of the patch was fed: it must have rebuilt the whole image and ended there. Returns

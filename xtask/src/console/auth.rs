@@ -1,4 +1,4 @@
-//! Aliyun CONNECT credentials, checked the way the IoT Platform does (ALIYUN.md §1): the client id
+//! Aliyun CONNECT credentials, checked the way the IoT Platform does (docs/PROTOCOL.md §1): the client id
 //! `{id}|securemode=S,signmethod=M,timestamp=T|`, the user name `{deviceName}&{productKey}`, and the
 //! password HMAC recomputed from the registered device secret.
 
@@ -106,7 +106,7 @@ impl Registry {
             return Err(Refusal::BadCredentials(format!("no device {dn} in product {pk} is registered")));
         };
         // The signed content: every pair the client id carries, in Aliyun's order; without a
-        // timestamp the doc also allows the minimal `deviceName..productKey..` (ALIYUN.md §1.6).
+        // timestamp the doc also allows the minimal `deviceName..productKey..` (docs/PROTOCOL.md §1.6).
         let mut contents = vec![match timestamp {
             Some(ts) => vec!["clientId", prefix, "deviceName", dn, "productKey", pk, "timestamp", ts],
             None => vec!["clientId", prefix, "deviceName", dn, "productKey", pk],
@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn the_aliyun_md_vectors_pass_literally() {
-        // ALIYUN.md §1.6: the CONNECTs a device sends, as text, lowercase and uppercase hex.
+        // docs/PROTOCOL.md §1.6: the CONNECTs a device sends, as text, lowercase and uppercase hex.
         let r = Registry::new(&[DeviceEntry {
             product_key: "a1B2c3D4e5F".into(),
             device_name: "dev-001".into(),
