@@ -489,7 +489,8 @@ impl<U: Read + Write> Modem<U> {
     /// Sends `data` on socket `s` (at most [`SEND_MAX`] bytes of it: the count is returned).
     pub async fn send_on<C: Clock>(&mut self, clock: &C, s: usize, data: &[u8]) -> Result<usize, LinkError> {
         let deadline = clock.now() + Duration::from_secs(20);
-        if self.socks[s].closed || !self.socks[s].used {
+        let k = &self.socks[s];
+        if k.closed || !k.used || k.close || k.closing {
             return Err(LinkError::Dropped);
         }
         let n = loop {

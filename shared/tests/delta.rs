@@ -176,3 +176,32 @@ fn a_patch_of_steps_that_rebuild_nothing_is_refused_at_once() {
     let e = apply(&patch, &firmware(0), 7).unwrap_err();
     assert!(matches!(e, DeltaError::Corrupt { what: shared::delta::Corruption::Idle, .. }), "{e:?}");
 }
+
+#[test]
+fn an_error_sticks_and_a_position_far_past_the_base_is_no_panic() {
+    use shared::delta::pack_size;
+    // Compression none, 2 bytes: extra 'x', a move by i64::MAX (a sum that would overflow), extra
+    // 'y': found by review; the move fails as out of the base, whatever comes after.
+    let mut p = vec![0x00];
+    p.extend(pack_size(2));
+    for v in [0, 0, 1] {
+        p.extend(pack_size(v));
+    }
+    p.push(b'x');
+    p.extend(pack_size(i64::MAX));
+    p.extend(pack_size(0));
+    p.extend(pack_size(0));
+    p.extend(pack_size(1));
+    let mut flash = flash_with(&firmware(0));
+    let mut patcher = Box::new(Patcher::new());
+    patcher.reset(SLOT, 100);
+    let e = patcher.feed(&p, &mut flash, &mut |_, _| Ok(())).err();
+    let e2 = patcher.feed(b"y", &mut flash, &mut |_, _| Ok(())).err();
+    // Whether the move itself or the next read says it, the error is the base range, and it
+    // sticks: later pieces and `finish` say it again.
+    let want = |e: Option<DeltaError>| {
+        matches!(e, Some(DeltaError::Corrupt { what: shared::delta::Corruption::BaseRange, .. }))
+    };
+    assert!(want(e.or(e2)), "{e:?} {e2:?}");
+    assert!(want(patcher.finish().err()), "{:?}", patcher.finish());
+}

@@ -64,6 +64,9 @@ pub struct Patcher {
     step_diff: u32,
     /// Steps in a row that rebuilt nothing.
     idle: u8,
+    /// The first error: every later `feed` and `finish` says it again (the last piece of a
+    /// download may fail after the machine already asked for the verify).
+    failed: Option<DeltaError>,
 }
 
 impl Default for Patcher {
@@ -91,6 +94,7 @@ impl Patcher {
             taken: 0,
             step_diff: 0,
             idle: 0,
+            failed: None,
         }
     }
 
@@ -112,6 +116,7 @@ impl Patcher {
         self.taken = 0;
         self.step_diff = 0;
         self.idle = 0;
+        self.failed = None;
     }
 
     /// The header, once read.
@@ -124,8 +129,25 @@ impl Patcher {
         self.out_pos
     }
 
-    /// Takes the next bytes of the patch; rebuilt bytes go to `sink(offset, bytes)`.
+    /// Takes the next bytes of the patch; rebuilt bytes go to `sink(offset, bytes)`. After an
+    /// error it takes nothing more and says that error again.
     pub fn feed<B: ReadNorFlash>(
+        &mut self,
+        data: &[u8],
+        base: &mut B,
+        sink: &mut impl FnMut(u32, &[u8]) -> Result<(), ()>,
+    ) -> Result<(), DeltaError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let r = self.take(data, base, sink);
+        if let Err(e) = r {
+            self.failed = Some(e);
+        }
+        r
+    }
+
+    fn take<B: ReadNorFlash>(
         &mut self,
         mut data: &[u8],
         base: &mut B,
@@ -247,11 +269,10 @@ impl Patcher {
                             }
                         }
                         Op::Adjust => {
-                            let from = self.from as i64 + v;
-                            if from < 0 {
-                                return Err(corrupt(Corruption::BaseRange));
-                            }
-                            self.from = from as u64;
+                            // Checked: a position past the base fails at its next read.
+                            let from = i64::try_from(self.from).ok().and_then(|f| f.checked_add(v));
+                            self.from =
+                                from.and_then(|f| u64::try_from(f).ok()).ok_or(corrupt(Corruption::BaseRange))?;
                             if self.to_pos == to_size {
                                 self.end(sink)?;
                                 Op::Done
@@ -313,6 +334,9 @@ impl Patcher {
     /// All of the patch was fed: it must have rebuilt the whole image and ended there. Returns
     /// the image's size.
     pub fn finish(&self) -> Result<u32, DeltaError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
         let truncated = DeltaError::Corrupt { what: Corruption::Truncated, at: self.taken };
         let Some(h) = &self.header else { return Err(truncated) };
         let idle = match h.compression {

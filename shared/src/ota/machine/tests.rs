@@ -697,3 +697,20 @@ fn a_damaged_patch_is_a_verification_failure() {
     let p = one(msgs(&t.ev(Event::PatchFailed(DeltaError::Write { at: 4096 })), "progress"));
     assert_eq!((p.step, p.desc.as_str()), (-4, "flash write failed at 4096"));
 }
+
+#[test]
+fn a_patch_that_fails_on_its_last_piece_is_reported_by_its_own_reason() {
+    use crate::delta::DeltaError;
+    // The last piece queues the verify with the patch; when that piece fails, the patcher keeps
+    // its error and the verify reports it (found by review: it was reported as "ends early").
+    let patch = patch_for(RUNNING_SHA, RUNNING_LEN, 4);
+    let sum = md5_hex(&patch);
+    let mut t = delta_t();
+    t.push(&delta_offer(&patch, &sum));
+    t.ev(Event::HttpResponse { status: 200, length: Some(patch.len() as u32) });
+    let did = t.ev(Event::HttpBody(&patch));
+    assert_eq!(others(&did).last(), Some(&"VerifyAndMark"), "{did:?}");
+    assert!(t.ev(Event::PatchFailed(DeltaError::Write { at: 8192 })).is_empty(), "the verify reports it");
+    let p = one(msgs(&t.ev(Event::Marked(Err(MarkError::Patch(DeltaError::Write { at: 8192 })))), "progress"));
+    assert_eq!((p.step, p.desc.as_str()), (-4, "flash write failed at 8192"));
+}
