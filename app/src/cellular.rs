@@ -4,12 +4,13 @@
 //! as an Aliyun module. All three share one [`Shared`] modem.
 //!
 //! HTTP: TLS is done by the module on SSL context 2 (SNI = the URL's host, the server verified
-//! with the download CA bundle). The response head is parsed by `httparse`; the body must have a
+//! with the download CA bundle). The URL and the response head are parsed in [`crate::http`]; the body must have a
 //! `Content-Length` (a chunked reply is refused, as Aliyun's LinkSDK does). The machine's HTTPS
 //! logic (Range resume, 403 -> a fresh URL, the early look at the image's tail) is the same as
 //! over any other client: this file only carries bytes.
 
 use crate::driver::{Clock, Http, Link, Module, ModuleNews};
+use crate::http::{head, split_url, Head};
 use crate::modem::{FotaUrc, Modem, ModemConfig, ModemError, Shared, Socket, DOWNLOAD, MQTT, SEND_MAX};
 use core::fmt::Write as _;
 use embedded_io_async::{Read, Write};
@@ -20,8 +21,6 @@ use shared::time::{Duration, Instant};
 
 /// The response head we keep (OSS sends some 15 headers, under 1 KiB).
 const HEAD: usize = 1536;
-/// Headers parsed.
-const HEADERS: usize = 32;
 /// No byte for this long ends the response.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -49,29 +48,6 @@ impl<'a, U: Read + Write, C: Clock> ModemHttp<'a, U, C> {
     fn socket(&self) -> Socket<'a, U, C> {
         Socket { modem: self.modem, clock: self.clock, id: DOWNLOAD }
     }
-}
-
-/// `scheme://host[:port]/path?query` split: (TLS, host, port, path with query).
-pub fn split_url(url: &str) -> Option<(bool, &str, u16, &str)> {
-    let (tls, rest) = match url.split_once("://")? {
-        (s, r) if s.eq_ignore_ascii_case("https") => (true, r),
-        (s, r) if s.eq_ignore_ascii_case("http") => (false, r),
-        _ => return None,
-    };
-    let cut = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(cut);
-    let path = if path.is_empty() { "/" } else { path };
-    if authority.contains('@') || path.starts_with('?') {
-        return None; // no credentials in URLs; "?q" without a path is not what Aliyun sends
-    }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().ok()?),
-        None => (authority, if tls { 443 } else { 80 }),
-    };
-    if host.is_empty() || host.contains(['"', ' ', ',']) || path.contains([' ', '\r', '\n', '"']) {
-        return None;
-    }
-    Some((tls, host, port, path))
 }
 
 fn connect_error(e: ModemError, tls: bool) -> HttpError {
@@ -111,9 +87,9 @@ impl<U: Read + Write, C: Clock> Http for ModemHttp<'_, U, C> {
         }
         // The head, up to the blank line.
         let mut got = 0;
-        let end = loop {
-            if let Some(i) = self.head[..got].windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
+        let Head { end, status, length } = loop {
+            if let Some(h) = head(&self.head[..got])? {
+                break h;
             }
             if got == HEAD {
                 return Err(HttpError::Protocol);
@@ -122,23 +98,6 @@ impl<U: Read + Write, C: Clock> Http for ModemHttp<'_, U, C> {
             let n = sock.read_until(&mut self.head[got..], Some(deadline)).await.map_err(|_| HttpError::Closed)?;
             got += n;
         };
-        let mut headers = [httparse::EMPTY_HEADER; HEADERS];
-        let mut r = httparse::Response::new(&mut headers);
-        match r.parse(&self.head[..end]) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => return Err(HttpError::Protocol),
-        }
-        let status = r.code.ok_or(HttpError::Protocol)?;
-        let mut length = None;
-        for h in r.headers.iter() {
-            if h.name.eq_ignore_ascii_case("transfer-encoding") && !h.value.eq_ignore_ascii_case(b"identity") {
-                return Err(HttpError::Chunked);
-            }
-            if h.name.eq_ignore_ascii_case("content-length") {
-                let v = core::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u32>().ok());
-                length = Some(v.ok_or(HttpError::Protocol)?);
-            }
-        }
         self.at = end;
         self.len = got - end;
         self.left = length;
@@ -342,30 +301,4 @@ pub fn aliyun_version(v: &str) -> Option<heapless::String<64>> {
 /// Makes the shared modem on `uart`.
 pub fn shared<U: Read + Write>(uart: U) -> Shared<U> {
     Shared::new(Modem::new(uart))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_url;
-
-    #[test]
-    fn urls_split_into_host_port_and_path() {
-        let oss = "https://iotx-ota.oss-cn-shanghai.aliyuncs.com/ota/a/b.bin?Expires=1&OSSAccessKeyId=k&Signature=s%2B";
-        assert_eq!(
-            split_url(oss),
-            Some((
-                true,
-                "iotx-ota.oss-cn-shanghai.aliyuncs.com",
-                443,
-                "/ota/a/b.bin?Expires=1&OSSAccessKeyId=k&Signature=s%2B"
-            ))
-        );
-        assert_eq!(split_url("http://127.0.0.1:8080/f"), Some((false, "127.0.0.1", 8080, "/f")));
-        assert_eq!(split_url("https://h"), Some((true, "h", 443, "/")));
-        assert_eq!(split_url("ftp://h/f"), None);
-        assert_eq!(split_url("https://u:p@h/f"), None);
-        assert_eq!(split_url("https://h:99999/f"), None);
-        assert_eq!(split_url("https://h/a b"), None);
-        assert_eq!(split_url("https://\"h/f"), None);
-    }
 }

@@ -43,6 +43,8 @@ mod cellular;
 #[cfg(target_os = "none")]
 mod device;
 mod driver;
+#[cfg(any(target_os = "none", feature = "host"))]
+mod http;
 mod modem;
 mod mqtt;
 

@@ -1,7 +1,7 @@
-//! What the fuzz targets share: the app's MQTT session and AT modem, compiled here from
-//! app/src as they are (the app is a firmware binary with board features; these two files only
-//! need a byte stream and, for the modem, the driver's `Clock`), and a byte stream and a clock
-//! that play a fuzz input.
+//! What the fuzz targets share: the app's MQTT session, AT modem and download parsers (URL,
+//! HTTP head), compiled here from app/src as they are (the app is a firmware binary with board
+//! features; these files only need a byte stream and, for the modem, the driver's `Clock`), and a
+//! byte stream and a clock that play a fuzz input.
 
 use core::cell::Cell;
 use core::future::Future;
@@ -17,6 +17,9 @@ pub mod mqtt;
 #[allow(dead_code)]
 #[path = "../../app/src/modem.rs"]
 pub mod modem;
+
+#[path = "../../app/src/http.rs"]
+pub mod http;
 
 pub mod ota_script;
 

@@ -20,7 +20,7 @@ use std::time::Instant;
 mod ota_script;
 
 /// Every target, in the order they run.
-pub const TARGETS: [&str; 10] = [
+pub const TARGETS: [&str; 11] = [
     "alink_offer",
     "alink_download",
     "image_verify",
@@ -29,6 +29,7 @@ pub const TARGETS: [&str; 10] = [
     "provision",
     "mqtt",
     "modem",
+    "http",
     "ota_machine",
     "delta",
 ];
@@ -254,11 +255,21 @@ pub fn write_seeds(dir: &Path) -> Result<()> {
     for (name, s) in ota_scripts() {
         put("ota_machine", name, &s)?;
     }
+    put("http", "oss-url-206", &http_seed())?;
     for (name, p) in delta_patches() {
         put("delta", name, &p)?;
     }
     println!("wrote {n} seeds under {}", dir.display());
     Ok(())
+}
+
+/// An OSS-style URL and a 206 head, the split byte first.
+fn http_seed() -> Vec<u8> {
+    let url = b"https://iotx-ota.oss-cn-shanghai.aliyuncs.com/ota/a/b.bin?Expires=1&OSSAccessKeyId=k&Signature=s%2B";
+    let mut v = vec![url.len() as u8];
+    v.extend_from_slice(url);
+    v.extend_from_slice(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 12\r\nAccept-Ranges: bytes\r\n\r\nbody");
+    v
 }
 
 /// Patches of every codec and filter against the fuzz target's base (its first 6000 bytes), the
