@@ -276,6 +276,17 @@ enum Last {
     Http(usize),
 }
 
+impl Last {
+    /// The last event's bytes, which `Write` and `Patch` ranges index.
+    fn bytes<'b, T: Read + Write>(&self, mqtt: Option<&'b Mqtt<'_, T>>, body: &'b [u8]) -> &'b [u8] {
+        match (self, mqtt) {
+            (Last::Mqtt(r), Some(s)) => &s.rx()[r.clone()],
+            (Last::Http(n), _) => &body[..*n],
+            _ => &[],
+        }
+    }
+}
+
 enum End {
     Reset,
     Refused(u8),
@@ -628,12 +639,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                     None
                 }
                 Action::Patch { offset: _, range } => {
-                    let bytes: &[u8] = match (last, mqtt.as_deref()) {
-                        (Last::Mqtt(r), Some(s)) => &s.rx()[r.clone()],
-                        (Last::Http(n), _) => &body[..*n],
-                        _ => &[],
-                    };
-                    let bytes = bytes.get(range).unwrap_or(&[]);
+                    let bytes = last.bytes(mqtt.as_deref(), body).get(range).unwrap_or(&[]);
                     let r = patcher.feed(bytes, active, &mut |at, b| up.write(at, b).map_err(|_| ()));
                     match r {
                         Ok(()) => None,
@@ -644,12 +650,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                     }
                 }
                 Action::Write { offset, range } => {
-                    let bytes: &[u8] = match (last, mqtt.as_deref()) {
-                        (Last::Mqtt(r), Some(s)) => &s.rx()[r.clone()],
-                        (Last::Http(n), _) => &body[..*n],
-                        _ => &[],
-                    };
-                    match bytes.get(range).map(|b| up.write(offset, b)) {
+                    match last.bytes(mqtt.as_deref(), body).get(range).map(|b| up.write(offset, b)) {
                         Some(Ok(())) => None,
                         r => {
                             log::warn!("flash write at {} failed: {:?}", offset, r.map(|r| r.err()));

@@ -60,7 +60,7 @@ pub fn run(sweep: bool) -> Result<()> {
         std::fs::write(&b, &p.target)?;
         let det = |compression: &str| -> Result<usize> {
             let out = dir.join(format!("detools-{compression}.patch"));
-            run_ok(
+            proc::run_ok(
                 Command::new(&detools).args(["create_patch", "--compression", compression]).arg(&a).arg(&b).arg(&out),
             )?;
             Ok(std::fs::metadata(&out)?.len() as usize)
@@ -68,7 +68,7 @@ pub fn run(sweep: bool) -> Result<()> {
         let (hs, lzma) = (det("heatshrink")?, det("lzma")?);
         let bs = dir.join("bsdiff4.patch");
         let script = "import sys, bsdiff4; bsdiff4.file_diff(*sys.argv[1:])";
-        run_ok(Command::new(&python).args(["-c", script]).arg(&a).arg(&b).arg(&bs))?;
+        proc::run_ok(Command::new(&python).args(["-c", script]).arg(&a).arg(&b).arg(&bs))?;
         let bs = std::fs::metadata(&bs)?.len() as usize;
         let full = p.target.len();
         let pct = |n: usize| format!("{n} ({:.1} %)", n as f64 * 100.0 / full as f64);
@@ -231,16 +231,4 @@ fn historic(dir: &Path, commit: &str, board: &str) -> Result<Vec<u8>> {
         .context("running cargo xtask at the old commit")?;
     ensure!(st.success(), "cargo xtask release at {commit} failed");
     Ok(std::fs::read(&cached)?)
-}
-
-/// Runs `cmd`; fails with its output unless it succeeded.
-pub fn run_ok(cmd: &mut Command) -> Result<()> {
-    let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(
-        o.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(())
 }

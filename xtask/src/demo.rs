@@ -195,23 +195,23 @@ pub fn job(release: &Path, protocol: Protocol, tamper: bool, timeout: Duration) 
         // A byte in the middle of the body: header, TLVs and size stay valid.
         package = package.tampered(package.bytes.len() / 2);
     }
-    Ok(JobSpec {
+    Ok(job_of(package, protocol, timeout))
+}
+
+/// A job of `package` to every device: SHA-256 over HTTPS, MD5 over MQTT, with a timeout.
+fn job_of(package: Package, protocol: Protocol, timeout: Duration) -> JobSpec {
+    JobSpec {
         digest: if protocol == Protocol::Https { DigestKind::Sha256 } else { DigestKind::Md5 },
         timeout: Some(timeout),
         ..JobSpec::new(package, protocol)
-    })
+    }
 }
 
 /// A job of the differential package from `from` of the release folder `release`, to the
 /// devices on `from` (as Aliyun targets a differential package).
 pub fn delta_job(release: &Path, from: &str, protocol: Protocol, timeout: Duration) -> Result<JobSpec> {
     let package = Package::load_delta(release, from)?;
-    Ok(JobSpec {
-        from: vec![from.to_string()],
-        digest: if protocol == Protocol::Https { DigestKind::Sha256 } else { DigestKind::Md5 },
-        timeout: Some(timeout),
-        ..JobSpec::new(package, protocol)
-    })
+    Ok(JobSpec { from: vec![from.to_string()], ..job_of(package, protocol, timeout) })
 }
 
 fn outcome(t: &Task) -> String {

@@ -108,14 +108,15 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
         let failing = phase == Phase::Revert
             || (via != Via::Delta && matches!(phase, Phase::Download | Phase::Mark) && rng.below(4) == 0);
         let target = if failing { "1.6" } else { good };
-        let size = match via {
+        let spec = match via {
+            Via::Https => crate::demo::job(&dir.join(target), Protocol::Https, false, CYCLE_TIMEOUT)?,
+            Via::Mqtt => crate::demo::job(&dir.join(target), Protocol::Mqtt, false, CYCLE_TIMEOUT)?,
             Via::Delta => {
-                crate::console::engine::Package::load_delta(&dir.join(format!("{target}-from-{current}")), current)?
-                    .bytes
-                    .len() as u64
+                let release = dir.join(format!("{target}-from-{current}"));
+                crate::demo::delta_job(&release, current, Protocol::Mqtt, CYCLE_TIMEOUT)?
             }
-            _ => std::fs::metadata(dir.join(target).join(format!("firmware-{target}.bin")))?.len(),
         };
+        let size = spec.package.bytes.len() as u64;
         let block = shared::ota::DEFAULT_BLOCK as u64;
         let last_block = (size - 1) / block * block;
         let (anchor, max_ms) = match phase {
@@ -133,14 +134,6 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
         let delay_ms = rng.below(max_ms + 1);
         let from = rig.dev.output().len();
         let started = Instant::now();
-        let spec = match via {
-            Via::Https => crate::demo::job(&dir.join(target), Protocol::Https, false, CYCLE_TIMEOUT)?,
-            Via::Mqtt => crate::demo::job(&dir.join(target), Protocol::Mqtt, false, CYCLE_TIMEOUT)?,
-            Via::Delta => {
-                let release = dir.join(format!("{target}-from-{current}"));
-                crate::demo::delta_job(&release, current, Protocol::Mqtt, CYCLE_TIMEOUT)?
-            }
-        };
         let j = rig.console.add_job(spec)?;
         rig.dev.wait_for(from, &anchor, Duration::from_secs(120))?;
         std::thread::sleep(Duration::from_millis(delay_ms));

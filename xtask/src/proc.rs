@@ -60,3 +60,15 @@ pub fn spawn_logged(cmd: &mut Command, log: &std::path::Path) -> Result<Killed> 
         .with_context(|| format!("starting {:?}", cmd.get_program()))?;
     Ok(Killed(child))
 }
+
+/// Runs `cmd`; fails with its output unless it succeeded.
+pub fn run_ok(cmd: &mut Command) -> Result<()> {
+    let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(
+        o.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(())
+}

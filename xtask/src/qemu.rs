@@ -184,14 +184,8 @@ pub fn fields(mqtt_port: u16) -> Fields {
 /// Builds qemu-an386 releases `(version, extra release flags)` into `dir/<version>`, trusting
 /// the development CA of the console's HTTPS listener for downloads.
 pub fn releases(dir: &Path, list: &[(&str, &[&str])]) -> Result<()> {
-    let ca = tls::dev()?.ca;
-    let ca = ca.to_str().context("non-UTF-8 path")?;
     for (v, extra) in list {
-        let out = dir.join(v);
-        let mut args = vec!["release", "--board", "qemu-an386", "--version", v, "--download-ca", ca, "--out"];
-        args.push(out.to_str().context("non-UTF-8 path")?);
-        args.extend_from_slice(extra);
-        proc::xtask(&args)?;
+        release(dir, v, v, extra)?;
     }
     Ok(())
 }
@@ -199,22 +193,18 @@ pub fn releases(dir: &Path, list: &[(&str, &[&str])]) -> Result<()> {
 /// Releases qemu-an386 `version` into `dir/<out>` with its differential package from the
 /// release in `dir/<from>` (`release --delta-from`), trusting the console's development CA.
 pub fn delta_release(dir: &Path, version: &str, out: &str, from: &str) -> Result<()> {
-    let ca = tls::dev()?.ca;
-    let (ca, from, out) = (ca.to_str(), dir.join(from), dir.join(out));
-    let (Some(ca), Some(from), Some(out)) = (ca, from.to_str(), out.to_str()) else { bail!("non-UTF-8 path") };
-    proc::xtask(&[
-        "release",
-        "--board",
-        "qemu-an386",
-        "--version",
-        version,
-        "--download-ca",
-        ca,
-        "--delta-from",
-        from,
-        "--out",
-        out,
-    ])
+    let from = dir.join(from);
+    release(dir, version, out, &["--delta-from", from.to_str().context("non-UTF-8 path")?])
+}
+
+/// `cargo xtask release` of qemu-an386 `version` into `dir/<out>` with `extra` flags, trusting the
+/// console's development CA for downloads.
+fn release(dir: &Path, version: &str, out: &str, extra: &[&str]) -> Result<()> {
+    let (ca, out) = (tls::dev()?.ca, dir.join(out));
+    let (Some(ca), Some(out)) = (ca.to_str(), out.to_str()) else { bail!("non-UTF-8 path") };
+    let mut args = vec!["release", "--board", "qemu-an386", "--version", version, "--download-ca", ca, "--out", out];
+    args.extend_from_slice(extra);
+    proc::xtask(&args)
 }
 
 #[derive(clap::Args)]

@@ -3,7 +3,7 @@
 //! them. `dev()` is the one the QEMU rig's firmware is built to trust (`release --download-ca`).
 
 use crate::tools;
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,11 +23,7 @@ pub fn make(dir: &Path, name: &str, days: u32) -> Result<Pki> {
         (f("ca.pem"), f("ca.key"), f("srv.pem"), f("srv.key"), f("srv.csr"), f("srv.ext"));
     let openssl = tools::openssl()?;
     let days = days.to_string();
-    let run = |args: &[&std::ffi::OsStr]| -> Result<()> {
-        let o = Command::new(&openssl).args(args).output().context("running openssl")?;
-        ensure!(o.status.success(), "openssl {:?}: {}", args, String::from_utf8_lossy(&o.stderr));
-        Ok(())
-    };
+    let run = |args: &[&std::ffi::OsStr]| crate::proc::run_ok(Command::new(&openssl).args(args));
     let os = |s: &'static str| std::ffi::OsStr::new(s);
     let subj = format!("/CN={name} test CA");
     run(&[

@@ -49,13 +49,11 @@ pub fn create_smallest(base: &[u8], target: &[u8], base_id: &Base, filters: &[Fi
         let table = matches(&s, 1 << (super::MAX_WINDOW_BITS - 1));
         for window in WINDOWS {
             for lookahead in 4..window {
-                let mut p = Header::emit_ours(base_id, filter);
-                p.push(Compression::Heatshrink { window, lookahead }.number());
-                p.extend(pack_size(target.len() as i64));
+                let opts = CreateOptions { filter, compression: Compression::Heatshrink { window, lookahead } };
+                let mut p = headers(Some(base_id), &opts, target.len());
                 p.extend(heatshrink_with(&s, &table, window, lookahead));
                 if best.as_ref().is_none_or(|b| p.len() < b.0.len()) {
-                    best =
-                        Some((p, CreateOptions { filter, compression: Compression::Heatshrink { window, lookahead } }));
+                    best = Some((p, opts));
                 }
             }
         }
@@ -94,17 +92,20 @@ fn stream(base: &[u8], target: &[u8], filter: Filter) -> Vec<u8> {
 
 /// The headers, then `stream` compressed.
 fn assemble(base_id: Option<&Base>, opts: &CreateOptions, to_len: usize, stream: &[u8]) -> Vec<u8> {
-    let mut out = match base_id {
-        Some(id) => Header::emit_ours(id, opts.filter),
-        None => Vec::new(),
-    };
-    out.push(opts.compression.number());
-    out.extend(pack_size(to_len as i64));
+    let mut out = headers(base_id, opts, to_len);
     match opts.compression {
         Compression::None => out.extend_from_slice(stream),
         Compression::Crle => out.extend(crle_compress(stream)),
         Compression::Heatshrink { window, lookahead } => out.extend(heatshrink_compress(stream, window, lookahead)),
     }
+    out
+}
+
+/// Our header (when the base is named) and detools' (the codec, the size rebuilt).
+fn headers(base_id: Option<&Base>, opts: &CreateOptions, to_len: usize) -> Vec<u8> {
+    let mut out = base_id.map_or_else(Vec::new, |id| Header::emit_ours(id, opts.filter));
+    out.push(opts.compression.number());
+    out.extend(pack_size(to_len as i64));
     out
 }
 
