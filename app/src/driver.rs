@@ -640,7 +640,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                 }
                 Action::Patch { offset: _, range } => {
                     let bytes = last.bytes(mqtt.as_deref(), body).get(range).unwrap_or(&[]);
-                    let r = patcher.feed(bytes, active, &mut |at, b| up.write(at, b).map_err(|_| ()));
+                    let r = patcher.feed(bytes, active, up);
                     match r {
                         Ok(()) => None,
                         Err(e) => {
@@ -703,7 +703,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                 }
                 Action::VerifyAndMark => {
                     // A patch must have ended with its image before the image is checked.
-                    if let Some(Err(e)) = (*patching).then(|| patcher.finish()) {
+                    if let Some(Err(e)) = (*patching).then(|| patcher.finish(active, up)) {
                         log::warn!("patch: {}", e);
                         Some(Event::Marked(Err(MarkError::Patch(e))))
                     } else {

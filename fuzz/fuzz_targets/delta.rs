@@ -25,17 +25,14 @@ fn apply(patch: &[u8], piece: usize) -> (Vec<u8>, Result<u32, shared::delta::Del
     p.reset(SLOT, 6000);
     let mut out = Vec::new();
     for c in patch.chunks(piece) {
-        let r = p.feed(c, &mut flash, &mut |at, b| {
-            assert_eq!(at as usize, out.len(), "writes in order, each byte once");
-            assert!(at as usize + b.len() <= SLOT as usize, "a write past the slot");
-            out.extend_from_slice(b);
-            Ok(())
-        });
+        let r = p.feed(c, &mut flash, &mut out);
+        assert!(out.len() <= SLOT as usize, "a write past the slot");
         if let Err(e) = r {
             return (out, Err(e));
         }
     }
-    let r = p.finish();
+    let r = p.finish(&mut flash, &mut out);
+    assert!(out.len() <= SLOT as usize, "a write past the slot");
     (out, r)
 }
 

@@ -64,16 +64,12 @@ fn apply(patch: &[u8], base: &[u8], chunk: usize) -> Result<Vec<u8>, DeltaError>
     let mut flash = flash_with(base);
     let mut p = Box::new(Patcher::new());
     p.reset(SLOT, base.len() as u32);
-    let mut out = Vec::new();
+    let mut out = Vec::new(); // its writes must come in order, each byte once
     for c in patch.chunks(chunk) {
-        p.feed(c, &mut flash, &mut |at, b| {
-            assert_eq!(at as usize, out.len(), "writes in order, each byte once");
-            out.extend_from_slice(b);
-            Ok(())
-        })?;
+        p.feed(c, &mut flash, &mut out)?;
         assert!(out.len() <= SLOT as usize, "nothing past the slot");
     }
-    let n = p.finish()?;
+    let n = p.finish(&mut flash, &mut out)?;
     assert_eq!(n as usize, out.len());
     Ok(out)
 }
@@ -195,13 +191,154 @@ fn an_error_sticks_and_a_position_far_past_the_base_is_no_panic() {
     let mut flash = flash_with(&firmware(0));
     let mut patcher = Box::new(Patcher::new());
     patcher.reset(SLOT, 100);
-    let e = patcher.feed(&p, &mut flash, &mut |_, _| Ok(())).err();
-    let e2 = patcher.feed(b"y", &mut flash, &mut |_, _| Ok(())).err();
+    let mut sink = Vec::new();
+    let e = patcher.feed(&p, &mut flash, &mut sink).err();
+    let e2 = patcher.feed(b"y", &mut flash, &mut sink).err();
     // Whether the move itself or the next read says it, the error is the base range, and it
     // sticks: later pieces and `finish` say it again.
     let want = |e: Option<DeltaError>| {
         matches!(e, Some(DeltaError::Corrupt { what: shared::delta::Corruption::BaseRange, .. }))
     };
     assert!(want(e.or(e2)), "{e:?} {e2:?}");
-    assert!(want(patcher.finish().err()), "{:?}", patcher.finish());
+    assert!(want(patcher.finish(&mut flash, &mut sink).err()));
+}
+
+// LZMA patches: the remapped base as liblzma's preset dictionary.
+
+const LOAD: u32 = 0x1_0000;
+
+fn remap() -> CreateOptions {
+    CreateOptions { filter: Filter::Remap { load: LOAD, shifts: 0 }, compression: Compression::Lzma { dict_size: 0 } }
+}
+
+/// Our header and LZMA fields in front of `stream`, a raw LZMA1 stream over `map`'s remapped base.
+fn lzma_patch(base: &[u8], to_len: usize, map: &delta::Map, props: u8, dict_size: u32, stream: &[u8]) -> Vec<u8> {
+    let mut p = shared::delta::Header::emit_ours(
+        &base_id(base),
+        Filter::Remap { load: map.load, shifts: map.shifts.len() as u8 },
+    );
+    for w in [map.load, to_len as u32, dict_size] {
+        p.extend_from_slice(&w.to_le_bytes());
+    }
+    p.extend_from_slice(&[props, map.shifts.len() as u8]);
+    for s in &map.shifts {
+        p.extend_from_slice(&s.at.to_le_bytes());
+        p.extend_from_slice(&s.delta.to_le_bytes());
+    }
+    p.extend_from_slice(stream);
+    p
+}
+
+#[test]
+fn an_lzma_patch_rebuilds_the_target_in_any_pieces_and_beats_heatshrink() {
+    let (old, new) = (firmware(0), firmware(1));
+    let patch = delta::create(&old, &new, Some(&base_id(&old)), &remap());
+    let mut cases = 0;
+    for chunk in [1, 2, 19, 20, 21, 64, 1000, patch.len()] {
+        let got = apply(&patch, &old, chunk).unwrap_or_else(|e| panic!("{chunk}-byte pieces: {e}"));
+        assert!(got == new, "{chunk}-byte pieces: wrong bytes");
+        cases += 1;
+    }
+    assert_eq!(cases, 8);
+    let h = Compression::Heatshrink { window: 11, lookahead: 4 };
+    let hs = delta::create(&old, &new, Some(&base_id(&old)), &CreateOptions { filter: Filter::Thumb, compression: h });
+    eprintln!("{} byte image: LZMA patch {} bytes, heatshrink with the Thumb filter {}", new.len(), patch.len(), hs.len());
+    assert!(patch.len() < hs.len());
+}
+
+#[test]
+fn lzma_streams_interoperate_with_liblzma_both_ways() {
+    let mut rng = Rng::new(99);
+    let noise: Vec<u8> = (0..5000).map(|_| rng.below(256) as u8).collect();
+    let text: Vec<u8> = b"Aliyun OTA, delta: ".iter().cycle().take(9000).copied().collect();
+    let pairs = [(firmware(0), firmware(1)), (noise.clone(), text.clone()), (text, noise), (vec![0xFF; 64], firmware(1))];
+    let mut cases = 0;
+    for (base, target) in &pairs {
+        let dict_size = delta::dict_size(base.len(), target.len());
+        // liblzma's encoder, our decoder: an empty map leaves the base as it is.
+        let none = delta::Map { load: LOAD, shifts: Default::default() };
+        assert!(none.remap_all(base) == *base);
+        let theirs = delta::lzma_raw(base, target, dict_size, true).expect("liblzma encodes");
+        let got = apply(&lzma_patch(base, target.len(), &none, 0, dict_size, &theirs), base, 333).unwrap();
+        assert!(got == *target, "liblzma's stream, our decoder");
+        // Our patch (a map found between them), liblzma's decoder over the same remapped base.
+        let map = delta::find_map(base, target, LOAD, 4);
+        let ours = delta::create_lzma(base, target, &base_id(base), &map);
+        let body = ours.len() - lzma_stream_len(&ours, &map);
+        let back = delta::lzma_raw(&map.remap_all(base), &ours[body..], dict_size, false).expect("liblzma decodes");
+        assert!(back == *target, "our patch, liblzma's decoder");
+        cases += 2;
+    }
+    assert_eq!(cases, 8);
+}
+
+/// Bytes of the LZMA stream at the end of `patch` (after the header and the map).
+fn lzma_stream_len(patch: &[u8], map: &delta::Map) -> usize {
+    let h = shared::delta::Header::parse(patch, u32::MAX).unwrap().unwrap();
+    patch.len() - h.body - 8 * map.shifts.len()
+}
+
+#[test]
+fn a_damaged_lzma_patch_fails_exactly_where_liblzma_fails() {
+    // Differential: every damaged stream our decoder accepts, liblzma decodes to the same bytes,
+    // and every one liblzma decodes to an image of the stated size, ours does too.
+    let (old, new) = (firmware(0), firmware(1));
+    let map = delta::find_map(&old, &new, LOAD, 4);
+    let patch = delta::create_lzma(&old, &new, &base_id(&old), &map);
+    let body = patch.len() - lzma_stream_len(&patch, &map);
+    let (dict, dict_size) = (map.remap_all(&old), delta::dict_size(old.len(), new.len()));
+    let mut rng = Rng::new(4242);
+    let (mut cases, mut both_ok, mut both_err) = (0, 0, 0);
+    for k in 0..400 {
+        let mut bad = patch.clone();
+        match k % 4 {
+            0 => bad.truncate(body + rng.below((patch.len() - body) as u64) as usize),
+            1 => bad.extend_from_slice(&[rng.below(256) as u8; 3]),
+            _ => {
+                let i = body + rng.below((patch.len() - body) as u64) as usize;
+                bad[i] ^= 1 << rng.below(8);
+            }
+        }
+        let ours = apply(&bad, &old, 1 + k % 300);
+        let theirs = delta::lzma_raw(&dict, &bad[body..], dict_size, false).ok().filter(|o| o.len() == new.len());
+        match (&ours, &theirs) {
+            (Ok(a), Some(b)) => {
+                assert!(a == b, "case {k}: both decode, to different bytes");
+                both_ok += 1;
+            }
+            (Err(_), None) => both_err += 1,
+            _ => panic!("case {k}: ours {:?}, liblzma {}", ours.as_ref().map(|v| v.len()), theirs.is_some()),
+        }
+        cases += 1;
+    }
+    eprintln!("{cases} damaged patches: {both_ok} decoded by both, {both_err} refused by both");
+    assert_eq!(cases, 400);
+    assert!(both_err > 300, "{both_err}");
+}
+
+#[test]
+fn lzma_patches_a_device_cannot_take_are_refused_at_their_header() {
+    let (old, new) = (firmware(0), firmware(1));
+    let map = delta::Map { load: LOAD, shifts: Default::default() };
+    let dict_size = delta::dict_size(old.len(), new.len());
+    let stream = delta::lzma_raw(&old, &new, dict_size, true).unwrap();
+    let props = lzma_patch(&old, new.len(), &map, 1, dict_size, &stream);
+    assert_eq!(apply(&props, &old, 64), Err(DeltaError::Lzma { props: 1, dict_size }));
+    let small = lzma_patch(&old, new.len(), &map, 0, 4096, &stream);
+    assert_eq!(apply(&small, &old, 64), Err(DeltaError::Lzma { props: 0, dict_size: 4096 }));
+    let big = lzma_patch(&old, SLOT as usize + 1, &map, 0, dict_size + SLOT, &stream);
+    assert_eq!(apply(&big, &old, 64), Err(DeltaError::TooLarge { size: SLOT + 1, slot: SLOT }));
+    // A map out of order, and more shifts than a device holds.
+    let mut shifts = heapless::Vec::new();
+    shifts.push(delta::Shift { at: 0x800, delta: 4 }).unwrap();
+    shifts.push(delta::Shift { at: 0x400, delta: 8 }).unwrap();
+    let unsorted = lzma_patch(&old, new.len(), &delta::Map { load: LOAD, shifts }, 0, dict_size, &stream);
+    assert!(matches!(apply(&unsorted, &old, 5), Err(DeltaError::Corrupt { what: delta::Corruption::Map, .. })));
+    let mut many = lzma_patch(&old, new.len(), &map, 0, dict_size, &stream);
+    let at = shared::delta::Header::parse(&many, SLOT).unwrap().unwrap().body - 1;
+    many[at] = delta::MAX_SHIFTS as u8 + 1;
+    assert_eq!(apply(&many, &old, 64), Err(DeltaError::Header));
+    for e in [DeltaError::Lzma { props: 1, dict_size }, DeltaError::Header] {
+        assert!(e.is_refusal());
+    }
 }

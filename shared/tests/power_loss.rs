@@ -205,9 +205,9 @@ impl<const E: usize, const W: usize> Device<E, W> {
                 let mut patcher = Box::new(shared::delta::Patcher::new());
                 patcher.reset(slot, base_len);
                 for chunk in patch.chunks(1024) {
-                    patcher.feed(chunk, &mut p.active, &mut |at, b| u.write(at, b).map_err(|_| ()))?;
+                    patcher.feed(chunk, &mut p.active, &mut u)?;
                 }
-                patcher.finish()?;
+                patcher.finish(&mut p.active, &mut u)?;
                 let opts = VerifyOptions { keys: &keys(), revoked, min_sec_cnt, slot_size: Some(slot) };
                 Ok(u.finish(&opts, &mut [0u8; 512]).map(|_| ()))
             },
@@ -514,32 +514,40 @@ fn update_revert<const E: usize, const W: usize>(pages_old: usize, pages_new: us
 }
 
 /// The update as a differential package from the running image: every flash operation of
-/// patching (DFU erased and written page by page while ACTIVE is read), marking, swapping and
-/// confirming is cut; after each cut the app starts the patch over from its first byte.
+/// patching (DFU erased and written page by page while ACTIVE is read, and, for an LZMA patch,
+/// DFU read back), marking, swapping and confirming is cut; after each cut the app starts the
+/// patch over from its first byte. Both kinds of patch: detools (heatshrink, Thumb filter) and
+/// LZMA over the remapped base.
 fn delta_update<const E: usize, const W: usize>(pages_old: usize, pages_new: usize, ecc: bool) -> u64 {
     use shared::delta::{Base, Compression, CreateOptions, Filter};
     let old = image(pages_old * E - 100, 3, 1);
     let new = image(pages_new * E - 7, 4, 2);
     let id = Base { size: old.len() as u32, sha256: digest_of(&old), version: "1.3".try_into().unwrap() };
-    let opts =
-        CreateOptions { filter: Filter::Thumb, compression: Compression::Heatshrink { window: 11, lookahead: 7 } };
-    let patch = shared::delta::create(&old, &new, Some(&id), &opts);
-    assert!(patch.len() < new.len() / 4, "a patch of {} bytes for a {}-byte image", patch.len(), new.len());
-    let s = Scenario {
-        old: &old,
-        new: &new,
-        test: SelfTest::Passes,
-        expect: Expect::New,
-        app_verifies: true,
-        delta: Some(&patch),
-    };
-    sweep::<E, W>(&format!("delta update->confirm {pages_old}->{pages_new} pages"), &s, ecc)
+    let kinds = [
+        ("detools", Filter::Thumb, Compression::Heatshrink { window: 11, lookahead: 7 }),
+        ("LZMA", Filter::Remap { load: 0x1_0000, shifts: 0 }, Compression::Lzma { dict_size: 0 }),
+    ];
+    let mut n = 0;
+    for (kind, filter, compression) in kinds {
+        let patch = shared::delta::create(&old, &new, Some(&id), &CreateOptions { filter, compression });
+        assert!(patch.len() < new.len() / 4, "a patch of {} bytes for a {}-byte image", patch.len(), new.len());
+        let s = Scenario {
+            old: &old,
+            new: &new,
+            test: SelfTest::Passes,
+            expect: Expect::New,
+            app_verifies: true,
+            delta: Some(&patch),
+        };
+        n += sweep::<E, W>(&format!("{kind} delta update->confirm {pages_old}->{pages_new} pages"), &s, ecc);
+    }
+    n
 }
 
 #[test]
 fn power_cuts_during_a_delta_update() {
     let n = for_each_geometry!(delta_update(2, 3));
-    eprintln!("delta update sweeps: {n} cases");
+    eprintln!("delta update sweeps (detools and LZMA patches): {n} cases");
     assert!(n >= MIN_DELTA, "delta update sweeps ran only {n} cases");
 }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask bench delta`: the size of a differential package against the full image, for
-//! our patch (`shared::delta::create`: ARM-Thumb filter, bsdiff, heatshrink parsed optimally),
+//! our patch as `release --delta-from` makes it (the smallest of an LZMA patch over the remapped
+//! base and detools patches: ARM-Thumb filter, bsdiff, heatshrink parsed optimally),
 //! detools' own `create_patch` (heatshrink at its defaults; lzma for reference) and bsdiff4 (the
 //! classic bsdiff with bzip2), side by side on the same pairs of signed images:
 //!
@@ -16,6 +17,7 @@
 
 use crate::{package, proc, qemu, tools};
 use anyhow::{bail, ensure, Context, Result};
+use memory_layouts::Board;
 use shared::delta::{self, Compression};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,16 +29,17 @@ pub const HISTORY: (&str, &str) = ("d8f026e", "b8f9cd6");
 /// A pair of signed images.
 pub struct Pair {
     pub name: String,
+    pub board: Board,
     pub base: Vec<u8>,
     pub target: Vec<u8>,
 }
 
 /// Our patch from `base` to `target` (images signed with the development key), as `release
 /// --delta-from` makes it, and its options.
-fn ours(base: &[u8], target: &[u8]) -> Result<(Vec<u8>, delta::CreateOptions)> {
+fn ours(p: &Pair) -> Result<(Vec<u8>, delta::CreateOptions)> {
     let dev = crate::keys::load_public_key(&crate::keys::dev_key())?;
-    let (id, _) = package::base_id(base, &[dev])?;
-    package::make_delta(base, &id, target, true)
+    let (id, _) = package::base_id(&p.base, &[dev])?;
+    package::make_delta(&p.base, &id, &p.target, p.board)
 }
 
 pub fn run(sweep: bool) -> Result<()> {
@@ -49,12 +52,12 @@ pub fn run(sweep: bool) -> Result<()> {
     let detools = tools::detools()?;
     let python = tools::bsdiff4_python()?;
     println!(
-        "{:<46} {:>7} {:>15} {:>15} {:>15} {:>15}  ours: filter, heatshrink window/lookahead",
+        "{:<46} {:>7} {:>15} {:>15} {:>15} {:>15}  ours: kind",
         "pair (signed images)", "full", "ours", "detools hs", "detools lzma", "bsdiff4"
     );
     let mut worst: f64 = 0.0;
     for p in &pairs {
-        let (mine, opts) = ours(&p.base, &p.target)?;
+        let (mine, opts) = ours(p)?;
         let (a, b) = (dir.join("base.bin"), dir.join("target.bin"));
         std::fs::write(&a, &p.base)?;
         std::fs::write(&b, &p.target)?;
@@ -72,10 +75,7 @@ pub fn run(sweep: bool) -> Result<()> {
         let bs = std::fs::metadata(&bs)?.len() as usize;
         let full = p.target.len();
         let pct = |n: usize| format!("{n} ({:.1} %)", n as f64 * 100.0 / full as f64);
-        let how = match opts.compression {
-            Compression::Heatshrink { window, lookahead } => format!("{:?}, {window}/{lookahead}", opts.filter),
-            c => format!("{:?}, {c:?}", opts.filter),
-        };
+        let how = kind(&opts);
         println!(
             "{:<46} {:>7} {:>15} {:>15} {:>15} {:>15}  {how}",
             p.name,
@@ -92,6 +92,15 @@ pub fn run(sweep: bool) -> Result<()> {
     apply_cost(&dir, &pairs)
 }
 
+/// What kind of patch of ours it is.
+fn kind(opts: &delta::CreateOptions) -> String {
+    match (opts.filter, opts.compression) {
+        (_, Compression::Heatshrink { window, lookahead }) => format!("{:?}, {window}/{lookahead}", opts.filter),
+        (delta::Filter::Remap { shifts, .. }, _) => format!("LZMA, remap of {shifts} shifts"),
+        (f, c) => format!("{f:?}, {c:?}"),
+    }
+}
+
 /// Each pair's patch applied by the qemu-an386 app under `-icount shift=0`.
 fn apply_cost(dir: &Path, pairs: &[Pair]) -> Result<()> {
     let app = dir.join("bench-app");
@@ -102,7 +111,7 @@ fn apply_cost(dir: &Path, pairs: &[Pair]) -> Result<()> {
     let dfu = (l.dfu.origin - l.flash.origin) as usize;
     println!("\napplying our patches on qemu-an386 under -icount shift=0 (1 instruction = 1 guest ns; DFU written through the updater)");
     for p in pairs {
-        let (patch, opts) = ours(&p.base, &p.target)?;
+        let (patch, opts) = ours(p)?;
         ensure!(
             p.base.len() <= 250 * 1024 && patch.len() <= 250 * 1024,
             "{}: too large for the bench's DFU layout",
@@ -122,11 +131,11 @@ fn apply_cost(dir: &Path, pairs: &[Pair]) -> Result<()> {
         let insn = ticks * 40; // 25 MHz SysTick, 1 ns per instruction
         let per_kib = insn as f64 / (n as f64 / 1024.0);
         println!(
-            "{:<46} {:>7} B from a {:>6} B patch ({:?}): {:>11} instructions, {:>9} per KiB rebuilt",
+            "{:<46} {:>7} B from a {:>6} B patch ({}): {:>11} instructions, {:>9} per KiB rebuilt",
             p.name,
             n,
             patch.len(),
-            opts.filter,
+            kind(&opts),
             crate::bench_qemu::group(insn),
             crate::bench_qemu::group(per_kib as u64)
         );
@@ -185,17 +194,26 @@ pub fn pairs(dir: &Path) -> Result<Vec<Pair>> {
         "--out",
         failing.to_str().context("path")?,
     ])?;
-    out.push(Pair { name: "(i) qemu-an386 1.7 -> 1.8, version only".into(), base: read("1.7")?, target: read("1.8")? });
+    out.push(Pair {
+        name: "(i) qemu-an386 1.7 -> 1.8, version only".into(),
+        board: Board::QemuAn386,
+        base: read("1.7")?,
+        target: read("1.8")?,
+    });
     out.push(Pair {
         name: "(ii) qemu-an386 1.8 -> 1.8 + self-test-fails".into(),
+        board: Board::QemuAn386,
         base: read("1.8")?,
         target: std::fs::read(failing.join("firmware-1.8.bin"))?,
     });
     let (from, to) = HISTORY;
-    for board in ["nrf52840-dk", "qemu-an386"] {
-        match (historic(dir, from, board), historic(dir, to, board)) {
-            (Ok(base), Ok(target)) => out.push(Pair { name: format!("(iii) {board} {from} -> {to}"), base, target }),
-            (Err(e), _) | (_, Err(e)) => eprintln!("(iii) {board}: skipped: {e:#}"),
+    for board in [Board::Nrf52840Dk, Board::QemuAn386] {
+        let name = board.name();
+        match (historic(dir, from, name), historic(dir, to, name)) {
+            (Ok(base), Ok(target)) => {
+                out.push(Pair { name: format!("(iii) {name} {from} -> {to}"), board, base, target })
+            }
+            (Err(e), _) | (_, Err(e)) => eprintln!("(iii) {name}: skipped: {e:#}"),
         }
     }
     Ok(out)

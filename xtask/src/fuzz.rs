@@ -282,11 +282,12 @@ fn delta_patches() -> Vec<(&'static str, Vec<u8>)> {
     target.splice(3000..3000, [0xF0, 0xF7, 0xFE, 0xFF, 1, 2, 3, 4]);
     let id = Base { size: 6000, sha256: [1; 32], version: "1.3".try_into().expect("short") };
     let mut out = Vec::new();
-    let cases: [(&'static str, Filter, Compression); 4] = [
+    let cases: [(&'static str, Filter, Compression); 5] = [
         ("none", Filter::None, Compression::None),
         ("crle", Filter::None, Compression::Crle),
         ("heatshrink-8-7", Filter::None, Compression::Heatshrink { window: 8, lookahead: 7 }),
         ("heatshrink-11-4-thumb", Filter::Thumb, Compression::Heatshrink { window: 11, lookahead: 4 }),
+        ("lzma-remap", Filter::Remap { load: 0x1000, shifts: 0 }, Compression::Lzma { dict_size: 0 }),
     ];
     for (name, filter, compression) in cases {
         let mut p = vec![13u8];

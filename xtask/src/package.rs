@@ -96,9 +96,11 @@ pub struct DeltaManifest {
     pub size: u64,
     pub md5: String,
     pub sha256: String,
-    /// `thumb` (ARM-Thumb branch filter) or `none`: whichever made the smaller patch.
+    /// `remap N shifts` (an LZMA patch over the remapped base), `thumb` (ARM-Thumb branch
+    /// filter) or `none`: whichever made the smallest patch.
     pub filter: String,
-    /// detools compression and its parameters (window/lookahead bits), e.g. `heatshrink 11/8`.
+    /// `lzma dict N`, or the detools compression and its parameters (window/lookahead bits),
+    /// e.g. `heatshrink 11/8`.
     pub compression: String,
 }
 
@@ -115,17 +117,23 @@ pub fn base_id(image: &[u8], keys: &[PublicKey]) -> Result<(shared::delta::Base,
     Ok((shared::delta::Base { size: info.total_len, sha256: info.digest, version }, module))
 }
 
-/// The smallest patch that rebuilds `target` from `base` (signed images) over the heatshrink
-/// windows and lookaheads a device decodes and, on the Thumb boards (`thumb`), with and without
+/// The smallest patch that rebuilds `target` from `base` (signed images for `board`): an LZMA
+/// patch over the remapped base (images linked at the start of ACTIVE), or a detools patch over
+/// the heatshrink windows and lookaheads a device decodes, on the Thumb boards with and without
 /// the ARM-Thumb filter; applied back with the device's patcher before it is returned.
 pub fn make_delta(
     base: &[u8],
     base_id: &shared::delta::Base,
     target: &[u8],
-    thumb: bool,
+    board: Board,
 ) -> Result<(Vec<u8>, shared::delta::CreateOptions)> {
     use shared::delta::Filter;
-    let filters: &[Filter] = if thumb { &[Filter::None, Filter::Thumb] } else { &[Filter::None] };
+    let remap = Filter::Remap { load: board.layout().active.origin, shifts: 0 };
+    let filters: &[Filter] = if board.target().is_some() {
+        &[Filter::None, Filter::Thumb, remap]
+    } else {
+        &[Filter::None, remap]
+    };
     let (patch, opts) = shared::delta::create_smallest(base, target, base_id, filters);
     let rebuilt = apply_delta(&patch, base, target.len() as u32)?;
     ensure!(rebuilt == target, "the patch does not rebuild the image (a bug in shared::delta)");
@@ -139,13 +147,9 @@ pub fn apply_delta(patch: &[u8], base: &[u8], slot: u32) -> Result<Vec<u8>> {
     p.reset(slot, base.len() as u32);
     let mut out = Vec::new();
     for c in patch.chunks(1024) {
-        p.feed(c, &mut flash, &mut |_, b| {
-            out.extend_from_slice(b);
-            Ok(())
-        })
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        p.feed(c, &mut flash, &mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    p.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
+    p.finish(&mut flash, &mut out).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(out)
 }
 
@@ -286,7 +290,7 @@ pub fn run(a: Args) -> Result<()> {
                 from.display(),
                 a.version
             );
-            let (patch, opts) = make_delta(&base, &id, &image, board.target().is_some())?;
+            let (patch, opts) = make_delta(&base, &id, &image, board)?;
             let file = format!("delta-{}-{}.bin", id.version, a.version);
             let (size, md5, sha256) =
                 (patch.len() as u64, hex::encode(Md5::digest(&patch)), hex::encode(Sha256::digest(&patch)));
@@ -300,11 +304,16 @@ pub fn run(a: Args) -> Result<()> {
                     size,
                     md5,
                     sha256,
-                    filter: format!("{:?}", opts.filter).to_lowercase(),
+                    filter: match opts.filter {
+                        shared::delta::Filter::None => "none".into(),
+                        shared::delta::Filter::Thumb => "thumb".into(),
+                        shared::delta::Filter::Remap { shifts, .. } => format!("remap {shifts} shifts"),
+                    },
                     compression: match opts.compression {
                         shared::delta::Compression::Heatshrink { window, lookahead } => {
                             format!("heatshrink {window}/{lookahead}")
                         }
+                        shared::delta::Compression::Lzma { dict_size } => format!("lzma dict {dict_size}"),
                         c => format!("{c:?}").to_lowercase(),
                     },
                 },

@@ -357,6 +357,7 @@ fn detools_apply_patch_rebuilds_our_patches_byte_exactly() {
             let (from, to) = match filter {
                 Filter::None => (d.join("old.bin"), new.clone()),
                 Filter::Thumb => (filtered[0].clone(), std::fs::read(&filtered[1]).unwrap()),
+                Filter::Remap { .. } => unreachable!("LZMA patches are not detools patches"),
             };
             let (p, out) = (d.join("ours.patch"), d.join("rebuilt.bin"));
             std::fs::write(&p, detools_part).unwrap();
@@ -367,4 +368,37 @@ fn detools_apply_patch_rebuilds_our_patches_byte_exactly() {
         }
     }
     assert_eq!(cases, 8);
+}
+
+#[test]
+fn raw_lzma1_streams_from_pythons_lzma_apply_on_our_device() {
+    // An LZMA patch is our header, a map and liblzma's raw LZMA1 stream (lc = lp = pb = 0, end
+    // marker). Python's lzma module (its own build of liblzma) makes such streams without a
+    // preset dictionary; with an empty map the device's dictionary is the base as it is, which
+    // such a stream never reads: the image is rebuilt from the stream alone.
+    use shared::delta::{dict_size, Base, Filter, Header};
+    let d = scratch("python_lzma");
+    let (old, new) = (thumb_blob(0), thumb_blob(1));
+    let id = Base { size: old.len() as u32, sha256: [7; 32], version: "1.3".try_into().unwrap() };
+    let dict = dict_size(old.len(), new.len());
+    let script = "import lzma, sys\n\
+        d = open(sys.argv[1], 'rb').read()\n\
+        f = [{'id': lzma.FILTER_LZMA1, 'lc': 0, 'lp': 0, 'pb': 0, 'dict_size': int(sys.argv[3]), 'preset': 9}]\n\
+        open(sys.argv[2], 'wb').write(lzma.compress(d, format=lzma.FORMAT_RAW, filters=f))\n";
+    let (raw, out) = (d.join("new.bin"), d.join("new.lzma"));
+    std::fs::write(&raw, &new).unwrap();
+    let o = run(&venv_python(), &["-c", script, s(&raw), s(&out), &dict.to_string()]);
+    assert!(o.status.success(), "python lzma: {}", text(&o.stderr));
+    let stream = std::fs::read(&out).unwrap();
+    let mut patch = Header::emit_ours(&id, Filter::Remap { load: 0x1_0000, shifts: 0 });
+    for w in [0x1_0000u32, new.len() as u32, dict] {
+        patch.extend_from_slice(&w.to_le_bytes());
+    }
+    patch.extend_from_slice(&[0, 0]); // properties 0, no shifts
+    patch.extend_from_slice(&stream);
+    let rebuilt = xtask::package::apply_delta(&patch, &old, 1 << 20).unwrap();
+    assert!(rebuilt == new, "our patcher rebuilt other bytes from Python's stream");
+    // And one byte short of its end marker: refused, not a partial image.
+    let e = xtask::package::apply_delta(&patch[..patch.len() - 1], &old, 1 << 20).unwrap_err().to_string();
+    assert!(e.contains("ends early") || e.contains("LZMA"), "{e}");
 }

@@ -122,12 +122,12 @@ fn delta_bench(l: &'static memory_layouts::Layout) {
     let mut r = Ok(0);
     for c in patch.chunks(1024) {
         feed_watchdog();
-        if let Err(e) = patcher.feed(c, &mut base, &mut |at, b| up.write(at, b).map_err(|_| ())) {
+        if let Err(e) = patcher.feed(c, &mut base, &mut up) {
             r = Err(e);
             break;
         }
     }
-    let r = r.and_then(|_| patcher.finish());
+    let r = r.and_then(|_| patcher.finish(&mut base, &mut up));
     let _ = up.flush();
     let ticks = rt::ticks() - t0;
     match r {

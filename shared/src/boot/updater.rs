@@ -126,6 +126,22 @@ impl<D: NorFlash, S: NorFlash> Updater<D, S> {
         Ok(())
     }
 
+    /// Reads back `out.len()` bytes already accepted, from `at`: from DFU, and the last partial
+    /// word from where it waits.
+    pub fn read_back(&mut self, at: u32, out: &mut [u8]) -> Result<(), UpdateError> {
+        let end = at as u64 + out.len() as u64;
+        if end > u64::from(self.pos) {
+            return Err(UpdateError::NotSequential { expected: self.pos, got: end as u32 });
+        }
+        let flushed = self.pos - self.pos % D::WRITE_SIZE as u32;
+        let n = (flushed.saturating_sub(at) as usize).min(out.len());
+        self.dfu.read(at, &mut out[..n])?;
+        for (k, o) in out[n..].iter_mut().enumerate() {
+            *o = self.carry[(at as usize + n + k) - flushed as usize];
+        }
+        Ok(())
+    }
+
     /// Writes a pending partial word, padded with the erased value.
     pub fn flush(&mut self) -> Result<(), UpdateError> {
         let w = D::WRITE_SIZE;

@@ -33,8 +33,14 @@ pub fn pack_size(v: i64) -> Vec<u8> {
 
 /// The patch that rebuilds `target` from `base`: our header naming `base_id` (and the filter),
 /// or with `base_id` None a plain detools sequential patch (`opts.filter` must then be None).
+///
+/// With [`Filter::Remap`] (feature `delta-lzma`), an LZMA patch (the compression is then LZMA's,
+/// whatever `opts` says) with the map [`super::find_map`] finds.
 pub fn create(base: &[u8], target: &[u8], base_id: Option<&Base>, opts: &CreateOptions) -> Vec<u8> {
     assert!(base_id.is_some() || opts.filter == Filter::None, "a filter needs our header to say so");
+    if let (Filter::Remap { load, .. }, Some(id)) = (opts.filter, base_id) {
+        return lzma(base, target, id, load, 4).0;
+    }
     let s = stream(base, target, opts.filter);
     assemble(base_id, opts, target.len(), &s)
 }
@@ -42,9 +48,21 @@ pub fn create(base: &[u8], target: &[u8], base_id: Option<&Base>, opts: &CreateO
 /// The smallest patch over `filters` and every heatshrink window and lookahead a device decodes
 /// (windows of 2^8..=2^[`super::MAX_WINDOW_BITS`] bytes; long copies suit the zero runs of a
 /// patch between near-identical images, short ones new code), and the options chosen.
+///
+/// [`Filter::Remap`] in `filters` (feature `delta-lzma`) adds LZMA patches, with maps of
+/// shifts that hold for at least 2, 4, 8 and 16 matches.
 pub fn create_smallest(base: &[u8], target: &[u8], base_id: &Base, filters: &[Filter]) -> (Vec<u8>, CreateOptions) {
     let mut best: Option<(Vec<u8>, CreateOptions)> = None;
     for &filter in filters {
+        if let Filter::Remap { load, .. } = filter {
+            for min_run in [2, 4, 8, 16] {
+                let (p, opts) = lzma(base, target, base_id, load, min_run);
+                if best.as_ref().is_none_or(|b| p.len() < b.0.len()) {
+                    best = Some((p, opts));
+                }
+            }
+            continue;
+        }
         let s = stream(base, target, filter);
         let table = matches(&s, 1 << (super::MAX_WINDOW_BITS - 1));
         for window in WINDOWS {
@@ -59,6 +77,22 @@ pub fn create_smallest(base: &[u8], target: &[u8], base_id: &Base, filters: &[Fi
         }
     }
     best.expect("at least one filter")
+}
+
+/// An LZMA patch and what it is.
+#[cfg(feature = "delta-lzma")]
+fn lzma(base: &[u8], target: &[u8], base_id: &Base, load: u32, min_run: usize) -> (Vec<u8>, CreateOptions) {
+    let map = super::find_map(base, target, load, min_run);
+    let opts = CreateOptions {
+        filter: Filter::Remap { load, shifts: map.shifts.len() as u8 },
+        compression: Compression::Lzma { dict_size: super::create_lzma::dict_size(base.len(), target.len()) },
+    };
+    (super::create_lzma(base, target, base_id, &map), opts)
+}
+
+#[cfg(not(feature = "delta-lzma"))]
+fn lzma(_: &[u8], _: &[u8], _: &Base, _: u32, _: usize) -> (Vec<u8>, CreateOptions) {
+    panic!("LZMA patches are made with shared's feature delta-lzma")
 }
 
 /// detools' uncompressed sequential stream from `base` to `target`: no data format, then bsdiff's
@@ -97,6 +131,7 @@ fn assemble(base_id: Option<&Base>, opts: &CreateOptions, to_len: usize, stream:
         Compression::None => out.extend_from_slice(stream),
         Compression::Crle => out.extend(crle_compress(stream)),
         Compression::Heatshrink { window, lookahead } => out.extend(heatshrink_compress(stream, window, lookahead)),
+        Compression::Lzma { .. } => unreachable!("LZMA patches are made by create_lzma"),
     }
     out
 }

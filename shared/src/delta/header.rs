@@ -8,9 +8,15 @@ use heapless::String;
 pub const MAGIC: [u8; 4] = [0xD3, b'D', b'L', b'T'];
 /// Longest base version (an Aliyun version: 1..=64 characters).
 pub const MAX_VERSION: usize = 64;
-/// Bytes that always decide [`Header::parse`]: our header with the longest version, the detools
-/// header byte, a 10-byte size and heatshrink's parameter byte.
-pub const MAX_HEADER: usize = 45 + MAX_VERSION + 1 + 10 + 1;
+/// Bytes that always decide [`Header::parse`]: our header with the longest version, then the
+/// longer of detools' header (a byte, a 10-byte size, heatshrink's parameter byte) and an LZMA
+/// patch's 14 bytes.
+pub const MAX_HEADER: usize = FIXED + MAX_VERSION + LZMA_FIELDS;
+
+/// An LZMA patch's fields after the base version: load, to size, dictionary size, properties,
+/// shifts.
+const LZMA_FIELDS: usize = 4 + 4 + 4 + 1 + 1;
+const _: () = assert!(LZMA_FIELDS > 1 + 10);
 
 const VERSION: u8 = 1;
 const FIXED: usize = 45;
@@ -23,6 +29,14 @@ pub enum Filter {
     None,
     /// liblzma's ARM-Thumb BCJ filter ([`super::thumb`]).
     Thumb,
+    /// An LZMA patch over the remapped base ([`super::remap`]): the image is linked at `load`,
+    /// and a map of `shifts` entries follows the header.
+    Remap {
+        /// Address of the image's first byte.
+        load: u32,
+        /// Entries of the map (at most [`super::MAX_SHIFTS`]).
+        shifts: u8,
+    },
 }
 
 /// The compressed stream's codec.
@@ -41,15 +55,23 @@ pub enum Compression {
         /// lookahead bits (3..window)
         lookahead: u8,
     },
+    /// Ours, not a detools codec: liblzma's raw LZMA1 (`lc = lp = pb = 0`, with its end marker)
+    /// whose dictionary starts as the remapped base ([`Filter::Remap`]).
+    Lzma {
+        /// The dictionary's size: at least base and image together.
+        dict_size: u32,
+    },
 }
 
 impl Compression {
-    /// detools' number for it.
+    /// detools' number for it (LZMA patches are not detools patches: 1, detools' lzma, is the
+    /// nearest name).
     pub fn number(self) -> u8 {
         match self {
             Compression::None => 0,
             Compression::Crle => 2,
             Compression::Heatshrink { .. } => 4,
+            Compression::Lzma { .. } => 1,
         }
     }
 }
@@ -76,7 +98,8 @@ pub struct Header {
     pub compression: Compression,
     /// Bytes the patch rebuilds.
     pub to_size: u32,
-    /// Where the compressed stream starts (heatshrink's parameter byte is its first byte).
+    /// Where the compressed stream starts (heatshrink's parameter byte is its first byte; an
+    /// LZMA patch's map comes first).
     pub body: usize,
 }
 
@@ -102,6 +125,7 @@ impl Header {
                 let filter = match b[5] {
                     0 => Filter::None,
                     1 => Filter::Thumb,
+                    2 => Filter::Remap { load: 0, shifts: 0 },
                     _ => return Err(DeltaError::Header),
                 };
                 let size = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
@@ -117,7 +141,11 @@ impl Header {
                     .filter(|v| crate::alink::valid_version(v))
                     .and_then(|v| String::try_from(v).ok())
                     .ok_or(DeltaError::Header)?;
-                (Some(Base { size, sha256, version }), filter, FIXED + n)
+                let base = Base { size, sha256, version };
+                if let Filter::Remap { .. } = filter {
+                    return Self::lzma(b, FIXED + n, base, slot);
+                }
+                (Some(base), filter, FIXED + n)
             }
         };
         let Some(&kind) = b.get(at) else { return Ok(None) };
@@ -157,12 +185,46 @@ impl Header {
         Ok(Some(Header { base, filter, compression, to_size, body: i }))
     }
 
+    /// The fields of an LZMA patch after our header's first `at` bytes.
+    fn lzma(b: &[u8], at: usize, base: Base, slot: u32) -> Result<Option<Header>, DeltaError> {
+        let Some(f) = b.get(at..at + LZMA_FIELDS) else { return Ok(None) };
+        let word = |i: usize| u32::from_le_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
+        let (load, to_size, dict_size, props, shifts) = (word(0), word(4), word(8), f[12], f[13]);
+        if props != 0 {
+            return Err(DeltaError::Lzma { props, dict_size });
+        }
+        if to_size == 0 {
+            return Err(DeltaError::Corrupt { what: super::Corruption::Empty, at: at as u32 + 4 });
+        }
+        if to_size > slot {
+            return Err(DeltaError::TooLarge { size: to_size, slot });
+        }
+        if u64::from(dict_size) < u64::from(base.size) + u64::from(to_size) {
+            return Err(DeltaError::Lzma { props, dict_size });
+        }
+        if shifts as usize > super::MAX_SHIFTS {
+            return Err(DeltaError::Header);
+        }
+        Ok(Some(Header {
+            base: Some(base),
+            filter: Filter::Remap { load, shifts },
+            compression: Compression::Lzma { dict_size },
+            to_size,
+            body: at + LZMA_FIELDS,
+        }))
+    }
+
     /// Our header for `base` (std: the producer).
     #[cfg(feature = "std")]
     pub fn emit_ours(base: &Base, filter: Filter) -> std::vec::Vec<u8> {
         let mut v = std::vec::Vec::with_capacity(FIXED + base.version.len());
         v.extend_from_slice(&MAGIC);
-        v.extend_from_slice(&[VERSION, matches!(filter, Filter::Thumb) as u8, 0, 0]);
+        let kind = match filter {
+            Filter::None => 0,
+            Filter::Thumb => 1,
+            Filter::Remap { .. } => 2,
+        };
+        v.extend_from_slice(&[VERSION, kind, 0, 0]);
         v.extend_from_slice(&base.size.to_le_bytes());
         v.extend_from_slice(&base.sha256);
         v.push(base.version.len() as u8);

@@ -47,15 +47,6 @@ impl Heatshrink {
         Heatshrink { window: [0; WINDOW], head: 0, w: 0, l: 0, st: St::Params, acc: 0, nbits: 0 }
     }
 
-    /// Starts over (the window zeroed).
-    pub(crate) fn reset(&mut self) {
-        self.window.fill(0);
-        self.head = 0;
-        self.st = St::Params;
-        self.acc = 0;
-        self.nbits = 0;
-    }
-
     /// The next `n` (<= 15) bits, pulling bytes from `input` as needed; `None` when it runs out.
     fn bits(&mut self, input: &mut &[u8], n: u8) -> Option<u16> {
         while self.nbits < n {

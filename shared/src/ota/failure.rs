@@ -244,7 +244,7 @@ impl Failure {
     pub fn of_delta(e: DeltaError) -> Failure {
         match e {
             DeltaError::Write { at } => Failure::FlashWrite { at },
-            DeltaError::Base(_) => Failure::DeltaRead,
+            DeltaError::Base(_) | DeltaError::ReadBack { .. } => Failure::DeltaRead,
             e if e.is_refusal() => Failure::DeltaRefused(e),
             e => Failure::DeltaCorrupt(e),
         }
@@ -742,7 +742,7 @@ mod tests {
         );
         assert_eq!(
             d(Failure::of_delta(DeltaError::Compression(1))),
-            "delta patch refused: compression 1 (lzma); this device takes none, crle and heatshrink"
+            "delta patch refused: compression 1 (lzma); this device takes detools patches in none, crle and heatshrink"
         );
         assert_eq!(Failure::of_delta(DeltaError::Compression(1)).step(), -1);
         assert_eq!(Failure::of_delta(DeltaError::TooLarge { size: 9, slot: 8 }).step(), -1);
