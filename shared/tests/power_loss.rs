@@ -35,7 +35,7 @@ const MIN_REVERT: u64 = 16_500;
 const MIN_REFUSAL: u64 = 2_800;
 const MIN_ROTATION: u64 = 2_700;
 const MIN_AFTER_CONFIRM: u64 = 1_100;
-const MIN_DELTA: u64 = 28_000;
+const MIN_DELTA: u64 = 35_000;
 const REGIONS: [usize; 4] = [2, 1, ACTIVE_PAGES, ACTIVE_PAGES + 1];
 
 fn full() -> bool {
