@@ -242,7 +242,12 @@ fn an_lzma_patch_rebuilds_the_target_in_any_pieces_and_beats_heatshrink() {
     assert_eq!(cases, 8);
     let h = Compression::Heatshrink { window: 11, lookahead: 4 };
     let hs = delta::create(&old, &new, Some(&base_id(&old)), &CreateOptions { filter: Filter::Thumb, compression: h });
-    eprintln!("{} byte image: LZMA patch {} bytes, heatshrink with the Thumb filter {}", new.len(), patch.len(), hs.len());
+    eprintln!(
+        "{} byte image: LZMA patch {} bytes, heatshrink with the Thumb filter {}",
+        new.len(),
+        patch.len(),
+        hs.len()
+    );
     assert!(patch.len() < hs.len());
 }
 
@@ -251,7 +256,8 @@ fn lzma_streams_interoperate_with_liblzma_both_ways() {
     let mut rng = Rng::new(99);
     let noise: Vec<u8> = (0..5000).map(|_| rng.below(256) as u8).collect();
     let text: Vec<u8> = b"Aliyun OTA, delta: ".iter().cycle().take(9000).copied().collect();
-    let pairs = [(firmware(0), firmware(1)), (noise.clone(), text.clone()), (text, noise), (vec![0xFF; 64], firmware(1))];
+    let pairs =
+        [(firmware(0), firmware(1)), (noise.clone(), text.clone()), (text, noise), (vec![0xFF; 64], firmware(1))];
     let mut cases = 0;
     for (base, target) in &pairs {
         let dict_size = delta::dict_size(base.len(), target.len());

@@ -129,11 +129,8 @@ pub fn make_delta(
 ) -> Result<(Vec<u8>, shared::delta::CreateOptions)> {
     use shared::delta::Filter;
     let remap = Filter::Remap { load: board.layout().active.origin, shifts: 0 };
-    let filters: &[Filter] = if board.target().is_some() {
-        &[Filter::None, Filter::Thumb, remap]
-    } else {
-        &[Filter::None, remap]
-    };
+    let filters: &[Filter] =
+        if board.target().is_some() { &[Filter::None, Filter::Thumb, remap] } else { &[Filter::None, remap] };
     let (patch, opts) = shared::delta::create_smallest(base, target, base_id, filters);
     let rebuilt = apply_delta(&patch, base, target.len() as u32)?;
     ensure!(rebuilt == target, "the patch does not rebuild the image (a bug in shared::delta)");

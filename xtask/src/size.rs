@@ -3,7 +3,7 @@
 
 use crate::build::{firmware, Crate};
 use crate::keys;
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use memory_layouts::Board;
 use object::{Object, ObjectSection, SectionKind};
 
@@ -71,14 +71,18 @@ pub fn run(_: Args) -> Result<()> {
             })
             .with_context(|| format!("no {name} symbol"))
     };
-    let (session, patcher) = (word("OTA_MQTT_SESSION")?, word("OTA_DELTA_PATCHER")?);
+    let (session, patcher, head) = (word("OTA_MQTT_SESSION")?, word("OTA_DELTA_PATCHER")?, word("OTA_DELTA_HEAD")?);
     println!(
         "OTA path RAM on qemu-an386 (5 KiB blocks): {ota} bytes static (OtaMachine, MQTT receive buffer, modem, delta patcher, work buffer) + {session} bytes MQTT session in the task = {} bytes",
         ota + session
     );
     println!(
-        "  of which the delta patcher (shared::delta::Patcher: heatshrink window of 2^{} bytes, header, filter state): {patcher} bytes",
-        shared::delta::MAX_WINDOW_BITS
+        "  of which delta updates: the patcher (shared::delta::Patcher: the LZMA model, {} probabilities, and map of up to {} shifts, or the heatshrink window of 2^{} bytes) {patcher} bytes + the patch's first bytes in OtaMachine {head} = {} bytes",
+        shared::delta::LZMA_PROBS,
+        shared::delta::MAX_SHIFTS,
+        shared::delta::MAX_WINDOW_BITS,
+        patcher + head
     );
+    ensure!(patcher + head <= 4096, "delta updates take {} bytes of RAM, over the 4 KiB goal", patcher + head);
     Ok(())
 }

@@ -58,6 +58,10 @@ pub static OTA_MQTT_SESSION: u32 = device::mqtt_session_size::<ModemUart>();
 #[used]
 #[no_mangle]
 pub static OTA_DELTA_PATCHER: u32 = core::mem::size_of::<shared::delta::Patcher>() as u32;
+/// Bytes of `OtaMachine` only a delta uses (the patch's first bytes), read by `cargo xtask size`.
+#[used]
+#[no_mangle]
+pub static OTA_DELTA_HEAD: u32 = shared::ota::DELTA_HEAD_RAM as u32;
 
 /// UARTE buffers: a whole download block can arrive while the driver writes flash.
 static mut RX_BUF: [u8; 8192] = [0; 8192];

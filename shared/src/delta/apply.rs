@@ -181,7 +181,12 @@ impl Patcher {
 
     /// Takes the next bytes of the patch; rebuilt bytes go to the sink. After an error it
     /// takes nothing more and says that error again.
-    pub fn feed<B: ReadNorFlash>(&mut self, data: &[u8], base: &mut B, sink: &mut impl Rebuilt) -> Result<(), DeltaError> {
+    pub fn feed<B: ReadNorFlash>(
+        &mut self,
+        data: &[u8],
+        base: &mut B,
+        sink: &mut impl Rebuilt,
+    ) -> Result<(), DeltaError> {
         if let Some(e) = self.failed {
             return Err(e);
         }
@@ -474,7 +479,11 @@ impl LzmaPatch {
     ) -> Result<(), DeltaError> {
         while self.want > 0 {
             let Some((&b, rest)) = input.split_first() else {
-                return if last { Err(DeltaError::Corrupt { what: Corruption::Truncated, at: *taken }) } else { Ok(()) };
+                return if last {
+                    Err(DeltaError::Corrupt { what: Corruption::Truncated, at: *taken })
+                } else {
+                    Ok(())
+                };
             };
             input = rest;
             *taken += 1;

@@ -75,12 +75,13 @@ mod size;
 pub mod thumb;
 
 pub use apply::Patcher;
+pub use apply::Rebuilt;
 #[cfg(feature = "std")]
 pub use create::{create, create_smallest, heatshrink_compress, pack_size, CreateOptions};
 #[cfg(feature = "delta-lzma")]
 pub use create_lzma::{create_lzma, dict_size, find_map, lzma_raw};
-pub use apply::Rebuilt;
 pub use header::{Base, Compression, Filter, Header, MAGIC, MAX_HEADER, MAX_VERSION};
+pub use lzma::PROBS as LZMA_PROBS;
 pub use remap::{Map, Shift, MAX_SHIFTS};
 
 use embedded_storage::nor_flash::NorFlashErrorKind;

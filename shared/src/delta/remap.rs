@@ -54,7 +54,11 @@ impl Map {
     pub fn delta(&self, x: i64) -> i64 {
         let Ok(x) = u32::try_from(x) else { return 0 };
         let i = self.shifts.partition_point(|s| s.at <= x);
-        if i == 0 { 0 } else { i64::from(self.shifts[i - 1].delta) }
+        if i == 0 {
+            0
+        } else {
+            i64::from(self.shifts[i - 1].delta)
+        }
     }
 
     /// The remapped value of the aligned word at `w` of `orig` (base offset `start + w`), if it
@@ -91,13 +95,16 @@ impl Map {
             if pos + 4 <= base_len as usize && is_bl(orig, i) {
                 // The words this BL touches: one when aligned, else the two around it.
                 let words: &[usize] = if i % 4 == 0 { &[i] } else { &[i - 2, i + 2] };
-                let free = words.iter().all(|&w| {
-                    if inside(w) {
-                        self.address(orig, w, base_len).is_none()
-                    } else {
-                        beyond(w)
-                    }
-                });
+                let free =
+                    words.iter().all(
+                        |&w| {
+                            if inside(w) {
+                                self.address(orig, w, base_len).is_none()
+                            } else {
+                                beyond(w)
+                            }
+                        },
+                    );
                 if free {
                     let b = &orig[i..i + 4];
                     let raw = (u32::from(b[1] & 7) << 19)

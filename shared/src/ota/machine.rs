@@ -184,6 +184,10 @@ struct Download {
     patch: Option<PatchStart>,
 }
 
+/// Bytes of [`OtaMachine`] only a differential package uses (its first bytes, kept until its
+/// header is read): the delta path's RAM beside `shared::delta::Patcher`.
+pub const DELTA_HEAD_RAM: usize = core::mem::size_of::<Option<PatchStart>>();
+
 /// The start of a patch, kept until its header is read.
 #[derive(Clone)]
 struct PatchStart {
