@@ -20,7 +20,7 @@ use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use memory_layouts::Layout;
 use shared::alink::{self, AlinkError, DeviceSecret, SignMethod};
-use shared::boot::{boot_info, confirm, progress, request_revert, UpdateError, Updater};
+use shared::boot::{boot_info, confirm, request_revert, resume, UpdateError, Updater};
 use shared::delta::Patcher;
 use shared::image::{PublicKey, VerifyOptions};
 use shared::ota::{
@@ -338,10 +338,10 @@ where
     let keys = TRUSTED_KEYS.map(PublicKey);
     let info = boot_info(&mut f.active, &mut f.boot_record, &mut f.state, &keys, layout.geometry.erased, work)
         .map_err(SetupError::BootInfo)?;
-    let resume = progress::load(&mut f.dfu).ok().flatten();
-    let r = BootReport::new(&info, resume);
+    let saved = resume::load(&mut f.dfu).ok().flatten();
+    let r = BootReport::new(&info, saved);
     say(format_args!("app: running {} (module {})", r.version, r.module));
-    Ok(Booted { info, resume })
+    Ok(Booted { info, resume: saved })
 }
 
 /// Runs the device until the machine asks for a reset ([`Exit`]); `Err` when it cannot start.
@@ -673,12 +673,12 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                     }
                     Some(Event::Rehashed(ok))
                 }
-                Action::SaveProgress(r) => {
-                    let _ = progress::save(up.dfu(), r, ctx.erased);
+                Action::SaveResume(r) => {
+                    let _ = resume::save(up.dfu(), r, ctx.erased);
                     None
                 }
-                Action::ClearProgress => {
-                    let _ = progress::clear(up.dfu());
+                Action::ClearResume => {
+                    let _ = resume::clear(up.dfu());
                     None
                 }
                 Action::HttpGet { from } => {

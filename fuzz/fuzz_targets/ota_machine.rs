@@ -398,12 +398,12 @@ impl Harness {
                     assert!(len % page == 0 && len <= slot, "rehash of {len}");
                     self.asked.push_back(Asked::Rehash(len));
                 }
-                Action::SaveProgress(r) => {
+                Action::SaveResume(r) => {
                     assert!(r.written % page == 0, "resume point {} off a page boundary", r.written);
                     assert!(self.cursor.is_some_and(|c| r.written <= c), "resume point past the bytes written");
                     self.saved = Some(r);
                 }
-                Action::ClearProgress => self.saved = None,
+                Action::ClearResume => self.saved = None,
                 Action::HttpGet { from } => {
                     assert!(from <= slot && self.m.url().is_some(), "GET from {from}");
                     self.http = Some(from);

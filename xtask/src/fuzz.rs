@@ -25,7 +25,7 @@ pub const TARGETS: [&str; 11] = [
     "alink_download",
     "image_verify",
     "boot_record",
-    "boot_progress",
+    "boot_resume",
     "provision",
     "mqtt",
     "modem",
@@ -231,7 +231,7 @@ pub fn write_seeds(dir: &Path) -> Result<()> {
     region.extend_from_slice(&rec);
     put("boot_record", "both-halves", &region)?;
 
-    put("boot_progress", "three-saves", &progress_page()?)?;
+    put("boot_resume", "three-saves", &resume_page()?)?;
 
     let p = shared::provision::Provision {
         product_key: "a1B2c3D4e5F",
@@ -390,8 +390,8 @@ fn signed_image(len: usize, sec_cnt: u32) -> Result<Vec<u8>> {
 }
 
 /// The spare page after three saves (control byte 0 first: CRCs as written).
-fn progress_page() -> Result<Vec<u8>> {
-    use shared::boot::progress::save;
+fn resume_page() -> Result<Vec<u8>> {
+    use shared::boot::resume::save;
     use shared::ota::Resume;
     let mut dfu = shared::sim::SimFlash::<4096, 16>::new(3 * 4096, 0xFF);
     for i in 1..=3u32 {

@@ -264,8 +264,8 @@ impl Sim {
                     let at = self.at();
                     self.m.handle(at, Event::Rehashed(true));
                 }
-                Action::SaveProgress(r) => self.saved = Some(r),
-                Action::ClearProgress => self.saved = None,
+                Action::SaveResume(r) => self.saved = Some(r),
+                Action::ClearResume => self.saved = None,
                 Action::HttpGet { from } => {
                     let url = self.m.url().unwrap().to_string();
                     self.log.push(format!("GET from {from}"));

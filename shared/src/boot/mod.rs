@@ -16,7 +16,7 @@
 //! of exactly `pages` (ACTIVE) and `pages + 1` (DFU) pages.
 
 mod flash;
-pub mod progress;
+pub mod resume;
 pub mod record;
 pub mod updater;
 

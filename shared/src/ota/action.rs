@@ -54,9 +54,9 @@ pub enum Action<'a> {
         len: u32,
     },
     /// Persist this resume point (it survives resets; hand it back in `BootReport::resume`).
-    SaveProgress(Resume),
+    SaveResume(Resume),
     /// Forget the persisted resume point.
-    ClearProgress,
+    ClearResume,
     /// GET [`super::OtaMachine::url`] with `Range: bytes={from}-`; report the response.
     HttpGet {
         /// first byte wanted

@@ -7,7 +7,7 @@ use crate::delta::DeltaError;
 use crate::image::ImageError;
 
 /// Where an interrupted download stopped, as the driver persisted it from
-/// [`crate::ota::Action::SaveProgress`].
+/// [`crate::ota::Action::SaveResume`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Resume {

@@ -302,8 +302,8 @@ enum Plain {
     Write(u32, core::ops::Range<usize>),
     Patch(u32, core::ops::Range<usize>),
     Rehash(u32),
-    SaveProgress(Resume),
-    ClearProgress,
+    SaveResume(Resume),
+    ClearResume,
     HttpGet(u32),
     HttpClose,
     VerifyAndMark,
@@ -698,8 +698,8 @@ impl OtaMachine {
                     Plain::Write(offset, range) => Action::Write { offset, range },
                     Plain::Patch(offset, range) => Action::Patch { offset, range },
                     Plain::Rehash(len) => Action::Rehash { len },
-                    Plain::SaveProgress(r) => Action::SaveProgress(r),
-                    Plain::ClearProgress => Action::ClearProgress,
+                    Plain::SaveResume(r) => Action::SaveResume(r),
+                    Plain::ClearResume => Action::ClearResume,
                     Plain::HttpGet(from) => Action::HttpGet { from },
                     Plain::HttpClose => Action::HttpClose,
                     Plain::VerifyAndMark => Action::VerifyAndMark,
@@ -889,7 +889,7 @@ impl OtaMachine {
             Event::Marked(r) => self.marked(now, r),
             Event::PatchFailed(e) => {
                 if matches!(self.state, State::Downloading(Download { patch: Some(_), .. })) {
-                    self.plain(Plain::ClearProgress);
+                    self.plain(Plain::ClearResume);
                     self.fail(Failure::of_delta(e));
                 }
             }
@@ -1275,7 +1275,7 @@ impl OtaMachine {
             // A patch starts over after a reset: what the patcher had in RAM is gone, and the
             // patch is a fraction of the image.
             self.resume = None;
-            self.plain(Plain::ClearProgress);
+            self.plain(Plain::ClearResume);
             self.plain(Plain::BeginPatch);
             self.state = State::Downloading(d);
             self.fetch(now);
@@ -1289,7 +1289,7 @@ impl OtaMachine {
                 self.plain(Plain::Rehash(r.written));
             }
             None => {
-                self.plain(Plain::ClearProgress);
+                self.plain(Plain::ClearResume);
                 self.plain(Plain::BeginDownload(0));
                 self.state = State::Downloading(d);
                 self.fetch(now);
@@ -1307,7 +1307,7 @@ impl OtaMachine {
             d.written = 0;
             d.saved = 0;
             d.hasher = Hasher::new(d.method);
-            self.plain(Plain::ClearProgress);
+            self.plain(Plain::ClearResume);
         }
         if let Via::Mqtt(s) = &mut d.via {
             s.next = d.written;
@@ -1498,7 +1498,7 @@ impl OtaMachine {
     fn accept(&mut self, now: Instant, offset: u32, data: &[u8], range: core::ops::Range<usize>) {
         let (page, every, interval) = (self.cfg.page_size, self.cfg.progress_every, self.cfg.progress_interval);
         if let Err(f) = self.check_patch(data) {
-            self.plain(Plain::ClearProgress);
+            self.plain(Plain::ClearResume);
             return self.fail(f);
         }
         let State::Downloading(d) = &mut self.state else { return };
@@ -1521,7 +1521,7 @@ impl OtaMachine {
         }
         self.plain(if patch { Plain::Patch(offset, range) } else { Plain::Write(offset, range) });
         if save {
-            self.plain(Plain::SaveProgress(Resume { key, written: boundary }));
+            self.plain(Plain::SaveResume(Resume { key, written: boundary }));
         }
         if report {
             self.progress(pct as i8);
@@ -1573,7 +1573,7 @@ impl OtaMachine {
             self.plain(Plain::HttpClose);
         }
         if !d.hasher.matches(&d.digest) {
-            self.plain(Plain::ClearProgress);
+            self.plain(Plain::ClearResume);
             let f = Failure::DigestMismatch(d.method);
             self.report(f.step(), f.desc());
             return;
@@ -1587,7 +1587,7 @@ impl OtaMachine {
         let v = d.version.clone();
         match r {
             Ok(()) => {
-                self.plain(Plain::ClearProgress);
+                self.plain(Plain::ClearResume);
                 self.state = State::AwaitReset { by: Some(now + ACK_WAIT) };
                 self.report(100, fmt(format_args!("{v} verified; rebooting to install")));
                 if !self.connected {
@@ -1596,11 +1596,11 @@ impl OtaMachine {
             }
             Err(MarkError::Flash) => self.fail(Failure::MarkFailed),
             Err(MarkError::Image(e)) => {
-                self.plain(Plain::ClearProgress);
+                self.plain(Plain::ClearResume);
                 self.fail(Failure::ImageRefused(e));
             }
             Err(MarkError::Patch(e)) => {
-                self.plain(Plain::ClearProgress);
+                self.plain(Plain::ClearResume);
                 self.fail(Failure::of_delta(e));
             }
         }
@@ -1621,7 +1621,7 @@ impl OtaMachine {
                 h.from = 0;
                 d.hasher = Hasher::new(d.method);
                 let patch = d.patch.as_mut().map(|p| *p = PatchStart { head: Vec::new(), checked: false }).is_some();
-                self.plain(Plain::ClearProgress);
+                self.plain(Plain::ClearResume);
                 self.plain(if patch { Plain::BeginPatch } else { Plain::BeginDownload(0) });
             }
             401 | 403 if !h.refreshed => {

@@ -619,7 +619,7 @@ fn a_diff_package_naming_the_running_image_is_patched_into_dfu_and_never_resumed
     let did = t.push(&delta_offer(&patch, &sum));
     assert_eq!(one(msgs(&did, "progress")).step, 1);
     // No early look at the tail (a patch has no image TLVs there), no rehash: a patch from 0.
-    assert_eq!(others(&did), ["ClearProgress", "BeginPatch", "HttpGet { from: 0 }"]);
+    assert_eq!(others(&did), ["ClearResume", "BeginPatch", "HttpGet { from: 0 }"]);
     t.ev(Event::HttpResponse { status: 200, length: Some(patch.len() as u32) });
     let (a, b) = patch.split_at(30); // the header arrives in two pieces
     let did = t.ev(Event::HttpBody(a));
@@ -649,7 +649,7 @@ fn a_diff_package_for_another_image_is_refused_before_a_byte_is_patched() {
 #[test]
 fn a_diff_package_the_device_cannot_apply_says_why() {
     for (compression, desc) in [
-        (1, "delta patch refused: compression 1 (lzma); this device takes none, crle and heatshrink"),
+        (1, "delta patch refused: compression 1 (lzma); this device takes detools patches in none, crle and heatshrink"),
         (0x14, "delta patch refused: detools patch type 1; only sequential (0) is applied"),
     ] {
         let mut t = delta_t();

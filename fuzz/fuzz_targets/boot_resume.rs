@@ -1,9 +1,9 @@
-//! The resume record in DFU's spare page (`shared::boot::progress`): `load` of any page never
+//! The resume record in DFU's spare page (`shared::boot::resume`): `load` of any page never
 //! panics, and after `save(r)` on a page the code could have written, `load` gives `r`. The first
 //! byte: odd makes the CRC right of every entry that starts with the magic; the rest is the page.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use shared::boot::progress::{load, save};
+use shared::boot::resume::{load, save};
 use shared::ota::Resume;
 use shared::sim::SimFlash;
 
