@@ -23,8 +23,8 @@
 //! bad input; [`Header`] and [`TlvIter`] are zero-copy views over bytes already in memory.
 
 mod header;
-/// Simulated firmware bodies of the host board (a test double: std only).
-#[cfg(feature = "std")]
+/// Simulated firmware bodies of the host board (a test double: feature `sim` only).
+#[cfg(feature = "sim")]
 mod host;
 #[cfg(any(test, feature = "std"))]
 mod sign;
@@ -32,7 +32,7 @@ mod tlv;
 mod verify;
 
 pub use header::{flags, Header, HeaderRepr, ImageVersion, HEADER_LEN, IMAGE_MAGIC};
-#[cfg(feature = "std")]
+#[cfg(feature = "sim")]
 pub use host::{host_behaviour, host_body, HostBehaviour, HOST_MAGIC};
 #[cfg(any(test, feature = "std"))]
 pub use sign::{sign_image, SignParams};
