@@ -25,7 +25,7 @@ use shared::delta::Patcher;
 use shared::image::{PublicKey, VerifyOptions};
 use shared::ota::{
     check_keep_alive, Action, Backoff, BootReport, ConfigError, Event, External, HttpError, MarkError, ModuleError,
-    ModulePhase, OtaConfig, OtaMachine, STEADY_SESSION,
+    ModulePhase, OtaConfig, OtaMachine, Outcome, Verdict, STEADY_SESSION,
 };
 use shared::time::{Duration, Instant};
 
@@ -612,7 +612,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                 }
                 Action::RunSelfTest => {
                     log::info!("self-test: {}", if ctx.self_test { "pass" } else { "FAIL" });
-                    Some(Event::SelfTest(ctx.self_test))
+                    Some(Event::SelfTest(if ctx.self_test { Verdict::Pass } else { Verdict::Fail }))
                 }
                 Action::Confirm => {
                     let ok = confirm(up.state(), ctx.erased, buf).is_ok();
@@ -623,7 +623,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                         ctx.sec_cnt = ctx.sec_cnt.max(ctx.raises.0);
                         ctx.revoked |= ctx.raises.1;
                     }
-                    Some(Event::Confirmed(ok))
+                    Some(Event::Confirmed(Outcome::of(ok)))
                 }
                 Action::BeginDownload { at } => {
                     log::info!("download into DFU from byte {}", at);
@@ -671,7 +671,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                         m.rehash(&buf[..n]);
                         at += n as u32;
                     }
-                    Some(Event::Rehashed(ok))
+                    Some(Event::Rehashed(Outcome::of(ok)))
                 }
                 Action::SaveResume(r) => {
                     let _ = resume::save(up.dfu(), r, ctx.erased);

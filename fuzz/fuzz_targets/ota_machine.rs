@@ -30,8 +30,16 @@ use shared::alink::{
 use shared::image::{sign_image, ImageError, ImageVersion, SignParams};
 use shared::ota::{
     Action, BootOutcome, BootReport, Event, External, HttpError, MarkError, ModuleError, ModulePhase, OtaConfig,
-    OtaMachine, Resume, StateName, Task,
+    OtaMachine, Outcome, Resume, StateName, Task, Verdict,
 };
+
+fn verdict(pass: bool) -> Verdict {
+    if pass {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    }
+}
 use shared::time::{Duration, Instant};
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -481,14 +489,14 @@ impl Harness {
         let Some(a) = self.asked.pop_front() else { return };
         let good = ok != 0;
         match a {
-            Asked::SelfTest => self.handle(Event::SelfTest(good), None),
-            Asked::Confirm => self.handle(Event::Confirmed(good), None),
+            Asked::SelfTest => self.handle(Event::SelfTest(verdict(good)), None),
+            Asked::Confirm => self.handle(Event::Confirmed(Outcome::of(good)), None),
             Asked::Rehash(len) => {
                 if good {
                     let bytes = self.dfu[..len as usize].to_vec();
                     self.m.rehash(&bytes);
                 }
-                self.handle(Event::Rehashed(good), None);
+                self.handle(Event::Rehashed(Outcome::of(good)), None);
             }
             Asked::Mark => {
                 let r = match ok {
@@ -564,10 +572,10 @@ impl Harness {
                 self.handle(Event::Acked(pid), None);
             }
             Ev::Complete(ok) => self.complete(ok),
-            Ev::SelfTest(b) => self.handle(Event::SelfTest(b), None),
-            Ev::Confirmed(b) => self.handle(Event::Confirmed(b), None),
+            Ev::SelfTest(b) => self.handle(Event::SelfTest(verdict(b)), None),
+            Ev::Confirmed(b) => self.handle(Event::Confirmed(Outcome::of(b)), None),
             Ev::FlashFailed => self.handle(Event::FlashFailed, None),
-            Ev::Rehashed(b) => self.handle(Event::Rehashed(b), None),
+            Ev::Rehashed(b) => self.handle(Event::Rehashed(Outcome::of(b)), None),
             Ev::Marked(r) => {
                 let r = if r & 1 == 0 { Ok(()) } else { Err(MarkError::Flash) };
                 self.handle(Event::Marked(r), None);

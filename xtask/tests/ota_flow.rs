@@ -9,7 +9,8 @@ use serde_json::Value;
 use shared::alink::{Downlink, Topics};
 use shared::image::{sign_image, ImageVersion, PublicKey, SignParams, SliceFlash, VerifyOptions};
 use shared::ota::{
-    Action, BootOutcome, BootReport, Event, FailureKind, MarkError, OtaConfig, OtaMachine, Resume, StateName,
+    Action, BootOutcome, BootReport, Event, FailureKind, MarkError, OtaConfig, OtaMachine, Outcome, Resume, StateName,
+    Verdict,
 };
 use std::collections::VecDeque;
 use xtask::console::auth::DeviceId;
@@ -262,7 +263,7 @@ impl Sim {
                     let bytes = self.dfu[..len as usize].to_vec();
                     self.m.rehash(&bytes);
                     let at = self.at();
-                    self.m.handle(at, Event::Rehashed(true));
+                    self.m.handle(at, Event::Rehashed(Outcome::Done));
                 }
                 Action::SaveResume(r) => self.saved = Some(r),
                 Action::ClearResume => self.saved = None,
@@ -314,12 +315,12 @@ impl Sim {
                 Action::RunSelfTest => {
                     self.log.push("self-test".into());
                     let (at, pass) = (self.at(), self.self_test);
-                    self.m.handle(at, Event::SelfTest(pass));
+                    self.m.handle(at, Event::SelfTest(if pass { Verdict::Pass } else { Verdict::Fail }));
                 }
                 Action::Confirm => {
                     self.log.push("confirm".into());
                     let at = self.at();
-                    self.m.handle(at, Event::Confirmed(true));
+                    self.m.handle(at, Event::Confirmed(Outcome::Done));
                 }
                 Action::Reset => {
                     self.log.push("reset".into());

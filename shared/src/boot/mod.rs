@@ -16,8 +16,8 @@
 //! of exactly `pages` (ACTIVE) and `pages + 1` (DFU) pages.
 
 mod flash;
-pub mod resume;
 pub mod record;
+pub mod resume;
 pub mod updater;
 
 pub use flash::{StateGuard, Window};

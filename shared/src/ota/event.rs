@@ -6,6 +6,37 @@ use crate::boot::{BootInfo, LastBoot};
 use crate::delta::DeltaError;
 use crate::image::ImageError;
 
+/// What a new image's self-test found ([`Event::SelfTest`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Verdict {
+    /// It passed: the image may be confirmed.
+    Pass,
+    /// It failed: the image is reverted.
+    Fail,
+}
+
+/// Whether a flash action ([`Event::Confirmed`], [`Event::Rehashed`]) was carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Outcome {
+    /// Done.
+    Done,
+    /// The flash failed.
+    Failed,
+}
+
+impl Outcome {
+    /// `Done` when `ok`.
+    pub fn of(ok: bool) -> Self {
+        if ok {
+            Outcome::Done
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
 /// Where an interrupted download stopped, as the driver persisted it from
 /// [`crate::ota::Action::SaveResume`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,13 +153,13 @@ pub enum Event<'a> {
     /// The broker acknowledged the QoS 1 publish with this packet id.
     Acked(u16),
     /// The self-test of a new image finished.
-    SelfTest(bool),
-    /// `Confirm` was carried out (true) or failed (false).
-    Confirmed(bool),
+    SelfTest(Verdict),
+    /// `Confirm` was carried out, or failed.
+    Confirmed(Outcome),
     /// A `Write` or the erase before it failed.
     FlashFailed,
-    /// `Rehash` finished (true) or could not read DFU (false).
-    Rehashed(bool),
+    /// `Rehash` finished, or could not read DFU.
+    Rehashed(Outcome),
     /// The HTTP response to `HttpGet` started.
     HttpResponse {
         /// status code

@@ -2,7 +2,10 @@
 
 use super::config::{OtaConfig, MAX_EXTERNAL, MAX_WINDOW, MIN_BLOCK};
 use super::task::{module_of, Source, Task, TaskKey, UrlPiece};
-use super::{Action, BootOutcome, BootReport, Event, Failure, HttpError, MarkError, ModuleError, ModulePhase, Resume};
+use super::{
+    Action, BootOutcome, BootReport, Event, Failure, HttpError, MarkError, ModuleError, ModulePhase, Outcome, Resume,
+    Verdict,
+};
 use crate::alink::{self, AlinkError, BlockReply, DigestMethod, Downlink, EscapedStr, Topic, Topics};
 use crate::delta;
 use crate::image::{Header, HeaderRepr, TlvIter, TlvKind, TLV_PROT_INFO_MAGIC};
@@ -828,11 +831,11 @@ impl OtaMachine {
                     self.reset_now();
                 }
             }
-            Event::SelfTest(pass) => {
+            Event::SelfTest(verdict) => {
                 if !matches!(self.state, State::AwaitSelfTest) {
                     return;
                 }
-                if !pass {
+                if verdict == Verdict::Fail {
                     // Not confirmed, and no use starting it again: the bootloader puts the old
                     // image back at once, reported then.
                     self.revert_now();
@@ -843,11 +846,11 @@ impl OtaMachine {
                     self.state = State::AwaitSession { by: now + self.cfg.confirm_deadline };
                 }
             }
-            Event::Confirmed(ok) => {
+            Event::Confirmed(outcome) => {
                 if !matches!(self.state, State::AwaitConfirm) {
                     return;
                 }
-                if ok {
+                if outcome == Outcome::Done {
                     self.state = State::AwaitTask;
                     self.announce();
                 } else {
@@ -870,7 +873,7 @@ impl OtaMachine {
                     self.refuse(Failure::MessageTooLarge { len, max });
                 }
             }
-            Event::Rehashed(ok) => self.rehashed(now, ok),
+            Event::Rehashed(outcome) => self.rehashed(now, outcome == Outcome::Done),
             Event::FlashFailed => {
                 if let Some((w, _)) = self.written() {
                     self.fail(Failure::FlashWrite { at: w });

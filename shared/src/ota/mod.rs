@@ -45,7 +45,9 @@ pub use config::{
     MIN_BLOCK, QFOTADL_MAX_URL,
 };
 pub use connect::{Backoff, BACKOFF_BASE, BACKOFF_CAP, STEADY_SESSION};
-pub use event::{BootOutcome, BootReport, Event, HttpError, MarkError, ModuleError, ModulePhase, Resume};
+pub use event::{
+    BootOutcome, BootReport, Event, HttpError, MarkError, ModuleError, ModulePhase, Outcome, Resume, Verdict,
+};
 pub use failure::{Failure, FailureKind, ModuleName, MAX_PLATFORM_MSG};
 pub use machine::{OtaMachine, StateName, DELTA_HEAD_RAM, MAX_URL};
 pub use task::{module_of, Source, Task, TaskKey, UrlPiece};

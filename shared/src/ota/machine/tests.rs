@@ -649,7 +649,10 @@ fn a_diff_package_for_another_image_is_refused_before_a_byte_is_patched() {
 #[test]
 fn a_diff_package_the_device_cannot_apply_says_why() {
     for (compression, desc) in [
-        (1, "delta patch refused: compression 1 (lzma); this device takes detools patches in none, crle and heatshrink"),
+        (
+            1,
+            "delta patch refused: compression 1 (lzma); this device takes detools patches in none, crle and heatshrink",
+        ),
         (0x14, "delta patch refused: detools patch type 1; only sequential (0) is applied"),
     ] {
         let mut t = delta_t();
