@@ -14,7 +14,7 @@
 //! ```
 //!
 //! The bootloader links into BOOTLOADER; the app links at `ACTIVE.origin + image_header_size`.
-//! Both linker scripts are rendered from the table by [`render_memory_x`] (feature `render`), called
+//! Both linker scripts are rendered from the table by `render_memory_x` (feature `render`), called
 //! from the firmware build scripts; `xtask` and the flash simulator read the same table for
 //! packaging offsets and geometry. Const asserts below enforce embassy-boot's rules at compile time.
 #![cfg_attr(not(feature = "render"), no_std)]

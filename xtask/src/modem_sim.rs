@@ -66,7 +66,7 @@
 //! RDY
 //! ```
 //!
-//! The download is an HTTP/1.1 GET to 127.0.0.1:<port of the URL> (`Host`, `Connection: close`);
+//! The download is an HTTP/1.1 GET to `127.0.0.1:<port of the URL>` (`Host`, `Connection: close`);
 //! https:// is verified with **SSL context 2** (the context the firmware configures for its own
 //! downloads) and the URL's host as the name. The package ("module firmware", see
 //! [`fota_package`]): `QSIMFOTA1\n<new version>\n[from=<required version>\n]<payload>` followed by

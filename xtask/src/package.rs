@@ -41,7 +41,7 @@ pub struct Args {
     /// MCUboot header version when --version does not read as one (MAJOR[.MINOR[.REVISION]][+BUILD]).
     #[arg(long)]
     image_version: Option<String>,
-    /// Output folder (default: target/releases/<board>/<module>-<version>).
+    /// Output folder (default: target/releases/BOARD/MODULE-VERSION).
     #[arg(long)]
     out: Option<PathBuf>,
     /// The firmware fails its self-test, so devices roll it back (to show and test a rollback):

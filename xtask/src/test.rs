@@ -145,6 +145,21 @@ pub fn run(a: Args) -> Result<()> {
         .success();
     steps.push(("cargo fmt --check".into(), ok));
 
+    // The API docs: no broken links or stray HTML in any doc comment (shared, memory-layouts,
+    // xtask, and the app on the host board).
+    let doc = |args: &[&str], target_dir: Option<std::path::PathBuf>| -> Result<bool> {
+        let mut c = Command::new(env!("CARGO"));
+        c.current_dir(crate::root()).args(["doc", "--no-deps"]).args(args);
+        c.env("RUSTDOCFLAGS", "-D warnings").env(memory_layouts::build::PUBKEY_ENV, &dev_keys);
+        if let Some(d) = target_dir {
+            c.env("CARGO_TARGET_DIR", d);
+        }
+        Ok(c.status().context("running cargo doc")?.success())
+    };
+    let ok = doc(&["--workspace", "--exclude", "app", "--exclude", "bootloader"], None)?
+        && doc(&["-p", "app", "--features", "app/host"], Some(crate::build::target_dir()))?;
+    steps.push(("cargo doc --no-deps, warnings denied: shared, memory-layouts, xtask, app (host)".into(), ok));
+
     // The firmware verifies signatures with salty: run the image tests with it too.
     let ok = Command::new(env!("CARGO"))
         .current_dir(crate::root())

@@ -31,7 +31,7 @@ pub fn halt(_: BootError) -> ! {
 }
 
 /// ACL region 0 (nRF52840 Product Specification v1.x, "ACL - Access control lists": ACL at
-/// 0x4001_E000, ACL[n].ADDR / SIZE / PERM at 0x800 + 16 n, + 4, + 8; PERM bit 1 WRITE = Disable
+/// 0x4001_E000, `ACL[n].ADDR` / `SIZE` / `PERM` at 0x800 + 16 n, + 4, + 8; PERM bit 1 WRITE = Disable
 /// blocks write and erase, bit 2 READ stays Enable): BOOTLOADER and BOOT_RECORD, one range.
 /// ADDR must be a page boundary, SIZE a non-zero multiple of the page size and at most half the
 /// flash; checked at compile time.

@@ -13,7 +13,7 @@
 //! | failure | progress `0` or a negative step; an inform of a version that is neither the source nor the destination; the timeout, which runs from the first progress report |
 //! | block requests | 256..=131072 bytes (the last block of the file may be shorter), a known stream and file, an offset inside the file, a device with a task for it: else an error reply (`code` 400/404 with `msg`), never silence; optionally served one at a time (others dropped) |
 //! | pushes | `signMethod` `Md5` (with `md5`) or `SHA256` (without), `isDiff: 1` only for differential packages, `extData` (batch tags, `_package_udi`) as given, payload at most 256 KB |
-//! | differential packages | a job of one targets exactly its source version (`from` = [source]), and not the destination |
+//! | differential packages | a job of one targets exactly its source version (`from` = `[source]`), and not the destination |
 //! | URLs | pre-signed, valid 24 h by default |
 
 use super::auth::DeviceId;
