@@ -253,6 +253,10 @@ pub const QEMU_AN386: Layout = Layout {
     boot_attempts: 3,
 };
 
+/// qemu-an386's CMSDK APB watchdog (the bootloader starts it, the app feeds it; QEMU models it:
+/// a second timeout resets the machine).
+pub const QEMU_AN386_WATCHDOG: usize = 0x4000_8000;
+
 /// nRF52840-DK: 1 MiB internal NOR (4 KiB pages, 4-byte writes), 256 KiB RAM. The bootloader gets
 /// 48 KiB like MCUboot's nRF default, so it can grow without moving the slots of fielded devices.
 pub const NRF52840_DK: Layout = Layout {

@@ -6,8 +6,9 @@ use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNo
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-pub const ERASE: usize = 4096;
-pub const WRITE: usize = 4;
+pub const ERASE: usize = memory_layouts::HOST.geometry.erase_size as usize;
+pub const WRITE: usize = memory_layouts::HOST.geometry.write_size as usize;
+const ERASED: u8 = memory_layouts::HOST.geometry.erased;
 
 pub struct FileFlash {
     file: File,
@@ -72,7 +73,7 @@ impl NorFlash for FileFlash {
         }
         self.check(from, (to - from) as usize)?;
         self.slow();
-        let page = [0xFFu8; ERASE];
+        let page = [ERASED; ERASE];
         for at in (from..to).step_by(ERASE) {
             self.file.write_all_at(&page, at as u64).map_err(|_| NorFlashErrorKind::Other)?;
         }
@@ -86,7 +87,7 @@ impl NorFlash for FileFlash {
         self.slow();
         let mut cur = vec![0u8; bytes.len()];
         self.read(off, &mut cur)?;
-        if cur.iter().any(|&b| b != 0xFF) {
+        if cur.iter().any(|&b| b != ERASED) {
             // Programming a word that is not erased: a bug on NOR, refused here.
             return Err(NorFlashErrorKind::Other);
         }

@@ -20,7 +20,11 @@ use uart::Uart;
 
 const BOARD: Board = Board::QemuAn386;
 
-type Flash = RamNor<'static, 8192, 16>;
+type Flash = RamNor<
+    'static,
+    { memory_layouts::QEMU_AN386.geometry.erase_size as usize },
+    { memory_layouts::QEMU_AN386.geometry.write_size as usize },
+>;
 
 #[used]
 #[no_mangle]
@@ -156,7 +160,7 @@ impl log::Log for Semihosting {
 
 /// Feeds the watchdog the bootloader started.
 pub fn feed_watchdog() {
-    const WDOG: usize = 0x4000_8000;
+    const WDOG: usize = memory_layouts::QEMU_AN386_WATCHDOG;
     // SAFETY: the CMSDK watchdog's LOCK and INTCLR registers.
     unsafe {
         core::ptr::write_volatile((WDOG + 0xC00) as *mut u32, 0x1ACC_E551); // unlock

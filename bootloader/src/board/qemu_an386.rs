@@ -11,8 +11,11 @@ use shared::flash::RamNor;
 
 pub const BOARD: Board = Board::QemuAn386;
 
-/// The CMSDK APB watchdog of the AN386 (QEMU models it: a second timeout resets the machine).
-const WDOG: usize = 0x4000_8000;
+/// The CMSDK APB watchdog of the AN386.
+const WDOG: usize = memory_layouts::QEMU_AN386_WATCHDOG;
+/// The flash's geometry, from the layout table.
+const ERASE: usize = memory_layouts::QEMU_AN386.geometry.erase_size as usize;
+const WRITE: usize = memory_layouts::QEMU_AN386.geometry.write_size as usize;
 /// Two periods of 4 s at the 25 MHz system clock: a hung app is reset after 8 s.
 const WDOG_LOAD: u32 = 100_000_000;
 
@@ -40,7 +43,7 @@ fn ticks() -> u64 {
 }
 
 /// Starts the boot timer and the watchdog (the app feeds it), and maps the flash.
-pub fn init() -> RamNor<'static, 8192, 16> {
+pub fn init() -> RamNor<'static, ERASE, WRITE> {
     // SAFETY: SysTick is the bootloader's until the jump (`report_boot` stops it).
     let mut p = unsafe { cortex_m::Peripherals::steal() };
     p.SYST.set_clock_source(SystClkSource::Core);
