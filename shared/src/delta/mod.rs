@@ -227,8 +227,7 @@ impl core::fmt::Display for DeltaError {
             DeltaError::DataFormat => f.write_str("a detools data format, which devices do not apply"),
             DeltaError::Lzma { props, dict_size } => write!(
                 f,
-                "LZMA properties {props} and dictionary {dict_size}; this device takes properties 0 \
-                 (lc = lp = pb = 0) and a dictionary holding base and image"
+                "LZMA properties {props}, dictionary {dict_size}; this device takes properties 0 and base + image"
             ),
             DeltaError::TooLarge { size, slot } => write!(f, "it rebuilds {size} bytes, past the {slot}-byte slot"),
             DeltaError::Corrupt { what, at } => write!(f, "at patch byte {at}: {what}"),

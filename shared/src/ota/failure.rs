@@ -613,7 +613,7 @@ mod tests {
         "modem".try_into().unwrap()
     }
 
-    fn one_of_each() -> [Failure; 39] {
+    fn one_of_each() -> [Failure; 41] {
         [
             Failure::DiffUnsupported,
             Failure::delta_base(
@@ -623,7 +623,9 @@ mod tests {
                 &[0xcd; 32],
             ),
             Failure::DeltaRefused(DeltaError::Compression(1)),
+            Failure::DeltaRefused(DeltaError::Lzma { props: 93, dict_size: u32::MAX }),
             Failure::DeltaCorrupt(DeltaError::Corrupt { what: crate::delta::Corruption::TooLong, at: 4000 }),
+            Failure::DeltaCorrupt(DeltaError::Corrupt { what: crate::delta::Corruption::Lzma, at: u32::MAX }),
             Failure::DeltaRead,
             Failure::SignMethodUnsupported,
             Failure::SeveralFiles { files: 3 },
