@@ -41,6 +41,7 @@ impl<D: NorFlash, S: NorFlash> Rebuilt for crate::boot::Updater<D, S> {
     }
 
     fn read(&mut self, at: u32, out: &mut [u8]) -> Result<(), Self::Error> {
+        const { assert!(D::READ_SIZE == 1, "DFU is read back at byte granularity") };
         self.read_back(at, out)
     }
 }
