@@ -37,6 +37,9 @@ pub fn find_map(base: &[u8], target: &[u8], load: u32, min_run: usize) -> Map {
         i = j;
     }
     runs.retain(|r| i32::try_from(r.1).is_ok());
+    // A base position can match more than one target position (the target repeats itself): one
+    // shift per position, the first.
+    runs.dedup_by_key(|r| r.0);
     while runs.len() > MAX_SHIFTS {
         let weakest = (0..runs.len()).min_by_key(|&k| runs[k].2).expect("not empty");
         runs.remove(weakest);

@@ -21,8 +21,11 @@ const IS_REP_G0: usize = IS_REP + STATES;
 const IS_REP_G1: usize = IS_REP_G0 + STATES;
 const IS_REP_G2: usize = IS_REP_G1 + STATES;
 const IS_REP0_LONG: usize = IS_REP_G2 + STATES;
-const POS_SLOT: usize = IS_REP0_LONG + STATES; // 4 length states x 64 slots
-const SPEC_POS: usize = POS_SLOT + 4 * 64; // distances 4..127: 114
+/// 4 length states x 64 slots.
+const POS_SLOT: usize = IS_REP0_LONG + STATES;
+/// Distances 4..127: 114 (LzmaSpec has 115; index 0 of a reverse tree is never used, so the last
+/// cell, shared with ALIGN[0], is read by slot 13 alone).
+const SPEC_POS: usize = POS_SLOT + 4 * 64;
 const ALIGN: usize = SPEC_POS + 114;
 const LEN: usize = ALIGN + 16; // choice, choice 2, low 8, mid 8, high 256
 const LEN_SIZE: usize = 2 + 8 + 8 + 256;
@@ -341,7 +344,7 @@ impl Lzma {
                 dist
             };
             if dist == END {
-                return if pos == size || rc.short { Ok(Out::End) } else { Err(LzmaError::Corrupt) };
+                return if pos == size { Ok(Out::End) } else { Err(LzmaError::Corrupt) };
             }
             reps.copy_within(0..3, 1);
             reps[0] = dist;
