@@ -213,18 +213,9 @@ fn remap() -> CreateOptions {
 
 /// Our header and LZMA fields in front of `stream`, a raw LZMA1 stream over `map`'s remapped base.
 fn lzma_patch(base: &[u8], to_len: usize, map: &delta::Map, props: u8, dict_size: u32, stream: &[u8]) -> Vec<u8> {
-    let mut p = shared::delta::Header::emit_ours(
-        &base_id(base),
-        Filter::Remap { load: map.load, shifts: map.shifts.len() as u8 },
-    );
-    for w in [map.load, to_len as u32, dict_size] {
-        p.extend_from_slice(&w.to_le_bytes());
-    }
-    p.extend_from_slice(&[props, map.shifts.len() as u8]);
-    for s in &map.shifts {
-        p.extend_from_slice(&s.at.to_le_bytes());
-        p.extend_from_slice(&s.delta.to_le_bytes());
-    }
+    let mut p = delta::lzma_header(&base_id(base), map, to_len as u32, dict_size);
+    let at = p.len() - 8 * map.shifts.len() - 2;
+    p[at] = props;
     p.extend_from_slice(stream);
     p
 }

@@ -376,7 +376,7 @@ fn raw_lzma1_streams_from_pythons_lzma_apply_on_our_device() {
     // marker). Python's lzma module (its own build of liblzma) makes such streams without a
     // preset dictionary; with an empty map the device's dictionary is the base as it is, which
     // such a stream never reads: the image is rebuilt from the stream alone.
-    use shared::delta::{dict_size, Base, Filter, Header};
+    use shared::delta::{dict_size, lzma_header, Base, Map};
     let d = scratch("python_lzma");
     let (old, new) = (thumb_blob(0), thumb_blob(1));
     let id = Base { size: old.len() as u32, sha256: [7; 32], version: "1.3".try_into().unwrap() };
@@ -390,11 +390,7 @@ fn raw_lzma1_streams_from_pythons_lzma_apply_on_our_device() {
     let o = run(&venv_python(), &["-c", script, s(&raw), s(&out), &dict.to_string()]);
     assert!(o.status.success(), "python lzma: {}", text(&o.stderr));
     let stream = std::fs::read(&out).unwrap();
-    let mut patch = Header::emit_ours(&id, Filter::Remap { load: 0x1_0000, shifts: 0 });
-    for w in [0x1_0000u32, new.len() as u32, dict] {
-        patch.extend_from_slice(&w.to_le_bytes());
-    }
-    patch.extend_from_slice(&[0, 0]); // properties 0, no shifts
+    let mut patch = lzma_header(&id, &Map { load: 0x1_0000, shifts: Default::default() }, new.len() as u32, dict);
     patch.extend_from_slice(&stream);
     let rebuilt = xtask::package::apply_delta(&patch, &old, 1 << 20).unwrap();
     assert!(rebuilt == new, "our patcher rebuilt other bytes from Python's stream");

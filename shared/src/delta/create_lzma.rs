@@ -63,17 +63,24 @@ pub fn find_map(base: &[u8], target: &[u8], load: u32, min_run: usize) -> Map {
 /// with its end marker) whose dictionary starts as the remapped base.
 pub fn create_lzma(base: &[u8], target: &[u8], base_id: &Base, map: &Map) -> Vec<u8> {
     let dict_size = dict_size(base.len(), target.len());
+    let mut out = lzma_header(base_id, map, target.len() as u32, dict_size);
+    out.extend(lzma_raw(&map.remap_all(base), target, dict_size, true).expect("liblzma encodes in memory"));
+    out
+}
+
+/// Everything of an LZMA patch before its stream: our header, the LZMA fields (properties 0:
+/// lc = lp = pb = 0) and the map.
+pub fn lzma_header(base_id: &Base, map: &Map, to_len: u32, dict_size: u32) -> Vec<u8> {
     let mut out = Header::emit_ours(base_id, Filter::Remap { load: map.load, shifts: map.shifts.len() as u8 });
-    out.extend_from_slice(&map.load.to_le_bytes());
-    out.extend_from_slice(&(target.len() as u32).to_le_bytes());
-    out.extend_from_slice(&dict_size.to_le_bytes());
-    out.push(0); // properties: lc = lp = pb = 0
+    for w in [map.load, to_len, dict_size] {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out.push(0); // properties
     out.push(map.shifts.len() as u8);
     for s in &map.shifts {
         out.extend_from_slice(&s.at.to_le_bytes());
         out.extend_from_slice(&s.delta.to_le_bytes());
     }
-    out.extend(lzma_raw(&map.remap_all(base), target, dict_size, true).expect("liblzma encodes in memory"));
     out
 }
 

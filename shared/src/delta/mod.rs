@@ -79,7 +79,7 @@ pub use apply::Rebuilt;
 #[cfg(feature = "std")]
 pub use create::{create, create_smallest, heatshrink_compress, pack_size, CreateOptions};
 #[cfg(feature = "delta-lzma")]
-pub use create_lzma::{create_lzma, dict_size, find_map, lzma_raw};
+pub use create_lzma::{create_lzma, dict_size, find_map, lzma_header, lzma_raw};
 pub use header::{Base, Compression, Filter, Header, MAGIC, MAX_HEADER, MAX_VERSION};
 pub use lzma::PROBS as LZMA_PROBS;
 pub use remap::{Map, Shift, MAX_SHIFTS};

@@ -20,6 +20,7 @@
 //! A wrong guess costs patch bytes, never correctness: `T(base)` is only the dictionary an LZMA
 //! patch copies from, and the rebuilt image is verified as always.
 
+use super::thumb::{field, is_bl, set_field};
 use heapless::Vec;
 
 /// Most shifts a patch's map holds (8 bytes of RAM each).
@@ -42,11 +43,6 @@ pub struct Map {
     pub load: u32,
     /// Shifts by increasing `at`.
     pub shifts: Vec<Shift, MAX_SHIFTS>,
-}
-
-/// Whether `b[i..i + 4]` is a candidate `BL` (as in [`super::thumb`]).
-fn is_bl(b: &[u8], i: usize) -> bool {
-    b[i + 1] & 0xF8 == 0xF0 && b[i + 3] & 0xF8 == 0xF8
 }
 
 impl Map {
@@ -106,18 +102,9 @@ impl Map {
                         },
                     );
                 if free {
-                    let b = &orig[i..i + 4];
-                    let raw = (u32::from(b[1] & 7) << 19)
-                        | (u32::from(b[0]) << 11)
-                        | (u32::from(b[3] & 7) << 8)
-                        | u32::from(b[2]);
-                    let off = i64::from(((raw << 10) as i32) >> 10); // sign-extend 22 bits
+                    let off = i64::from(((field(orig, i) << 10) as i32) >> 10); // sign-extend 22 bits
                     let (p, q) = (pos as i64, pos as i64 + 4 + 2 * off);
-                    let new = (((q + self.delta(q)) - (p + self.delta(p)) - 4) >> 1) as u32 & 0x3f_ffff;
-                    out[i + 1] = 0xF0 | ((new >> 19) & 7) as u8;
-                    out[i] = (new >> 11) as u8;
-                    out[i + 3] = 0xF8 | ((new >> 8) & 7) as u8;
-                    out[i + 2] = new as u8;
+                    set_field(out, i, (((q + self.delta(q)) - (p + self.delta(p)) - 4) >> 1) as u32);
                 }
             }
             i += 2;

@@ -13,22 +13,28 @@
 //! byte what `lzma.FILTER_ARMTHUMB` gives (checked by the interop tests).
 
 /// Whether `b[i..i + 4]` is a candidate `BL` (the caller checks `i + 4 <= b.len()`).
-fn is_bl(b: &[u8], i: usize) -> bool {
+pub(crate) fn is_bl(b: &[u8], i: usize) -> bool {
     b[i + 1] & 0xF8 == 0xF0 && b[i + 3] & 0xF8 == 0xF8
+}
+
+/// The 22-bit field of the candidate `BL` at `b[i..i + 4]` (its offset in halfwords).
+pub(crate) fn field(b: &[u8], i: usize) -> u32 {
+    (u32::from(b[i + 1] & 7) << 19) | (u32::from(b[i]) << 11) | (u32::from(b[i + 3] & 7) << 8) | u32::from(b[i + 2])
+}
+
+/// Stores the low 22 bits of `v` as the field of the `BL` at `b[i..i + 4]`.
+pub(crate) fn set_field(b: &mut [u8], i: usize, v: u32) {
+    b[i + 1] = 0xF0 | ((v >> 19) & 7) as u8;
+    b[i] = (v >> 11) as u8;
+    b[i + 3] = 0xF8 | ((v >> 8) & 7) as u8;
+    b[i + 2] = v as u8;
 }
 
 /// Converts the `BL` at `b[i..i + 4]`, at image offset `pos`.
 fn convert(b: &mut [u8], i: usize, pos: u32, encode: bool) {
-    let src = (u32::from(b[i + 1] & 7) << 19)
-        | (u32::from(b[i]) << 11)
-        | (u32::from(b[i + 3] & 7) << 8)
-        | u32::from(b[i + 2]);
-    let src = src << 1;
+    let src = field(b, i) << 1;
     let dest = if encode { pos.wrapping_add(4).wrapping_add(src) } else { src.wrapping_sub(pos.wrapping_add(4)) } >> 1;
-    b[i + 1] = 0xF0 | ((dest >> 19) & 7) as u8;
-    b[i] = (dest >> 11) as u8;
-    b[i + 3] = 0xF8 | ((dest >> 8) & 7) as u8;
-    b[i + 2] = dest as u8;
+    set_field(b, i, dest);
 }
 
 /// Filters a whole image in place (`encode`: relative to absolute).
