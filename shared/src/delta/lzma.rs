@@ -73,23 +73,29 @@ enum Out {
     End,
 }
 
-/// The decoder.
+/// The decoder: the model, the range coder's state and the input not decoded yet.
 #[derive(Clone, Debug)]
 pub(crate) struct Lzma {
-    probs: [u16; PROBS],
+    model: Model,
     range: u32,
     code: u32,
-    state: u8,
-    reps: [u32; 4],
     inbuf: [u8; INBUF],
     in_len: u8,
     /// Range coder bytes read at the start (5 before the first symbol).
     init: u8,
+    ended: bool,
+}
+
+/// What decoding a symbol reads and changes besides the range coder.
+#[derive(Clone, Debug)]
+struct Model {
+    probs: [u16; PROBS],
+    state: u8,
+    reps: [u32; 4],
     /// Bytes decoded so far, and the bytes before them a copy may reach (the base).
     pos: u32,
     avail_before: u32,
     size: u32,
-    ended: bool,
 }
 
 /// The range decoder over a slice, with the position it reached.
@@ -184,17 +190,12 @@ impl Lzma {
     /// A decoder for `size` bytes after `avail_before` bytes of preset dictionary.
     pub(crate) const fn new(avail_before: u32, size: u32) -> Self {
         Lzma {
-            probs: [1024; PROBS],
+            model: Model { probs: [1024; PROBS], state: 0, reps: [0; 4], pos: 0, avail_before, size },
             range: 0xFFFF_FFFF,
             code: 0,
-            state: 0,
-            reps: [0; 4],
             inbuf: [0; INBUF],
             in_len: 0,
             init: 0,
-            pos: 0,
-            avail_before,
-            size,
             ended: false,
         }
     }
@@ -233,16 +234,7 @@ impl Lzma {
             let final_part = last && data.is_empty();
             while self.init == 5 && !self.ended && (n - used >= REQUIRED || (final_part && n > used)) {
                 let mut rc = Rc { range: self.range, code: self.code, inp: &self.inbuf[used..n], at: 0, short: false };
-                let step = Self::symbol(
-                    &mut self.probs,
-                    &mut self.state,
-                    &mut self.reps,
-                    &mut rc,
-                    self.pos,
-                    self.avail_before,
-                    self.size,
-                    d,
-                );
+                let step = self.model.symbol(&mut rc, d);
                 if rc.short {
                     return Err(LzmaError::Truncated);
                 }
@@ -254,11 +246,11 @@ impl Lzma {
                 match out {
                     Out::Literal(b) => {
                         d.put(&[b]).map_err(LzmaError::Dict)?;
-                        self.pos += 1;
+                        self.model.pos += 1;
                     }
                     Out::Copy { dist, len } => {
                         copy_match(d, dist, len)?;
-                        self.pos += len;
+                        self.model.pos += len;
                     }
                     Out::End if self.code != 0 => return Err(LzmaError::Corrupt),
                     Out::End => self.ended = true,
@@ -277,21 +269,14 @@ impl Lzma {
             }
         }
     }
+}
 
-    /// Decodes one symbol: a literal (put at once) or a copy `(distance, length)` for the caller.
-    #[allow(clippy::too_many_arguments)]
-    fn symbol<D: Dict>(
-        probs: &mut [u16; PROBS],
-        state: &mut u8,
-        reps: &mut [u32; 4],
-        rc: &mut Rc<'_>,
-        pos: u32,
-        avail_before: u32,
-        size: u32,
-        d: &mut D,
-    ) -> Result<Out, LzmaError<D::Error>> {
-        let s = *state as usize;
-        let avail = u64::from(avail_before) + u64::from(pos);
+impl Model {
+    /// Decodes one symbol (a literal, a copy or the end) for the caller to carry out.
+    fn symbol<D: Dict>(&mut self, rc: &mut Rc<'_>, d: &mut D) -> Result<Out, LzmaError<D::Error>> {
+        let (s, pos, size) = (self.state as usize, self.pos, self.size);
+        let avail = u64::from(self.avail_before) + u64::from(pos);
+        let Model { probs, state, reps, .. } = self;
         if rc.bit(&mut probs[IS_MATCH + s]) == 0 {
             if pos >= size {
                 return Err(LzmaError::Corrupt);
