@@ -165,6 +165,34 @@ impl Dev {
         Killed(c.spawn().expect("starting the host device"))
     }
 
+    /// Cuts the power of the running device (`kill -9`), starts it again with `env`, and waits
+    /// until it is online on `version` in a new session (the console may not yet have seen the
+    /// old one close: only a new CONNECT shows this boot passed the bootloader).
+    fn power_cycle(&self, c: &Console, running: Killed, env: &[(&str, &str)], version: &str) -> Killed {
+        let id = self.id();
+        let connects = c.with(|e| e.device(&id).map_or(0, |d| d.connects));
+        drop(running);
+        let d = self.start(env);
+        c.wait(Duration::from_secs(30), &format!("{} online on {version} again", self.name), |e| {
+            e.device(&id).is_some_and(|d| d.connects > connects && d.online && d.version() == Some(version))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        d
+    }
+
+    /// Waits until the log, from byte `from` on, contains `pat` `n` times; returns the log.
+    fn wait_log(&self, from: usize, pat: &str, n: usize, secs: u64) -> String {
+        let t0 = Instant::now();
+        loop {
+            let log = self.log();
+            if log.get(from..).is_some_and(|l| l.matches(pat).count() >= n) {
+                return log;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(secs), "{pat:?} not {n} times in {secs} s:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("device.log")).unwrap_or_default()
     }
@@ -351,7 +379,7 @@ fn a_leaked_key_is_retired_by_a_release_signed_with_the_next_key() {
     assert!(shown.contains("signed by key slot 1") && shown.contains("revokes key slot(s) 0"), "{shown}");
     let c = console_with(&["dev-rotate"], |_| {});
     let dev = Dev::new("dev-rotate", c.mqtt_port, "");
-    let _d = dev.start(&[]);
+    let d = dev.start(&[]);
     dev.runs(&c, "1.3", 30);
     // Key 0 leaked: 1.7, signed by key 1, revokes it once the device confirms it.
     let j = c.add_job(job("1.7", Protocol::Mqtt)).unwrap();
@@ -366,10 +394,9 @@ fn a_leaked_key_is_retired_by_a_release_signed_with_the_next_key() {
     assert!(t.desc.contains("signed with key 0, which this device has revoked"), "{t:?}");
     assert_eq!(t.failure, Some(shared::ota::FailureKind::ImageRefused), "{t:?}");
     dev.runs(&c, "1.7", 30);
-    // After a power cycle the revocation is in BOOT_RECORD, not only in the app's memory.
-    drop(_d);
-    let _d = dev.start(&[]);
-    dev.runs(&c, "1.7", 30);
+    // After a power cycle the revocation is in BOOT_RECORD, not only in the app's memory (the
+    // bootloader stores it at the boot after the confirm).
+    let _d = dev.power_cycle(&c, d, &[], "1.7");
     let f = std::fs::read(&dev.flash).unwrap();
     let l = memory_layouts::Board::Host.layout();
     let mut region = shared::image::SliceFlash(&f[l.boot_record.origin as usize..l.boot_record.end() as usize]);
@@ -406,20 +433,22 @@ fn an_unreachable_broker_does_not_count_against_a_new_image_until_its_deadline()
     let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
     dev.downloaded(&c, j, 60);
     proxy.set_offline(true);
-    std::thread::sleep(Duration::from_secs(8));
+    // Back when 1.4 has failed to connect three times (however long the swap took).
+    let log = dev.wait_log(0, "boot: running 1.4", 1, 60);
+    let from = log.find("boot: running 1.4").unwrap();
+    let log = dev.wait_log(from, "reconnecting in ", 3, 60);
     proxy.set_offline(false);
     let t = dev.outcome(&c, j, 60);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", dev.log());
     assert_eq!(dev.active_version(), "1.4");
     // It backed off, doubling (with jitter): 1 s, 2 s, 4 s...
-    let delays: Vec<f64> = dev
-        .log()
+    let delays: Vec<f64> = log[from..]
         .lines()
         .filter_map(|l| l.split("reconnecting in ").nth(1))
         .filter_map(|r| r.trim_end_matches(" s").parse().ok())
         .collect();
-    assert!(delays.len() >= 3, "{delays:?}");
-    assert!(delays.windows(2).take(3).all(|w| w[1] > w[0]), "the back-off doubles: {delays:?}");
+    assert!(delays.len() >= 3, "{delays:?}\n{log}");
+    assert!(delays.windows(2).take(3).all(|w| w[1] > w[0]), "the back-off doubles: {delays:?}\n{log}");
 
     // Past the deadline of each of its boot attempts: the new image is started again (the reset
     // counts as one), then reverted, and says so when the network is back.
@@ -428,14 +457,15 @@ fn an_unreachable_broker_does_not_count_against_a_new_image_until_its_deadline()
     let _d = dev.start(&slow); // the job above matches it too
     dev.downloaded(&c, j, 60);
     proxy.set_offline(true);
-    let t0 = Instant::now();
-    while !dev.log().contains("last boot: Reverted") {
-        assert!(t0.elapsed() < Duration::from_secs(90), "not reverted while offline:\n{}", dev.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    dev.wait_log(0, "last boot: Reverted", 1, 90);
     proxy.set_offline(false);
     let t = dev.outcome(&c, j, 60);
-    assert_eq!((t.state, t.failure), (TaskState::Failed, Some(shared::ota::FailureKind::Reverted)), "{t:?}");
+    assert_eq!(
+        (t.state, t.failure),
+        (TaskState::Failed, Some(shared::ota::FailureKind::Reverted)),
+        "{t:?}\n{}",
+        dev.log()
+    );
     dev.runs(&c, "1.3", 30);
     let attempts = memory_layouts::Board::Host.layout().boot_attempts as usize;
     let starts = dev.log().matches("boot: running 1.4").count();
@@ -641,9 +671,7 @@ fn a_differential_package_is_patched_from_the_running_image_and_a_foreign_one_re
 
     // Over HTTP Range, with a power cut while it patches (slow flash): it starts over from byte 0 and
     // succeeds (a patch is never resumed: the patcher's state was in RAM).
-    drop(d);
-    let d = dev.start(&[("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "15")]);
-    dev.runs(&c, "2.0", 30);
+    let d = dev.power_cycle(&c, d, &[("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "15")], "2.0");
     let j = c.add_job(delta_job("2.2", "2.0", Protocol::Https)).unwrap();
     let id = dev.id();
     c.wait(Duration::from_secs(60), "the patch to start", |e| {
