@@ -28,10 +28,10 @@ mod firmware {
     #[entry]
     fn main() -> ! {
         let layout = board::BOARD.layout();
-        // The flash driver covers BOOT_RECORD to the end of flash: never the bootloader itself.
-        let base = layout.boot_record.origin;
+        // Partitions of the board's flash driver (offset 0 at `board::FLASH_BASE`): BOOT_RECORD,
+        // STATE and the slots, never the bootloader itself.
         let flash = Mutex::<NoopRawMutex, _>::new(RefCell::new(board::init()));
-        let part = |r: Region| BlockingPartition::new(&flash, r.origin - base, r.length);
+        let part = |r: Region| BlockingPartition::new(&flash, r.origin - board::FLASH_BASE, r.length);
         let mut slots = Slots {
             active: part(layout.active),
             dfu: part(layout.dfu),

@@ -8,8 +8,12 @@ use shared::boot::{Boot, BootError};
 
 pub const BOARD: Board = Board::Nrf52840Dk;
 
-/// A window of the NVMC from BOOT_RECORD to the end of flash.
-pub type Flash = Offset<WatchdogFlash<Nvmc<'static>>>;
+/// The NVMC, all of it, fed to the watchdog on every operation.
+pub type Flash = WatchdogFlash<Nvmc<'static>>;
+
+/// The address offset 0 of [`Flash`] maps to: the partitions are embassy-embedded-hal's
+/// `BlockingPartition`s at `region.origin - FLASH_BASE`.
+pub const FLASH_BASE: u32 = BOARD.layout().flash.origin;
 
 pub fn init() -> Flash {
     let p = embassy_nrf::init(Default::default());
@@ -17,8 +21,7 @@ pub fn init() -> Flash {
     config.timeout_ticks = 32768 * 8; // 8 s: the app must feed it or confirm quickly
     config.action_during_sleep = wdt::SleepConfig::Run;
     config.action_during_debug_halt = wdt::HaltConfig::Pause;
-    let flash = WatchdogFlash::start(Nvmc::new(p.NVMC), p.WDT, config);
-    Offset { inner: flash, base: BOARD.layout().boot_record.origin }
+    WatchdogFlash::start(Nvmc::new(p.NVMC), p.WDT, config)
 }
 
 pub fn report_boot(_: &Boot) {}
@@ -57,37 +60,4 @@ pub fn protect() {
     acl.addr().write_value(ACL_REGION.origin);
     acl.size().write_value(ACL_REGION.length);
     acl.perm().write(|w| w.set_write(Write::Disable));
-}
-
-/// The flash seen from `base` on, so partition offsets match the other boards' drivers.
-pub struct Offset<F> {
-    inner: F,
-    base: u32,
-}
-
-use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
-
-impl<F: ErrorType> ErrorType for Offset<F> {
-    type Error = F::Error;
-}
-
-impl<F: ReadNorFlash> ReadNorFlash for Offset<F> {
-    const READ_SIZE: usize = F::READ_SIZE;
-    fn read(&mut self, off: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        self.inner.read(self.base + off, bytes)
-    }
-    fn capacity(&self) -> usize {
-        self.inner.capacity() - self.base as usize
-    }
-}
-
-impl<F: NorFlash> NorFlash for Offset<F> {
-    const WRITE_SIZE: usize = F::WRITE_SIZE;
-    const ERASE_SIZE: usize = F::ERASE_SIZE;
-    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-        self.inner.erase(self.base + from, self.base + to)
-    }
-    fn write(&mut self, off: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        self.inner.write(self.base + off, bytes)
-    }
 }

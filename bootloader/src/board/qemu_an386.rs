@@ -42,6 +42,10 @@ fn ticks() -> u64 {
     }
 }
 
+/// The address offset 0 of the flash [`init`] returns maps to: BOOT_RECORD (the bootloader's
+/// own code and data lie below it, in no slice).
+pub const FLASH_BASE: u32 = BOARD.layout().boot_record.origin;
+
 /// Starts the boot timer and the watchdog (the app feeds it), and maps the flash.
 pub fn init() -> RamNor<'static, ERASE, WRITE> {
     // SAFETY: SysTick is the bootloader's until the jump (`report_boot` stops it).
@@ -60,7 +64,7 @@ pub fn init() -> RamNor<'static, ERASE, WRITE> {
         core::ptr::write_volatile(reg(0xC00), 0); // lock
     }
     let l = BOARD.layout();
-    let base = l.boot_record.origin;
+    let base = FLASH_BASE;
     let len = (l.flash.end() - base) as usize;
     // SAFETY: BOOT_RECORD..end of mps.ram is plain RAM that nothing else in the bootloader
     // touches; the bootloader's own code and data lie below it.
