@@ -94,7 +94,7 @@ where
 {
     let OtaState { machine, modem, patcher, http, mqtt, work } = state;
     let mut f = f;
-    let booted = driver::boot(&mut f, b.layout, &mut work[..], b.say).map_err(|e| {
+    let booted = driver::boot(&mut f, &mut work[..], b.say).map_err(|e| {
         (b.say)(format_args!("app: {}", e));
         "cannot read the boot info"
     })?;
@@ -119,7 +119,7 @@ where
             ca: Some(crate::root_ca(prov.port)),
         },
     };
-    let board = driver::Board {
+    let board = driver::BoardIo {
         layout: b.layout,
         link: &mut link,
         http: &mut ModemHttp::new(modem, b.clock, crate::DOWNLOAD_CA),

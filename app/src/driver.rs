@@ -20,7 +20,7 @@ use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use memory_layouts::Layout;
 use shared::alink::{self, AlinkError, DeviceSecret, SignMethod};
-use shared::boot::{boot_info, confirm, request_revert, resume, UpdateError, Updater};
+use shared::boot::{boot_info, confirm, request_revert, resume, FirmwareUpdaterConfig, Slots, UpdateError, Updater};
 use shared::delta::Patcher;
 use shared::image::{PublicKey, VerifyOptions};
 use shared::ota::{
@@ -114,17 +114,18 @@ pub trait Link {
     async fn open(&mut self) -> Result<Self::Io<'_>, Self::Error>;
 }
 
-/// The flash the app uses, each region as its own device (offset 0 = region start).
-pub struct Flashes<A, R, S, D> {
-    /// ACTIVE: the running image (read).
-    pub active: A,
-    /// BOOT_RECORD (read).
-    pub boot_record: R,
-    /// STATE (confirm, mark).
-    pub state: S,
-    /// DFU (download).
-    pub dfu: D,
-}
+// Every board's flash erases to the value shared (and embassy-boot's STATE logic) is built for.
+const _: () = {
+    let mut i = 0;
+    while i < memory_layouts::Board::ALL.len() {
+        assert!(memory_layouts::Board::ALL[i].layout().geometry.erased == shared::boot::ERASED);
+        i += 1;
+    }
+};
+
+/// The flash the app uses, each region as its own device (offset 0 = region start): ACTIVE and
+/// BOOT_RECORD read, STATE (confirm, mark) and DFU (download) written.
+pub type Flashes<A, R, S, D> = Slots<A, D, S, R>;
 
 /// Who the device is and how it talks to the broker (from the PROVISION page or device.toml).
 pub struct Settings<'a> {
@@ -176,7 +177,7 @@ impl<'a> Settings<'a> {
 }
 
 /// What the board provides besides flash.
-pub struct Board<'a, L, H, M, C> {
+pub struct BoardIo<'a, L, H, M, C> {
     /// Flash geometry and slot sizes.
     pub layout: &'static Layout,
     /// The broker's byte stream.
@@ -261,7 +262,6 @@ struct Ctx<'a> {
     raises: (u32, u32),
     slot_size: u32,
     self_test: bool,
-    erased: u8,
     /// Bytes of the running image (the base of a patch that names none).
     image_len: u32,
 }
@@ -295,8 +295,8 @@ enum End {
 
 /// The machine, the updater and what carries out actions.
 struct Core<'a, H, M, C, A, D, S> {
-    m: &'a mut OtaMachine,
-    up: Updater<D, S>,
+    machine: &'a mut OtaMachine,
+    updater: Updater<D, S>,
     /// ACTIVE: the base of differential packages.
     active: A,
     patcher: &'a mut Patcher,
@@ -325,7 +325,6 @@ pub struct Booted {
 /// Reads what the boot left and says which image runs (before anything else can fail).
 pub fn boot<A, R, S, D>(
     f: &mut Flashes<A, R, S, D>,
-    layout: &Layout,
     work: &mut [u8],
     say: fn(Arguments<'_>),
 ) -> Result<Booted, SetupError>
@@ -336,8 +335,7 @@ where
     D: NorFlash,
 {
     let keys = TRUSTED_KEYS.map(PublicKey);
-    let info = boot_info(&mut f.active, &mut f.boot_record, &mut f.state, &keys, layout.geometry.erased, work)
-        .map_err(SetupError::BootInfo)?;
+    let info = boot_info(f, &keys, work).map_err(SetupError::BootInfo)?;
     let saved = resume::load(&mut f.dfu).ok().flatten();
     let r = BootReport::new(&info, saved);
     say(format_args!("app: running {} (module {})", r.version, r.module));
@@ -349,7 +347,7 @@ where
 pub async fn run<L, H, M, C, A, R, S, D>(
     booted: Booted,
     f: Flashes<A, R, S, D>,
-    b: Board<'_, L, H, M, C>,
+    b: BoardIo<'_, L, H, M, C>,
     s: &Settings<'_>,
     slot: &mut core::mem::MaybeUninit<OtaMachine>,
     bufs: Buffers<'_>,
@@ -388,8 +386,8 @@ where
     let subs = [subs[0].as_str(), subs[1].as_str(), subs[2].as_str()];
     let mut backoff = Backoff::new(fnv(s.device_name) ^ clock.now().as_millis());
     let mut core = Core {
-        m,
-        up: Updater::new(f.dfu, f.state, l.geometry.erased, 0),
+        machine: m,
+        updater: Updater::new(FirmwareUpdaterConfig { dfu: f.dfu, state: f.state }, 0),
         active: f.active,
         patcher,
         patching: false,
@@ -404,7 +402,6 @@ where
             raises: (info.running.sec_cnt, info.running.revokes),
             slot_size: l.active.length,
             self_test: b.self_test,
-            erased: l.geometry.erased,
             image_len: info.running.total_len,
         },
         work,
@@ -420,7 +417,7 @@ where
             End::Reset => return Ok(Exit::Reset),
             End::Refused(code) => {
                 (b.say)(format_args!("app: {}", MqttError::Refused(code)));
-                core.m.handle(clock.now(), Event::ConnectRefused(code));
+                core.machine.handle(clock.now(), Event::ConnectRefused(code));
                 // A new image refused for its credentials is reverted (the machine resets).
                 if let Some(exit) = core.act::<L::Io<'_>>(None, &Last::None).await {
                     return Ok(exit);
@@ -439,10 +436,10 @@ where
         // The machine's timers run meanwhile: a new image's confirm deadline.
         let until = clock.now() + delay;
         loop {
-            let wake = core.m.poll_timeout().map_or(until, |t| t.min(until));
+            let wake = core.machine.poll_timeout().map_or(until, |t| t.min(until));
             clock.sleep_until(wake).await;
             let now = clock.now();
-            core.m.handle_timeout(now);
+            core.machine.handle_timeout(now);
             if let Some(exit) = core.act::<L::Io<'_>>(None, &Last::None).await {
                 return Ok(exit);
             }
@@ -480,7 +477,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
             if self.module_version.as_ref() != Some(&v) {
                 log::info!("module {}: firmware {}", name, v.as_str());
                 let name: heapless::String<32> = heapless::String::try_from(name).unwrap_or_default();
-                self.m.handle(self.clock.now(), Event::ModuleVersion { module: &name, version: &v });
+                self.machine.handle(self.clock.now(), Event::ModuleVersion { module: &name, version: &v });
                 self.module_version = Some(v);
             }
         }
@@ -503,9 +500,9 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
         }
         log::info!("connected as {}", creds.client_id.as_str());
         let clock = self.clock;
-        self.m.handle(clock.now(), Event::Connected);
+        self.machine.handle(clock.now(), Event::Connected);
         // The machine's names, copied: the topics are read while the machine is handed events.
-        let (pk, dn) = (self.m.config().product_key.clone(), self.m.config().device_name.clone());
+        let (pk, dn) = (self.machine.config().product_key.clone(), self.machine.config().device_name.clone());
         let topics = alink::Topics { product_key: &pk, device_name: &dn };
         let ping_every = Duration::from_secs(keep_alive as u64 / 2);
         let mut next_ping = clock.now() + ping_every;
@@ -517,7 +514,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
             if let Some(Exit::Reset) = self.act(Some(&mut mqtt), &last).await {
                 return End::Reset;
             }
-            let wake = self.m.poll_timeout().map_or(next_ping, |t| t.min(next_ping));
+            let wake = self.machine.poll_timeout().map_or(next_ping, |t| t.min(next_ping));
             let next =
                 select4(mqtt.next(), clock.sleep_until(wake), self.http.read(self.body), self.module.next()).await;
             last = Last::None;
@@ -528,51 +525,51 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                     let name = core::str::from_utf8(&rx[topic]).unwrap_or("");
                     if let Some(downlink) = topics.classify(name) {
                         log::debug!("received {} bytes on {}", payload.len(), name);
-                        self.m.handle(now, Event::Message { topic: downlink, payload: &rx[payload.clone()] });
+                        self.machine.handle(now, Event::Message { topic: downlink, payload: &rx[payload.clone()] });
                         last = Last::Mqtt(payload);
                     }
                 }
                 Either4::First(Ok(Incoming::Oversized { topic, len })) => {
                     log::warn!("discarded a message of {} bytes on {} (the buffer holds {})", len, topic.as_str(), max);
                     if let Some(downlink) = topics.classify(&topic) {
-                        self.m.handle(now, Event::Oversized { topic: downlink, len, max });
+                        self.machine.handle(now, Event::Oversized { topic: downlink, len, max });
                     }
                 }
-                Either4::First(Ok(Incoming::Acked(pid))) => self.m.handle(now, Event::Acked(pid)),
+                Either4::First(Ok(Incoming::Acked(pid))) => self.machine.handle(now, Event::Acked(pid)),
                 Either4::First(Err(e)) => {
-                    self.m.handle(now, Event::Disconnected);
+                    self.machine.handle(now, Event::Disconnected);
                     log::warn!("MQTT: {}", e);
                     return End::Lost;
                 }
                 Either4::Second(()) => {
                     if now >= next_ping {
                         if heard_at_ping == Some(mqtt.received) {
-                            self.m.handle(now, Event::Disconnected);
+                            self.machine.handle(now, Event::Disconnected);
                             log::warn!("MQTT: {}", MqttError::Silent);
                             return End::Lost;
                         }
                         heard_at_ping = Some(mqtt.received);
                         if let Err(e) = mqtt.ping().await {
-                            self.m.handle(now, Event::Disconnected);
+                            self.machine.handle(now, Event::Disconnected);
                             log::warn!("MQTT: {}", e);
                             return End::Lost;
                         }
                         next_ping = now + ping_every;
                     }
-                    self.m.handle_timeout(now);
+                    self.machine.handle_timeout(now);
                 }
                 Either4::Third(Ok(0)) => {
                     self.http.close();
-                    self.m.handle(now, Event::HttpEnd);
+                    self.machine.handle(now, Event::HttpEnd);
                 }
                 Either4::Third(Ok(n)) => {
-                    self.m.handle(now, Event::HttpBody(&self.body[..n]));
+                    self.machine.handle(now, Event::HttpBody(&self.body[..n]));
                     last = Last::Http(n);
                 }
                 Either4::Third(Err(e)) => {
                     log::warn!("download: {}", e);
                     self.http.close();
-                    self.m.handle(now, Event::HttpFailed(e));
+                    self.machine.handle(now, Event::HttpFailed(e));
                 }
                 Either4::Fourth(news) => self.module_news(news),
             }
@@ -583,17 +580,30 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
     fn module_news(&mut self, news: ModuleNews) {
         let now = self.clock.now();
         match news {
-            ModuleNews::Progress(phase, percent) => self.m.handle(now, Event::ModuleProgress { phase, percent }),
+            ModuleNews::Progress(phase, percent) => self.machine.handle(now, Event::ModuleProgress { phase, percent }),
             ModuleNews::Done(r) => {
                 log::info!("module update: {:?}", r);
-                self.m.handle(now, Event::ModuleDone(r));
+                self.machine.handle(now, Event::ModuleDone(r));
             }
         }
     }
 
     /// Carries out the machine's actions; `last` says where the last event's bytes are.
     async fn act<T: Read + Write>(&mut self, mut mqtt: Option<&mut Mqtt<'_, T>>, last: &Last) -> Option<Exit> {
-        let Core { m, up, active, patcher, patching, http, module: module_dev, clock, ctx, work, body, .. } = self;
+        let Core {
+            machine: m,
+            updater: up,
+            active,
+            patcher,
+            patching,
+            http,
+            module: module_dev,
+            clock,
+            ctx,
+            work,
+            body,
+            ..
+        } = self;
         let (clock, buf) = (*clock, &mut **work);
         loop {
             let a = m.poll_action()?;
@@ -615,7 +625,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                     Some(Event::SelfTest(if ctx.self_test { Verdict::Pass } else { Verdict::Fail }))
                 }
                 Action::Confirm => {
-                    let ok = confirm(up.state(), ctx.erased, buf).is_ok();
+                    let ok = confirm(up.state(), buf).is_ok();
                     log::info!("confirm: {}", if ok { "done" } else { "FAILED" });
                     if ok {
                         // In force from now on for downloads; the bootloader stores them at the
@@ -674,7 +684,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                     Some(Event::Rehashed(Outcome::of(ok)))
                 }
                 Action::SaveResume(r) => {
-                    let _ = resume::save(up.dfu(), r, ctx.erased);
+                    let _ = resume::save(up.dfu(), r);
                     None
                 }
                 Action::ClearResume => {
@@ -738,7 +748,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                 Action::Revert => {
                     // A request torn by a power cut still reads as one; a failed one leaves the
                     // image its remaining boot attempts.
-                    let ok = request_revert(up.state(), ctx.erased, buf).is_ok();
+                    let ok = request_revert(up.state(), buf).is_ok();
                     log::warn!("broken image: revert {}, reset", if ok { "asked" } else { "request FAILED" });
                     return Some(Exit::Reset);
                 }

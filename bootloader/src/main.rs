@@ -25,6 +25,9 @@ mod firmware {
     use shared::boot::{boot, BootError, Policy, Slots};
     use shared::image::PublicKey;
 
+    // The board's flash erases to the value shared (and embassy-boot's STATE logic) is built for.
+    const _: () = assert!(board::BOARD.layout().geometry.erased == shared::boot::ERASED);
+
     #[entry]
     fn main() -> ! {
         let layout = board::BOARD.layout();
@@ -39,7 +42,7 @@ mod firmware {
             boot_record: part(layout.boot_record),
         };
         let keys = TRUSTED_KEYS.map(PublicKey);
-        let policy = Policy { keys: &keys, erased: layout.geometry.erased, boot_attempts: layout.boot_attempts };
+        let policy = Policy { keys: &keys, boot_attempts: layout.boot_attempts };
         let mut buf = AlignedBuffer([0u8; 1024]);
         match boot(&mut slots, &policy, &mut buf.0) {
             Ok(b) => {

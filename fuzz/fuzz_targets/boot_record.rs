@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         best = Some(best.map_or(r.seq, |b| b.max(r.seq)));
         let mut buf = [0u8; MAX_ENCODED];
         for write_size in [1, 4, 16] {
-            let len = r.encode(&mut buf, write_size, 0xFF);
+            let len = r.encode(&mut buf, write_size);
             assert!(len <= MAX_ENCODED && len % write_size == 0);
             assert_eq!(BootRecord::decode(&buf[..len]), Some(r), "decode(encode(r)) != r");
         }

@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
         let k = bytes.len().min(16);
         key[..k].copy_from_slice(&bytes[..k]);
         let r = Resume { key, written: u32::from(ctl) * 4096 };
-        save(&mut dfu, r, 0xFF).expect("saving on the simulated flash");
+        save(&mut dfu, r).expect("saving on the simulated flash");
         assert_eq!(load(&mut dfu).unwrap(), Some(r), "load after save is not what was saved");
         assert!(dfu.bytes()[..2 * PAGE].iter().all(|&b| b == 0xFF), "save touched the image pages");
     }

@@ -20,7 +20,7 @@ use embassy_embedded_hal::flash::partition::BlockingPartition;
 use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
 use embedded_storage::nor_flash::NorFlashErrorKind;
 use shared::boot::{self, boot_info, confirm, request_revert, BootInfo, BootRecord, LastBoot, Phase, Policy, Slots};
-use shared::boot::{UpdateError, Updater};
+use shared::boot::{FirmwareUpdaterConfig, UpdateError, Updater};
 use shared::image::{self, sign_image, ImageError, ImageVersion, PublicKey, SignParams, SliceFlash, VerifyOptions};
 use shared::sim::{CutMode, FaultyFlash, Rng, SimFlash};
 
@@ -81,12 +81,8 @@ struct Device<const E: usize, const W: usize> {
     flash: FaultyFlash<E, W>,
 }
 
-struct Parts<'a, const E: usize, const W: usize> {
-    boot_record: BlockingPartition<'a, NoopRawMutex, FaultyFlash<E, W>>,
-    state: BlockingPartition<'a, NoopRawMutex, FaultyFlash<E, W>>,
-    active: BlockingPartition<'a, NoopRawMutex, FaultyFlash<E, W>>,
-    dfu: BlockingPartition<'a, NoopRawMutex, FaultyFlash<E, W>>,
-}
+type Part<'a, const E: usize, const W: usize> = BlockingPartition<'a, NoopRawMutex, FaultyFlash<E, W>>;
+type Parts<'a, const E: usize, const W: usize> = Slots<Part<'a, E, W>, Part<'a, E, W>, Part<'a, E, W>, Part<'a, E, W>>;
 
 fn parts<const E: usize, const W: usize>(m: &Mutex<NoopRawMutex, RefCell<FaultyFlash<E, W>>>) -> Parts<'_, E, W> {
     let mut off = 0u32;
@@ -95,7 +91,10 @@ fn parts<const E: usize, const W: usize>(m: &Mutex<NoopRawMutex, RefCell<FaultyF
         off += (pages * E) as u32;
         p
     };
-    Parts { boot_record: next(REGIONS[0]), state: next(REGIONS[1]), active: next(REGIONS[2]), dfu: next(REGIONS[3]) }
+    // In flash order: BOOT_RECORD, STATE, ACTIVE, DFU.
+    let (boot_record, state) = (next(REGIONS[0]), next(REGIONS[1]));
+    let (active, dfu) = (next(REGIONS[2]), next(REGIONS[3]));
+    Slots { active, dfu, state, boot_record }
 }
 
 #[derive(Debug)]
@@ -121,7 +120,7 @@ impl<const E: usize, const W: usize> Device<E, W> {
 
     /// A device whose BOOT_RECORD already holds `revoked` (what an earlier update left).
     fn with_revoked(mut self, revoked: u32) -> Self {
-        self.with(|p| BootRecord { revoked, ..BootRecord::default() }.store(&mut p.boot_record, 0xFF)).unwrap();
+        self.with(|p| BootRecord { revoked, ..BootRecord::default() }.store(&mut p.boot_record)).unwrap();
         self
     }
 
@@ -156,14 +155,8 @@ impl<const E: usize, const W: usize> Device<E, W> {
     fn boot(&mut self) -> Result<boot::Boot, Fail> {
         self.op(
             |p| {
-                let mut slots = Slots {
-                    active: &mut p.active,
-                    dfu: &mut p.dfu,
-                    state: &mut p.state,
-                    boot_record: &mut p.boot_record,
-                };
-                let policy = Policy { keys: &keys(), erased: 0xFF, boot_attempts: ATTEMPTS };
-                boot::boot(&mut slots, &policy, &mut [0u8; 1024])
+                let policy = Policy { keys: &keys(), boot_attempts: ATTEMPTS };
+                boot::boot(p, &policy, &mut [0u8; 1024])
             },
             Fail::Boot,
         )
@@ -175,7 +168,7 @@ impl<const E: usize, const W: usize> Device<E, W> {
         let (revoked, min_sec_cnt) = (info.revoked, info.sec_cnt);
         self.op(
             |p| {
-                let mut u = Updater::new(&mut p.dfu, &mut p.state, 0xFF, 0);
+                let mut u = Updater::new(FirmwareUpdaterConfig { dfu: &mut p.dfu, state: &mut p.state }, 0);
                 for (i, chunk) in img.chunks(1024).enumerate() {
                     u.write((i * 1024) as u32, chunk)?;
                 }
@@ -201,7 +194,7 @@ impl<const E: usize, const W: usize> Device<E, W> {
         let slot = (ACTIVE_PAGES * E) as u32;
         let applied = self.op(
             |p| {
-                let mut u = Updater::new(&mut p.dfu, &mut p.state, 0xFF, 0);
+                let mut u = Updater::new(FirmwareUpdaterConfig { dfu: &mut p.dfu, state: &mut p.state }, 0);
                 let mut patcher = Box::new(shared::delta::Patcher::new());
                 patcher.reset(slot, base_len);
                 for chunk in patch.chunks(1024) {
@@ -222,19 +215,16 @@ impl<const E: usize, const W: usize> Device<E, W> {
     }
 
     fn info(&mut self) -> Result<BootInfo, Fail> {
-        self.op(
-            |p| boot_info(&mut p.active, &mut p.boot_record, &mut p.state, &keys(), 0xFF, &mut [0u8; 512]),
-            Fail::Update,
-        )
+        self.op(|p| boot_info(p, &keys(), &mut [0u8; 512]), Fail::Update)
     }
 
     fn confirm(&mut self) -> Result<(), Fail> {
-        self.op(|p| confirm(&mut p.state, 0xFF, &mut [0u8; 64]), Fail::Update)
+        self.op(|p| confirm(&mut p.state, &mut [0u8; 64]), Fail::Update)
     }
 
     /// App: its self-test failed; it asks for the revert (then resets).
     fn request_revert(&mut self) -> Result<(), Fail> {
-        self.op(|p| request_revert(&mut p.state, 0xFF, &mut [0u8; 64]), Fail::Update)
+        self.op(|p| request_revert(&mut p.state, &mut [0u8; 64]), Fail::Update)
     }
 
     fn active(&self) -> &[u8] {

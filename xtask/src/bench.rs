@@ -16,7 +16,7 @@ use ed25519_dalek::SigningKey;
 use embassy_embedded_hal::flash::partition::BlockingPartition;
 use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
 use memory_layouts::{Board, Region};
-use shared::boot::{self, confirm, Slots, Updater};
+use shared::boot::{self, confirm, FirmwareUpdaterConfig, Slots, Updater};
 use shared::image::{sign_image, ImageVersion, PublicKey, SignParams, VerifyOptions};
 use shared::sim::{SimFlash, Wear};
 
@@ -82,12 +82,12 @@ fn update(kib: usize, whole_slot: bool) -> Result<Run> {
     let mut buf = [0u8; 1024];
 
     let w0 = wear();
-    let mut u = Updater::new(&mut slots.dfu, &mut slots.state, 0xFF, 0);
+    let mut u = Updater::new(FirmwareUpdaterConfig { dfu: &mut slots.dfu, state: &mut slots.state }, 0);
     for (i, c) in new.chunks(4096).enumerate() {
         u.write((i * 4096) as u32, c)?;
     }
     let opts = VerifyOptions { keys: &keys, revoked: 0, min_sec_cnt: 0, slot_size: Some(l.active.length) };
-    let policy = boot::Policy { keys: &keys, erased: l.geometry.erased, boot_attempts: l.boot_attempts };
+    let policy = boot::Policy { keys: &keys, boot_attempts: l.boot_attempts };
     u.finish(&opts, &mut buf)?;
     let w1 = wear();
     if whole_slot {
@@ -104,7 +104,7 @@ fn update(kib: usize, whole_slot: bool) -> Result<Run> {
         }
     }
     let w2 = wear();
-    confirm(&mut slots.state, 0xFF, &mut buf)?;
+    confirm(&mut slots.state, &mut buf)?;
     if !whole_slot {
         boot::boot(&mut slots, &policy, &mut buf)?;
     }

@@ -221,7 +221,7 @@ pub fn write_seeds(dir: &Path) -> Result<()> {
 
     let rec = {
         let mut buf = [0u8; shared::boot::record::MAX_ENCODED];
-        let len = shared::boot::BootRecord::default().encode(&mut buf, 4, 0xFF);
+        let len = shared::boot::BootRecord::default().encode(&mut buf, 4);
         buf[..len].to_vec()
     };
     let mut region = vec![0u8, 0];
@@ -395,7 +395,7 @@ fn resume_page() -> Result<Vec<u8>> {
     use shared::ota::Resume;
     let mut dfu = shared::sim::SimFlash::<4096, 16>::new(3 * 4096, 0xFF);
     for i in 1..=3u32 {
-        save(&mut dfu, Resume { key: [i as u8; 16], written: i * 4096 }, 0xFF).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        save(&mut dfu, Resume { key: [i as u8; 16], written: i * 4096 }).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
     let mut v = vec![0u8];
     v.extend_from_slice(&dfu.bytes()[2 * 4096..2 * 4096 + 3 * 32]);

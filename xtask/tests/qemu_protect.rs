@@ -57,7 +57,7 @@ fn seeded(mut flash: Vec<u8>) -> Vec<u8> {
     let region = &mut flash[range(l.boot_record)];
     assert!(region.iter().all(|&b| b == 0xFF), "a factory image's BOOT_RECORD is erased");
     let mut rec = BootRecord { sec_cnt: 1, ..Default::default() };
-    rec.store(&mut RamNor::<8192, 16>::new(region), l.geometry.erased).unwrap();
+    rec.store(&mut RamNor::<8192, 16>::new(region)).unwrap();
     assert!(region.iter().any(|&b| b != 0xFF));
     flash
 }

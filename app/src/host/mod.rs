@@ -181,7 +181,7 @@ async fn power_on(
         boot_record: part(layout.boot_record),
     };
     let policy =
-        shared::boot::Policy { keys: &keys, erased: layout.geometry.erased, boot_attempts: layout.boot_attempts };
+        shared::boot::Policy { keys: &keys, boot_attempts: layout.boot_attempts };
     let b = shared::boot::boot(&mut slots, &policy, &mut buf)
         .map_err(|e| format!("bootloader: {e}; the device cannot start"))?;
     log::info!(
@@ -213,7 +213,7 @@ async fn power_on(
     let Slots { active, dfu, state, boot_record } = slots;
     let mut flashes = Flashes { active, boot_record, state, dfu };
     let (mut rx, mut body, mut work) = (vec![0u8; MQTT_RX], vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
-    let booted = driver::boot(&mut flashes, layout, &mut work, say).map_err(|e| e.to_string())?;
+    let booted = driver::boot(&mut flashes, &mut work, say).map_err(|e| e.to_string())?;
     let mut patcher = Box::new(shared::delta::Patcher::new());
     let bufs = Buffers { mqtt: &mut rx, http: &mut body, work: &mut work, patcher: &mut patcher };
     let mut machine = core::mem::MaybeUninit::uninit();
@@ -222,7 +222,7 @@ async fn power_on(
         None => {
             let mut link = net::HostLink { host, port: cfg.port, tls: cfg.tls, ca: cfg.ca.as_deref() };
             let mut http = net::HostHttp::new(cfg.ca.as_deref())?;
-            let board = driver::Board {
+            let board = driver::BoardIo {
                 layout,
                 link: &mut link,
                 http: &mut http,
@@ -253,7 +253,7 @@ async fn power_on(
             let mut http = crate::cellular::ModemHttp::new(&modem, clock, download_ca);
             let mut module = crate::cellular::ModemModule::new(&modem, clock, &cfg.module_name, download_ca);
             let board =
-                driver::Board { layout, link: &mut link, http: &mut http, module: &mut module, clock, self_test, say };
+                driver::BoardIo { layout, link: &mut link, http: &mut http, module: &mut module, clock, self_test, say };
             driver::run(booted, flashes, board, &settings, &mut machine, bufs).await
         }
     };

@@ -123,7 +123,10 @@ fn delta_bench(l: &'static memory_layouts::Layout) {
     let (base, patch) = rest.split_at(PATCH - OUT);
     let (base, patch) = (&base[4..4 + base_len], &patch[4..4 + patch_len]);
     let mut base = SliceFlash(base);
-    let mut up = shared::boot::Updater::new(Flash::new(out), Flash::new(state), l.geometry.erased, 0);
+    let mut up = shared::boot::Updater::new(
+        shared::boot::FirmwareUpdaterConfig { dfu: Flash::new(out), state: Flash::new(state) },
+        0,
+    );
     let mut patcher = shared::delta::Patcher::new();
     patcher.reset(OUT as u32, base_len as u32);
     let t0 = rt::ticks();

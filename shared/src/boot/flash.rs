@@ -1,5 +1,6 @@
 //! Flash adapters the boot policy hands to embassy-boot.
 
+use super::ERASED;
 use embassy_boot::State;
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
 
@@ -74,14 +75,13 @@ impl<F: NorFlash> NorFlash for Window<'_, F> {
 /// revert resumes after a cut between its "invalidate progress" write and its erase).
 pub struct StateGuard<'a, F> {
     flash: &'a mut F,
-    erased: u8,
 }
 
 impl<'a, F: NorFlash> StateGuard<'a, F> {
-    /// Wraps the STATE partition; `erased` is the flash's erased value.
-    pub fn new(flash: &'a mut F, erased: u8) -> Self {
+    /// Wraps the STATE partition (erased to [`ERASED`]).
+    pub fn new(flash: &'a mut F) -> Self {
         const { assert!(F::WRITE_SIZE <= 64, "state words up to 64 bytes") };
-        StateGuard { flash, erased }
+        StateGuard { flash }
     }
 
     /// Word `index` or later, read or written alone.
@@ -106,7 +106,7 @@ impl<'a, F: NorFlash> StateGuard<'a, F> {
     pub fn revert_requested(&mut self, buf: &mut [u8]) -> Result<bool, NorFlashErrorKind> {
         let word = &mut buf[..F::WRITE_SIZE];
         self.flash.read(self.request_word(), word).map_err(|e| e.kind())?;
-        Ok(word.iter().any(|&b| b != self.erased))
+        Ok(word.iter().any(|&b| b != ERASED))
     }
 
     /// Programs the revert-request word (once: a programmed word is left as it is).
@@ -115,7 +115,7 @@ impl<'a, F: NorFlash> StateGuard<'a, F> {
             return Ok(());
         }
         let word = &mut buf[..F::WRITE_SIZE];
-        word.fill(!self.erased);
+        word.fill(!ERASED);
         self.flash.write(self.request_word(), word).map_err(|e| e.kind())
     }
 
@@ -125,12 +125,12 @@ impl<'a, F: NorFlash> StateGuard<'a, F> {
         let w = F::WRITE_SIZE as u32;
         let word = &mut buf[..F::WRITE_SIZE];
         self.flash.read(w, word).map_err(|e| e.kind())?;
-        if word.iter().any(|&b| b != self.erased) {
+        if word.iter().any(|&b| b != ERASED) {
             return Ok(true); // progress invalid: embassy-boot counts everything as done
         }
         let last = (2 + first + steps - 1) * w;
         self.read(last, word)?;
-        Ok(word.iter().all(|&b| b != self.erased))
+        Ok(word.iter().all(|&b| b != ERASED))
     }
 }
 
@@ -142,8 +142,8 @@ impl<F: NorFlash> ReadNorFlash for StateGuard<'_, F> {
     const READ_SIZE: usize = F::READ_SIZE;
     fn read(&mut self, off: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
         self.flash.read(off, bytes).map_err(|e| e.kind())?;
-        if Self::is_word_from(2, off, bytes.len()) && bytes.iter().any(|&b| b != self.erased) {
-            bytes.fill(!self.erased);
+        if Self::is_word_from(2, off, bytes.len()) && bytes.iter().any(|&b| b != ERASED) {
+            bytes.fill(!ERASED);
         }
         Ok(())
     }
@@ -166,7 +166,7 @@ impl<F: NorFlash> NorFlash for StateGuard<'_, F> {
             let mut cur = [0u8; 64];
             let cur = &mut cur[..bytes.len()];
             self.flash.read(off, cur).map_err(|e| e.kind())?;
-            if cur.iter().any(|&b| b != self.erased) {
+            if cur.iter().any(|&b| b != ERASED) {
                 return Ok(()); // already (partly) programmed: the step is done
             }
             if off == F::WRITE_SIZE as u32 {

@@ -22,13 +22,21 @@ pub mod updater;
 
 pub use flash::{StateGuard, Window};
 pub use record::{BootRecord, LastBoot, Phase};
-pub use updater::{boot_info, confirm, request_revert, BootInfo, UpdateError, Updater};
+pub use updater::{boot_info, confirm, request_revert, BootInfo, FirmwareUpdaterConfig, UpdateError, Updater};
 
 use crate::image::{self, ImageError, ImageInfo, PublicKey, VerifyOptions};
 use embassy_boot::{BlockingFirmwareState, BootLoader, BootLoaderConfig, State};
 use embedded_storage::nor_flash::{NorFlash, NorFlashErrorKind};
 
-/// The flash partitions the bootloader owns, by role.
+/// The value erased flash reads, fixed when this crate is built: 0xFF, or 0x00 with the
+/// `flash-erase-zero` feature, which also builds embassy-boot's STATE logic for 0x00 (its feature
+/// of that name): one switch, so the two cannot disagree. Each board's layout must say the same
+/// (`memory_layouts::Geometry::erased`; the app and the bootloader check it at compile time).
+pub const ERASED: u8 = if cfg!(feature = "flash-erase-zero") { 0x00 } else { 0xFF };
+
+/// The flash partitions, by role: embassy-boot's `BootLoaderConfig` plus BOOT_RECORD. The
+/// bootloader [`boot`]s over them; the app reads its [`boot_info`] from them, then hands DFU and
+/// STATE to an [`Updater`].
 pub struct Slots<A, D, S, R> {
     /// The slot that runs.
     pub active: A,
@@ -99,8 +107,6 @@ pub struct Boot {
 pub struct Policy<'k> {
     /// The trusted keys; a key's index is its slot (revocation names slots).
     pub keys: &'k [PublicKey],
-    /// The flash's erased value (0xFF: embassy-boot 0.7 as built here has no erase-to-zero).
-    pub erased: u8,
     /// Starts an unconfirmed new image gets before it is reverted (the board's
     /// `boot_attempts`, at least 1). Every reset counts: power cut, watchdog, panic.
     pub boot_attempts: u8,
@@ -115,15 +121,14 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
     policy: &Policy<'_>,
     buf: &mut [u8],
 ) -> Result<Boot, BootError> {
-    let Policy { keys, erased, boot_attempts } = *policy;
-    assert!(erased == 0xFF, "embassy-boot's STATE logic is built for flash that erases to 0xFF");
+    let Policy { keys, boot_attempts } = *policy;
     let page = A::ERASE_SIZE.max(D::ERASE_SIZE) as u32;
     let loaded = BootRecord::load(&mut slots.boot_record)?.map(|(_, r)| r).unwrap_or_default();
     let mut rec = loaded;
     // `last` says what THIS boot did, so the app reports an outcome once: a boot that changes
     // nothing records `Nothing` (one write after each outcome, none after that).
     rec.last = LastBoot::Nothing;
-    let state = StateGuard::new(&mut slots.state, erased).state(buf)?;
+    let state = StateGuard::new(&mut slots.state).state(buf)?;
     let slot = slots.active.capacity() as u32;
     let opts = |rec: &BootRecord| VerifyOptions {
         keys,
@@ -135,7 +140,7 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
     let mut phase_after_swap = None;
     if state == State::Swap {
         if let Phase::Testing { pages, .. } = rec.phase {
-            if !StateGuard::new(&mut slots.state, erased).steps_done(0, 2 * pages, buf)? {
+            if !StateGuard::new(&mut slots.state).steps_done(0, 2 * pages, buf)? {
                 // No swap progress in STATE: the app confirmed the image swapped in (mark_booted
                 // erases STATE) and marked a new update before any reboot recorded the confirm.
                 // Record the confirm (its counter, its revocations) first, then handle the new
@@ -151,17 +156,17 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
             Phase::Idle => match image::verify(&mut slots.dfu, &opts(&rec), buf) {
                 Err(why) => {
                     rec.last = LastBoot::Refused(why);
-                    store(&mut rec, &mut slots.boot_record, erased)?;
+                    store(&mut rec, &mut slots.boot_record)?;
                     // Back to Boot: the swap is cancelled, nothing moved.
                     let word = &mut buf[..S::WRITE_SIZE];
-                    BlockingFirmwareState::new(StateGuard::new(&mut slots.state, erased), word).mark_booted()?;
+                    BlockingFirmwareState::new(StateGuard::new(&mut slots.state), word).mark_booted()?;
                 }
                 Ok(new) => {
                     let old = image::extent(&mut slots.active).unwrap_or(0);
                     let pages = new.total_len.max(old).div_ceil(page);
                     rec.phase = Phase::Swapping { pages };
                     rec.last = LastBoot::Nothing;
-                    store(&mut rec, &mut slots.boot_record, erased)?;
+                    store(&mut rec, &mut slots.boot_record)?;
                     phase_after_swap = Some(pages);
                 }
             },
@@ -169,16 +174,16 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
             // The new image was started and did not confirm: start it again while it has
             // attempts left and has not asked for the revert, else put the old one back.
             Phase::Testing { pages, boots } => {
-                let asked = StateGuard::new(&mut slots.state, erased).revert_requested(buf)?;
+                let asked = StateGuard::new(&mut slots.state).revert_requested(buf)?;
                 if asked || boots >= boot_attempts {
-                    revert(slots, &mut rec, pages, erased, buf)?;
+                    revert(slots, &mut rec, pages, buf)?;
                 } else {
                     rec.phase = Phase::Testing { pages, boots: boots + 1 };
                     rec.last = LastBoot::SwappedIn;
-                    store(&mut rec, &mut slots.boot_record, erased)?;
+                    store(&mut rec, &mut slots.boot_record)?;
                 }
             }
-            Phase::Reverting { pages } => revert(slots, &mut rec, pages, erased, buf)?,
+            Phase::Reverting { pages } => revert(slots, &mut rec, pages, buf)?,
         }
     } else {
         match rec.phase {
@@ -198,12 +203,12 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
 
     if let Some(pages) = phase_after_swap {
         // embassy-boot would revert a swap that already completed: only resume an unfinished one.
-        if !StateGuard::new(&mut slots.state, erased).steps_done(0, 2 * pages, buf)? {
-            prepare(slots, pages, page, erased, buf)?;
+        if !StateGuard::new(&mut slots.state).steps_done(0, 2 * pages, buf)? {
+            prepare(slots, pages, page, buf)?;
         }
         rec.phase = Phase::Testing { pages, boots: 1 };
         rec.last = LastBoot::SwappedIn;
-        store(&mut rec, &mut slots.boot_record, erased)?;
+        store(&mut rec, &mut slots.boot_record)?;
     }
 
     let image = match image::verify(&mut slots.active, &opts(&rec), buf) {
@@ -211,7 +216,7 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
         Err(e) => match rec.phase {
             // The image just swapped in does not verify (it did in DFU): put the old one back.
             Phase::Testing { pages, .. } => {
-                revert(slots, &mut rec, pages, erased, buf)?;
+                revert(slots, &mut rec, pages, buf)?;
                 image::verify(&mut slots.active, &opts(&rec), buf).map_err(BootError::NoBootableImage)?
             }
             _ => return Err(BootError::NoBootableImage(e)),
@@ -221,7 +226,7 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
         confirmed(&mut rec, &image);
     }
     if rec != loaded {
-        store(&mut rec, &mut slots.boot_record, erased)?;
+        store(&mut rec, &mut slots.boot_record)?;
     }
     Ok(Boot { image, record: rec })
 }
@@ -233,26 +238,25 @@ fn confirmed(rec: &mut BootRecord, image: &ImageInfo) {
     rec.revoked |= image.revokes;
 }
 
-fn store<R: NorFlash>(rec: &mut BootRecord, region: &mut R, erased: u8) -> Result<(), BootError> {
-    rec.store(region, erased).map_err(BootError::Flash)
+fn store<R: NorFlash>(rec: &mut BootRecord, region: &mut R) -> Result<(), BootError> {
+    rec.store(region).map_err(BootError::Flash)
 }
 
 fn revert<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
     slots: &mut Slots<A, D, S, R>,
     rec: &mut BootRecord,
     pages: u32,
-    erased: u8,
     buf: &mut [u8],
 ) -> Result<(), BootError> {
     if rec.phase != (Phase::Reverting { pages }) {
         rec.phase = Phase::Reverting { pages };
-        store(rec, &mut slots.boot_record, erased)?;
+        store(rec, &mut slots.boot_record)?;
     }
     let page = A::ERASE_SIZE.max(D::ERASE_SIZE) as u32;
-    prepare(slots, pages, page, erased, buf)?;
+    prepare(slots, pages, page, buf)?;
     rec.phase = Phase::Idle;
     rec.last = LastBoot::Reverted;
-    store(rec, &mut slots.boot_record, erased)
+    store(rec, &mut slots.boot_record)
 }
 
 /// embassy-boot's `prepare_boot` over views of `pages` pages: swaps, resumes or reverts.
@@ -260,13 +264,12 @@ fn prepare<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
     slots: &mut Slots<A, D, S, R>,
     pages: u32,
     page: u32,
-    erased: u8,
     buf: &mut [u8],
 ) -> Result<State, BootError> {
     let mut bl = BootLoader::new(BootLoaderConfig {
         active: Window::new(&mut slots.active, pages * page),
         dfu: Window::new(&mut slots.dfu, (pages + 1) * page),
-        state: StateGuard::new(&mut slots.state, erased),
+        state: StateGuard::new(&mut slots.state),
     });
     Ok(bl.prepare_boot(buf)?)
 }

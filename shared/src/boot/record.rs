@@ -15,6 +15,7 @@
 //! the highest `seq` wins; a torn write or a torn erase fails its CRC and is skipped (a torn slot is
 //! never written again: on ECC flash it could not be).
 
+use super::ERASED;
 use crate::image::ImageError;
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
 use serde::{Deserialize, Serialize};
@@ -89,8 +90,8 @@ pub struct BootRecord {
 
 impl BootRecord {
     /// Encodes one copy into `buf`; returns its length rounded up to `write_size`.
-    pub fn encode(&self, buf: &mut [u8; MAX_ENCODED], write_size: usize, erased: u8) -> usize {
-        buf.fill(erased);
+    pub fn encode(&self, buf: &mut [u8; MAX_ENCODED], write_size: usize) -> usize {
+        buf.fill(ERASED);
         let payload = postcard::to_slice(self, &mut buf[2..MAX_ENCODED - 4]).expect("record fits").len();
         buf[..2].copy_from_slice(&(payload as u16).to_le_bytes());
         let crc = CRC.checksum(&buf[..2 + payload]);
@@ -127,7 +128,7 @@ impl BootRecord {
 
     /// Writes `self` (its `seq` replaced by the next one) into the next erased slot after the
     /// current record; when its half has none left, erases the other half and starts there.
-    pub fn store<F: NorFlash>(&mut self, region: &mut F, erased: u8) -> Result<(), NorFlashErrorKind> {
+    pub fn store<F: NorFlash>(&mut self, region: &mut F) -> Result<(), NorFlashErrorKind> {
         let cap = region.capacity();
         let current = Self::load(region)?;
         self.seq = current.map_or(1, |(_, r)| r.seq.wrapping_add(1));
@@ -136,12 +137,12 @@ impl BootRecord {
             None => (0, None),
         };
         let mut rec = [0u8; MAX_ENCODED];
-        let n = self.encode(&mut rec, F::WRITE_SIZE, erased);
+        let n = self.encode(&mut rec, F::WRITE_SIZE);
         let mut buf = [0u8; MAX_ENCODED];
         for index in after.map_or(0, |i| i + 1)..Slot::per_half(cap) {
             let at = Slot { half, index };
             region.read(at.offset(cap), &mut buf).map_err(|e| e.kind())?;
-            if buf.iter().all(|&b| b == erased) {
+            if buf.iter().all(|&b| b == ERASED) {
                 // A slot can read erased yet refuse programming (a write cut so early that only
                 // ECC bits moved): then the next one is tried.
                 if region.write(at.offset(cap), &rec[..n]).is_ok() {
@@ -258,7 +259,7 @@ mod tests {
     fn a_record_round_trips_through_its_encoding() {
         let r = BootRecord { seq: 7, ..rec(2, LastBoot::Refused(ImageError::CounterTooLow { image: 1, stored: 2 })) };
         let mut buf = [0; MAX_ENCODED];
-        let n = r.encode(&mut buf, 16, 0xFF);
+        let n = r.encode(&mut buf, 16);
         assert_eq!(n % 16, 0);
         assert_eq!(BootRecord::decode(&buf), Some(r));
         buf[3] ^= 1;
@@ -272,7 +273,7 @@ mod tests {
         assert_eq!(BootRecord::load(&mut f).unwrap(), None);
         let per_half = 4096 / MAX_ENCODED;
         for i in 0..(3 * per_half as u32 + 5) {
-            rec(i, LastBoot::SwappedIn).store(&mut f, 0xFF).unwrap();
+            rec(i, LastBoot::SwappedIn).store(&mut f).unwrap();
             let (_, r) = BootRecord::load(&mut f).unwrap().unwrap();
             assert_eq!((r.seq, r.sec_cnt), (i + 1, i));
         }
@@ -286,12 +287,12 @@ mod tests {
         for stored_before in [1, 31, 32, 33] {
             let mut base = FaultyFlash::new(SimFlash::<4096, 4>::new(8192, 0xFF).with_ecc(true), 0);
             for i in 0..stored_before {
-                rec(i, LastBoot::SwappedIn).store(&mut base, 0xFF).unwrap();
+                rec(i, LastBoot::SwappedIn).store(&mut base).unwrap();
             }
             let ops = {
                 let mut clean = base.clone();
                 let before = clean.ops();
-                rec(99, LastBoot::Confirmed).store(&mut clean, 0xFF).unwrap();
+                rec(99, LastBoot::Confirmed).store(&mut clean).unwrap();
                 clean.ops() - before
             };
             for op in 0..ops {
@@ -299,7 +300,7 @@ mod tests {
                     for seed in 0..10 {
                         let mut f = FaultyFlash::new(base.inner().clone(), seed);
                         f.cut_at(op, mode);
-                        assert!(rec(99, LastBoot::Confirmed).store(&mut f, 0xFF).is_err());
+                        assert!(rec(99, LastBoot::Confirmed).store(&mut f).is_err());
                         f.power_cycle();
                         let (_, r) = BootRecord::load(&mut f).unwrap().unwrap();
                         let done = mode == CutMode::After && op == ops - 1;
@@ -311,7 +312,7 @@ mod tests {
                             assert_eq!(r.sec_cnt, want, "{stored_before} stored, {mode:?} at op {op}, seed {seed}");
                         }
                         // The next store works from whatever the cut left.
-                        rec(5, LastBoot::Nothing).store(&mut f, 0xFF).unwrap();
+                        rec(5, LastBoot::Nothing).store(&mut f).unwrap();
                         assert_eq!(BootRecord::load(&mut f).unwrap().unwrap().1.sec_cnt, 5);
                         cases += 1;
                     }

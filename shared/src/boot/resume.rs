@@ -8,6 +8,7 @@
 //! entry (32 bytes): magic "OTAP" | task key (16) | written u32 LE | crc32 LE | erased pad (4)
 //! ```
 
+use super::ERASED;
 use crate::ota::Resume;
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind};
 
@@ -58,9 +59,9 @@ pub fn load<D: NorFlash>(dfu: &mut D) -> Result<Option<Resume>, NorFlashErrorKin
 }
 
 /// Appends `r`; erases the page first when it is full.
-pub fn save<D: NorFlash>(dfu: &mut D, r: Resume, erased: u8) -> Result<(), NorFlashErrorKind> {
+pub fn save<D: NorFlash>(dfu: &mut D, r: Resume) -> Result<(), NorFlashErrorKind> {
     let base = spare_page(dfu);
-    let mut e = [erased; ENTRY];
+    let mut e = [ERASED; ENTRY];
     e[..4].copy_from_slice(&MAGIC);
     e[4..20].copy_from_slice(&r.key);
     e[20..24].copy_from_slice(&r.written.to_le_bytes());
@@ -68,7 +69,7 @@ pub fn save<D: NorFlash>(dfu: &mut D, r: Resume, erased: u8) -> Result<(), NorFl
     e[24..28].copy_from_slice(&crc.to_le_bytes());
     let mut free = heapless::Vec::<usize, 4>::new();
     scan(dfu, |i, cur| {
-        if cur.iter().all(|&b| b == erased) {
+        if cur.iter().all(|&b| b == ERASED) {
             let _ = free.push(i);
         }
         !free.is_full()
@@ -99,7 +100,7 @@ mod tests {
         let mut dfu = SimFlash::<4096, 16>::new(3 * 4096, 0xFF);
         assert_eq!(load(&mut dfu).unwrap(), None);
         for i in 0..300u32 {
-            save(&mut dfu, Resume { key: [i as u8; 16], written: i * 4096 }, 0xFF).unwrap();
+            save(&mut dfu, Resume { key: [i as u8; 16], written: i * 4096 }).unwrap();
             assert_eq!(load(&mut dfu).unwrap(), Some(Resume { key: [i as u8; 16], written: i * 4096 }));
         }
         assert_eq!(dfu.wear().erases, 2, "one erase per 128 saves");

@@ -1,7 +1,7 @@
 //! The app's half: write the download into DFU, mark it for swap only after our own verify,
 //! confirm after a good boot, and learn truthfully what runs and what the last boot did.
 
-use super::{BootRecord, LastBoot, Phase, StateGuard};
+use super::{BootRecord, LastBoot, Phase, Slots, StateGuard, ERASED};
 use crate::image::{self, ImageError, ImageInfo, PublicKey, VerifyOptions};
 use embassy_boot::{BlockingFirmwareState, State};
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
@@ -44,12 +44,19 @@ impl core::fmt::Display for UpdateError {
 
 impl core::error::Error for UpdateError {}
 
+/// The partitions an [`Updater`] writes, by role (as embassy-boot names them).
+pub struct FirmwareUpdaterConfig<D, S> {
+    /// The download slot.
+    pub dfu: D,
+    /// embassy-boot's state.
+    pub state: S,
+}
+
 /// Sequential writer into DFU plus the STATE marks. Takes chunks of any length (network reads);
 /// whole words go to flash at once, a partial word waits for the next chunk or [`Updater::flush`].
 pub struct Updater<D, S> {
     dfu: D,
     state: S,
-    erased: u8,
     pos: u32,
     carry: [u8; 64],
 }
@@ -57,10 +64,11 @@ pub struct Updater<D, S> {
 impl<D: NorFlash, S: NorFlash> Updater<D, S> {
     /// Starts writing at `resume_at`, which must be a page boundary of DFU (0 for a fresh
     /// download; after a reset, the last page boundary the download reached).
-    pub fn new(dfu: D, state: S, erased: u8, resume_at: u32) -> Self {
+    pub fn new(config: FirmwareUpdaterConfig<D, S>, resume_at: u32) -> Self {
         const { assert!(D::WRITE_SIZE <= 64) };
         assert!((resume_at as usize).is_multiple_of(D::ERASE_SIZE), "resume at a page boundary");
-        Updater { dfu, state, erased, pos: resume_at, carry: [erased; 64] }
+        let FirmwareUpdaterConfig { dfu, state } = config;
+        Updater { dfu, state, pos: resume_at, carry: [ERASED; 64] }
     }
 
     /// Starts over at `at` (a page boundary): a new download, or a resume.
@@ -148,7 +156,7 @@ impl<D: NorFlash, S: NorFlash> Updater<D, S> {
         let partial = self.pos as usize % w;
         if partial > 0 {
             let mut word = self.carry;
-            word[partial..w].fill(self.erased);
+            word[partial..w].fill(ERASED);
             self.program(self.pos - partial as u32, &word[..w])?;
         }
         Ok(())
@@ -159,7 +167,7 @@ impl<D: NorFlash, S: NorFlash> Updater<D, S> {
     pub fn finish(&mut self, opts: &VerifyOptions<'_>, buf: &mut [u8]) -> Result<ImageInfo, UpdateError> {
         self.flush()?;
         let info = image::verify(&mut self.dfu, opts, buf).map_err(UpdateError::Image)?;
-        let mut guard = StateGuard::new(&mut self.state, self.erased);
+        let mut guard = StateGuard::new(&mut self.state);
         if guard.state(buf)? == State::Swap {
             return Err(UpdateError::BadState);
         }
@@ -172,9 +180,9 @@ impl<D: NorFlash, S: NorFlash> Updater<D, S> {
 }
 
 /// Confirms the running image after its self-test passed (embassy-boot's `mark_booted`).
-pub fn confirm<S: NorFlash>(state: &mut S, erased: u8, buf: &mut [u8]) -> Result<(), UpdateError> {
+pub fn confirm<S: NorFlash>(state: &mut S, buf: &mut [u8]) -> Result<(), UpdateError> {
     let word = &mut buf[..S::WRITE_SIZE];
-    BlockingFirmwareState::new(StateGuard::new(state, erased), word)
+    BlockingFirmwareState::new(StateGuard::new(state), word)
         .mark_booted()
         .map_err(|_| UpdateError::Flash(NorFlashErrorKind::Other))
 }
@@ -182,8 +190,8 @@ pub fn confirm<S: NorFlash>(state: &mut S, erased: u8, buf: &mut [u8]) -> Result
 /// Asks the bootloader to put the previous image back at the next boot, without waiting for the
 /// new image's remaining boot attempts: for a new image that knows it is broken (its self-test
 /// failed). Reset after it. Does nothing the bootloader acts on unless an image is being tested.
-pub fn request_revert<S: NorFlash>(state: &mut S, erased: u8, buf: &mut [u8]) -> Result<(), UpdateError> {
-    Ok(StateGuard::new(state, erased).request_revert(buf)?)
+pub fn request_revert<S: NorFlash>(state: &mut S, buf: &mut [u8]) -> Result<(), UpdateError> {
+    Ok(StateGuard::new(state).request_revert(buf)?)
 }
 
 /// What the app knows about this boot, from the image in ACTIVE and BOOT_RECORD (never from
@@ -208,19 +216,17 @@ pub struct BootInfo {
     pub record_seq: u32,
 }
 
-/// Reads [`BootInfo`]. `active` must hold a verifying image (the bootloader just checked it).
-pub fn boot_info<A: ReadNorFlash, R: ReadNorFlash, S: NorFlash>(
-    active: &mut A,
-    boot_record: &mut R,
-    state: &mut S,
+/// Reads [`BootInfo`] from ACTIVE, BOOT_RECORD and STATE (DFU is not read). ACTIVE must hold a
+/// verifying image (the bootloader just checked it).
+pub fn boot_info<A: ReadNorFlash, D, S: NorFlash, R: ReadNorFlash>(
+    slots: &mut Slots<A, D, S, R>,
     keys: &[PublicKey],
-    erased: u8,
     buf: &mut [u8],
 ) -> Result<BootInfo, UpdateError> {
-    let rec = BootRecord::load(boot_record)?.map(|(_, r)| r).unwrap_or_default();
+    let rec = BootRecord::load(&mut slots.boot_record)?.map(|(_, r)| r).unwrap_or_default();
     let opts = VerifyOptions { keys, revoked: 0, min_sec_cnt: 0, slot_size: None };
-    let running = image::verify(active, &opts, buf).map_err(UpdateError::Image)?;
-    let magic = StateGuard::new(state, erased).state(buf)?;
+    let running = image::verify(&mut slots.active, &opts, buf).map_err(UpdateError::Image)?;
+    let magic = StateGuard::new(&mut slots.state).state(buf)?;
     let boots = match rec.phase {
         Phase::Testing { boots, .. } if magic == State::Swap => boots,
         _ => 0,
@@ -245,7 +251,7 @@ mod tests {
         for chunk in [1usize, 3, 15, 16, 17, 1000, 4096, 10_000] {
             let mut dfu = SimFlash::<4096, 16>::new(16384, 0xFF);
             let mut state = SimFlash::<4096, 16>::new(4096, 0xFF);
-            let mut u = Updater::new(&mut dfu, &mut state, 0xFF, 0);
+            let mut u = Updater::new(FirmwareUpdaterConfig { dfu: &mut dfu, state: &mut state }, 0);
             for (i, c) in data.chunks(chunk).enumerate() {
                 u.write((i * chunk) as u32, c).unwrap();
             }
@@ -260,7 +266,7 @@ mod tests {
     fn a_write_out_of_order_is_refused() {
         let mut dfu = SimFlash::<4096, 4>::new(8192, 0xFF);
         let mut state = SimFlash::<4096, 4>::new(4096, 0xFF);
-        let mut u = Updater::new(&mut dfu, &mut state, 0xFF, 0);
+        let mut u = Updater::new(FirmwareUpdaterConfig { dfu: &mut dfu, state: &mut state }, 0);
         u.write(0, &[1; 10]).unwrap();
         assert_eq!(u.write(20, &[1; 4]), Err(UpdateError::NotSequential { expected: 10, got: 20 }));
     }
@@ -270,7 +276,7 @@ mod tests {
         let mut dfu = SimFlash::<4096, 4>::new(8192, 0xFF);
         let mut state = SimFlash::<4096, 4>::new(4096, 0xFF);
         dfu.load(4096, &[0x00; 100]); // what an interrupted download left
-        let mut u = Updater::new(&mut dfu, &mut state, 0xFF, 4096);
+        let mut u = Updater::new(FirmwareUpdaterConfig { dfu: &mut dfu, state: &mut state }, 4096);
         u.write(4096, &[0x5A; 8]).unwrap();
         u.flush().unwrap();
         assert_eq!(&dfu.bytes()[4096..4104], &[0x5A; 8]);
