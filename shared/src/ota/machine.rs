@@ -547,6 +547,27 @@ impl OtaMachine {
         self.push(Out::Plain(p));
     }
 
+    /// The contract of [`Action::Write`] and [`Action::Patch`], checked: their ranges index the
+    /// payload last handed in, so a new payload must not come before they were all taken. If one
+    /// does, the bytes they named may be gone: they are dropped, and the download fails as the
+    /// flash write it did not do (a driver bug, never a silent hole in the image).
+    fn unwritten_payload(&mut self) {
+        let at = self.out.iter().find_map(|o| match o {
+            Out::Plain(Plain::Write(at, _) | Plain::Patch(at, _)) => Some(*at),
+            _ => None,
+        });
+        if let Some(at) = at {
+            let mut kept = Deque::new();
+            while let Some(o) = self.out.pop_front() {
+                if !matches!(o, Out::Plain(Plain::Write(..) | Plain::Patch(..))) {
+                    let _ = kept.push_back(o);
+                }
+            }
+            self.out = kept;
+            self.fail(Failure::FlashWrite { at });
+        }
+    }
+
     fn new_pid(&mut self) -> u16 {
         // 1..=0x7FFF: the MQTT session's own packet ids (SUBSCRIBE) stay below the reports'.
         self.next_pid = self.next_pid % 0x7FFF + 1;
@@ -803,6 +824,9 @@ impl OtaMachine {
     /// Takes one event.
     pub fn handle(&mut self, now: Instant, ev: Event<'_>) {
         self.now = self.now.max(now);
+        if matches!(ev, Event::Message { .. } | Event::HttpBody(_)) {
+            self.unwritten_payload();
+        }
         match ev {
             Event::Booted(r) => self.booted(r),
             Event::Connected => self.connected(now),

@@ -717,3 +717,21 @@ fn a_patch_that_fails_on_its_last_piece_is_reported_by_its_own_reason() {
     let p = one(msgs(&t.ev(Event::Marked(Err(MarkError::Patch(DeltaError::Write { at: 8192 })))), "progress"));
     assert_eq!((p.step, p.desc.as_str()), (-4, "flash write failed at 8192"));
 }
+
+#[test]
+fn a_payload_handed_in_before_the_last_one_was_written_fails_the_download_not_the_image() {
+    let mut t = app_https();
+    t.ev(Event::HttpResponse { status: 200, length: Some(1000) });
+    let body = [7u8; 400];
+    // Written as it should be: the actions are taken before the next body.
+    let did = t.ev(Event::HttpBody(&body[..100]));
+    assert!(others(&did).contains(&"Write { offset: 0, range: 0..100 }"), "{did:?}");
+    // A driver that hands in the next body without taking the first's write: the write is
+    // dropped (its range would now index other bytes) and the download fails as a flash write.
+    t.m.handle(Instant::from_millis(t.t), Event::HttpBody(&body[100..200]));
+    let did = t.ev(Event::HttpBody(&body[200..300]));
+    let p = msgs(&did, "progress").pop().expect("a report");
+    assert_eq!((p.step, p.desc.as_str()), (-4, "flash write failed at 100"), "{did:?}");
+    assert!(!others(&did).iter().any(|a| a.starts_with("Write")), "no stale write is handed out: {did:?}");
+    assert_eq!(t.m.state(), StateName::AwaitTask);
+}
