@@ -41,8 +41,12 @@ pub enum Failure {
     DeltaRefused(DeltaError),
     /// A differential package whose patch is damaged.
     DeltaCorrupt(DeltaError),
-    /// Reading the base image (ACTIVE) failed while applying a patch.
-    DeltaRead,
+    /// A flash read failed while applying a patch: the base image in ACTIVE, or (`read_back`)
+    /// bytes already rebuilt into DFU, which an LZMA patch copies from.
+    DeltaRead {
+        /// the read was of DFU, not ACTIVE
+        read_back: bool,
+    },
     /// `signMethod` is neither MD5 nor SHA256.
     SignMethodUnsupported,
     /// The package has several files (`files[]`); we install one image.
@@ -244,7 +248,8 @@ impl Failure {
     pub fn of_delta(e: DeltaError) -> Failure {
         match e {
             DeltaError::Write { at } => Failure::FlashWrite { at },
-            DeltaError::Base(_) | DeltaError::ReadBack { .. } => Failure::DeltaRead,
+            DeltaError::Base(_) => Failure::DeltaRead { read_back: false },
+            DeltaError::ReadBack { .. } => Failure::DeltaRead { read_back: true },
             e if e.is_refusal() => Failure::DeltaRefused(e),
             e => Failure::DeltaCorrupt(e),
         }
@@ -361,7 +366,7 @@ impl FailureKind {
             FailureKind::DeltaBase => "delta for ",
             FailureKind::DeltaRefused => "delta patch refused: ",
             FailureKind::DeltaCorrupt => "delta patch corrupt ",
-            FailureKind::DeltaRead => "reading the running image for the delta failed",
+            FailureKind::DeltaRead => "a flash read failed while patching",
             FailureKind::SignMethodUnsupported => "unsupported signMethod",
             FailureKind::SeveralFiles => "multi-file packages are not supported",
             FailureKind::MissingField => "the task has no ",
@@ -440,7 +445,7 @@ impl Failure {
             Failure::DeltaBase { .. } => FailureKind::DeltaBase,
             Failure::DeltaRefused(_) => FailureKind::DeltaRefused,
             Failure::DeltaCorrupt(_) => FailureKind::DeltaCorrupt,
-            Failure::DeltaRead => FailureKind::DeltaRead,
+            Failure::DeltaRead { .. } => FailureKind::DeltaRead,
             Failure::SignMethodUnsupported => FailureKind::SignMethodUnsupported,
             Failure::SeveralFiles { .. } => FailureKind::SeveralFiles,
             Failure::MissingField(_) => FailureKind::MissingField,
@@ -510,7 +515,7 @@ impl Failure {
             // Quectel's "package error" codes: the module refused the package itself.
             Failure::ModuleInstall { code: 504 | 505 | 510, .. } => STEP_VERIFY_FAILED,
             Failure::DigestMismatch(_) | Failure::DeltaCorrupt(_) => STEP_VERIFY_FAILED,
-            Failure::DeltaRead => STEP_FLASH_FAILED,
+            Failure::DeltaRead { .. } => STEP_FLASH_FAILED,
             Failure::ImageRefused(e) => match e {
                 // Authentic images the device's policy refuses: not a verification failure.
                 ImageError::CounterTooLow { .. }
@@ -552,7 +557,8 @@ impl core::fmt::Display for Failure {
             }
             Failure::DeltaRefused(e) => write!(f, "{e}"),
             Failure::DeltaCorrupt(e) => write!(f, "{e}"),
-            Failure::DeltaRead => Ok(()),
+            Failure::DeltaRead { read_back: false } => f.write_str(": the running image"),
+            Failure::DeltaRead { read_back: true } => f.write_str(": the rebuilt image in DFU"),
             Failure::SignMethodUnsupported => f.write_str(": only Md5 and SHA256"),
             Failure::SeveralFiles { files } => write!(f, ": this one has {files} files"),
             Failure::MissingField(n) => f.write_str(n),
@@ -613,7 +619,7 @@ mod tests {
         "modem".try_into().unwrap()
     }
 
-    fn one_of_each() -> [Failure; 41] {
+    fn one_of_each() -> [Failure; 42] {
         [
             Failure::DiffUnsupported,
             Failure::delta_base(
@@ -626,7 +632,8 @@ mod tests {
             Failure::DeltaRefused(DeltaError::Lzma { props: 93, dict_size: u32::MAX }),
             Failure::DeltaCorrupt(DeltaError::Corrupt { what: crate::delta::Corruption::TooLong, at: 4000 }),
             Failure::DeltaCorrupt(DeltaError::Corrupt { what: crate::delta::Corruption::Lzma, at: u32::MAX }),
-            Failure::DeltaRead,
+            Failure::DeltaRead { read_back: false },
+            Failure::DeltaRead { read_back: true },
             Failure::SignMethodUnsupported,
             Failure::SeveralFiles { files: 3 },
             Failure::MissingField("size"),
