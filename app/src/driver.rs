@@ -300,8 +300,6 @@ struct Core<'a, H, M, C, A, D, S> {
     /// ACTIVE: the base of differential packages.
     active: A,
     patcher: &'a mut Patcher,
-    /// DFU is being written by the patcher (since `BeginPatch`), not directly.
-    patching: bool,
     http: &'a mut H,
     module: &'a mut M,
     /// The module version last told to the machine.
@@ -390,7 +388,6 @@ where
         updater: Updater::new(FirmwareUpdaterConfig { dfu: f.dfu, state: f.state }, 0),
         active: f.active,
         patcher,
-        patching: false,
         http: b.http,
         module: b.module,
         module_version: None,
@@ -590,20 +587,8 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
 
     /// Carries out the machine's actions; `last` says where the last event's bytes are.
     async fn act<T: Read + Write>(&mut self, mut mqtt: Option<&mut Mqtt<'_, T>>, last: &Last) -> Option<Exit> {
-        let Core {
-            machine: m,
-            updater: up,
-            active,
-            patcher,
-            patching,
-            http,
-            module: module_dev,
-            clock,
-            ctx,
-            work,
-            body,
-            ..
-        } = self;
+        let Core { machine: m, updater: up, active, patcher, http, module: module_dev, clock, ctx, work, body, .. } =
+            self;
         let (clock, buf) = (*clock, &mut **work);
         loop {
             let a = m.poll_action()?;
@@ -638,14 +623,12 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                 Action::BeginDownload { at } => {
                     log::info!("download into DFU from byte {}", at);
                     up.restart(at);
-                    *patching = false;
                     None
                 }
                 Action::BeginPatch => {
                     log::info!("patch into DFU from the running image");
                     up.restart(0);
                     patcher.reset(ctx.slot_size, ctx.image_len);
-                    *patching = true;
                     None
                 }
                 Action::Patch { offset: _, range } => {
@@ -711,9 +694,9 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                     http.close();
                     None
                 }
-                Action::VerifyAndMark => {
+                Action::VerifyAndMark { patched } => {
                     // A patch must have ended with its image before the image is checked.
-                    if let Some(Err(e)) = (*patching).then(|| patcher.finish(active, up)) {
+                    if let Some(Err(e)) = patched.then(|| patcher.finish(active, up)) {
                         log::warn!("patch: {}", e);
                         Some(Event::Marked(Err(MarkError::Patch(e))))
                     } else {

@@ -417,7 +417,7 @@ impl Harness {
                     self.http = Some(from);
                 }
                 Action::HttpClose => self.http = None,
-                Action::VerifyAndMark => {
+                Action::VerifyAndMark { .. } => {
                     let state = self.m.state();
                     assert_eq!(state, StateName::AwaitMark);
                     let (written, size) = self.m.written().expect("a download to mark");

@@ -303,7 +303,7 @@ impl Sim {
                     self.http_gen += 1;
                     self.log.push("http close".into());
                 }
-                Action::VerifyAndMark => {
+                Action::VerifyAndMark { .. } => {
                     self.log.push("verify+mark".into());
                     let keys = [PublicKey(key().verifying_key().to_bytes())];
                     let opts = VerifyOptions { keys: &keys, revoked: 0, min_sec_cnt: 0, slot_size: Some(SLOT) };

@@ -67,9 +67,13 @@ pub enum Action<'a> {
     /// Drop the HTTP connection.
     HttpClose,
     /// Verify the image in DFU with our keys and counter, mark it for swap, then report
-    /// [`super::Event::Marked`]. After a [`Action::BeginPatch`], first check that the patch ended
-    /// with its image (`Patcher::finish`; `MarkError::Patch` if not).
-    VerifyAndMark,
+    /// [`super::Event::Marked`]. `patched` (the image was rebuilt from a patch since
+    /// [`Action::BeginPatch`]): first check that the patch ended with its image
+    /// (`Patcher::finish`; `MarkError::Patch` if not).
+    VerifyAndMark {
+        /// the image in DFU was written by the patcher
+        patched: bool,
+    },
     /// Reboot (the bootloader takes over: it installs a marked image, starts an unconfirmed one
     /// again while it has boot attempts left, or reverts it).
     Reset,

@@ -309,7 +309,7 @@ enum Plain {
     ClearResume,
     HttpGet(u32),
     HttpClose,
-    VerifyAndMark,
+    VerifyAndMark { patched: bool },
     Reset,
     Revert,
     ModuleUpdate,
@@ -726,7 +726,7 @@ impl OtaMachine {
                     Plain::ClearResume => Action::ClearResume,
                     Plain::HttpGet(from) => Action::HttpGet { from },
                     Plain::HttpClose => Action::HttpClose,
-                    Plain::VerifyAndMark => Action::VerifyAndMark,
+                    Plain::VerifyAndMark { patched } => Action::VerifyAndMark { patched },
                     Plain::Reset => Action::Reset,
                     Plain::Revert => Action::Revert,
                     Plain::ModuleUpdate => unreachable!("handled above"),
@@ -1605,8 +1605,9 @@ impl OtaMachine {
             self.report(f.step(), f.desc());
             return;
         }
+        let patched = d.patch.is_some();
         self.state = State::AwaitMark(d);
-        self.plain(Plain::VerifyAndMark);
+        self.plain(Plain::VerifyAndMark { patched });
     }
 
     fn marked(&mut self, now: Instant, r: Result<(), MarkError>) {

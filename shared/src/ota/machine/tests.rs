@@ -627,7 +627,7 @@ fn a_diff_package_naming_the_running_image_is_patched_into_dfu_and_never_resumed
     let did = t.ev(Event::HttpBody(b));
     let o = others(&did);
     assert_eq!(o[0], format!("Patch {{ offset: 30, range: 0..{} }}", b.len()));
-    assert_eq!(&o[1..], ["HttpClose", "VerifyAndMark"], "no resume point saved: {o:?}");
+    assert_eq!(&o[1..], ["HttpClose", "VerifyAndMark { patched: true }"], "no resume point saved: {o:?}");
     let did = t.ev(Event::Marked(Ok(())));
     assert_eq!(one(msgs(&did, "progress")).step, 100);
 }
@@ -712,7 +712,7 @@ fn a_patch_that_fails_on_its_last_piece_is_reported_by_its_own_reason() {
     t.push(&delta_offer(&patch, &sum));
     t.ev(Event::HttpResponse { status: 200, length: Some(patch.len() as u32) });
     let did = t.ev(Event::HttpBody(&patch));
-    assert_eq!(others(&did).last(), Some(&"VerifyAndMark"), "{did:?}");
+    assert_eq!(others(&did).last(), Some(&"VerifyAndMark { patched: true }"), "{did:?}");
     assert!(t.ev(Event::PatchFailed(DeltaError::Write { at: 8192 })).is_empty(), "the verify reports it");
     let p = one(msgs(&t.ev(Event::Marked(Err(MarkError::Patch(DeltaError::Write { at: 8192 })))), "progress"));
     assert_eq!((p.step, p.desc.as_str()), (-4, "flash write failed at 8192"));
