@@ -57,6 +57,9 @@ mod qemu;
 #[cfg(all(target_os = "none", feature = "nrf52840-dk"))]
 mod nrf;
 
+#[cfg(all(target_os = "none", feature = "nrf52840-dk"))]
+mod defmt_log;
+
 #[cfg(all(not(target_os = "none"), feature = "host"))]
 fn main() {
     host::main()

@@ -90,7 +90,7 @@ async fn feed_watchdog(mut handle: WatchdogHandle) {
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
     let p = embassy_nrf::init(Default::default());
-    log::set_logger(&Defmt).ok();
+    log::set_logger(&crate::defmt_log::Defmt).ok();
     log::set_max_level(log::LevelFilter::Info);
     // SAFETY: the bootloader started the watchdog with one reload register (RR[0]).
     let handle = unsafe { WatchdogHandle::steal::<peripherals::WDT>(0) };
@@ -164,23 +164,4 @@ async fn main(spawner: Spawner) {
         }
     }
     cortex_m::peripheral::SCB::sys_reset()
-}
-
-/// The `log` facade (the OTA driver and the modem log through it) over defmt.
-struct Defmt;
-
-impl log::Log for Defmt {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::max_level()
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        let a = defmt::Display2Format(r.args());
-        match r.level() {
-            log::Level::Error => defmt::error!("{}", a),
-            log::Level::Warn => defmt::warn!("{}", a),
-            log::Level::Info => defmt::info!("{}", a),
-            _ => defmt::debug!("{}", a),
-        }
-    }
-    fn flush(&self) {}
 }
