@@ -12,8 +12,9 @@ fn main() {
         _ => String::new(),
     };
     std::fs::write(out, extra).unwrap();
-    // defmt's linker script (log strings, the default defmt panic) for the board that logs with it.
-    if board == memory_layouts::Board::Nrf52840Dk && std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("none") {
+    // defmt's linker script (log strings, the default defmt panic) for the boards that log with it.
+    let defmt = matches!(board, memory_layouts::Board::Nrf52840Dk | memory_layouts::Board::BL475eIot01a);
+    if defmt && std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("none") {
         println!("cargo:rustc-link-arg=-Tdefmt.x");
     }
 }

@@ -57,7 +57,10 @@ mod qemu;
 #[cfg(all(target_os = "none", feature = "nrf52840-dk"))]
 mod nrf;
 
-#[cfg(all(target_os = "none", feature = "nrf52840-dk"))]
+#[cfg(all(target_os = "none", feature = "b-l475e-iot01a"))]
+mod stm32;
+
+#[cfg(all(target_os = "none", any(feature = "nrf52840-dk", feature = "b-l475e-iot01a")))]
 mod defmt_log;
 
 #[cfg(all(not(target_os = "none"), feature = "host"))]

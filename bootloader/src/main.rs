@@ -11,6 +11,7 @@ mod keys {
 #[cfg(target_os = "none")]
 #[cfg_attr(feature = "qemu-an386", path = "board/qemu_an386.rs")]
 #[cfg_attr(feature = "nrf52840-dk", path = "board/nrf52840_dk.rs")]
+#[cfg_attr(feature = "b-l475e-iot01a", path = "board/b_l475e_iot01a.rs")]
 mod board;
 
 #[cfg(target_os = "none")]

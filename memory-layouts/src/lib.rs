@@ -60,11 +60,13 @@ pub enum Board {
     QemuAn386,
     /// Nordic nRF52840-DK with a Quectel modem.
     Nrf52840Dk,
+    /// ST B-L475E-IOT01A (STM32L475VG) with a Quectel modem: built and sized, not run here.
+    BL475eIot01a,
 }
 
 impl Board {
     /// Every board, in a fixed order.
-    pub const ALL: [Board; 3] = [Board::Host, Board::QemuAn386, Board::Nrf52840Dk];
+    pub const ALL: [Board; 4] = [Board::Host, Board::QemuAn386, Board::Nrf52840Dk, Board::BL475eIot01a];
 
     /// The name used on the command line and in release folders.
     pub const fn name(self) -> &'static str {
@@ -72,6 +74,7 @@ impl Board {
             Board::Host => "host",
             Board::QemuAn386 => "qemu-an386",
             Board::Nrf52840Dk => "nrf52840-dk",
+            Board::BL475eIot01a => "b-l475e-iot01a",
         }
     }
 
@@ -86,6 +89,7 @@ impl Board {
             Board::Host => &HOST,
             Board::QemuAn386 => &QEMU_AN386,
             Board::Nrf52840Dk => &NRF52840_DK,
+            Board::BL475eIot01a => &B_L475E_IOT01A,
         }
     }
 
@@ -93,7 +97,7 @@ impl Board {
     pub const fn target(self) -> Option<&'static str> {
         match self {
             Board::Host => None,
-            Board::QemuAn386 | Board::Nrf52840Dk => Some("thumbv7em-none-eabihf"),
+            Board::QemuAn386 | Board::Nrf52840Dk | Board::BL475eIot01a => Some("thumbv7em-none-eabihf"),
         }
     }
 }
@@ -274,9 +278,32 @@ pub const NRF52840_DK: Layout = Layout {
     boot_attempts: 3,
 };
 
+/// B-L475E-IOT01A (STM32L475VG): 1 MiB of flash at 0x0800_0000 in two 512 KiB banks of 2 KiB
+/// pages, programmed a double word (8 bytes, with ECC) at a time, erased to 0xFF; 96 KiB SRAM1
+/// (SRAM2's 32 KiB at 0x1000_0000 is left unused). The bootloader gets 48 KiB as on the nRF;
+/// STATE holds 2 + 4 x 239 words of 8 bytes with the margin (1,280 words); the last 2 KiB page
+/// before PROVISION is unused. ACTIVE and DFU straddle the bank boundary (0x0808_0000), which
+/// embassy-stm32's driver handles (BKER for pages of bank 2).
+pub const B_L475E_IOT01A: Layout = Layout {
+    board: Board::BL475eIot01a,
+    flash: Region { origin: 0x0800_0000, length: 0x10_0000 },
+    geometry: Geometry { erase_size: 2048, write_size: 8, erased: 0xFF },
+    bootloader: Region { origin: 0x0800_0000, length: 0xC000 },
+    boot_record: Region { origin: 0x0800_C000, length: 0x1000 },
+    state: Region { origin: 0x0800_D000, length: 0x2800 },
+    active: Region { origin: 0x0800_F800, length: 0x7_7800 },
+    dfu: Region { origin: 0x0808_7000, length: 0x7_8000 },
+    provision: Region { origin: 0x080F_F800, length: 0x800 },
+    ram: Region { origin: 0x2000_0000, length: 0x1_8000 },
+    // 98 vector table entries (16 + 82 interrupts) need 512-byte alignment.
+    image_header_size: 0x200,
+    boot_attempts: 3,
+};
+
 const _: () = HOST.check();
 const _: () = QEMU_AN386.check();
 const _: () = NRF52840_DK.check();
+const _: () = B_L475E_IOT01A.check();
 
 #[cfg(feature = "render")]
 pub mod build;
@@ -304,6 +331,34 @@ mod tests {
         assert_eq!(l.active_pages(), 119);
         assert_eq!(l.state_words_needed(), 2 + 4 * 119);
         assert!(l.state.length / 4 >= l.state_words_needed() * 5 / 4);
+    }
+
+    #[test]
+    fn stm32l475_state_holds_its_8_byte_words_with_a_margin() {
+        let l = &B_L475E_IOT01A;
+        assert_eq!(l.active_pages(), 239);
+        assert_eq!(l.state_words_needed(), 2 + 4 * 239);
+        assert_eq!(l.state.length / l.geometry.write_size, 1280);
+        assert!(l.state.length / l.geometry.write_size >= l.state_words_needed() * 5 / 4);
+        // One page fewer in STATE and the words no longer fit with the margin.
+        let mut small = *l;
+        small.state.length -= l.geometry.erase_size;
+        assert!(4 * (small.state.length / 8) < 5 * small.state_words_needed());
+    }
+
+    #[test]
+    fn stm32l475_regions_fill_the_flash_and_the_slots_span_both_banks() {
+        let l = &B_L475E_IOT01A;
+        assert_eq!(l.flash.end(), 0x0810_0000);
+        assert_eq!(l.provision.end(), l.flash.end(), "PROVISION is the last page");
+        assert_eq!(l.dfu.length, l.active.length + l.geometry.erase_size);
+        assert_eq!(l.dfu.end() + l.geometry.erase_size, l.provision.origin, "one page unused");
+        let bank2 = 0x0808_0000;
+        assert!(l.active.origin < bank2 && l.active.end() > bank2, "ACTIVE ends in bank 2");
+        assert!(l.dfu.origin >= bank2, "DFU is all in bank 2");
+        assert!(l.bootloader_owned().end() <= bank2, "BOOTLOADER + BOOT_RECORD in bank 1");
+        assert_eq!(l.app_origin() % 512, 0, "the vector table is 512-byte aligned");
+        assert_eq!(l.ram, Region { origin: 0x2000_0000, length: 96 * 1024 });
     }
 
     #[test]

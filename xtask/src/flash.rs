@@ -10,7 +10,7 @@ use std::process::Command;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Board to flash (nrf52840-dk; qemu-an386 and host use flash files).
+    /// Board to flash (nrf52840-dk, b-l475e-iot01a; qemu-an386 and host use flash files).
     #[arg(long, value_enum)]
     board: BoardArg,
     /// The release folder whose factory.bin to write (`cargo xtask release --board B --version V`).
@@ -22,6 +22,8 @@ pub struct Args {
 fn chip(board: Board) -> Result<&'static str> {
     match board {
         Board::Nrf52840Dk => Ok("nRF52840_xxAA"),
+        // The IOT01A's on-board ST-LINK/V2-1 (USB port CN7).
+        Board::BL475eIot01a => Ok("STM32L475VGTx"),
         b => bail!("{} has no debug probe: its flash is a file (see `cargo xtask qemu` / `device`)", b.name()),
     }
 }

@@ -40,6 +40,9 @@ pub enum BoardArg {
     /// nRF52840-DK with a Quectel modem.
     #[value(name = "nrf52840-dk")]
     Nrf52840Dk,
+    /// ST B-L475E-IOT01A (STM32L475VG) with a Quectel modem.
+    #[value(name = "b-l475e-iot01a")]
+    BL475eIot01a,
 }
 
 impl From<BoardArg> for Board {
@@ -48,6 +51,7 @@ impl From<BoardArg> for Board {
             BoardArg::Host => Board::Host,
             BoardArg::QemuAn386 => Board::QemuAn386,
             BoardArg::Nrf52840Dk => Board::Nrf52840Dk,
+            BoardArg::BL475eIot01a => Board::BL475eIot01a,
         }
     }
 }

@@ -112,7 +112,7 @@ pub fn run(a: Args) -> Result<()> {
             Ok(())
         }
         Board::Host => bail!("the host device reads its credentials from device.toml (see README)"),
-        Board::Nrf52840Dk => {
+        Board::Nrf52840Dk | Board::BL475eIot01a => {
             let l = board.layout();
             let page = crate::root().join("target/provision-page.bin");
             std::fs::write(&page, a.p.page(l)?).with_context(|| format!("writing {}", page.display()))?;

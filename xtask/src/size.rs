@@ -27,7 +27,7 @@ pub fn sizes(elf: &[u8]) -> Result<(u64, u64, u64)> {
 
 pub fn run(_: Args) -> Result<()> {
     let key = keys::load_public_key(&keys::dev_key())?;
-    println!("{:<12} {:<11} {:>9} {:>7} {:>7} {:>10}  region", "board", "binary", "flash", "data", "bss", "of region");
+    println!("{:<14} {:<11} {:>9} {:>7} {:>7} {:>10}  region", "board", "binary", "flash", "data", "bss", "of region");
     let mut nrf_bootloader = 0;
     for board in Board::ALL.into_iter().filter(|b| b.target().is_some()) {
         let l = board.layout();
@@ -38,7 +38,7 @@ pub fn run(_: Args) -> Result<()> {
                 nrf_bootloader = flash;
             }
             println!(
-                "{:<12} {:<11} {:>9} {:>7} {:>7} {:>9.1}%  {} KiB",
+                "{:<14} {:<11} {:>9} {:>7} {:>7} {:>9.1}%  {} KiB",
                 board.name(),
                 format!("{c:?}").to_lowercase(),
                 flash,
