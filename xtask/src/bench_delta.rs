@@ -15,12 +15,14 @@
 //! `-icount shift=0`, where one SysTick tick (25 MHz) is 40 instructions: instructions per KiB of
 //! rebuilt image.
 
-use crate::{package, proc, qemu, tools};
+use crate::{package, tools};
 use anyhow::{bail, ensure, Context, Result};
+use machine::proc;
 use memory_layouts::Board;
 use shared::delta::{self, Compression};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use testbed::qemu;
 
 /// Two commits of this repository a week apart (the pair the issue that asked for deltas
 /// measured: 117,946 -> 120,970 bytes for the nrf52840-dk app).
@@ -190,7 +192,7 @@ pub fn pairs(dir: &Path) -> Result<Vec<Pair>> {
         "1.8",
         "--failing-self-test",
         "--download-ca",
-        crate::tls::dev()?.ca.to_str().context("path")?,
+        ota_console::tls::dev()?.ca.to_str().context("path")?,
         "--out",
         failing.to_str().context("path")?,
     ])?;

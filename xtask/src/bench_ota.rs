@@ -11,16 +11,16 @@
 //! The time is the console's, from the job's creation to the device's progress 100 (every byte
 //! received, CRC-checked, hashed, written to the flash file, its signature verified).
 
-use crate::console::engine::{BlockService, JobSpec, Package, Protocol};
-use crate::console::{self, Console, Options};
-use crate::proc::{xtask, Killed};
-use crate::proxy::Proxy;
 use crate::{build::host_device_profile, keys};
 use anyhow::{ensure, Context, Result};
+use machine::proc::xtask;
+use ota_console::engine::{BlockService, JobSpec, Package, Protocol};
+use ota_console::{self as console, Console, Options};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+use testbed::device::{Device, HostConfig, HostDevice};
+use testbed::proxy::Proxy;
 
 const PK: &str = "a1BenchPk01";
 const SECRET: &str = "bench-secret";
@@ -46,33 +46,23 @@ impl Bench {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let name = format!("bench-{n:03}");
         let flash = self.dir.join("flash.bin");
-        std::fs::copy(self.dir.join("1.3/factory.bin"), &flash)?;
-        let config = self.dir.join("device.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "product_key = \"{PK}\"\ndevice_name = \"{name}\"\ndevice_secret = \"{SECRET}\"\nhost = \"127.0.0.1\"\n\
-                 port = {port}\ntls = false\nflash = \"{}\"\nblock_size = {}\nwindow = {}\n",
-                flash.display(),
-                c.block,
-                c.window
-            ),
-        )?;
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
-        let _d = Killed(
-            Command::new(&self.device)
-                .arg("--config")
-                .arg(&config)
-                .env("RUST_LOG", std::env::var("BENCH_DEVICE_LOG").unwrap_or_else(|_| "warn".into()))
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("starting the host device")?,
-        );
-        let id = (PK.to_string(), name.clone());
-        self.console.wait(Duration::from_secs(30), &format!("{name} online on 1.3"), |e| {
-            e.device(&id).is_some_and(|d| d.online && d.version() == Some("1.3"))
-        })?;
+        let extra = format!("block_size = {}\nwindow = {}\n", c.block, c.window);
+        let config = HostConfig {
+            product_key: PK,
+            device_name: &name,
+            device_secret: SECRET,
+            port,
+            tls: false,
+            flash: &flash,
+            extra: &extra,
+        };
+        let (toml, log) = (self.dir.join("device.toml"), self.dir.join(format!("{name}.log")));
+        let _ = std::fs::remove_file(&log);
+        let mut d = HostDevice::new(&self.device, &config, toml, log, &self.dir.join("1.3/factory.bin"))?;
+        d.log_level = std::env::var("BENCH_DEVICE_LOG").unwrap_or_else(|_| "warn".into());
+        d.start().context("starting the host device")?;
+        let id = d.id();
+        d.runs(&self.console, "1.3", Duration::from_secs(30))?;
         self.console.with_mut(|e| {
             e.blocks = if one_at_a_time {
                 BlockService::OneAtATime { busy: Duration::from_millis(20) }

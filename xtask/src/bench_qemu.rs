@@ -10,8 +10,8 @@
 //! download timed by the console from the push to the device's progress 100 (downloaded and
 //! verified), in one run so the two share the machine's load.
 
-use crate::proc;
 use anyhow::{bail, Context, Result};
+use machine::proc;
 use memory_layouts::Board;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -73,7 +73,7 @@ fn boot_ticks(flash: &Path) -> Result<u64> {
 
 /// Runs `flash` under -icount shift=0 until the app prints a line starting with `prefix`.
 pub fn run_to_line(flash: &Path, prefix: &str) -> Result<String> {
-    let mut c: Command = crate::qemu::command(flash, None)?;
+    let mut c: Command = testbed::qemu::command(flash, None)?;
     c.args(["-icount", "shift=0"]).stdout(Stdio::piped()).stderr(Stdio::null());
     let mut child = proc::Killed(c.spawn().context("starting qemu-system-arm")?);
     let stdout = child.0.stdout.take().context("no stdout")?;
@@ -112,8 +112,8 @@ pub fn group(n: u64) -> String {
 
 /// `bench qemu-download`: bytes/s over MQTT stream and over HTTPS, `rounds` downloads each.
 pub fn download(image_kib: usize, rounds: usize) -> Result<()> {
-    use crate::console::engine::Protocol;
-    use crate::qemu;
+    use ota_console::engine::{Protocol, TaskState};
+    use testbed::{qemu, scenario};
     let dir = crate::root().join("target/bench-qemu-download");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -128,12 +128,12 @@ pub fn download(image_kib: usize, rounds: usize) -> Result<()> {
         let target = ["1.4", "1.5"][i % 2];
         let protocol = [Protocol::Mqtt, Protocol::Https, Protocol::Https, Protocol::Mqtt][i % 4];
         let size = std::fs::metadata(dir.join(target).join(format!("firmware-{target}.bin")))?.len();
-        let j = rig.console.add_job(crate::demo::job(&dir.join(target), protocol, false, Duration::from_secs(600))?)?;
+        let j = rig.console.add_job(scenario::job(&dir.join(target), protocol, false, Duration::from_secs(600))?)?;
         rig.console.wait(Duration::from_secs(600), "the download to end", |e| {
             e.device(&rig.id()).and_then(|d| d.tasks.get(&j)).is_some_and(|t| t.state.done())
         })?;
         let t = rig.task(j).context("no task")?;
-        let (Some(ms), crate::console::engine::TaskState::Succeeded) = (t.downloaded_ms, t.state) else {
+        let (Some(ms), TaskState::Succeeded) = (t.downloaded_ms, t.state) else {
             bail!("download {} of {target} over {protocol:?} ended {:?} step {} {}", i + 1, t.state, t.step, t.desc);
         };
         let rate = size as f64 / (ms as f64 / 1e3);

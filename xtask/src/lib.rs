@@ -14,15 +14,11 @@ pub mod fuzz;
 pub mod keys;
 pub mod modem_sim;
 pub mod package;
-pub mod power_cut;
-pub mod proc;
 pub mod provision;
-pub mod proxy;
 pub mod qemu;
 pub mod sign;
 pub mod size;
 pub mod test;
-pub mod tls;
 pub mod tools;
 
 use clap::ValueEnum;

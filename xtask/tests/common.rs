@@ -94,6 +94,6 @@ pub fn bytes(len: usize, seed: u32) -> Vec<u8> {
 
 /// A CA and a server certificate for 127.0.0.1, made by openssl: (CA, certificate, key).
 pub fn tls_files(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let p = xtask::tls::make(dir, name, 2).unwrap();
+    let p = ota_console::tls::make(dir, name, 2).unwrap();
     (p.ca, p.cert, p.key)
 }

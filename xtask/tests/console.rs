@@ -5,11 +5,12 @@
 
 mod common;
 use common::*;
+use machine::proc::{free_port, Killed};
+use ota_console::{self as console, Console, Options};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use xtask::console::{self, Console, Options};
-use xtask::proc::{free_port, Killed};
+use testbed::device::HostConfig;
 
 const PK: &str = "a1CnsTest01";
 
@@ -45,20 +46,22 @@ fn console_cli_upgrades_a_device_over_tls_and_https_and_reports_it() {
             .spawn()
             .unwrap(),
     );
-    xtask::proc::wait_port(mqtts, "the console").unwrap();
+    machine::proc::wait_port(mqtts, "the console").unwrap();
 
     std::fs::copy(dir.join("1.3/factory.bin"), dir.join("dev.flash")).unwrap();
     let dconf = dir.join("device.toml");
-    std::fs::write(
-        &dconf,
-        format!(
-            "product_key = \"{PK}\"\ndevice_name = \"dev-tls\"\ndevice_secret = \"s1\"\nhost = \"127.0.0.1\"\nport = {mqtts}\n\
-             tls = true\nca = \"{}\"\nflash = \"{}\"\n",
-            ca.display(),
-            dir.join("dev.flash").display()
-        ),
-    )
-    .unwrap();
+    let ca_line = format!("ca = \"{}\"\n", ca.display());
+    let flash = dir.join("dev.flash");
+    let c = HostConfig {
+        product_key: PK,
+        device_name: "dev-tls",
+        device_secret: "s1",
+        port: mqtts,
+        tls: true,
+        flash: &flash,
+        extra: &ca_line,
+    };
+    std::fs::write(&dconf, c.toml()).unwrap();
     let log = dir.join("device.log");
     let _dev = Killed(
         Command::new(&device)
@@ -167,8 +170,8 @@ fn the_front_door_answers_connack_4_to_a_wrong_password_and_lets_the_right_one_t
 
 // ---- the front door as strict as Aliyun, met by a third-party client (rumqttc) ----
 
+use ota_console::engine::{JobSpec, Package, Protocol};
 use shared::alink::{BlockReply, SignMethod};
-use xtask::console::engine::{JobSpec, Package, Protocol};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -344,7 +347,7 @@ fn block_requests_outside_aliyun_s_rules_get_an_error_reply_never_silence() {
     p.inform("b1", "1.3");
     std::thread::sleep(Duration::from_millis(300));
     c.add_job(JobSpec::new(package("1.4", 10_000), Protocol::Mqtt)).unwrap();
-    let stream = xtask::console::engine::stream_id(1);
+    let stream = ota_console::engine::stream_id(1);
     let ask = |id: &str, stream: u64, file: u32, offset: u32, size: u32| {
         let mut b = [0u8; 256];
         let n = shared::alink::download_request(&mut b, id, "t", stream, file, offset, size).unwrap();
@@ -398,7 +401,7 @@ fn pushes_carry_what_aliyun_s_carry() {
     p.inform("j1", "1.3");
     std::thread::sleep(Duration::from_millis(300));
     let mut spec = JobSpec::new(package("1.4", 1000), Protocol::Https);
-    spec.digest = xtask::console::engine::DigestKind::Sha256;
+    spec.digest = ota_console::engine::DigestKind::Sha256;
     spec.ext_data =
         vec![("_package_udi".into(), r#"{"notes":"a \"quoted\" note"}"#.into()), ("region".into(), "east".into())];
     c.add_job(spec).unwrap();

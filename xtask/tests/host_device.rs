@@ -6,21 +6,22 @@
 
 mod common;
 use common::*;
+use machine::proc::Killed;
+use ota_console::engine::{BlockService, JobSpec, Package, Protocol, TaskRecord, TaskState};
+use ota_console::{self as console, auth::DeviceId, Console, Options};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use xtask::console::engine::{BlockService, JobSpec, Package, Protocol, Task, TaskState};
-use xtask::console::{self, auth::DeviceId, Console, Options};
-use xtask::proc::Killed;
-use xtask::proxy::Proxy;
+use testbed::device::HostConfig;
+use testbed::proxy::Proxy;
 
 const PK: &str = "a1B2c3D4e5F";
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 fn free_port() -> u16 {
-    xtask::proc::free_port().unwrap()
+    machine::proc::free_port().unwrap()
 }
 
 /// Starts mosquitto with `conf` and waits until it listens on `port`. Started as root it would
@@ -38,7 +39,7 @@ fn mosquitto_with(dir: &Path, conf: &str, port: u16) -> Killed {
         .spawn()
         .expect("mosquitto");
     let child = Killed(child);
-    if let Err(e) = xtask::proc::wait_port(port, "mosquitto") {
+    if let Err(e) = machine::proc::wait_port(port, "mosquitto") {
         panic!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default());
     }
     child
@@ -139,15 +140,17 @@ impl Dev {
         let flash = dir.join("flash.bin");
         std::fs::copy(releases().path("1.3").join("factory.bin"), &flash).unwrap();
         let config = dir.join("device.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "product_key = \"{PK}\"\ndevice_name = \"{name}\"\ndevice_secret = \"{SECRET}\"\n\
-                 host = \"127.0.0.1\"\nport = {port}\ntls = false\nflash = \"{}\"\nblock_size = 2048\n{extra}\n",
-                flash.display()
-            ),
-        )
-        .unwrap();
+        let extra = format!("block_size = 2048\n{extra}\n");
+        let c = HostConfig {
+            product_key: PK,
+            device_name: name,
+            device_secret: SECRET,
+            port,
+            tls: false,
+            flash: &flash,
+            extra: &extra,
+        };
+        std::fs::write(&config, c.toml()).unwrap();
         Dev { name: name.into(), dir, config, flash }
     }
 
@@ -220,7 +223,7 @@ impl Dev {
     }
 
     /// Waits for the task of `job` to end; returns it.
-    fn outcome(&self, c: &Console, job: u32, secs: u64) -> Task {
+    fn outcome(&self, c: &Console, job: u32, secs: u64) -> TaskRecord {
         let id = self.id();
         c.wait(Duration::from_secs(secs), "the task to end", |e| {
             e.device(&id).and_then(|d| d.tasks.get(&job)).is_some_and(|t| t.state.done())
@@ -593,14 +596,16 @@ fn xtask_device_writes_the_factory_image_and_says_what_is_wrong() {
     let dir = scratch("xtask_device_cli");
     let flash = dir.join("flash.bin");
     let config = dir.join("device.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "product_key = \"{PK}\"\ndevice_name = \"d\"\ndevice_secret = \"x\"\nhost = \"127.0.0.1\"\nport = 9\ntls = false\nflash = \"{}\"\n",
-            flash.display()
-        ),
-    )
-    .unwrap();
+    let c = HostConfig {
+        product_key: PK,
+        device_name: "d",
+        device_secret: "x",
+        port: 9,
+        tls: false,
+        flash: &flash,
+        extra: "",
+    };
+    std::fs::write(&config, c.toml()).unwrap();
     // No flash file and no --factory: say how to make one.
     let err = xtask_err(&["device", "--config", s(&config)]);
     assert!(err.contains("--factory"), "{err}");

@@ -1,18 +1,19 @@
 //! The host device reaching the local console through the AT modem driver (app/src/modem.rs) and
-//! the modem simulator (xtask/src/modem_sim.rs): the bring-up sequence as sent, an upgrade over a
+//! the modem simulator (xtask/testbed/src/modem_sim.rs): the bring-up sequence as sent, an upgrade over a
 //! modem link that drops mid-download (NO CARRIER, then a fresh bring-up), TLS in the modem
 //! (AT+QSSLOPEN toward the console's TLS listener), and a missing SIM said clearly.
 
 mod common;
 use common::*;
+use machine::proc::Killed;
+use ota_console::engine::{JobSpec, Package, Protocol, TaskState};
+use ota_console::{self as console, Console, Options, TlsOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use xtask::console::engine::{JobSpec, Package, Protocol, TaskState};
-use xtask::console::{self, Console, Options, TlsOptions};
-use xtask::modem_sim::{ModemSim, SimOptions};
-use xtask::proc::Killed;
+use testbed::device::HostConfig;
+use testbed::modem_sim::{ModemSim, SimOptions};
 
 const PK: &str = "a1ModemTst1";
 
@@ -49,15 +50,10 @@ fn device_with(dir: &Path, name: &str, uart: u16, port: u16, tls: bool, extra: &
     let flash = dir.join(format!("{name}.flash"));
     std::fs::copy(rel.join("1.3/factory.bin"), &flash).unwrap();
     let conf = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &conf,
-        format!(
-            "product_key = \"{PK}\"\ndevice_name = \"{name}\"\ndevice_secret = \"s\"\nhost = \"127.0.0.1\"\nport = {port}\n\
-             tls = {tls}\nflash = \"{}\"\nmodem = \"127.0.0.1:{uart}\"\napn = \"CMNET\"\nblock_size = 4096\n{extra}",
-            flash.display()
-        ),
-    )
-    .unwrap();
+    let extra = format!("modem = \"127.0.0.1:{uart}\"\napn = \"CMNET\"\nblock_size = 4096\n{extra}");
+    let c =
+        HostConfig { product_key: PK, device_name: name, device_secret: "s", port, tls, flash: &flash, extra: &extra };
+    std::fs::write(&conf, c.toml()).unwrap();
     let log = dir.join(format!("{name}.log"));
     let child = Command::new(bin)
         .args(["--config", s(&conf)])
@@ -230,7 +226,7 @@ fn online(c: &Console, name: &str, version: &str, log: &Path) {
 }
 
 /// Waits for the task of `job` on `name` to end; returns it.
-fn outcome(c: &Console, name: &str, job: u32, secs: u64, log: &Path) -> console::engine::Task {
+fn outcome(c: &Console, name: &str, job: u32, secs: u64, log: &Path) -> console::engine::TaskRecord {
     let id = (PK.to_string(), name.to_string());
     let done =
         |e: &console::engine::Engine| e.device(&id).and_then(|d| d.tasks.get(&job)).is_some_and(|t| t.state.done());
@@ -434,7 +430,7 @@ fn the_module_s_own_firmware_is_upgraded_as_module_modem() {
     .unwrap();
 
     // A corrupted package: the module refuses it (END 504) -> -3, nothing restarts.
-    let mut bad = xtask::modem_sim::fota_package("EC200UCNAAR03A01M09", &[7u8; 30_000]);
+    let mut bad = testbed::modem_sim::fota_package("EC200UCNAAR03A01M09", &[7u8; 30_000]);
     bad[100] ^= 0xFF;
     let job = c.add_job(modem_job("EC200UCNAAR03A01M09", "EC200UCNAAR03A01M08", bad)).unwrap();
     let t = outcome(&c, "f1", job, 120, &log);
@@ -443,7 +439,7 @@ fn the_module_s_own_firmware_is_upgraded_as_module_modem() {
 
     // The good package: progress, END 0, the module restarts, the device brings the link up
     // again and informs the new version: the platform's success.
-    let good = xtask::modem_sim::fota_package("EC200UCNAAR03A01M09", &[7u8; 30_000]);
+    let good = testbed::modem_sim::fota_package("EC200UCNAAR03A01M09", &[7u8; 30_000]);
     let job = c.add_job(modem_job("EC200UCNAAR03A01M09", "EC200UCNAAR03A01M08", good)).unwrap();
     let t = outcome(&c, "f1", job, 120, &log);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", std::fs::read_to_string(&log).unwrap());
@@ -471,7 +467,7 @@ fn a_module_that_refuses_the_fota_command_is_reported_and_the_device_keeps_worki
     let extra = format!("download_ca = \"{}\"\n", ca.display());
     let (_d, log) = device_with(&dir, "f2", sim.port, c.mqtt_port, false, &extra);
     online(&c, "f2", "1.3", &log);
-    let good = xtask::modem_sim::fota_package("EC200UCNAAR03A01M09", &[7u8; 1000]);
+    let good = testbed::modem_sim::fota_package("EC200UCNAAR03A01M09", &[7u8; 1000]);
     // A URL longer than AT+QFOTADL takes (255 bytes): refused before the module hears of it.
     let base = c.with(|e| e.http_base.clone());
     c.with_mut(|e| e.http_base = format!("{base}/{}", "u".repeat(256)));

@@ -5,6 +5,8 @@
 //! made here; platform behaviour (refusals, pushes, one request at a time) is the engine's.
 
 use ed25519_dalek::SigningKey;
+use ota_console::auth::DeviceId;
+use ota_console::engine::{BlockService, Engine, JobSpec, Package, Protocol, Quirk, TaskRecord, TaskState};
 use serde_json::Value;
 use shared::alink::{Downlink, Topics};
 use shared::image::{sign_image, ImageVersion, PublicKey, SignParams, SliceFlash, VerifyOptions};
@@ -13,8 +15,6 @@ use shared::ota::{
     Verdict,
 };
 use std::collections::VecDeque;
-use xtask::console::auth::DeviceId;
-use xtask::console::engine::{BlockService, Engine, JobSpec, Package, Protocol, Quirk, Task, TaskState};
 
 const PK: &str = "a1B2c3D4e5F";
 const DN: &str = "dev-001";
@@ -293,7 +293,7 @@ impl Sim {
                             self.schedule(t + 2 + (end / 4096) as u64, Hop::HttpEnd(g));
                         }
                         Err(r) => {
-                            let status = if r == xtask::console::engine::HttpRefusal::Expired { 403 } else { 404 };
+                            let status = if r == ota_console::engine::HttpRefusal::Expired { 403 } else { 404 };
                             self.schedule(t, Hop::HttpHead(g, status, Some(0)));
                             self.schedule(t, Hop::HttpEnd(g));
                         }
@@ -432,7 +432,7 @@ impl Sim {
         j
     }
 
-    fn task(&self, job: u32) -> Task {
+    fn task(&self, job: u32) -> TaskRecord {
         self.e.device(&self.id).unwrap().tasks[&job].clone()
     }
 
@@ -1024,7 +1024,7 @@ fn the_timeout_runs_from_the_first_progress_report() {
 }
 
 impl Sim {
-    fn task_opt(&self, job: u32) -> Option<Task> {
+    fn task_opt(&self, job: u32) -> Option<TaskRecord> {
         self.e.device(&self.id).unwrap().tasks.get(&job).cloned()
     }
 }

@@ -66,7 +66,7 @@ fn seeded(mut flash: Vec<u8>) -> Vec<u8> {
 /// `timeout`. Returns stdout and stderr lines, in arrival order, and whether `until` was seen.
 fn run_qemu(flash: &Path, until: &str, timeout: Duration) -> (String, bool) {
     // The project's QEMU command line, the modem UART on `-serial null`.
-    let mut child = xtask::qemu::command(flash, None)
+    let mut child = testbed::qemu::command(flash, None)
         .unwrap()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

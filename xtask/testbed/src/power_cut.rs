@@ -18,16 +18,19 @@
 //!   step -1) for the failing one, and
 //!   the version it informs is the one the bootloader last jumped to.
 
-use crate::console::engine::{Protocol, TaskState};
+use crate::device::Device;
 use crate::qemu::{self, Rig};
+use crate::scenario::{delta_job, job, QEMU_RELEASES};
 use anyhow::{bail, ensure, Result};
+use ota_console::engine::{Protocol, TaskState};
 use shared::ota::FailureKind;
 use shared::sim::Rng;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Where in an update a power cut lands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+enum CutPoint {
     Download,
     Mark,
     Swap,
@@ -35,9 +38,10 @@ enum Phase {
     Revert,
 }
 
-const PHASES: [Phase; 5] = [Phase::Download, Phase::Mark, Phase::Swap, Phase::Confirm, Phase::Revert];
+const CUT_POINTS: [CutPoint; 5] =
+    [CutPoint::Download, CutPoint::Mark, CutPoint::Swap, CutPoint::Confirm, CutPoint::Revert];
 
-/// How the update of cycle `i` comes (cycle `i` is in phase `PHASES[i % 5]`): every way in every
+/// How the update of cycle `i` comes (cycle `i` cuts at `CUT_POINTS[i % 5]`): every way in every
 /// phase it can take within 15 cycles, and the patch in download, mark, swap and confirm within
 /// the first 10 (CI's sample). The mark phase never over HTTPS (its anchor is the last block
 /// request), the revert phase's release never as a patch (a patch is of a good release).
@@ -72,7 +76,7 @@ enum Via {
 }
 
 struct Cycle {
-    phase: Phase,
+    point: CutPoint,
     via: Via,
     target: &'static str,
     delay_ms: u64,
@@ -86,7 +90,7 @@ struct Cycle {
 pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
     let t0 = Instant::now();
     eprintln!("power-cut campaign: {cuts} cuts, seed {seed} (replay with --seed {seed})");
-    qemu::releases(dir, crate::demo::QEMU_RELEASES)?;
+    qemu::releases(dir, QEMU_RELEASES)?;
     // The good releases as patches from each other (the images are the same as in 1.4 and 1.5).
     qemu::delta_release(dir, "1.5", "1.5-from-1.4", "1.4")?;
     qemu::delta_release(dir, "1.4", "1.4-from-1.5", "1.5")?;
@@ -97,7 +101,7 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
     let mut current = "1.3";
     let mut done = Vec::new();
     for i in 0..cuts {
-        let phase = PHASES[i % PHASES.len()];
+        let point = CUT_POINTS[i % CUT_POINTS.len()];
         let good = if current == "1.4" { "1.5" } else { "1.4" };
         let via = match VIAS[i % VIAS.len()] {
             Via::Delta if !matches!(current, "1.4" | "1.5") => Via::Mqtt,
@@ -105,31 +109,31 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
         };
         // The revert phase needs the release that fails its self-test; the download and mark
         // phases take it now and then too (never as a patch: that is a good release).
-        let failing = phase == Phase::Revert
-            || (via != Via::Delta && matches!(phase, Phase::Download | Phase::Mark) && rng.below(4) == 0);
+        let failing = point == CutPoint::Revert
+            || (via != Via::Delta && matches!(point, CutPoint::Download | CutPoint::Mark) && rng.below(4) == 0);
         let target = if failing { "1.6" } else { good };
         let spec = match via {
-            Via::Https => crate::demo::job(&dir.join(target), Protocol::Https, false, CYCLE_TIMEOUT)?,
-            Via::Mqtt => crate::demo::job(&dir.join(target), Protocol::Mqtt, false, CYCLE_TIMEOUT)?,
+            Via::Https => job(&dir.join(target), Protocol::Https, false, CYCLE_TIMEOUT)?,
+            Via::Mqtt => job(&dir.join(target), Protocol::Mqtt, false, CYCLE_TIMEOUT)?,
             Via::Delta => {
                 let release = dir.join(format!("{target}-from-{current}"));
-                crate::demo::delta_job(&release, current, Protocol::Mqtt, CYCLE_TIMEOUT)?
+                delta_job(&release, current, Protocol::Mqtt, CYCLE_TIMEOUT)?
             }
         };
         let size = spec.package.bytes.len() as u64;
         let block = shared::ota::DEFAULT_BLOCK as u64;
         let last_block = (size - 1) / block * block;
-        let (anchor, max_ms) = match phase {
+        let (anchor, max_ms) = match point {
             // A patch of a version bump is a few hundred bytes: the image is rebuilt within a
             // second or two of its start.
-            Phase::Download if via == Via::Delta => ("patch into DFU".to_string(), 1500),
-            Phase::Download => ("download into DFU".to_string(), 9000),
-            Phase::Mark => (format!("\"offset\":{last_block}}}"), 600),
+            CutPoint::Download if via == Via::Delta => ("patch into DFU".to_string(), 1500),
+            CutPoint::Download => ("download into DFU".to_string(), 9000),
+            CutPoint::Mark => (format!("\"offset\":{last_block}}}"), 600),
             // The swap takes tens of ms; the new image's start, modem bring-up, self-test and
             // confirm follow within a few seconds.
-            Phase::Swap => ("app: reset".to_string(), 60),
-            Phase::Confirm => (format!("boot: jump to {target} "), 3000),
-            Phase::Revert => ("self-test: FAIL".to_string(), 150),
+            CutPoint::Swap => ("app: reset".to_string(), 60),
+            CutPoint::Confirm => (format!("boot: jump to {target} "), 3000),
+            CutPoint::Revert => ("self-test: FAIL".to_string(), 150),
         };
         let delay_ms = rng.below(max_ms + 1);
         let from = rig.dev.output().len();
@@ -144,11 +148,11 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
         rig.dev.start()?;
         let (runs, outcome) = settle(&mut rig, j, current, target, !failing, from, cut_at)?;
-        let c = Cycle { phase, via, target, delay_ms, cut_after, outcome, took: started.elapsed() };
+        let c = Cycle { point, via, target, delay_ms, cut_after, outcome, took: started.elapsed() };
         eprintln!(
             "cut {:>3}/{cuts} {:<8?} {:<5?} -> {:<3} +{:>4} ms after {:?}: {} ({:.1} s)",
             i + 1,
-            c.phase,
+            c.point,
             c.via,
             c.target,
             c.delay_ms,
@@ -165,7 +169,7 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
         println!(
             "{:>3} {:<8?} {:<5?} {:<3} +{:>4} ms  {:<70}  {}",
             i + 1,
-            c.phase,
+            c.point,
             c.via,
             c.target,
             c.delay_ms,
@@ -173,8 +177,8 @@ pub fn campaign(dir: &Path, cuts: usize, seed: u64) -> Result<()> {
             c.outcome
         );
     }
-    for p in PHASES {
-        let n = |via| done.iter().filter(|c| c.phase == p && c.via == via).count();
+    for p in CUT_POINTS {
+        let n = |via| done.iter().filter(|c| c.point == p && c.via == via).count();
         println!(
             "  {p:?}: {} cuts over MQTT, {} over HTTPS, {} of a differential package",
             n(Via::Mqtt),

@@ -116,7 +116,7 @@ impl Package {
 }
 
 /// How the device downloads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// MQTT file stream (`dProtocol: mqtt`, `thing/file/download`).
@@ -240,8 +240,10 @@ impl TaskState {
     }
 }
 
+/// The console's record of one device's task: the job, the progress the device reported, the
+/// outcome (the device's own view of an offer is `shared::ota::Task`).
 #[derive(Clone, Debug, Serialize)]
-pub struct Task {
+pub struct TaskRecord {
     pub job: u32,
     pub module: String,
     /// The version the device ran when the task was made.
@@ -272,7 +274,7 @@ pub struct Task {
     started: Option<Instant>,
 }
 
-impl Task {
+impl TaskRecord {
     /// Records a download of `off..` (a block request or a Range GET).
     fn requested(&mut self, off: u32) {
         self.blocks += 1;
@@ -310,7 +312,7 @@ pub struct DeviceStatus {
     pub refused: u32,
     pub last_refusal: Option<String>,
     /// Tasks by job id.
-    pub tasks: BTreeMap<u32, Task>,
+    pub tasks: BTreeMap<u32, TaskRecord>,
     /// What the device did that Aliyun does not accept (step 0, a long desc, bad block requests).
     pub violations: Vec<String>,
     /// Block requests dropped while another was being served (one-at-a-time mode).
@@ -335,7 +337,7 @@ impl DeviceStatus {
     }
 
     /// The newest task.
-    pub fn task(&self) -> Option<&Task> {
+    pub fn task(&self) -> Option<&TaskRecord> {
         self.tasks.values().next_back()
     }
 
@@ -385,7 +387,9 @@ pub struct JobStatus {
     pub need_push: bool,
 }
 
-pub struct Downlink {
+/// A message the console sends a device (a push, a reply, a block): the engine queues it, its
+/// broker link publishes it.
+pub struct SentMessage {
     pub topic: String,
     pub payload: Vec<u8>,
 }
@@ -429,7 +433,7 @@ pub struct Engine {
     pub door: bool,
     /// The engine's clock at its creation, and the Unix time then (URLs carry Unix expiry).
     epoch: (Instant, u64),
-    outbox: Vec<Downlink>,
+    outbox: Vec<SentMessage>,
     next_msg_id: u64,
     /// Bumped on every change (the status file is rewritten when it moves).
     pub generation: u64,
@@ -477,7 +481,7 @@ impl Engine {
         self.epoch.1 + now.saturating_duration_since(self.epoch.0).as_secs()
     }
 
-    pub fn take_outbox(&mut self) -> Vec<Downlink> {
+    pub fn take_outbox(&mut self) -> Vec<SentMessage> {
         std::mem::take(&mut self.outbox)
     }
 
@@ -654,7 +658,7 @@ impl Engine {
             if v == p.version || !(j.spec.from.is_empty() || j.spec.from.contains(&v)) {
                 continue;
             }
-            let t = Task {
+            let t = TaskRecord {
                 job: j.id,
                 module: p.module.clone(),
                 from: v.clone(),
@@ -775,7 +779,7 @@ impl Engine {
                 t.pushes += 1;
             }
         }
-        self.outbox.push(Downlink { topic, payload: out });
+        self.outbox.push(SentMessage { topic, payload: out });
     }
 
     fn on_progress(&mut self, id: &DeviceId, v: &Value, now: Instant) {
@@ -845,7 +849,7 @@ impl Engine {
                 let mut out = [0u8; 64];
                 let n = shared::alink::emit_get_reply(&mut out, &req, &Offer::default()).expect("fits");
                 let topic = format!("/sys/{pk}/{dn}/thing/ota/firmware/get_reply");
-                self.outbox.push(Downlink { topic, payload: out[..n].to_vec() });
+                self.outbox.push(SentMessage { topic, payload: out[..n].to_vec() });
             }
         }
     }
@@ -907,7 +911,7 @@ impl Engine {
             self.counts.download_errors += 1;
             let n = shared::alink::emit_download_error(&mut out, &req, code, &msg).expect("fits");
             out.truncate(n);
-            self.outbox.push(Downlink { topic, payload: out });
+            self.outbox.push(SentMessage { topic, payload: out });
             return;
         }
         let (j, off, size) = (job.expect("checked"), off.unwrap_or(0) as usize, size.unwrap_or(0) as usize);
@@ -922,7 +926,7 @@ impl Engine {
         if let Some(t) = d.tasks.get_mut(&j.id) {
             t.requested(off as u32);
         }
-        self.outbox.push(Downlink { topic, payload: out });
+        self.outbox.push(SentMessage { topic, payload: out });
     }
 
     /// The package behind a download URL `/ota/{job}/{file}` with its query, if it is valid at

@@ -1,5 +1,7 @@
-//! `cargo xtask console`: a local stand-in for Aliyun's IoT Platform OTA service, as strict as it
-//! (the rules are listed in `engine.rs` and `net.rs`).
+//! The local stand-in for Aliyun's IoT Platform OTA service (the Aliyun twin), as strict as it
+//! (the rules are listed in `engine.rs` and `net.rs`); `cargo xtask console` serves one from a
+//! `console.toml` ([`serve`]), the test rigs, the demo, the benches and the tests start one in
+//! process ([`Console::start`]).
 //!
 //! ```text
 //!  device --TCP/TLS--> front door (net.rs) --127.0.0.1--> rumqttd <--local link--> engine.rs
@@ -12,10 +14,18 @@
 //! rumqttd also checks every CONNECT itself (its external auth handler runs the same registry), so
 //! its loopback listener is no way around the credentials. With `outside_broker` the engine is a
 //! client of another broker (mosquitto, for interop) and nothing is filtered.
+//!
+//! Modules: [`auth`] (device registry, CONNECT credentials), [`engine`] (jobs, the devices'
+//! tasks, MQTT block server, release packages loaded from `cargo xtask release` folders), [`net`]
+//! (front door, HTTP(S) file server), [`tls`] (test certificates made by openssl).
+//!
+//! What it may use: `shared` (the wire formats it checks), `machine` (ports, processes,
+//! openssl). It may not use the test rigs (`testbed`) or the CLI (`xtask`): they use it.
 
 pub mod auth;
 pub mod engine;
 pub mod net;
+pub mod tls;
 
 use anyhow::{Context, Result};
 use auth::{DeviceEntry, Registry};
@@ -201,7 +211,7 @@ impl Console {
         let broker_port = match o.outside_broker {
             Some(port) => {
                 // The engine as a client of the outside broker.
-                crate::proc::wait_port(port, "the outside broker")?;
+                machine::proc::wait_port(port, "the outside broker")?;
                 let mut mo = rumqttc::MqttOptions::new("aliyun-ota-console", "127.0.0.1", port);
                 mo.set_keep_alive(Duration::from_secs(30));
                 mo.set_max_packet_size(1 << 20, 1 << 20);
@@ -242,7 +252,7 @@ impl Console {
             }
             None => {
                 // The broker, on a loopback port of its own.
-                let broker_port = crate::proc::free_port()?;
+                let broker_port = machine::proc::free_port()?;
                 let mut broker = rumqttd::Broker::new(broker_config(broker_port, registry.clone()));
                 let (mut link_tx, mut link_rx) = broker.link("aliyun-ota-console").context("linking to the broker")?;
                 std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
@@ -250,7 +260,7 @@ impl Console {
                         net::log(&format!("the broker stopped: {e}"));
                     }
                 })?;
-                crate::proc::wait_port(broker_port, "rumqttd")?;
+                machine::proc::wait_port(broker_port, "rumqttd")?;
                 for f in UPLINKS {
                     link_tx.subscribe(f).context("subscribing the console")?;
                 }
@@ -354,14 +364,7 @@ impl Console {
     }
 }
 
-// ---- the subcommand ----
-
-#[derive(clap::Args)]
-pub struct Args {
-    /// Console settings: devices, jobs, ports, TLS, status file (see README).
-    #[arg(long)]
-    config: PathBuf,
-}
+// ---- `cargo xtask console`: a console from a config file ----
 
 /// `console.toml`.
 #[derive(Deserialize)]
@@ -424,11 +427,13 @@ fn default_digest() -> DigestKind {
     DigestKind::Md5
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let text = std::fs::read_to_string(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    let cfg: ConfigFile = toml::from_str(&text).with_context(|| format!("{}", a.config.display()))?;
-    anyhow::ensure!(!cfg.device.is_empty(), "{}: no [[device]] registered", a.config.display());
-    let base = a.config.parent().unwrap_or(std::path::Path::new("."));
+/// Serves the console described by `config` (a `console.toml`: devices, jobs, ports, TLS, status
+/// file; see README) and prints the status table whenever it changes, until killed.
+pub fn serve(config: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let cfg: ConfigFile = toml::from_str(&text).with_context(|| format!("{}", config.display()))?;
+    anyhow::ensure!(!cfg.device.is_empty(), "{}: no [[device]] registered", config.display());
+    let base = config.parent().unwrap_or(std::path::Path::new("."));
     let mut jobs = Vec::new();
     for j in &cfg.job {
         let package = match &j.delta {
@@ -452,7 +457,7 @@ pub fn run(a: Args) -> Result<()> {
         };
         jobs.push(spec);
     }
-    crate::proc::raise_fd_limit()?;
+    machine::proc::raise_fd_limit()?;
     let console = Console::start(Options {
         devices: cfg.device,
         mqtt_port: cfg.mqtt_port,

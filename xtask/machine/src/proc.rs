@@ -1,5 +1,6 @@
-//! Child processes and ports for the subcommands that run servers and devices (console, demo,
-//! bench): every server listens on 127.0.0.1 on a port picked here, every child dies with its guard.
+//! Child processes and ports for what runs servers and devices (the console, the test rigs, the
+//! demo, the benches): every server listens on 127.0.0.1 on a port picked here, every child dies
+//! with its guard.
 
 use anyhow::{ensure, Context, Result};
 use std::process::{Child, Command, Stdio};
@@ -30,7 +31,9 @@ pub fn wait_port(port: u16, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs this xtask binary with `args` (output hidden), failing with the command line.
+/// Runs this xtask binary with `args` (output hidden), failing with the command line. The binary
+/// is the current executable: call this only from `cargo xtask` (an integration test runs the
+/// binary as `env!("CARGO_BIN_EXE_xtask")`).
 pub fn xtask(args: &[&str]) -> Result<()> {
     let o = Command::new(std::env::current_exe()?).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
     ensure!(o.status.success(), "cargo xtask {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&o.stderr));

@@ -2,8 +2,8 @@
 //! for the console's TLS listeners (MQTT over TLS, HTTPS downloads) and the devices that verify
 //! them. `dev()` is the one the QEMU rig's firmware is built to trust (`release --download-ca`).
 
-use crate::tools;
 use anyhow::{Context, Result};
+use machine::tools;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,7 +23,7 @@ pub fn make(dir: &Path, name: &str, days: u32) -> Result<Pki> {
         (f("ca.pem"), f("ca.key"), f("srv.pem"), f("srv.key"), f("srv.csr"), f("srv.ext"));
     let openssl = tools::openssl()?;
     let days = days.to_string();
-    let run = |args: &[&std::ffi::OsStr]| crate::proc::run_ok(Command::new(&openssl).args(args));
+    let run = |args: &[&std::ffi::OsStr]| machine::proc::run_ok(Command::new(&openssl).args(args));
     let os = |s: &'static str| std::ffi::OsStr::new(s);
     let subj = format!("/CN={name} test CA");
     run(&[
@@ -80,7 +80,7 @@ pub fn make(dir: &Path, name: &str, days: u32) -> Result<Pki> {
 /// The checkout's development PKI in `target/dev-tls` (made once, valid ten years): the local
 /// console's HTTPS certificate in the QEMU rig, and the CA its firmware is built to trust.
 pub fn dev() -> Result<Pki> {
-    let dir = crate::root().join("target/dev-tls");
+    let dir = machine::root().join("target/dev-tls");
     let f = |s: &str| dir.join(format!("console-{s}"));
     let pki = Pki { ca: f("ca.pem"), cert: f("srv.pem"), key: f("srv.key") };
     if pki.ca.exists() && pki.cert.exists() && pki.key.exists() {
