@@ -3,13 +3,14 @@
 //! and clock; nothing here knows which chip it runs on.
 
 use crate::cellular::{ModemHttp, ModemLink, ModemModule};
-use crate::driver::{self, Buffers, Clock, Exit, Flashes, Settings};
+use crate::driver::{self, Buffers, Clock, Exit, Settings};
 use crate::modem::{ModemConfig, Shared};
 use core::mem::MaybeUninit;
 use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use memory_layouts::Layout;
 use shared::alink::SignMethod;
+use shared::boot::Slots;
 use shared::delta::Patcher;
 use shared::ota::OtaMachine;
 use shared::provision::{self, Provision};
@@ -66,7 +67,7 @@ pub const fn mqtt_session_size<U: 'static>() -> u32 {
 pub struct NoClock;
 
 /// What the board provides.
-pub struct Board<'a, C> {
+pub struct BoardSetup<'a, C> {
     pub layout: &'static Layout,
     pub clock: &'a C,
     /// The PROVISION page (or its first bytes).
@@ -80,9 +81,9 @@ pub struct Board<'a, C> {
 /// Runs the device; returns when it must reset (`Ok`), or why it cannot start (`Err`).
 pub async fn run<U, A, R, S, D, C>(
     state: &'static mut OtaState<U>,
-    f: Flashes<A, R, S, D>,
+    f: Slots<A, D, S, R>,
     uart: U,
-    b: Board<'_, C>,
+    b: BoardSetup<'_, C>,
 ) -> Result<Exit, &'static str>
 where
     U: Read + Write,

@@ -123,10 +123,6 @@ const _: () = {
     }
 };
 
-/// The flash the app uses, each region as its own device (offset 0 = region start): ACTIVE and
-/// BOOT_RECORD read, STATE (confirm, mark) and DFU (download) written.
-pub type Flashes<A, R, S, D> = Slots<A, D, S, R>;
-
 /// Who the device is and how it talks to the broker (from the PROVISION page or device.toml).
 pub struct Settings<'a> {
     /// productKey
@@ -322,7 +318,7 @@ pub struct Booted {
 
 /// Reads what the boot left and says which image runs (before anything else can fail).
 pub fn boot<A, R, S, D>(
-    f: &mut Flashes<A, R, S, D>,
+    f: &mut Slots<A, D, S, R>,
     work: &mut [u8],
     say: fn(Arguments<'_>),
 ) -> Result<Booted, SetupError>
@@ -344,7 +340,7 @@ where
 /// `slot` keeps the machine (a static on a microcontroller; it is never dropped).
 pub async fn run<L, H, M, C, A, R, S, D>(
     booted: Booted,
-    f: Flashes<A, R, S, D>,
+    f: Slots<A, D, S, R>,
     b: BoardIo<'_, L, H, M, C>,
     s: &Settings<'_>,
     slot: &mut core::mem::MaybeUninit<OtaMachine>,

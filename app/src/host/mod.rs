@@ -7,7 +7,7 @@
 mod flash;
 mod net;
 
-use crate::driver::{self, Buffers, Exit, Flashes, Settings};
+use crate::driver::{self, Buffers, Exit, Settings};
 use core::cell::RefCell;
 use embassy_embedded_hal::flash::partition::BlockingPartition;
 use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
@@ -180,8 +180,7 @@ async fn power_on(
         state: part(layout.state),
         boot_record: part(layout.boot_record),
     };
-    let policy =
-        shared::boot::Policy { keys: &keys, boot_attempts: layout.boot_attempts };
+    let policy = shared::boot::Policy { keys: &keys, boot_attempts: layout.boot_attempts };
     let b = shared::boot::boot(&mut slots, &policy, &mut buf)
         .map_err(|e| format!("bootloader: {e}; the device cannot start"))?;
     log::info!(
@@ -211,7 +210,7 @@ async fn power_on(
     };
     let say: fn(core::fmt::Arguments<'_>) = |args| log::info!("{args}");
     let Slots { active, dfu, state, boot_record } = slots;
-    let mut flashes = Flashes { active, boot_record, state, dfu };
+    let mut flashes = Slots { active, boot_record, state, dfu };
     let (mut rx, mut body, mut work) = (vec![0u8; MQTT_RX], vec![0u8; 16 * 1024], vec![0u8; 64 * 1024]);
     let booted = driver::boot(&mut flashes, &mut work, say).map_err(|e| e.to_string())?;
     let mut patcher = Box::new(shared::delta::Patcher::new());
@@ -252,8 +251,15 @@ async fn power_on(
             };
             let mut http = crate::cellular::ModemHttp::new(&modem, clock, download_ca);
             let mut module = crate::cellular::ModemModule::new(&modem, clock, &cfg.module_name, download_ca);
-            let board =
-                driver::BoardIo { layout, link: &mut link, http: &mut http, module: &mut module, clock, self_test, say };
+            let board = driver::BoardIo {
+                layout,
+                link: &mut link,
+                http: &mut http,
+                module: &mut module,
+                clock,
+                self_test,
+                say,
+            };
             driver::run(booted, flashes, board, &settings, &mut machine, bufs).await
         }
     };

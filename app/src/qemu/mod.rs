@@ -9,10 +9,11 @@ mod rt;
 mod uart;
 
 use crate::device::{self, OtaState};
-use crate::driver::{Clock, Exit, Flashes};
+use crate::driver::{Clock, Exit};
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::hprintln;
 use memory_layouts::{Board, Region};
+use shared::boot::Slots;
 use shared::flash::RamNor;
 use shared::image::SliceFlash;
 use shared::time::Duration;
@@ -71,7 +72,7 @@ fn main() -> ! {
     let (state, flashes, provision) = unsafe {
         (
             &mut *core::ptr::addr_of_mut!(OTA_STATE),
-            Flashes {
+            Slots {
                 active: SliceFlash(&*region(l.active)),
                 boot_record: SliceFlash(&*region(l.boot_record)),
                 state: Flash::new(region(l.state)),
@@ -81,7 +82,7 @@ fn main() -> ! {
         )
     };
     let clock = rt::SysTickClock;
-    let board = device::Board {
+    let board = device::BoardSetup {
         layout: l,
         clock: &clock,
         provision,

@@ -32,7 +32,7 @@
 //! | GND  | GND | GND |
 
 use crate::device::{self, OtaState};
-use crate::driver::{Clock, Exit, Flashes};
+use crate::driver::{Clock, Exit};
 use core::cell::RefCell;
 use embassy_embedded_hal::flash::partition::BlockingPartition;
 use embassy_executor::Spawner;
@@ -45,6 +45,7 @@ use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
 use embassy_time::Timer;
 use embedded_storage::nor_flash::ReadNorFlash;
 use memory_layouts::{Board, Region};
+use shared::boot::Slots;
 use shared::time::{Duration, Instant};
 use {defmt_rtt as _, panic_probe as _};
 
@@ -153,9 +154,9 @@ async fn main(spawner: Spawner) {
     let mut provision = [0u8; shared::provision::HEADER + shared::provision::MAX_PAYLOAD];
     let _ = part(l.provision).read(0, &mut provision);
     let flashes =
-        Flashes { active: part(l.active), boot_record: part(l.boot_record), state: part(l.state), dfu: part(l.dfu) };
+        Slots { active: part(l.active), boot_record: part(l.boot_record), state: part(l.state), dfu: part(l.dfu) };
     let clock = EmbassyClock;
-    let board = device::Board {
+    let board = device::BoardSetup {
         layout: l,
         clock: &clock,
         provision: &provision,
