@@ -7,7 +7,7 @@ use std::{env, fs, path::PathBuf};
 /// keys in hex, comma-separated. `cargo xtask build` sets it from `--key`.
 pub const PUBKEY_ENV: &str = "ALIYUN_OTA_PUBKEYS";
 
-/// The board chosen by the crate's `qemu-an386` / `nrf52840-dk` feature; exactly one must be on.
+/// The board chosen by the crate's board feature (named as [`Board::name`]); exactly one must be on.
 pub fn board_from_features() -> Board {
     let on: Vec<Board> = Board::ALL
         .into_iter()
@@ -18,10 +18,14 @@ pub fn board_from_features() -> Board {
         .collect();
     match on.as_slice() {
         [b] => *b,
-        _ => panic!(
-            "enable exactly one board feature (host, qemu-an386, nrf52840-dk); got {on:?}. \
-             Build firmware with `cargo xtask build --board <board>`."
-        ),
+        _ => {
+            let names: Vec<&str> = Board::ALL.iter().map(|b| b.name()).collect();
+            panic!(
+                "enable exactly one board feature ({}); got {on:?}. \
+                 Build firmware with `cargo xtask build --board <board>`.",
+                names.join(", ")
+            )
+        }
     }
 }
 
