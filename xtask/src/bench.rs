@@ -36,7 +36,11 @@ pub struct Args {
     sweep: bool,
 }
 
-type Flash = SimFlash<8192, 16>;
+/// qemu-an386's flash, simulated with its geometry.
+type Flash = SimFlash<
+    { memory_layouts::QEMU_AN386.geometry.erase_size as usize },
+    { memory_layouts::QEMU_AN386.geometry.write_size as usize },
+>;
 
 struct BootArgs {
     image_kib: usize,
@@ -72,7 +76,7 @@ fn update(kib: usize, whole_slot: bool) -> Result<Run> {
     let key = SigningKey::from_bytes(&[1; 32]);
     let keys = [PublicKey(key.verifying_key().to_bytes())];
     let (old, new) = (image(kib * 1024, 3, &key), image(kib * 1024, 4, &key));
-    let mut sim = Flash::new((l.flash.end() - base) as usize, 0xFF);
+    let mut sim = Flash::new((l.flash.end() - base) as usize, l.geometry.erased);
     sim.load((l.active.origin - base) as usize, &old);
     let m = Mutex::<NoopRawMutex, _>::new(RefCell::new(sim));
     let part = |r: Region| BlockingPartition::new(&m, r.origin - base, r.length);

@@ -23,7 +23,6 @@ pub mod tools;
 
 use clap::ValueEnum;
 use memory_layouts::Board;
-use std::path::PathBuf;
 
 /// A board on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -52,10 +51,7 @@ impl From<BoardArg> for Board {
     }
 }
 
-/// The workspace root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+pub use machine::root;
 
 /// Parses `123` or `0x7b`.
 pub fn parse_u32(s: &str) -> Result<u32, String> {
