@@ -66,6 +66,33 @@ pub const fn mqtt_session_size<U: 'static>() -> u32 {
 /// A clock type for sizes only.
 pub struct NoClock;
 
+/// Declares a modem board's OTA statics for a modem on `$uart`: `OTA_STATE`, and the sizes
+/// `cargo xtask size` reads beside it (`OTA_MQTT_SESSION`, `OTA_DELTA_PATCHER`, `OTA_DELTA_HEAD`).
+macro_rules! ota_statics {
+    ($uart:ty) => {
+        #[used]
+        #[no_mangle]
+        pub static mut OTA_STATE: $crate::device::OtaState<$uart> = $crate::device::OtaState::new();
+
+        /// Bytes of the MQTT session, which lives in the task's future (read by `cargo xtask size`).
+        #[used]
+        #[no_mangle]
+        pub static OTA_MQTT_SESSION: u32 = $crate::device::mqtt_session_size::<$uart>();
+
+        /// Bytes of the delta patcher, part of `OTA_STATE` (read by `cargo xtask size`).
+        #[used]
+        #[no_mangle]
+        pub static OTA_DELTA_PATCHER: u32 = core::mem::size_of::<shared::delta::Patcher>() as u32;
+
+        /// Bytes of `OtaMachine` only a delta uses (the patch's first bytes), read by `cargo xtask
+        /// size`.
+        #[used]
+        #[no_mangle]
+        pub static OTA_DELTA_HEAD: u32 = shared::ota::DELTA_HEAD_RAM as u32;
+    };
+}
+pub(crate) use ota_statics;
+
 /// What the board provides.
 pub struct BoardSetup<'a, C> {
     pub layout: &'static Layout,
@@ -74,7 +101,7 @@ pub struct BoardSetup<'a, C> {
     pub provision: &'a [u8],
     /// The self-test result (reaching the broker is the rest of it).
     pub self_test: bool,
-    /// Prints a line the user must see (semihosting on QEMU, defmt on the nRF).
+    /// Prints a line the user must see (semihosting on QEMU, defmt on the embassy boards).
     pub say: fn(core::fmt::Arguments<'_>),
 }
 

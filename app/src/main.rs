@@ -61,7 +61,7 @@ mod nrf;
 mod stm32;
 
 #[cfg(all(target_os = "none", any(feature = "nrf52840-dk", feature = "b-l475e-iot01a")))]
-mod defmt_log;
+mod embassy;
 
 #[cfg(all(not(target_os = "none"), feature = "host"))]
 fn main() {

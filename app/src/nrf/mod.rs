@@ -19,7 +19,7 @@
 //! | P1.07 | D6 | STATUS (high while the module is on) |
 //! | GND   | GND | GND |
 
-use crate::device::{self, OtaState};
+use crate::device;
 use crate::driver::{Clock, Exit};
 use core::cell::RefCell;
 use embassy_embedded_hal::flash::partition::BlockingPartition;
@@ -34,7 +34,7 @@ use embassy_time::Timer;
 use embedded_storage::nor_flash::ReadNorFlash;
 use memory_layouts::{Board, Region};
 use shared::boot::Slots;
-use shared::time::{Duration, Instant};
+use shared::time::Duration;
 use {defmt_rtt as _, panic_probe as _};
 
 const BOARD: Board = Board::Nrf52840Dk;
@@ -46,39 +46,11 @@ bind_interrupts!(struct Irqs {
 /// The UART the module hangs on.
 type ModemUart = BufferedUarte<'static>;
 
-#[used]
-#[no_mangle]
-pub static mut OTA_STATE: OtaState<ModemUart> = OtaState::new();
-
-/// Bytes of the MQTT session, which lives in the task's future (read by `cargo xtask size`).
-#[used]
-#[no_mangle]
-pub static OTA_MQTT_SESSION: u32 = device::mqtt_session_size::<ModemUart>();
-
-/// Bytes of the delta patcher, part of `OTA_STATE` (read by `cargo xtask size`).
-#[used]
-#[no_mangle]
-pub static OTA_DELTA_PATCHER: u32 = core::mem::size_of::<shared::delta::Patcher>() as u32;
-/// Bytes of `OtaMachine` only a delta uses (the patch's first bytes), read by `cargo xtask size`.
-#[used]
-#[no_mangle]
-pub static OTA_DELTA_HEAD: u32 = shared::ota::DELTA_HEAD_RAM as u32;
+device::ota_statics!(ModemUart);
 
 /// UARTE buffers: a whole download block can arrive while the driver writes flash.
 static mut RX_BUF: [u8; 8192] = [0; 8192];
 static mut TX_BUF: [u8; 512] = [0; 512];
-
-/// The board clock for the driver and the modem.
-struct EmbassyClock;
-
-impl Clock for EmbassyClock {
-    fn now(&self) -> Instant {
-        Instant::from_millis(embassy_time::Instant::now().as_millis())
-    }
-    async fn sleep_until(&self, t: Instant) {
-        Timer::at(embassy_time::Instant::from_millis(t.as_millis())).await
-    }
-}
 
 #[embassy_executor::task]
 async fn feed_watchdog(mut handle: WatchdogHandle) {
@@ -91,7 +63,7 @@ async fn feed_watchdog(mut handle: WatchdogHandle) {
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
     let p = embassy_nrf::init(Default::default());
-    log::set_logger(&crate::defmt_log::Defmt).ok();
+    log::set_logger(&crate::embassy::Defmt).ok();
     log::set_max_level(log::LevelFilter::Info);
     // SAFETY: the bootloader started the watchdog with one reload register (RR[0]).
     let handle = unsafe { WatchdogHandle::steal::<peripherals::WDT>(0) };
@@ -137,7 +109,7 @@ async fn main(spawner: Spawner) {
     let _ = part(l.provision).read(0, &mut provision);
     let flashes =
         Slots { active: part(l.active), boot_record: part(l.boot_record), state: part(l.state), dfu: part(l.dfu) };
-    let clock = EmbassyClock;
+    let clock = crate::embassy::EmbassyClock;
     let board = device::BoardSetup {
         layout: l,
         clock: &clock,

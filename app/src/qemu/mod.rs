@@ -8,7 +8,7 @@
 mod rt;
 mod uart;
 
-use crate::device::{self, OtaState};
+use crate::device;
 use crate::driver::{Clock, Exit};
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::hprintln;
@@ -27,23 +27,7 @@ type Flash = RamNor<
     { memory_layouts::QEMU_AN386.geometry.write_size as usize },
 >;
 
-#[used]
-#[no_mangle]
-pub static mut OTA_STATE: OtaState<Uart> = OtaState::new();
-
-/// Bytes of the MQTT session, which lives in the task's future (read by `cargo xtask size`).
-#[used]
-#[no_mangle]
-pub static OTA_MQTT_SESSION: u32 = device::mqtt_session_size::<Uart>();
-
-/// Bytes of the delta patcher, part of `OTA_STATE` (read by `cargo xtask size`).
-#[used]
-#[no_mangle]
-pub static OTA_DELTA_PATCHER: u32 = core::mem::size_of::<shared::delta::Patcher>() as u32;
-/// Bytes of `OtaMachine` only a delta uses (the patch's first bytes), read by `cargo xtask size`.
-#[used]
-#[no_mangle]
-pub static OTA_DELTA_HEAD: u32 = shared::ota::DELTA_HEAD_RAM as u32;
+device::ota_statics!(Uart);
 
 /// A region of `mps.ram` as a byte slice.
 ///
