@@ -20,7 +20,6 @@
 //! | GND   | GND | GND |
 
 use crate::device;
-use crate::driver::{Clock, Exit};
 use core::cell::RefCell;
 use embassy_embedded_hal::flash::partition::BlockingPartition;
 use embassy_executor::Spawner;
@@ -31,10 +30,7 @@ use embassy_nrf::wdt::WatchdogHandle;
 use embassy_nrf::{bind_interrupts, peripherals, uarte};
 use embassy_sync::blocking_mutex::{raw::NoopRawMutex, Mutex};
 use embassy_time::Timer;
-use embedded_storage::nor_flash::ReadNorFlash;
 use memory_layouts::{Board, Region};
-use shared::boot::Slots;
-use shared::time::Duration;
 use {defmt_rtt as _, panic_probe as _};
 
 const BOARD: Board = Board::Nrf52840Dk;
@@ -104,37 +100,8 @@ async fn main(spawner: Spawner) {
     let part = |r: Region| BlockingPartition::new(&nvmc, r.origin - l.flash.origin, r.length);
     // With the bootloader's ACL in place each attempt ends in a BusFault (then the watchdog).
     #[cfg(feature = "attack")]
-    crate::attack::run(l, &part, |args| defmt::println!("{}", defmt::Display2Format(&args)));
-    let mut provision = [0u8; shared::provision::HEADER + shared::provision::MAX_PAYLOAD];
-    let _ = part(l.provision).read(0, &mut provision);
-    let flashes =
-        Slots { active: part(l.active), boot_record: part(l.boot_record), state: part(l.state), dfu: part(l.dfu) };
-    let clock = crate::embassy::EmbassyClock;
-    let board = device::BoardSetup {
-        layout: l,
-        clock: &clock,
-        provision: &provision,
-        self_test: !cfg!(feature = "self-test-fails"),
-        say: |args| defmt::println!("{}", defmt::Display2Format(&args)),
-    };
+    crate::attack::run(l, &part, crate::embassy::say);
     // SAFETY: main runs once; nothing else takes OTA_STATE.
     let state = unsafe { &mut *core::ptr::addr_of_mut!(OTA_STATE) };
-    match device::run(state, flashes, uart, board).await {
-        Ok(Exit::Reset) => defmt::println!("app: reset"),
-        Ok(Exit::BadCredentials(code)) => {
-            // Nothing to gain from retrying soon: the credentials may be fixed in the console.
-            let wait = shared::ota::BACKOFF_CAP;
-            defmt::println!(
-                "app: credentials refused (CONNACK {}); trying again in {} s",
-                code,
-                wait.as_millis() / 1000
-            );
-            clock.sleep_until(clock.now() + wait).await;
-        }
-        Err(e) => {
-            defmt::println!("app: {}; resetting in 10 s", e);
-            clock.sleep_until(clock.now() + Duration::from_secs(10)).await;
-        }
-    }
-    cortex_m::peripheral::SCB::sys_reset()
+    crate::embassy::run(state, l, part, uart).await
 }
