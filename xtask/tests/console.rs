@@ -8,9 +8,9 @@ use common::*;
 use machine::proc::{free_port, Killed};
 use ota_console::{self as console, Console, Options};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use testbed::device::HostConfig;
+use testbed::device::{Device as _, HostConfig, HostDevice};
 
 const PK: &str = "a1CnsTest01";
 
@@ -48,8 +48,6 @@ fn console_cli_upgrades_a_device_over_tls_and_https_and_reports_it() {
     );
     machine::proc::wait_port(mqtts, "the console").unwrap();
 
-    std::fs::copy(dir.join("1.3/factory.bin"), dir.join("dev.flash")).unwrap();
-    let dconf = dir.join("device.toml");
     let ca_line = format!("ca = \"{}\"\n", ca.display());
     let flash = dir.join("dev.flash");
     let c = HostConfig {
@@ -61,16 +59,10 @@ fn console_cli_upgrades_a_device_over_tls_and_https_and_reports_it() {
         flash: &flash,
         extra: &ca_line,
     };
-    std::fs::write(&dconf, c.toml()).unwrap();
     let log = dir.join("device.log");
-    let _dev = Killed(
-        Command::new(&device)
-            .args(["--config", s(&dconf)])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let factory = dir.join("1.3/factory.bin");
+    let mut dev = HostDevice::new(&device, &c, dir.join("device.toml"), log.clone(), &factory).unwrap();
+    dev.start().unwrap(); // powered off when dropped
 
     let t0 = Instant::now();
     let status = loop {

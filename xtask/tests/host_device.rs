@@ -9,12 +9,12 @@ use common::*;
 use machine::proc::Killed;
 use ota_console::engine::{BlockService, JobSpec, Package, Protocol, TaskRecord, TaskState};
 use ota_console::{self as console, auth::DeviceId, Console, Options};
-use std::io::Read as _;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use testbed::device::HostConfig;
+use testbed::device::{Device as _, HostConfig, HostDevice};
 use testbed::proxy::Proxy;
 
 const PK: &str = "a1B2c3D4e5F";
@@ -126,11 +126,20 @@ fn console_with(names: &[&str], f: impl FnOnce(&mut Options)) -> Console {
     Console::start(o).unwrap()
 }
 
+/// A host device of these tests: testbed's harness ([`HostDevice`]) on factory 1.3, in its own
+/// scratch folder.
 struct Dev {
     name: String,
-    dir: PathBuf,
-    config: PathBuf,
-    flash: PathBuf,
+    dev: RefCell<HostDevice>,
+}
+
+/// The device powered on; dropping it cuts the power (`kill -9`).
+struct Powered<'a>(&'a Dev);
+
+impl Drop for Powered<'_> {
+    fn drop(&mut self) {
+        self.0.dev.borrow_mut().cut();
+    }
 }
 
 impl Dev {
@@ -138,8 +147,6 @@ impl Dev {
     fn new(name: &str, port: u16, extra: &str) -> Dev {
         let dir = scratch(name);
         let flash = dir.join("flash.bin");
-        std::fs::copy(releases().path("1.3").join("factory.bin"), &flash).unwrap();
-        let config = dir.join("device.toml");
         let extra = format!("block_size = 2048\n{extra}\n");
         let c = HostConfig {
             product_key: PK,
@@ -150,32 +157,49 @@ impl Dev {
             flash: &flash,
             extra: &extra,
         };
-        std::fs::write(&config, c.toml()).unwrap();
-        Dev { name: name.into(), dir, config, flash }
+        let factory = releases().path("1.3").join("factory.bin");
+        let dev =
+            HostDevice::new(&releases().device, &c, dir.join("device.toml"), dir.join("device.log"), &factory).unwrap();
+        Dev { name: name.into(), dev: RefCell::new(dev) }
     }
 
     fn id(&self) -> DeviceId {
         (PK.to_string(), self.name.clone())
     }
 
-    fn start(&self, env: &[(&str, &str)]) -> Killed {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("device.log")).unwrap();
-        let mut c = Command::new(&releases().device);
-        c.arg("--config").arg(&self.config).stdout(log.try_clone().unwrap()).stderr(log);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        Killed(c.spawn().expect("starting the host device"))
+    /// Its `device.toml`.
+    fn config(&self) -> PathBuf {
+        self.dev.borrow().config().to_path_buf()
     }
 
-    /// Cuts the power of the running device (`kill -9`), starts it again with `env`, and waits
-    /// until it is online on `version` in a new session (the console may not yet have seen the
-    /// old one close: only a new CONNECT shows this boot passed the bootloader).
-    fn power_cycle(&self, c: &Console, running: Killed, env: &[(&str, &str)], version: &str) -> Killed {
+    /// Powers it on; `flash_delay_ms`: slow flash (so a test can cut the power mid-swap).
+    fn start(&self, flash_delay_ms: Option<u64>) -> Powered<'_> {
+        let mut d = self.dev.borrow_mut();
+        d.flash_delay_ms = flash_delay_ms;
+        d.start().expect("starting the host device");
+        Powered(self)
+    }
+
+    /// How its process ended (it must end within `secs`).
+    fn exit_status(&self, secs: u64) -> std::process::ExitStatus {
+        let s = self.dev.borrow_mut().wait_exit(Duration::from_secs(secs)).unwrap();
+        s.unwrap_or_else(|| panic!("still running after {secs} s:\n{}", self.log()))
+    }
+
+    /// Cuts the power of the running device (`kill -9`), starts it again, and waits until it is
+    /// online on `version` in a new session (the console may not yet have seen the old one close:
+    /// only a new CONNECT shows this boot passed the bootloader).
+    fn power_cycle<'a>(
+        &'a self,
+        c: &Console,
+        running: Powered<'a>,
+        flash_delay_ms: Option<u64>,
+        version: &str,
+    ) -> Powered<'a> {
         let id = self.id();
         let connects = c.with(|e| e.device(&id).map_or(0, |d| d.connects));
         drop(running);
-        let d = self.start(env);
+        let d = self.start(flash_delay_ms);
         c.wait(Duration::from_secs(30), &format!("{} online on {version} again", self.name), |e| {
             e.device(&id).is_some_and(|d| d.connects > connects && d.online && d.version() == Some(version))
         })
@@ -197,12 +221,12 @@ impl Dev {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("device.log")).unwrap_or_default()
+        self.dev.borrow().output()
     }
 
     /// The Aliyun version of the image in ACTIVE, read from the flash file.
     fn active_version(&self) -> String {
-        let f = std::fs::read(&self.flash).unwrap();
+        let f = std::fs::read(self.dev.borrow().flash()).unwrap();
         let l = memory_layouts::Board::Host.layout();
         let active = &f[l.active.origin as usize..l.active.end() as usize];
         let r = releases();
@@ -265,7 +289,7 @@ fn host_device_upgrades_over_mqtt_stream_through_mosquitto() {
     let _b = mosquitto_with(&dir, &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"), port);
     let c = console_with(&["dev-mq"], |o| o.outside_broker = Some(port));
     let dev = Dev::new("dev-mq", port, "");
-    let _d = dev.start(&[]);
+    let _d = dev.start(None);
     dev.runs(&c, "1.3", 30);
     let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
     let t = dev.outcome(&c, j, 60);
@@ -307,7 +331,7 @@ fn host_device_upgrades_over_http_with_range_from_a_server_that_breaks_off() {
     });
     let c = console_with(&["dev-http"], |o| o.download_base = Some(format!("http://127.0.0.1:{http_port}")));
     let dev = Dev::new("dev-http", c.mqtt_port, "");
-    let _d = dev.start(&[]);
+    let _d = dev.start(None);
     dev.runs(&c, "1.3", 30);
     let j = c.add_job(job("1.4", Protocol::Https)).unwrap();
     let t = dev.outcome(&c, j, 60);
@@ -327,7 +351,7 @@ fn kill_9_during_download_resumes_from_a_page_boundary() {
     let c = console_with(&["dev-cut"], |_| {});
     let dev = Dev::new("dev-cut", c.mqtt_port, "");
     // Slow flash, so that the cut lands in the middle of the download.
-    let d = dev.start(&[("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "10")]);
+    let d = dev.start(Some(10));
     dev.runs(&c, "1.3", 30);
     let j = c.add_job(job("1.6", Protocol::Mqtt)).unwrap();
     let id = dev.id();
@@ -336,7 +360,7 @@ fn kill_9_during_download_resumes_from_a_page_boundary() {
     })
     .unwrap();
     drop(d); // kill -9
-    let _d = dev.start(&[]);
+    let _d = dev.start(None);
     let t = dev.outcome(&c, j, 60);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", dev.log());
     let starts = t.starts();
@@ -353,11 +377,11 @@ fn kill_9_during_the_swap_boots_a_valid_image_and_reports_the_truth() {
     let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
     for (name, cut_ms) in names.into_iter().zip([150u64, 400, 900]) {
         let dev = Dev::new(name, c.mqtt_port, "");
-        let d = dev.start(&[("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "20")]);
+        let d = dev.start(Some(20));
         dev.downloaded(&c, j, 120);
         std::thread::sleep(Duration::from_millis(cut_ms)); // the device resets and swaps: cut it
         drop(d);
-        let _d = dev.start(&[]);
+        let _d = dev.start(None);
         let t = dev.outcome(&c, j, 60);
         let runs = dev.active_version();
         dev.runs(&c, &runs, 30);
@@ -382,7 +406,7 @@ fn a_leaked_key_is_retired_by_a_release_signed_with_the_next_key() {
     assert!(shown.contains("signed by key slot 1") && shown.contains("revokes key slot(s) 0"), "{shown}");
     let c = console_with(&["dev-rotate"], |_| {});
     let dev = Dev::new("dev-rotate", c.mqtt_port, "");
-    let d = dev.start(&[]);
+    let d = dev.start(None);
     dev.runs(&c, "1.3", 30);
     // Key 0 leaked: 1.7, signed by key 1, revokes it once the device confirms it.
     let j = c.add_job(job("1.7", Protocol::Mqtt)).unwrap();
@@ -399,8 +423,8 @@ fn a_leaked_key_is_retired_by_a_release_signed_with_the_next_key() {
     dev.runs(&c, "1.7", 30);
     // After a power cycle the revocation is in BOOT_RECORD, not only in the app's memory (the
     // bootloader stores it at the boot after the confirm).
-    let _d = dev.power_cycle(&c, d, &[], "1.7");
-    let f = std::fs::read(&dev.flash).unwrap();
+    let _d = dev.power_cycle(&c, d, None, "1.7");
+    let f = std::fs::read(dev.dev.borrow().flash()).unwrap();
     let l = memory_layouts::Board::Host.layout();
     let mut region = shared::image::SliceFlash(&f[l.boot_record.origin as usize..l.boot_record.end() as usize]);
     let (_, rec) = shared::boot::BootRecord::load(&mut region).unwrap().expect("a boot record");
@@ -411,7 +435,7 @@ fn a_leaked_key_is_retired_by_a_release_signed_with_the_next_key() {
 fn a_build_whose_login_fails_is_reverted_and_reported() {
     let c = console_with(&["dev-login"], |_| {});
     let dev = Dev::new("dev-login", c.mqtt_port, "");
-    let _d = dev.start(&[]);
+    let _d = dev.start(None);
     dev.runs(&c, "1.3", 30);
     let j = c.add_job(job("1.5", Protocol::Mqtt)).unwrap();
     let t = dev.outcome(&c, j, 60);
@@ -430,8 +454,8 @@ fn an_unreachable_broker_does_not_count_against_a_new_image_until_its_deadline()
     let proxy = Proxy::start(c.mqtt_port, Duration::from_millis(1)).unwrap();
     let dev = Dev::new("dev-wait", proxy.port, "confirm_deadline_s = 120");
     // Slow flash: the swap takes a while, and the network is gone before the new image starts.
-    let slow = [("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "20")];
-    let _d = dev.start(&slow);
+    let slow = Some(20);
+    let _d = dev.start(slow);
     dev.runs(&c, "1.3", 30);
     let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
     dev.downloaded(&c, j, 60);
@@ -457,7 +481,7 @@ fn an_unreachable_broker_does_not_count_against_a_new_image_until_its_deadline()
     // counts as one), then reverted, and says so when the network is back.
     let proxy = Proxy::start(c.mqtt_port, Duration::from_millis(1)).unwrap();
     let dev = Dev::new("dev-late", proxy.port, "confirm_deadline_s = 3");
-    let _d = dev.start(&slow); // the job above matches it too
+    let _d = dev.start(slow); // the job above matches it too
     dev.downloaded(&c, j, 60);
     proxy.set_offline(true);
     dev.wait_log(0, "last boot: Reverted", 1, 90);
@@ -479,7 +503,7 @@ fn an_unreachable_broker_does_not_count_against_a_new_image_until_its_deadline()
 fn a_job_without_push_reaches_the_device_by_its_periodic_pull() {
     let c = console_with(&["dev-pull"], |_| {});
     let dev = Dev::new("dev-pull", c.mqtt_port, "pull_interval_s = 2");
-    let _d = dev.start(&[]);
+    let _d = dev.start(None);
     dev.runs(&c, "1.3", 30);
     let mut spec = job("1.4", Protocol::Mqtt);
     spec.need_push = false;
@@ -495,7 +519,7 @@ fn the_window_falls_back_to_stop_and_wait_on_a_console_that_serves_one_request_a
     let c = console_with(&["dev-one"], |o| o.blocks = BlockService::OneAtATime { busy: Duration::from_millis(20) });
     let proxy = Proxy::start(c.mqtt_port, Duration::from_millis(25)).unwrap();
     let dev = Dev::new("dev-one", proxy.port, "window = 4");
-    let _d = dev.start(&[]);
+    let _d = dev.start(None);
     dev.runs(&c, "1.3", 30);
     let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
     let t = dev.outcome(&c, j, 120);
@@ -512,17 +536,16 @@ fn settings_aliyun_refuses_are_said_clearly() {
         ("window = 9", "window 9 is outside 1..=8"),
     ] {
         let dev = Dev::new("dev-settings", 9, extra);
-        let mut d = dev.start(&[]);
-        let status = d.0.wait().unwrap();
-        assert!(!status.success());
+        let _d = dev.start(None);
+        assert!(!dev.exit_status(30).success());
         assert!(dev.log().contains(says), "{extra}: {}", dev.log());
     }
     // The block size line is in the default config: replace it.
     let dev = Dev::new("dev-settings", 9, "");
-    let cfg = std::fs::read_to_string(&dev.config).unwrap().replace("block_size = 2048", "block_size = 100");
-    std::fs::write(&dev.config, cfg).unwrap();
-    let mut d = dev.start(&[]);
-    assert!(!d.0.wait().unwrap().success());
+    let cfg = std::fs::read_to_string(dev.config()).unwrap().replace("block_size = 2048", "block_size = 100");
+    std::fs::write(dev.config(), cfg).unwrap();
+    let _d = dev.start(None);
+    assert!(!dev.exit_status(30).success());
     assert!(dev.log().contains("block_size 100 is outside Aliyun's 256..=131072"), "{}", dev.log());
 }
 
@@ -540,19 +563,11 @@ fn a_wrong_secret_is_refused_and_said_clearly() {
     let conf = format!("listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n", pw.display());
     let _b = mosquitto_with(&dir, &conf, port);
     let dev = Dev::new("dev-x", port, "");
-    let mut d = dev.start(&[]);
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = d.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "the device should stop on a refused login:\n{}", dev.log());
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(!status.success());
+    let _d = dev.start(None);
+    // The device stops on a refused login.
+    assert!(!dev.exit_status(30).success());
     let log = dev.log();
     assert!(log.contains("bad username or password"), "{log}");
-    let _ = d.0.stdout.take().map(|mut s| s.read_to_end(&mut vec![]));
 }
 
 #[test]
@@ -571,11 +586,11 @@ fn host_device_connects_over_tls_and_checks_the_certificate() {
     let c = console_with(&["dev-tls-good", "dev-tls-other"], |o| o.outside_broker = Some(plain));
     for (name, ca_file, trusted) in [("dev-tls-good", &ca, true), ("dev-tls-other", &other_ca, false)] {
         let dev = Dev::new(name, tls, "");
-        let cfg = std::fs::read_to_string(&dev.config)
+        let cfg = std::fs::read_to_string(dev.config())
             .unwrap()
             .replace("tls = false", &format!("tls = true\nca = \"{}\"", ca_file.display()));
-        std::fs::write(&dev.config, cfg).unwrap();
-        let _d = dev.start(&[]);
+        std::fs::write(dev.config(), cfg).unwrap();
+        let _d = dev.start(None);
         if trusted {
             dev.runs(&c, "1.3", 30);
             assert!(dev.log().contains("securemode=2"), "{}", dev.log());
@@ -644,7 +659,7 @@ fn delta_job(v: &str, from: &str, protocol: Protocol) -> JobSpec {
 fn a_differential_package_is_patched_from_the_running_image_and_a_foreign_one_refused() {
     let c = console_with(&["dev-delta"], |_| {});
     let dev = Dev::new("dev-delta", c.mqtt_port, "");
-    let d = dev.start(&[]);
+    let d = dev.start(None);
     dev.runs(&c, "1.3", 30);
     let j = c.add_job(job("1.4", Protocol::Mqtt)).unwrap();
     assert_eq!(dev.outcome(&c, j, 60).state, TaskState::Succeeded);
@@ -676,7 +691,7 @@ fn a_differential_package_is_patched_from_the_running_image_and_a_foreign_one_re
 
     // Over HTTP Range, with a power cut while it patches (slow flash): it starts over from byte 0 and
     // succeeds (a patch is never resumed: the patcher's state was in RAM).
-    let d = dev.power_cycle(&c, d, &[("ALIYUN_OTA_HOST_FLASH_DELAY_MS", "15")], "2.0");
+    let d = dev.power_cycle(&c, d, Some(15), "2.0");
     let j = c.add_job(delta_job("2.2", "2.0", Protocol::Https)).unwrap();
     let id = dev.id();
     c.wait(Duration::from_secs(60), "the patch to start", |e| {
@@ -685,7 +700,7 @@ fn a_differential_package_is_patched_from_the_running_image_and_a_foreign_one_re
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     drop(d); // kill -9
-    let _d = dev.start(&[]);
+    let _d = dev.start(None);
     let t = dev.outcome(&c, j, 60);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", dev.log());
     assert_eq!(dev.active_version(), "2.2");

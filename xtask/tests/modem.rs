@@ -5,14 +5,12 @@
 
 mod common;
 use common::*;
-use machine::proc::Killed;
 use ota_console::engine::{JobSpec, Package, Protocol, TaskState};
 use ota_console::{self as console, Console, Options, TlsOptions};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use testbed::device::HostConfig;
+use testbed::device::{Device as _, HostConfig, HostDevice};
 use testbed::modem_sim::{ModemSim, SimOptions};
 
 const PK: &str = "a1ModemTst1";
@@ -40,28 +38,23 @@ fn setup() -> &'static (PathBuf, PathBuf) {
     })
 }
 
-fn device(dir: &Path, name: &str, uart: u16, port: u16, tls: bool) -> (Killed, PathBuf) {
+fn device(dir: &Path, name: &str, uart: u16, port: u16, tls: bool) -> (HostDevice, PathBuf) {
     device_with(dir, name, uart, port, tls, "")
 }
 
-/// The same with extra device.toml lines.
-fn device_with(dir: &Path, name: &str, uart: u16, port: u16, tls: bool, extra: &str) -> (Killed, PathBuf) {
+/// A host device on factory 1.3 with its modem on the simulator at `uart`, powered on (testbed's
+/// harness; dropping it cuts the power); and its log.
+fn device_with(dir: &Path, name: &str, uart: u16, port: u16, tls: bool, extra: &str) -> (HostDevice, PathBuf) {
     let (rel, bin) = setup();
     let flash = dir.join(format!("{name}.flash"));
-    std::fs::copy(rel.join("1.3/factory.bin"), &flash).unwrap();
-    let conf = dir.join(format!("{name}.toml"));
     let extra = format!("modem = \"127.0.0.1:{uart}\"\napn = \"CMNET\"\nblock_size = 4096\n{extra}");
     let c =
         HostConfig { product_key: PK, device_name: name, device_secret: "s", port, tls, flash: &flash, extra: &extra };
-    std::fs::write(&conf, c.toml()).unwrap();
     let log = dir.join(format!("{name}.log"));
-    let child = Command::new(bin)
-        .args(["--config", s(&conf)])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    (Killed(child), log)
+    let factory = rel.join("1.3/factory.bin");
+    let mut d = HostDevice::new(bin, &c, dir.join(format!("{name}.toml")), log.clone(), &factory).unwrap();
+    d.start().unwrap();
+    (d, log)
 }
 
 fn wait_log(log: &Path, what: &str) -> String {
