@@ -60,6 +60,25 @@ device::ota_statics!(ModemUart);
 static mut RX_BUF: [u8; 8192] = [0; 8192];
 static mut TX_BUF: [u8; 512] = [0; 512];
 
+/// A read of a double word that a power cut left half programmed has two ECC errors, and the
+/// STM32L4 raises the NMI for it (RM0351, "Error code correction (ECC)": FLASH_ECCR.ECCD). Without
+/// a handler the core would spin here until the watchdog, at every boot that reads the torn word
+/// (BOOT_RECORD and the resume log are scanned on every boot): a reset loop. Clearing ECCD and
+/// returning lets the read finish with the stored bytes, which fail their CRC and are skipped,
+/// as the flash simulator models it. Any other NMI resets.
+///
+/// # Safety
+/// Touches only FLASH_ECCR, nothing a critical section guards.
+#[cortex_m_rt::exception]
+unsafe fn NonMaskableInt() {
+    use embassy_stm32::pac::FLASH;
+    if FLASH.eccr().read().eccd() {
+        FLASH.eccr().modify(|w| w.set_eccd(true)); // write 1 to clear
+    } else {
+        cortex_m::peripheral::SCB::sys_reset();
+    }
+}
+
 /// Reloads the IWDG the bootloader started (RM0351: 0xAAAA in IWDG_KR), nothing else.
 #[embassy_executor::task]
 async fn feed_watchdog() {

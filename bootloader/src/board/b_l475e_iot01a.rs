@@ -96,7 +96,12 @@ fn write_protect_bootloader() {
     use embassy_stm32::pac::{FLASH, RCC};
     let (first, last) = WRP_PAGES;
     let now = FLASH.wrp1ar().read();
-    if (now.wrp1a_strt(), now.wrp1a_end()) == (first, last) || RCC.csr().read().oblrstf() {
+    // OBLRSTF stays set until cleared: read it, then clear the reset flags, so it means "this
+    // reset was an option-byte load" at the next boot too (after WRP1A was cleared over the probe,
+    // say), not "one was, since power-on".
+    let after_load = RCC.csr().read().oblrstf();
+    RCC.csr().modify(|w| w.set_rmvf(true));
+    if (now.wrp1a_strt(), now.wrp1a_end()) == (first, last) || after_load {
         return;
     }
     while FLASH.sr().read().bsy() {}
@@ -117,6 +122,25 @@ fn write_protect_bootloader() {
     FLASH.cr().modify(|w| w.set_obl_launch(true));
     loop {
         cortex_m::asm::nop();
+    }
+}
+
+/// A read of a double word that a power cut left half programmed has two ECC errors, and the
+/// STM32L4 raises the NMI for it (RM0351, "Error code correction (ECC)": FLASH_ECCR.ECCD). Without
+/// a handler the core would spin here until the watchdog, at every boot that reads the torn word
+/// (BOOT_RECORD and the resume log are scanned on every boot): a reset loop. Clearing ECCD and
+/// returning lets the read finish with the stored bytes, which fail their CRC and are skipped,
+/// as the flash simulator models it. Any other NMI resets.
+///
+/// # Safety
+/// Touches only FLASH_ECCR, nothing a critical section guards.
+#[cortex_m_rt::exception]
+unsafe fn NonMaskableInt() {
+    use embassy_stm32::pac::FLASH;
+    if FLASH.eccr().read().eccd() {
+        FLASH.eccr().modify(|w| w.set_eccd(true)); // write 1 to clear
+    } else {
+        cortex_m::peripheral::SCB::sys_reset();
     }
 }
 
