@@ -549,21 +549,27 @@ impl OtaMachine {
 
     /// The contract of [`Action::Write`] and [`Action::Patch`], checked: their ranges index the
     /// payload last handed in, so a new payload must not come before they were all taken. If one
-    /// does, the bytes they named may be gone: they are dropped, and the download fails as the
-    /// flash write it did not do (a driver bug, never a silent hole in the image).
+    /// does, the bytes they named may be gone: they are dropped with what depends on them (the
+    /// resume point after them, the verify and mark of a download they ended), and the download
+    /// fails as the flash write it did not do (a driver bug, never a hole in an installed image).
     fn unwritten_payload(&mut self) {
         let at = self.out.iter().find_map(|o| match o {
             Out::Plain(Plain::Write(at, _) | Plain::Patch(at, _)) => Some(*at),
             _ => None,
         });
-        if let Some(at) = at {
-            let mut kept = Deque::new();
-            while let Some(o) = self.out.pop_front() {
-                if !matches!(o, Out::Plain(Plain::Write(..) | Plain::Patch(..))) {
-                    let _ = kept.push_back(o);
-                }
+        let Some(at) = at else { return };
+        let mut kept = Deque::new();
+        while let Some(o) = self.out.pop_front() {
+            let stale = matches!(
+                o,
+                Out::Plain(Plain::Write(..) | Plain::Patch(..) | Plain::SaveResume(_) | Plain::VerifyAndMark { .. })
+            );
+            if !stale {
+                let _ = kept.push_back(o);
             }
-            self.out = kept;
+        }
+        self.out = kept;
+        if matches!(self.state, State::Downloading(_) | State::AwaitMark(_)) {
             self.fail(Failure::FlashWrite { at });
         }
     }

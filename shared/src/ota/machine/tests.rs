@@ -734,4 +734,19 @@ fn a_payload_handed_in_before_the_last_one_was_written_fails_the_download_not_th
     assert_eq!((p.step, p.desc.as_str()), (-4, "flash write failed at 100"), "{did:?}");
     assert!(!others(&did).iter().any(|a| a.starts_with("Write")), "no stale write is handed out: {did:?}");
     assert_eq!(t.m.state(), StateName::AwaitTask);
+
+    // The stale write was the image's last: the verify and mark it led to go with it.
+    let body = [7u8; 1000];
+    let md5 = md5_hex(&body);
+    let mut t = T::new();
+    let did = t.push(&Offer { md5: e(&md5), sign: e(&md5), ..app_offer(true) });
+    assert!(others(&did).contains(&"HttpGet { from: 0 }"), "{did:?}");
+    t.ev(Event::HttpResponse { status: 200, length: Some(1000) });
+    t.ev(Event::HttpBody(&body[..900]));
+    t.m.handle(Instant::from_millis(t.t), Event::HttpBody(&body[900..]));
+    let did = t.ev(Event::HttpBody(&body[..10]));
+    let p = msgs(&did, "progress").pop().expect("a report");
+    assert_eq!((p.step, p.desc.as_str()), (-4, "flash write failed at 900"), "{did:?}");
+    assert!(!others(&did).iter().any(|a| a.starts_with("VerifyAndMark")), "never marked: {did:?}");
+    assert_eq!(t.m.state(), StateName::AwaitTask);
 }
