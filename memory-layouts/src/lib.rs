@@ -282,8 +282,8 @@ pub const NRF52840_DK: Layout = Layout {
 /// pages, programmed a double word (8 bytes, with ECC) at a time, erased to 0xFF; 96 KiB SRAM1
 /// (SRAM2's 32 KiB at 0x1000_0000 is left unused). The bootloader gets 48 KiB as on the nRF;
 /// STATE holds 2 + 4 x 239 words of 8 bytes with the margin (1,280 words); the last 2 KiB page
-/// before PROVISION is unused. ACTIVE and DFU straddle the bank boundary (0x0808_0000), which
-/// embassy-stm32's driver handles (BKER for pages of bank 2).
+/// before PROVISION is unused. ACTIVE runs across the bank boundary (0x0808_0000) and DFU lies in
+/// bank 2, which embassy-stm32's driver handles (BKER for pages of bank 2).
 pub const B_L475E_IOT01A: Layout = Layout {
     board: Board::BL475eIot01a,
     flash: Region { origin: 0x0800_0000, length: 0x10_0000 },
