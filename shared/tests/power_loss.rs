@@ -30,12 +30,12 @@ const ACTIVE_PAGES: usize = 16;
 const ATTEMPTS: u8 = 3;
 /// Cases the sweeps must at least run (a little under what they do run: a sweep that shrinks
 /// by much has stopped testing what it did).
-const MIN_CONFIRM: u64 = 4_300;
-const MIN_REVERT: u64 = 16_500;
-const MIN_REFUSAL: u64 = 2_800;
-const MIN_ROTATION: u64 = 2_700;
-const MIN_AFTER_CONFIRM: u64 = 1_100;
-const MIN_DELTA: u64 = 35_000;
+const MIN_CONFIRM: u64 = 5_000;
+const MIN_REVERT: u64 = 19_000;
+const MIN_REFUSAL: u64 = 3_200;
+const MIN_ROTATION: u64 = 3_100;
+const MIN_AFTER_CONFIRM: u64 = 1_250;
+const MIN_DELTA: u64 = 37_000;
 const REGIONS: [usize; 4] = [2, 1, ACTIVE_PAGES, ACTIVE_PAGES + 1];
 
 fn full() -> bool {
