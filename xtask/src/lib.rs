@@ -1,5 +1,10 @@
-//! `cargo xtask` as a library: one module per subcommand (the binary in main.rs only parses the
-//! command line), shared with the integration tests and between subcommands.
+//! `cargo xtask` as a library: the CLI, one module per subcommand (the binary in main.rs only
+//! parses the command line), shared with the integration tests and between subcommands.
+//!
+//! What the verbs start lives in crates of its own: the Aliyun twin in `ota-console`
+//! (xtask/console), the test rigs (device harness, QEMU rig, modem simulator, proxy, demo,
+//! power-cut campaign) in `testbed` (xtask/testbed), and this machine's root, processes and tools
+//! in `machine` (xtask/machine). xtask may use all three; none of them uses xtask.
 
 pub mod bench;
 pub mod bench_delta;
