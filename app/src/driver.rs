@@ -22,7 +22,7 @@ use memory_layouts::Layout;
 use shared::alink::{self, AlinkError, DeviceSecret, SignMethod};
 use shared::boot::{boot_info, confirm, request_revert, resume, FirmwareUpdaterConfig, Slots, UpdateError, Updater};
 use shared::delta::Patcher;
-use shared::image::{PublicKey, VerifyOptions};
+use shared::image::PublicKey;
 use shared::ota::{
     check_keep_alive, Action, Backoff, BootReport, ConfigError, Event, External, HttpError, MarkError, ModuleError,
     ModulePhase, OtaConfig, OtaMachine, Outcome, Verdict, STEADY_SESSION,
@@ -251,11 +251,6 @@ impl From<AlinkError> for SetupError {
 /// What the driver needs besides the machine.
 struct Ctx<'a> {
     keys: &'a [PublicKey],
-    /// The counter and the revoked key slots downloads are checked against.
-    sec_cnt: u32,
-    revoked: u32,
-    /// What the running image raises them to once it confirms (SEC_CNT, REVOKE_KEYS).
-    raises: (u32, u32),
     slot_size: u32,
     self_test: bool,
     /// Bytes of the running image (the base of a patch that names none).
@@ -388,15 +383,7 @@ where
         module: b.module,
         module_version: None,
         clock,
-        ctx: Ctx {
-            keys: &keys,
-            sec_cnt: info.sec_cnt,
-            revoked: info.revoked,
-            raises: (info.running.sec_cnt, info.running.revokes),
-            slot_size: l.active.length,
-            self_test: b.self_test,
-            image_len: info.running.total_len,
-        },
+        ctx: Ctx { keys: &keys, slot_size: l.active.length, self_test: b.self_test, image_len: info.running.total_len },
         work,
         body,
     };
@@ -608,12 +595,6 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                 Action::Confirm => {
                     let ok = confirm(up.state(), buf).is_ok();
                     log::info!("confirm: {}", if ok { "done" } else { "FAILED" });
-                    if ok {
-                        // In force from now on for downloads; the bootloader stores them at the
-                        // next boot.
-                        ctx.sec_cnt = ctx.sec_cnt.max(ctx.raises.0);
-                        ctx.revoked |= ctx.raises.1;
-                    }
                     Some(Event::Confirmed(Outcome::of(ok)))
                 }
                 Action::BeginDownload { at } => {
@@ -643,7 +624,7 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                         Some(Ok(())) => None,
                         r => {
                             log::warn!("flash write at {} failed: {:?}", offset, r.map(|r| r.err()));
-                            Some(Event::FlashFailed)
+                            Some(Event::FlashFailed { at: offset })
                         }
                     }
                 }
@@ -690,18 +671,13 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
                     http.close();
                     None
                 }
-                Action::VerifyAndMark { patched } => {
+                Action::VerifyAndMark { patched, floor } => {
                     // A patch must have ended with its image before the image is checked.
                     if let Some(Err(e)) = patched.then(|| patcher.finish(active, up)) {
                         log::warn!("patch: {}", e);
                         Some(Event::Marked(Err(MarkError::Patch(e))))
                     } else {
-                        let opts = VerifyOptions {
-                            keys: ctx.keys,
-                            revoked: ctx.revoked,
-                            min_sec_cnt: ctx.sec_cnt,
-                            slot_size: Some(ctx.slot_size),
-                        };
+                        let opts = floor.verify_options(ctx.keys, Some(ctx.slot_size));
                         let r = up.finish(&opts, buf);
                         match &r {
                             Ok(i) => log::info!("verify: OK, SHA-256 {:02x?}..., marked for install", &i.digest[..4]),

@@ -165,7 +165,7 @@ impl<const E: usize, const W: usize> Device<E, W> {
     /// App: download `img` into DFU in 1 KiB blocks and mark it (after our verify when
     /// `checked`; an app with a bug marks it without).
     fn download_as(&mut self, img: &[u8], checked: bool, info: &BootInfo) -> Result<(), Fail> {
-        let (revoked, min_sec_cnt) = (info.revoked, info.sec_cnt);
+        let (revoked, min_sec_cnt) = (info.floor.revoked, info.floor.sec_cnt);
         self.op(
             |p| {
                 let mut u = Updater::new(FirmwareUpdaterConfig { dfu: &mut p.dfu, state: &mut p.state }, 0);
@@ -190,7 +190,7 @@ impl<const E: usize, const W: usize> Device<E, W> {
     /// App: apply the differential package `patch` from ACTIVE into DFU in 1 KiB pieces (as the
     /// download brings them), from its first byte, then verify and mark the rebuilt image.
     fn patch_as(&mut self, patch: &[u8], info: &BootInfo) -> Result<(), Fail> {
-        let (revoked, min_sec_cnt, base_len) = (info.revoked, info.sec_cnt, info.running.total_len);
+        let (revoked, min_sec_cnt, base_len) = (info.floor.revoked, info.floor.sec_cnt, info.running.total_len);
         let slot = (ACTIVE_PAGES * E) as u32;
         let applied = self.op(
             |p| {
@@ -365,7 +365,7 @@ fn drive_cuts<const E: usize, const W: usize>(
         if std::env::var_os("SIM_TRACE").is_some() {
             eprintln!(
                 "boot: new {running_new} info {:?} {:?} seq {} sec {} rec {:?}",
-                info.awaiting_confirm, info.last, info.record_seq, info.sec_cnt, booted.record.phase
+                info.awaiting_confirm, info.last, info.record_seq, info.floor.sec_cnt, booted.record.phase
             );
         }
         // Settled?
@@ -724,7 +724,7 @@ fn a_second_update_after_a_revert_succeeds() {
         drive(&mut d, &update).unwrap();
         let info = d.info().unwrap();
         assert_eq!(info.running.aliyun_version.as_deref(), Some("1.5"));
-        assert_eq!((info.last, info.sec_cnt), (LastBoot::Confirmed, 2));
+        assert_eq!((info.last, info.floor.sec_cnt), (LastBoot::Confirmed, 2));
     }
 }
 

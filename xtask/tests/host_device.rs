@@ -62,7 +62,8 @@ impl Releases {
 
 /// 1.3 (factory), 1.4, 1.5 (its build sends a wrong password), 1.6 (1 MB), signed with a test key
 /// (slot 0); 1.7 signed with the next key (slot 1) revoking slot 0, and 1.8 signed with slot 0
-/// again (after its key leaked). The device trusts both slots. Differential packages: 2.0 from 1.4,
+/// again (after its key leaked); 3.5 with security counter 5 and 3.3 (200 KB) with counter 3. The
+/// device trusts both slots. Differential packages: 2.0 from 1.4,
 /// 2.2 from 2.0, and 2.1 from another build also called 1.4 (`1.4-other`).
 fn releases() -> &'static Releases {
     static R: OnceLock<Releases> = OnceLock::new();
@@ -73,18 +74,20 @@ fn releases() -> &'static Releases {
         xtask_ok(&["keygen", "--out", s(&key)]);
         let made = xtask_ok(&["keygen", "--out", s(&next), "--after", s(&key)]);
         assert!(made.contains("slot:       1"), "keygen names the slot: {made}");
-        let releases = [
-            ("1.3", "8192", None),
-            ("1.4", "40000", None),
-            ("1.5", "40000", Some("--failing-login")),
-            ("1.6", "1000000", None),
-            ("1.8", "8192", None),
+        let releases: [(&str, &str, &[&str]); 7] = [
+            ("1.3", "8192", &[]),
+            ("1.4", "40000", &[]),
+            ("1.5", "40000", &["--failing-login"]),
+            ("1.6", "1000000", &[]),
+            ("1.8", "8192", &[]),
+            ("3.5", "8192", &["--sec-cnt", "5"]),
+            ("3.3", "200000", &["--sec-cnt", "3"]),
         ];
         for (v, size, extra) in releases {
             let mut args = vec!["release", "--board", "host", "--version", v, "--key", s(&key), "--body-size", size];
             let out = d.join(v);
             args.extend(["--out", s(&out)]);
-            args.extend(extra);
+            args.extend(extra.iter().copied());
             xtask_ok(&args);
         }
         for (v, size, from) in [
@@ -429,6 +432,27 @@ fn a_leaked_key_is_retired_by_a_release_signed_with_the_next_key() {
     let mut region = shared::image::SliceFlash(&f[l.boot_record.origin as usize..l.boot_record.end() as usize]);
     let (_, rec) = shared::boot::BootRecord::load(&mut region).unwrap().expect("a boot record");
     assert_eq!(rec.revoked, 0b1, "{rec:?}");
+}
+
+#[test]
+fn a_counter_raised_by_a_confirm_refuses_a_lower_image_before_downloading_it() {
+    let c = console_with(&["dev-counter"], |_| {});
+    let dev = Dev::new("dev-counter", c.mqtt_port, "");
+    let _d = dev.start(None);
+    dev.runs(&c, "1.3", 30);
+    let j = c.add_job(job("3.5", Protocol::Mqtt)).unwrap();
+    assert_eq!(dev.outcome(&c, j, 60).state, TaskState::Succeeded, "{}", dev.log());
+    dev.runs(&c, "3.5", 30);
+    // 3.5 confirmed itself: counter 5 is in force from then on, before any reboot stores it.
+    let mut spec = JobSpec::new(releases().package("3.3"), Protocol::Mqtt);
+    spec.from = vec!["3.5".into()];
+    let j = c.add_job(spec).unwrap();
+    let t = dev.outcome(&c, j, 60);
+    let downgrade = Some(shared::ota::FailureKind::Downgrade);
+    assert_eq!((t.state, t.failure), (TaskState::Failed, downgrade), "{t:?}\n{}", dev.log());
+    assert!(t.desc.contains("security counter 3 is below the device's 5"), "{t:?}");
+    assert!(t.blocks < 10, "refused early, not after downloading 200 KB: {} blocks", t.blocks);
+    dev.runs(&c, "3.5", 30);
 }
 
 #[test]

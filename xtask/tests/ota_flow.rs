@@ -9,7 +9,8 @@ use ota_console::auth::DeviceId;
 use ota_console::engine::{BlockService, Engine, JobSpec, Package, Protocol, Quirk, TaskRecord, TaskState};
 use serde_json::Value;
 use shared::alink::{Downlink, Topics};
-use shared::image::{sign_image, ImageVersion, PublicKey, SignParams, SliceFlash, VerifyOptions};
+use shared::boot::Floor;
+use shared::image::{sign_image, ImageVersion, PublicKey, SignParams, SliceFlash};
 use shared::ota::{
     Action, BootOutcome, BootReport, Event, FailureKind, MarkError, OtaConfig, OtaMachine, Outcome, Resume, StateName,
     Verdict,
@@ -96,6 +97,11 @@ struct Sim {
     http_gen: u32,
     /// HTTP bodies break off after this many bytes of a GET that starts below it.
     http_break_at: Option<usize>,
+    /// The DFU write that starts at this offset fails (once), as a worn or locked page would.
+    fail_write_at: Option<u32>,
+    /// What the bootloader tells at boot: the floor, and what the running image raises it to.
+    floor: Floor,
+    raises: Floor,
     // What happened.
     sent: Vec<(u64, String, Value, Option<u16>)>,
     log: Vec<String>,
@@ -135,6 +141,9 @@ impl Sim {
             slow_pushes: 0,
             http_gen: 0,
             http_break_at: None,
+            fail_write_at: None,
+            floor: Floor::default(),
+            raises: Floor::default(),
             sent: vec![],
             log: vec![],
             reset: false,
@@ -163,7 +172,8 @@ impl Sim {
             module: "default",
             awaiting_confirm,
             outcome,
-            sec_cnt: 0,
+            floor: self.floor,
+            raises: self.raises,
             resume: self.saved,
             digest: [0; 32],
             image_len: 0,
@@ -247,6 +257,12 @@ impl Sim {
                 // This device takes no differential packages (OtaConfig::delta off): the host
                 // device tests and the power-cut sweeps carry patches out.
                 Action::BeginPatch | Action::Patch { .. } => panic!("a patch action with delta off"),
+                Action::Write { offset, .. } if self.fail_write_at == Some(offset) => {
+                    self.fail_write_at = None;
+                    self.log.push(format!("write at {offset} failed"));
+                    let at = self.at();
+                    self.m.handle(at, Event::FlashFailed { at: offset });
+                }
                 Action::Write { offset, range } => {
                     assert_eq!(offset, self.dfu_pos, "writes are sequential");
                     let data = &payload[range];
@@ -303,10 +319,10 @@ impl Sim {
                     self.http_gen += 1;
                     self.log.push("http close".into());
                 }
-                Action::VerifyAndMark { .. } => {
+                Action::VerifyAndMark { floor, .. } => {
                     self.log.push("verify+mark".into());
                     let keys = [PublicKey(key().verifying_key().to_bytes())];
-                    let opts = VerifyOptions { keys: &keys, revoked: 0, min_sec_cnt: 0, slot_size: Some(SLOT) };
+                    let opts = floor.verify_options(&keys, Some(SLOT));
                     let r = shared::image::verify(&mut SliceFlash(&self.dfu[..]), &opts, &mut [0u8; 1024]);
                     self.marked = r.is_ok();
                     let at = self.at();
@@ -781,6 +797,69 @@ fn after_a_power_cut_the_download_resumes_from_the_last_page_boundary() {
     assert_eq!(s.requests()[before].1, saved.written);
     assert!(s.marked);
     assert!(s.task(j).starts().iter().skip(1).all(|&o| o > 0), "{:?}", s.task(j));
+}
+
+#[test]
+fn a_failed_flash_write_leaves_no_resume_point_over_it_and_no_request_behind() {
+    let mut s = online("1.3");
+    // Blocks of 1 KiB, pages of 4 KiB: the write at 3072 ends the first page (a resume point).
+    s.fail_write_at = Some(3 * 1024);
+    let j = s.add_job(job("1.4", 20_000, Protocol::Mqtt));
+    assert!(s.run_until(60_000, is_done(j)), "{:?}", s.log);
+    let t = s.task(j);
+    assert_eq!((t.state, t.failure), (TaskState::Failed, Some(FailureKind::FlashWrite)), "{t:?}");
+    assert!(
+        s.saved.is_none_or(|r| r.written <= s.dfu_pos),
+        "a resume point at {:?} over bytes never written (DFU holds {} bytes)",
+        s.saved,
+        s.dfu_pos
+    );
+    let failed_at = s.sent.iter().position(|x| x.2["params"]["step"] == "-4").expect("a -4");
+    let late: Vec<_> = s.sent[failed_at..].iter().filter(|x| x.1.ends_with("/file/download")).collect();
+    assert!(late.is_empty(), "block requests of the failed download went out after its -4: {late:?}");
+    // A power cycle, and the same package again (the same task key): it completes.
+    s.reboot("1.3", BootOutcome::Nothing, false);
+    s.connect();
+    let j = s.add_job(job("1.4", 20_000, Protocol::Mqtt));
+    assert!(s.run_until(60_000, |s| s.reset), "{:?}", s.task(j));
+    assert!(s.marked, "{:?} {:?}", s.task(j), s.log);
+}
+
+#[test]
+fn minus_four_names_the_offset_of_the_write_that_failed() {
+    let mut s = online("1.3");
+    s.fail_write_at = Some(5 * 1024);
+    let j = s.add_job(job("1.4", 20_000, Protocol::Mqtt));
+    assert!(s.run_until(60_000, is_done(j)), "{:?}", s.log);
+    let t = s.task(j);
+    assert_eq!((t.state, t.step), (TaskState::Failed, -4), "{t:?}");
+    assert!(t.desc.ends_with(" 5120"), "the write that failed started at 5120: {t:?}");
+}
+
+#[test]
+fn a_counter_raised_by_the_confirm_refuses_a_lower_image_before_downloading_it() {
+    // 1.5 carries SEC_CNT 5 and was just swapped in (the stored counter is still 1).
+    let mut s = Sim::new();
+    s.floor = Floor { sec_cnt: 1, revoked: 0 };
+    s.raises = Floor { sec_cnt: 5, revoked: 0 };
+    s.boot("1.5", BootOutcome::Nothing, true);
+    s.connect();
+    s.run();
+    assert_eq!(s.log, ["self-test", "confirm"]);
+    // Counter 5 is in force from the confirm on, before any reboot stores it: an image with
+    // SEC_CNT 3 is refused on its protected TLVs, not after the whole download.
+    let img = image("1.6", 60_000, 3);
+    let j = s.add_job(JobSpec::new(Package::new("f.bin", "default", "1.6", img), Protocol::Mqtt));
+    assert!(s.run_until(60_000, is_done(j)), "{:?}", s.log);
+    let t = s.task(j);
+    assert_eq!((t.state, t.failure), (TaskState::Failed, Some(FailureKind::Downgrade)), "{t:?}");
+    assert!(t.desc.ends_with("security counter 3 is below the device's 5"), "{t:?}");
+    assert!(t.blocks <= 10, "refused at the start of the download, not after 59 blocks: {}", t.blocks);
+    assert!(!s.log.contains(&"verify+mark".to_string()));
+    // An image at the raised counter is taken, and checked against it in full.
+    let j = s.add_job(JobSpec::new(Package::new("g.bin", "default", "1.7", image("1.7", 20_000, 5)), Protocol::Mqtt));
+    assert!(s.run_until(60_000, |s| s.reset), "{:?}", s.task(j));
+    assert!(s.marked);
 }
 
 // ---- tasks the device cannot carry out ----

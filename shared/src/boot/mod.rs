@@ -130,12 +130,7 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
     rec.last = LastBoot::Nothing;
     let state = StateGuard::new(&mut slots.state).state(buf)?;
     let slot = slots.active.capacity() as u32;
-    let opts = |rec: &BootRecord| VerifyOptions {
-        keys,
-        revoked: rec.revoked,
-        min_sec_cnt: rec.sec_cnt,
-        slot_size: Some(slot),
-    };
+    let opts = |rec: &BootRecord| rec.floor().verify_options(keys, Some(slot));
 
     let mut phase_after_swap = None;
     if state == State::Swap {
@@ -231,11 +226,42 @@ pub fn boot<A: NorFlash, D: NorFlash, S: NorFlash, R: NorFlash>(
     Ok(Boot { image, record: rec })
 }
 
-/// What a confirmed image raises: the stored counter to its SEC_CNT, and the revoked keys by
-/// its REVOKE_KEYS. Both only ever grow.
+/// What a confirmed image raises: see [`Floor::confirmed`].
 fn confirmed(rec: &mut BootRecord, image: &ImageInfo) {
-    rec.sec_cnt = rec.sec_cnt.max(image.sec_cnt);
-    rec.revoked |= image.revokes;
+    let f = rec.floor().confirmed(Floor::of(image));
+    (rec.sec_cnt, rec.revoked) = (f.sec_cnt, f.revoked);
+}
+
+/// What an image must meet to be installed: the security counter it must reach and the key
+/// slots that may no longer sign. Kept in BOOT_RECORD by the bootloader, raised by every
+/// confirmed image; the app's OTA client holds the same floor for its downloads
+/// (`shared::ota::BootReport`), raised at the confirm by this same rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Floor {
+    /// Images with a lower SEC_CNT are refused.
+    pub sec_cnt: u32,
+    /// Bit j: images signed by trusted key j are refused.
+    pub revoked: u32,
+}
+
+impl Floor {
+    /// What confirming `image` would raise a floor to: its SEC_CNT and its REVOKE_KEYS.
+    pub fn of(image: &ImageInfo) -> Floor {
+        Floor { sec_cnt: image.sec_cnt, revoked: image.revokes }
+    }
+
+    /// The floor once an image that raises to `image` (see [`Floor::of`]) is confirmed: the
+    /// counter raised to its SEC_CNT, its revocations added. Both only ever grow.
+    #[must_use]
+    pub fn confirmed(self, image: Floor) -> Floor {
+        Floor { sec_cnt: self.sec_cnt.max(image.sec_cnt), revoked: self.revoked | image.revoked }
+    }
+
+    /// The options that check an image against this floor.
+    pub fn verify_options<'k>(self, keys: &'k [PublicKey], slot_size: Option<u32>) -> VerifyOptions<'k> {
+        VerifyOptions { keys, revoked: self.revoked, min_sec_cnt: self.sec_cnt, slot_size }
+    }
 }
 
 fn store<R: NorFlash>(rec: &mut BootRecord, region: &mut R) -> Result<(), BootError> {

@@ -89,6 +89,11 @@ pub struct BootRecord {
 }
 
 impl BootRecord {
+    /// The counter and revocations it keeps.
+    pub fn floor(&self) -> super::Floor {
+        super::Floor { sec_cnt: self.sec_cnt, revoked: self.revoked }
+    }
+
     /// Encodes one copy into `buf`; returns its length rounded up to `write_size`.
     pub fn encode(&self, buf: &mut [u8; MAX_ENCODED], write_size: usize) -> usize {
         buf.fill(ERASED);

@@ -1,7 +1,7 @@
 //! The app's half: write the download into DFU, mark it for swap only after our own verify,
 //! confirm after a good boot, and learn truthfully what runs and what the last boot did.
 
-use super::{BootRecord, LastBoot, Phase, Slots, StateGuard, ERASED};
+use super::{BootRecord, Floor, LastBoot, Phase, Slots, StateGuard, ERASED};
 use crate::image::{self, ImageError, ImageInfo, PublicKey, VerifyOptions};
 use embassy_boot::{BlockingFirmwareState, State};
 use embedded_storage::nor_flash::{NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
@@ -204,12 +204,10 @@ pub struct BootInfo {
     pub awaiting_confirm: bool,
     /// What this boot did (see [`LastBoot`]).
     pub last: LastBoot,
-    /// The security counter images must reach: the stored one, or the running image's once it is
-    /// confirmed (the bootloader stores that at the next boot).
-    pub sec_cnt: u32,
-    /// Key slots revoked: the stored ones, plus the running image's REVOKE_KEYS once it is
-    /// confirmed.
-    pub revoked: u32,
+    /// What downloads must meet: the stored floor, raised by the running image once it is
+    /// confirmed (the bootloader stores that at the next boot). An image awaiting its confirm
+    /// raises it when it confirms ([`Floor::confirmed`] with [`Floor::of`] the running image).
+    pub floor: Floor,
     /// Starts of the image under test so far (0 when none is being tested).
     pub boots: u8,
     /// The record's sequence number (changes whenever the bootloader records something).
@@ -232,12 +230,8 @@ pub fn boot_info<A: ReadNorFlash, D, S: NorFlash, R: ReadNorFlash>(
         _ => 0,
     };
     let awaiting_confirm = boots > 0;
-    let (mut sec_cnt, mut revoked) = (rec.sec_cnt, rec.revoked);
-    if !awaiting_confirm {
-        sec_cnt = sec_cnt.max(running.sec_cnt);
-        revoked |= running.revokes;
-    }
-    Ok(BootInfo { running, awaiting_confirm, last: rec.last, sec_cnt, revoked, boots, record_seq: rec.seq })
+    let floor = if awaiting_confirm { rec.floor() } else { rec.floor().confirmed(Floor::of(&running)) };
+    Ok(BootInfo { running, awaiting_confirm, last: rec.last, floor, boots, record_seq: rec.seq })
 }
 
 #[cfg(all(test, feature = "sim"))]

@@ -1,6 +1,7 @@
 //! What the machine asks the driver to do.
 
 use super::Resume;
+use crate::boot::Floor;
 use core::ops::Range;
 
 /// An output of the machine. Borrowed data lives in the machine until the next call.
@@ -40,7 +41,7 @@ pub enum Action<'a> {
         range: Range<usize>,
     },
     /// Write bytes `range` of the payload last handed in, at `offset` of DFU. Report
-    /// [`super::Event::FlashFailed`] if it fails; success needs no event. Take every `Write` and
+    /// [`super::Event::FlashFailed`] with this `offset` if it fails; success needs no event. Take every `Write` and
     /// `Patch` before handing in the next payload: the machine checks it, and a payload that
     /// comes first drops them and fails the download as a flash write (step -4).
     Write {
@@ -66,13 +67,15 @@ pub enum Action<'a> {
     },
     /// Drop the HTTP connection.
     HttpClose,
-    /// Verify the image in DFU with our keys and counter, mark it for swap, then report
+    /// Verify the image in DFU with our keys against `floor`, mark it for swap, then report
     /// [`super::Event::Marked`]. `patched` (the image was rebuilt from a patch since
     /// [`Action::BeginPatch`]): first check that the patch ended with its image
     /// (`Patcher::finish`; `MarkError::Patch` if not).
     VerifyAndMark {
         /// the image in DFU was written by the patcher
         patched: bool,
+        /// the security counter and revoked key slots in force (raised by a confirm since boot)
+        floor: Floor,
     },
     /// Reboot (the bootloader takes over: it installs a marked image, starts an unconfirmed one
     /// again while it has boot attempts left, or reverts it).

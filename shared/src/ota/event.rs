@@ -2,7 +2,7 @@
 
 use super::TaskKey;
 use crate::alink::Downlink;
-use crate::boot::{BootInfo, LastBoot};
+use crate::boot::{BootInfo, Floor, LastBoot};
 use crate::delta::DeltaError;
 use crate::image::ImageError;
 
@@ -83,8 +83,11 @@ pub struct BootReport<'a> {
     pub awaiting_confirm: bool,
     /// What this boot did (reported once: the next quiet boot says Nothing).
     pub outcome: BootOutcome,
-    /// The device's security counter.
-    pub sec_cnt: u32,
+    /// What downloads must meet now: the device's security counter and revoked key slots.
+    pub floor: Floor,
+    /// What the running image raises the floor by once it confirms ([`Floor::of`] it); applied
+    /// at [`Event::Confirmed`] when it was awaiting its confirm.
+    pub raises: Floor,
     /// An interrupted download, if one was persisted.
     pub resume: Option<Resume>,
     /// The running image's SHA-256 (its SHA256 TLV): what a differential package must name as
@@ -102,7 +105,8 @@ impl<'a> BootReport<'a> {
             module: info.running.module.as_deref().filter(|m| !m.is_empty()).unwrap_or("default"),
             awaiting_confirm: info.awaiting_confirm,
             outcome: info.last.into(),
-            sec_cnt: info.sec_cnt,
+            floor: info.floor,
+            raises: Floor::of(&info.running),
             resume,
             digest: info.running.digest,
             image_len: info.running.total_len,
@@ -157,7 +161,10 @@ pub enum Event<'a> {
     /// `Confirm` was carried out, or failed.
     Confirmed(Outcome),
     /// A `Write` or the erase before it failed.
-    FlashFailed,
+    FlashFailed {
+        /// the `offset` of the `Write` that failed
+        at: u32,
+    },
     /// `Rehash` finished, or could not read DFU.
     Rehashed(Outcome),
     /// The HTTP response to `HttpGet` started.

@@ -7,6 +7,7 @@ use super::{
     Verdict,
 };
 use crate::alink::{self, AlinkError, BlockReply, DigestMethod, Downlink, EscapedStr, Topic, Topics};
+use crate::boot::Floor;
 use crate::delta;
 use crate::image::{Header, HeaderRepr, TlvIter, TlvKind, TLV_PROT_INFO_MAGIC};
 use crate::time::{Duration, Instant};
@@ -346,7 +347,10 @@ pub struct OtaMachine {
     connected: bool,
     version: String<64>,
     module: String<64>,
-    sec_cnt: u32,
+    /// What downloads must meet (checked early on the image's protected TLVs, and in full by
+    /// `VerifyAndMark`); raised by `raises` when the running image confirms.
+    floor: Floor,
+    raises: Floor,
     resume: Option<Resume>,
     /// The running image's SHA-256 and length (the base a differential package must name).
     digest: [u8; 32],
@@ -430,7 +434,8 @@ impl OtaMachine {
             connected: false,
             version: String::new(),
             module: String::new(),
-            sec_cnt: 0,
+            floor: Floor::default(),
+            raises: Floor::default(),
             resume: None,
             digest: [0; 32],
             image_len: 0,
@@ -558,20 +563,50 @@ impl OtaMachine {
             _ => None,
         });
         let Some(at) = at else { return };
-        let mut kept = Deque::new();
-        while let Some(o) = self.out.pop_front() {
-            let stale = matches!(
+        self.drop_queued(|o| {
+            matches!(
                 o,
                 Out::Plain(Plain::Write(..) | Plain::Patch(..) | Plain::SaveResume(_) | Plain::VerifyAndMark { .. })
-            );
-            if !stale {
+            )
+        });
+        if matches!(self.state, State::Downloading(_) | State::AwaitMark(_)) {
+            self.fail(Failure::FlashWrite { at });
+        }
+    }
+
+    /// Drops the queued outputs `stale` picks, keeping the order of the rest.
+    fn drop_queued(&mut self, stale: impl Fn(&Out) -> bool) {
+        let mut kept = Deque::new();
+        while let Some(o) = self.out.pop_front() {
+            if !stale(&o) {
                 let _ = kept.push_back(o);
             }
         }
         self.out = kept;
-        if matches!(self.state, State::Downloading(_) | State::AwaitMark(_)) {
-            self.fail(Failure::FlashWrite { at });
-        }
+    }
+
+    /// A download ended (failed, refused, replaced by another task): whatever it still had queued
+    /// goes with it. A write or patch after a failed one would leave a hole; a resume point would
+    /// name bytes never written (a retry of the same package would resume over them and end in
+    /// -3); a block request or GET would fetch what nobody takes; a mark would install it. The
+    /// resume point's clearing, the HTTP close and the reports stay.
+    fn end_download(&mut self) {
+        self.drop_queued(|o| {
+            matches!(
+                o,
+                Out::BlockRequest { .. }
+                    | Out::Plain(
+                        Plain::BeginDownload(_)
+                            | Plain::BeginPatch
+                            | Plain::Write(..)
+                            | Plain::Patch(..)
+                            | Plain::Rehash(_)
+                            | Plain::SaveResume(_)
+                            | Plain::HttpGet(_)
+                            | Plain::VerifyAndMark { .. }
+                    )
+            )
+        });
     }
 
     fn new_pid(&mut self) -> u16 {
@@ -732,7 +767,7 @@ impl OtaMachine {
                     Plain::ClearResume => Action::ClearResume,
                     Plain::HttpGet(from) => Action::HttpGet { from },
                     Plain::HttpClose => Action::HttpClose,
-                    Plain::VerifyAndMark { patched } => Action::VerifyAndMark { patched },
+                    Plain::VerifyAndMark { patched } => Action::VerifyAndMark { patched, floor: self.floor },
                     Plain::Reset => Action::Reset,
                     Plain::Revert => Action::Revert,
                     Plain::ModuleUpdate => unreachable!("handled above"),
@@ -881,6 +916,8 @@ impl OtaMachine {
                     return;
                 }
                 if outcome == Outcome::Done {
+                    // In force from now on; the bootloader stores it at the next boot.
+                    self.floor = self.floor.confirmed(self.raises);
                     self.state = State::AwaitTask;
                     self.announce();
                 } else {
@@ -904,9 +941,9 @@ impl OtaMachine {
                 }
             }
             Event::Rehashed(outcome) => self.rehashed(now, outcome == Outcome::Done),
-            Event::FlashFailed => {
-                if let Some((w, _)) = self.written() {
-                    self.fail(Failure::FlashWrite { at: w });
+            Event::FlashFailed { at } => {
+                if self.written().is_some() {
+                    self.fail(Failure::FlashWrite { at });
                 }
             }
             Event::HttpResponse { status, length } => self.http_response(now, status, length),
@@ -948,7 +985,7 @@ impl OtaMachine {
         }
         self.version = String::try_from(r.version).unwrap_or_default();
         self.module = String::try_from(r.module).unwrap_or_default();
-        self.sec_cnt = r.sec_cnt;
+        (self.floor, self.raises) = (r.floor, r.raises);
         self.resume = r.resume;
         self.digest = r.digest;
         self.image_len = r.image_len;
@@ -1235,6 +1272,7 @@ impl OtaMachine {
                 // Another task for our module: the platform has one task per device, so the one
                 // we were downloading is gone (cancelled or replaced). Take the new one.
                 let https = matches!(d.via, Via::Https(_));
+                self.end_download();
                 if https {
                     self.plain(Plain::HttpClose);
                 }
@@ -1410,7 +1448,7 @@ impl OtaMachine {
     fn block_reply(&mut self, now: Instant, payload: &[u8]) {
         // Not even a header: whatever it was, the request's timeout takes care of it.
         let Ok(reply) = alink::parse_download_reply(payload) else { return };
-        let (sec_cnt, timeout) = (self.sec_cnt, self.cfg.request_timeout);
+        let (sec_cnt, timeout) = (self.floor.sec_cnt, self.cfg.request_timeout);
         let State::Downloading(d) = &mut self.state else { return };
         let Via::Mqtt(s) = &mut d.via else { return };
         let (id, offset) = match reply {
@@ -1606,6 +1644,7 @@ impl OtaMachine {
             self.plain(Plain::HttpClose);
         }
         if !d.hasher.matches(&d.digest) {
+            self.end_download();
             self.plain(Plain::ClearResume);
             let f = Failure::DigestMismatch(d.method);
             self.report(f.step(), f.desc());
@@ -1679,7 +1718,7 @@ impl OtaMachine {
     }
 
     fn http_body(&mut self, now: Instant, data: &[u8]) {
-        let sec_cnt = self.sec_cnt;
+        let sec_cnt = self.floor.sec_cnt;
         let State::Downloading(d) = &mut self.state else { return };
         let size = d.size;
         let Via::Https(h) = &mut d.via else { return };
@@ -1769,6 +1808,7 @@ impl OtaMachine {
 
     /// Reports a failure and goes back to waiting for a task (the old image keeps running).
     fn fail(&mut self, f: Failure) {
+        self.end_download();
         if let State::Downloading(Download { via: Via::Https(_), .. }) = self.state {
             self.plain(Plain::HttpClose);
         }

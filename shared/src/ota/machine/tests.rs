@@ -164,7 +164,8 @@ impl T {
             module: "MCU",
             awaiting_confirm: false,
             outcome: BootOutcome::Nothing,
-            sec_cnt: 0,
+            floor: Floor::default(),
+            raises: Floor::default(),
             resume: None,
             digest: RUNNING_SHA,
             image_len: RUNNING_LEN,
@@ -476,7 +477,7 @@ fn a_modem_task_during_an_app_download_is_ignored_and_pulled_for_afterwards() {
     assert!(t.push(&modem_offer(NEW, URL)).is_empty(), "ignored, not refused");
     assert_eq!(t.m.state(), StateName::Downloading);
     // The app's download fails: -4 for MCU, then a pull for every module.
-    let did = t.ev(Event::FlashFailed);
+    let did = t.ev(Event::FlashFailed { at: 0 });
     let p = one(msgs(&did, "progress"));
     assert_eq!((p.step, p.module.as_deref()), (-4, Some("MCU")));
     let gets = msgs(&t.advance(10_000), "get");
@@ -627,7 +628,11 @@ fn a_diff_package_naming_the_running_image_is_patched_into_dfu_and_never_resumed
     let did = t.ev(Event::HttpBody(b));
     let o = others(&did);
     assert_eq!(o[0], format!("Patch {{ offset: 30, range: 0..{} }}", b.len()));
-    assert_eq!(&o[1..], ["HttpClose", "VerifyAndMark { patched: true }"], "no resume point saved: {o:?}");
+    assert_eq!(
+        &o[1..],
+        ["HttpClose", "VerifyAndMark { patched: true, floor: Floor { sec_cnt: 0, revoked: 0 } }"],
+        "no resume point saved: {o:?}"
+    );
     let did = t.ev(Event::Marked(Ok(())));
     assert_eq!(one(msgs(&did, "progress")).step, 100);
 }
@@ -712,7 +717,11 @@ fn a_patch_that_fails_on_its_last_piece_is_reported_by_its_own_reason() {
     t.push(&delta_offer(&patch, &sum));
     t.ev(Event::HttpResponse { status: 200, length: Some(patch.len() as u32) });
     let did = t.ev(Event::HttpBody(&patch));
-    assert_eq!(others(&did).last(), Some(&"VerifyAndMark { patched: true }"), "{did:?}");
+    assert_eq!(
+        others(&did).last(),
+        Some(&"VerifyAndMark { patched: true, floor: Floor { sec_cnt: 0, revoked: 0 } }"),
+        "{did:?}"
+    );
     assert!(t.ev(Event::PatchFailed(DeltaError::Write { at: 8192 })).is_empty(), "the verify reports it");
     let p = one(msgs(&t.ev(Event::Marked(Err(MarkError::Patch(DeltaError::Write { at: 8192 })))), "progress"));
     assert_eq!((p.step, p.desc.as_str()), (-4, "flash write failed at 8192"));
