@@ -21,7 +21,6 @@ pub mod modem;
 #[path = "../../app/src/http.rs"]
 pub mod http;
 
-pub mod ota_script;
 
 /// What modem.rs takes from app/src/driver.rs: its `Clock` (the same trait).
 pub mod driver {

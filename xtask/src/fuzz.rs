@@ -15,10 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-#[allow(dead_code)]
-#[path = "../../fuzz/src/ota_script.rs"]
-mod ota_script;
-
 /// Every target, in the order they run.
 pub const TARGETS: [&str; 11] = [
     "alink_offer",
@@ -436,10 +432,10 @@ fn modem_transcripts() -> Vec<(&'static str, Vec<u8>)> {
     vec![("plain", plain.into_bytes()), ("tls-ca", tls.into_bytes()), ("escape-error", escape.into_bytes())]
 }
 
-/// OtaMachine scripts (fuzz/src/ota_script.rs): an MQTT upgrade end to end, an HTTPS one, a
+/// OtaMachine scripts (`shared::ota::script::op`): an MQTT upgrade end to end, an HTTPS one, a
 /// downgrade refused from the protected TLVs, a resumed download.
 fn ota_scripts() -> Vec<(&'static str, Vec<u8>)> {
-    use ota_script::*;
+    use shared::ota::script::op::*;
     // page 256, 16 pages of slot, 256-byte blocks, window 4, 3 retries, progress every 5 %,
     // flags, 10 s timeout, image.
     let setup = |flags: u8, image: u16| {

@@ -36,6 +36,8 @@ mod connect;
 mod event;
 mod failure;
 mod machine;
+#[cfg(feature = "sim")]
+pub mod script;
 mod task;
 
 pub use action::Action;

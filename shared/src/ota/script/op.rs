@@ -1,13 +1,19 @@
-//! The byte encoding of an `ota_machine` fuzz input, shared by the target (which decodes it) and
-//! `cargo xtask fuzz --seeds` (which writes seed scripts in it). No dependencies: xtask includes
-//! this file with `#[path]`.
+//! The byte encoding of a script: the `ota_machine` fuzz target and the property test decode it
+//! ([`super::run`]), `cargo xtask fuzz --seeds` and the property test's generator write it.
 //!
 //! ```text
 //! setup (10 bytes): page, slot pages, block, window, retries, progress_every, flags, timeout_s,
 //!                   image (2 bytes LE: < 4 a signed image, else the length of a patterned one)
-//! then events until the input ends: one op byte (mod OPS) and its argument bytes (below)
+//! then events until the input ends (at most MAX_EVENTS): one op byte (mod OPS) and its
+//! argument bytes (below)
 //! ```
 //! Bytes past the end read as 0.
+
+#![allow(missing_docs)] // op codes and flags are documented in groups
+
+/// Events played from one script at most (a longer input plays its first ones): a download of
+/// the largest image in the smallest blocks takes a few hundred.
+pub const MAX_EVENTS: usize = 600;
 
 /// Setup flags.
 pub mod setup {
@@ -68,9 +74,11 @@ pub const OVERSIZED: u8 = 7;
 pub const ACK: u8 = 8;
 /// Completes the oldest self-test, confirm, rehash or verify-and-mark asked for: 1 byte (0: it failed).
 pub const COMPLETE: u8 = 9;
-/// Unasked-for completions (1 byte each, except FLASH_FAILED).
+/// Unasked-for completions (1 byte each).
 pub const SELF_TEST: u8 = 10;
 pub const CONFIRMED: u8 = 11;
+/// The next `Write` fails (a worn or locked page): the driver hands `FlashFailed` in at once,
+/// with the rest of the actions still to take. No argument.
 pub const FLASH_FAILED: u8 = 12;
 pub const REHASHED: u8 = 13;
 pub const MARKED: u8 = 14;
