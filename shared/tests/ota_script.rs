@@ -98,6 +98,15 @@ fn total(runs: impl Iterator<Item = Ran>) -> Ran {
     })
 }
 
+/// Scripts per test: 3,000 (CI), 30,000 with `cargo xtask test --full`.
+fn scripts() -> u32 {
+    if std::env::var_os("ALIYUN_OTA_FULL").is_some() {
+        30_000
+    } else {
+        3_000
+    }
+}
+
 fn play(seed: u64, scripts: u32, make: impl Fn(&mut Rng) -> Vec<u8>) -> Ran {
     let mut r = Rng(seed);
     total((0..scripts).map(|i| {
@@ -109,7 +118,7 @@ fn play(seed: u64, scripts: u32, make: impl Fn(&mut Rng) -> Vec<u8>) -> Ran {
 
 #[test]
 fn no_download_leaves_a_flash_action_behind_over_random_scripts() {
-    let t = play(0x005E_ED0A, 3000, script);
+    let t = play(0x005E_ED0A, scripts(), script);
     println!("{t:?}");
     // The scripts reached what this test is about (and the rest of a download's life).
     assert!(t.begun >= 1000 && t.marked >= 100 && t.resumed >= 50, "{t:?}");
@@ -119,7 +128,7 @@ fn no_download_leaves_a_flash_action_behind_over_random_scripts() {
 
 #[test]
 fn raw_random_scripts_keep_the_contract_too() {
-    let t = play(0xB17E5, 3000, |r| (0..r.below(1500)).map(|_| r.byte()).collect());
+    let t = play(0xB17E5, scripts(), |r| (0..r.below(1500)).map(|_| r.byte()).collect());
     println!("{t:?}");
     assert!(t.events >= 100_000, "{t:?}");
 }
