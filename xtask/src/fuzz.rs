@@ -433,7 +433,7 @@ fn modem_transcripts() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// OtaMachine scripts (`shared::ota::script::op`): an MQTT upgrade end to end, an HTTPS one, a
-/// downgrade refused from the protected TLVs, a resumed download.
+/// downgrade refused from the protected TLVs, a resumed download, a write that fails.
 fn ota_scripts() -> Vec<(&'static str, Vec<u8>)> {
     use shared::ota::script::op::*;
     // page 256, 16 pages of slot, 256-byte blocks, window 4, 3 retries, progress every 5 %,
@@ -461,7 +461,20 @@ fn ota_scripts() -> Vec<(&'static str, Vec<u8>)> {
     resume.extend_from_slice(&[DISCONNECT, TIMEOUT, CONNECT]);
     resume.extend(blocks(2));
     resume.extend_from_slice(&[COMPLETE, 2]);
-    vec![("mqtt-upgrade", mqtt), ("https-upgrade", https), ("downgrade", downgrade), ("resume", resume)]
+    // A write fails at the end of the first page, its resume point queued behind it; the same
+    // package again.
+    let mut write_fails = setup(0, 1000);
+    write_fails.extend_from_slice(&[CONNECT, PUSH, 0, 0, 0, 0, FLASH_FAILED]);
+    write_fails.extend(blocks(2));
+    write_fails.extend_from_slice(&[TIMEOUT, GET_REPLY, 0, 0, 0, 0, 0]);
+    write_fails.extend(blocks(4));
+    vec![
+        ("mqtt-upgrade", mqtt),
+        ("https-upgrade", https),
+        ("downgrade", downgrade),
+        ("resume", resume),
+        ("write-fails", write_fails),
+    ]
 }
 
 #[cfg(test)]
