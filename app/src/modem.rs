@@ -11,8 +11,8 @@
 //! AT+CPIN?    +CPIN: READY
 //! AT+CEREG?   +CEREG: 0,1|5   (LTE; else AT+CREG? for 2G/3G), polled until registered
 //! AT+QICSGP=1,1,"apn","","",1 OK
-//! AT+QIACT?   +QIACT: 1,...   (else AT+QIACT=1, up to 150 s)
-//! AT+QGMR     <module firmware version>
+//! AT+QIACT?   +QIACT: 1,...   (else AT+QIDEACT=1, then AT+QIACT=1, up to 150 s)
+//! AT+QGMR     <module firmware version>   (URCs and an echo before it skipped by shape)
 //! AT+QIOPEN=1,0,"TCP","host",port,0,0     OK, then +QIOPEN: 0,0   (AT+QSSLOPEN=1,1,0,... for TLS)
 //! ```
 //!
@@ -21,6 +21,14 @@
 //! reads with `AT+QIRD=<id>,<n>` (`+QIRD: <n>`, n raw bytes, `OK`; `AT+QSSLRECV`) and sends with
 //! `AT+QISEND=<id>,<n>`, the `> ` prompt, n bytes, `SEND OK` (`AT+QSSLSEND`). `"closed"` URCs end
 //! a socket (what it buffered can still be read); `RDY` is a module that restarted.
+//!
+//! A real module's manners (Quectel TCP/IP Application Note; each has a test against the
+//! simulator's `--realistic` mode): a socket is read until `+QIRD: 0` (a read may return less
+//! than the module holds, and `recv` comes again only after the buffer was read empty); `SEND
+//! FAIL` (the module did not take the data) sends the same bytes again after 300 ms, three times
+//! at most, then the socket is given up and the session rebuilt; after `+QIURC: "pdpdeact"` the
+//! context is deactivated (`AT+QIDEACT=1`) before it is activated again; `RDY` fails the command
+//! on the way at once (the module never got it) and the link is brought up again.
 //!
 //! Concurrency: [`Modem`] is a state machine whose every field survives a cancelled future.
 //! [`Modem::step`] does one thing (write some queued bytes, or start the read a `recv` URC asked
@@ -53,6 +61,11 @@ pub const DOWNLOAD: usize = 1;
 pub const SOCK_BUF: usize = 1536;
 /// Most bytes per `AT+QISEND` (Quectel's limit).
 pub const SEND_MAX: usize = 1460;
+/// Sends of the same bytes after `SEND FAIL`, and the wait before each.
+const SEND_RETRIES: u32 = 3;
+const SEND_RETRY_WAIT: Duration = Duration::from_millis(300);
+/// `want` of a command whose answer has no prefix (`AT+QGMR`): see [`bare_answer`].
+const BARE: &str = "";
 /// Most bytes asked for per `AT+QIRD` (Quectel's limit).
 const READ_MAX: usize = 1500;
 /// A line from the module (URC, answer): longer ones are noise, dropped.
@@ -99,6 +112,8 @@ pub enum ModemError {
     NoSim,
     /// Not registered on the network in time.
     NotRegistered,
+    /// The module restarted (`RDY`) while a command was out: it never got it.
+    Restarted,
     /// The module could not open the socket (`+QIOPEN` / `+QSSLOPEN` error code: for TLS, a
     /// handshake the CA does not cover is one).
     Socket(i32),
@@ -113,6 +128,7 @@ impl core::fmt::Display for ModemError {
             ModemError::NoSim => f.write_str("modem: SIM missing or locked (AT+CPIN? is not READY)"),
             ModemError::NotRegistered => f.write_str("modem: not registered on the network"),
             ModemError::Socket(e) => write!(f, "modem: the socket did not open (error {e})"),
+            ModemError::Restarted => f.write_str("modem: the module restarted (RDY)"),
         }
     }
 }
@@ -233,6 +249,10 @@ pub struct Modem<U> {
     /// The outcome of the last command / send (kept until the next one starts).
     outcome: Option<bool>,
     sent: Option<bool>,
+    /// The last send's failure was `SEND FAIL` (the module did not take the data), not `ERROR`.
+    send_fail: bool,
+    /// The module restarted (`RDY`) while the last command was out.
+    restarted: bool,
     /// The kept answer line of the last command.
     info: String<64>,
     /// `CONNECT` came (a file upload waits for it).
@@ -259,6 +279,8 @@ impl<U: Read + Write> Modem<U> {
             txn: Txn::Idle,
             outcome: None,
             sent: None,
+            send_fail: false,
+            restarted: false,
             info: String::new(),
             connect: false,
             socks: [Sock::new(), Sock::new()],
@@ -272,6 +294,25 @@ impl<U: Read + Write> Modem<U> {
     /// The module's firmware version as the last bring-up read it (empty if it did not answer).
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// Activates PDP context 1 unless it is active. A context the network deactivated
+    /// (`+QIURC: "pdpdeact"`) must be deactivated by the host before `AT+QIACT` can succeed
+    /// again (Quectel TCP/IP Application Note, "pdpdeact"); on a context that is simply down,
+    /// `AT+QIDEACT=1` is a harmless OK. So it always comes first.
+    async fn activate<C: Clock>(&mut self, clock: &C) -> Result<(), ModemError> {
+        if self.command(clock, "AT+QIACT?", Some("+QIACT: 1,"), 5000).await.is_ok() {
+            return Ok(());
+        }
+        let _ = self.command(clock, "AT+QIDEACT=1", None, 40_000).await;
+        self.command(clock, "AT+QIACT=1", None, 150_000).await.map_err(|_| ModemError::Refused("AT+QIACT=1"))?;
+        Ok(())
+    }
+
+    /// Reads the module's firmware version: `AT+QGMR`'s answer has no prefix, so URCs and an
+    /// echo before it are skipped by their shape (see [`bare_answer`]); none: unknown (empty).
+    async fn read_version<C: Clock>(&mut self, clock: &C) {
+        self.version = self.command(clock, "AT+QGMR", Some(BARE), 5000).await.unwrap_or_default();
     }
 
     /// Brings the modem up and opens the MQTT socket ([`MQTT`]).
@@ -311,10 +352,8 @@ impl<U: Read + Write> Modem<U> {
         let mut cmd: String<CMD> = String::new();
         write(&mut cmd, format_args!("AT+QICSGP=1,1,\"{}\",\"\",\"\",1", cfg.apn))?;
         self.command(clock, &cmd, None, 5000).await.map_err(|_| ModemError::Refused("AT+QICSGP"))?;
-        if self.command(clock, "AT+QIACT?", Some("+QIACT: 1,"), 5000).await.is_err() {
-            self.command(clock, "AT+QIACT=1", None, 150_000).await.map_err(|_| ModemError::Refused("AT+QIACT=1"))?;
-        }
-        self.version = self.command(clock, "AT+QGMR", Some(""), 5000).await.unwrap_or_default();
+        self.activate(clock).await?;
+        self.read_version(clock).await;
         if cfg.tls {
             if let Some(ca) = cfg.ca {
                 if !self.ca_uploaded {
@@ -489,23 +528,35 @@ impl<U: Read + Write> Modem<U> {
     /// Sends `data` on socket `s` (at most [`SEND_MAX`] bytes of it: the count is returned).
     pub async fn send_on<C: Clock>(&mut self, clock: &C, s: usize, data: &[u8]) -> Result<usize, LinkError> {
         let deadline = clock.now() + Duration::from_secs(20);
-        let k = &self.socks[s];
-        if k.closed || !k.used || k.close || k.closing {
-            return Err(LinkError::Dropped);
-        }
-        let n = loop {
-            if let Some(n) = self.start_send(s, data) {
-                break n;
+        for attempt in 0..=SEND_RETRIES {
+            let k = &self.socks[s];
+            if k.closed || !k.used || k.close || k.closing {
+                return Err(LinkError::Dropped);
             }
-            self.step(clock, Some(deadline)).await.map_err(LinkError::from)?;
-        };
-        while self.sent.is_none() {
-            self.step(clock, Some(deadline)).await.map_err(LinkError::from)?;
+            let n = loop {
+                if let Some(n) = self.start_send(s, data) {
+                    break n;
+                }
+                self.step(clock, Some(deadline)).await.map_err(LinkError::from)?;
+            };
+            while self.sent.is_none() {
+                self.step(clock, Some(deadline)).await.map_err(LinkError::from)?;
+            }
+            if self.sent == Some(true) {
+                return Ok(n);
+            }
+            if !self.send_fail || attempt == SEND_RETRIES {
+                break;
+            }
+            // `SEND FAIL`: the module did not take the data (its send buffer is full). The same
+            // bytes again after a short wait: never a hole in the stream. (In buffer access mode
+            // the module sends nothing but short URCs unasked: the UART can wait that long.)
+            log::warn!("modem: SEND FAIL on socket {}, sending again", s);
+            clock.sleep_until(clock.now() + SEND_RETRY_WAIT).await;
         }
-        match self.sent {
-            Some(true) => Ok(n),
-            _ => Err(LinkError::Dropped),
-        }
+        // Refused again and again, or an error: the socket is no use; the session is rebuilt.
+        self.socks[s].closed = true;
+        Err(LinkError::Dropped)
     }
 
     /// Sends `cmd`, waits for OK (or ERROR); returns the answer line that starts with `want`
@@ -528,6 +579,7 @@ impl<U: Read + Write> Modem<U> {
     /// Queues command `cmd` (the channel is idle).
     fn begin(&mut self, cmd: &str, want: Option<&'static str>, internal: bool) {
         self.outcome = None;
+        self.restarted = false;
         self.info.clear();
         self.connect = false;
         self.queue(cmd);
@@ -553,6 +605,7 @@ impl<U: Read + Write> Modem<U> {
         }
         match self.outcome {
             Some(true) => Ok(()),
+            _ if self.restarted => Err(ModemError::Restarted),
             _ => Err(ModemError::Refused(name)),
         }
     }
@@ -729,7 +782,17 @@ impl<U: Read + Write> Modem<U> {
             return;
         }
         if l == "RDY" {
-            // The module restarted: its sockets, PDP context and files are gone.
+            // The module restarted: its sockets, PDP context and files are gone, and a command
+            // on the way was never taken: it fails now rather than at its deadline.
+            match self.txn {
+                Txn::Cmd { internal: false, .. } => self.outcome = Some(false),
+                Txn::Send { .. } => self.sent = Some(false),
+                _ => {}
+            }
+            if self.txn != Txn::Idle {
+                self.restarted = true;
+                self.txn = Txn::Idle;
+            }
             self.socks.iter_mut().for_each(|k| k.closed = true);
             self.ca_uploaded = false;
             self.pkg_ca_uploaded = false;
@@ -742,8 +805,10 @@ impl<U: Read + Write> Modem<U> {
                 let n = l.strip_prefix("+QIRD: ").or_else(|| l.strip_prefix("+QSSLRECV: "));
                 if let Some(n) = n.and_then(|n| n.split(',').next()).and_then(|n| n.trim().parse::<usize>().ok()) {
                     let (s, asked) = (*s, *asked);
-                    if n < asked {
-                        self.socks[s].pending = false; // read empty
+                    // Read empty only when the module says so: a module may hand out less than it
+                    // holds, and `recv` comes again only after the buffer was read empty.
+                    if n == 0 {
+                        self.socks[s].pending = false;
                     }
                     self.txn = Txn::Read { s, asked, left: Some(n.min(asked)) };
                 } else if failed {
@@ -756,6 +821,7 @@ impl<U: Read + Write> Modem<U> {
             Txn::Read { .. } if l == "OK" => self.txn = Txn::Idle,
             Txn::Send { .. } if l == "SEND OK" || failed => {
                 self.sent = Some(!failed);
+                self.send_fail = l == "SEND FAIL";
                 self.txn = Txn::Idle;
             }
             Txn::Cmd { internal, .. } if l == "OK" || failed => {
@@ -769,7 +835,8 @@ impl<U: Read + Write> Modem<U> {
             }
             Txn::Cmd { .. } if l == "CONNECT" => self.connect = true,
             Txn::Cmd { want: Some(p), got, .. } if !*got => {
-                if let Some(rest) = l.strip_prefix(*p) {
+                let rest = if p.is_empty() { bare_answer(l) } else { l.strip_prefix(*p) };
+                if let Some(rest) = rest {
                     *got = true;
                     self.info = head(rest);
                 }
@@ -854,6 +921,14 @@ impl ModemError {
     }
 }
 
+/// A line that can be the answer of a command without a prefix (`AT+QGMR`): a version's
+/// characters only (letters, digits, `.`, `_`, `-`), so that neither a URC (`+QIND: PB DONE`,
+/// `+CMTI: "SM",9`, `RDY`) nor the echo of the command (`AT+QGMR`) is taken for it.
+fn bare_answer(l: &str) -> Option<&str> {
+    let plain = l.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    (plain && !l.is_empty() && l != "RDY" && !l.starts_with("AT")).then_some(l)
+}
+
 /// The first 64 bytes of `s` at most, cut on a character boundary.
 fn head(s: &str) -> String<64> {
     let mut cut = s.len().min(64);
@@ -871,10 +946,11 @@ fn write<const N: usize>(s: &mut String<N>, args: core::fmt::Arguments<'_>) -> R
 
 /// The command's name for errors (`AT+QIOPEN=...` -> `AT+QIOPEN`).
 fn static_name(cmd: &str) -> &'static str {
-    const NAMES: [&str; 19] = [
+    const NAMES: [&str; 20] = [
         "AT+QICSGP",
         "AT+QIACT?",
         "AT+QIACT=1",
+        "AT+QIDEACT=1",
         "AT+QICLOSE",
         "AT+QSSLCLOSE",
         "AT+QSSLCFG",
@@ -1066,7 +1142,7 @@ mod tests {
     fn the_last_bytes_after_a_closed_urc_are_read_before_the_end() {
         // Found under QEMU (a slow UART): the far end closed, `+QSSLRECV: 5` came in one UART
         // read and its 5 bytes in the next; in between the socket looked read empty and closed.
-        let said = b"+QSSLRECV: 5\r\nhello\r\n\r\nOK\r\n";
+        let said = b"+QSSLRECV: 5\r\nhello\r\n\r\nOK\r\n+QSSLRECV: 0\r\n\r\nOK\r\n";
         let mut m = Modem::new(Said { said, told: std::vec::Vec::new() });
         let k = &mut m.socks[DOWNLOAD];
         (k.used, k.ssl, k.pending, k.closed) = (true, true, true, true);
@@ -1077,6 +1153,91 @@ mod tests {
         let n = embassy_futures::block_on(sock.read_until(&mut buf, None));
         assert_eq!(n.map(|n| &buf[..n]), Ok(&b"hello"[..]));
         assert_eq!(embassy_futures::block_on(sock.read_until(&mut buf, None)), Err(LinkError::Dropped));
+    }
+
+    fn modem(said: &[u8]) -> Modem<Said<'_>> {
+        Modem::new(Said { said, told: std::vec::Vec::new() })
+    }
+
+    fn told(m: &Modem<Said<'_>>) -> std::string::String {
+        std::string::String::from_utf8(m.uart.told.clone()).unwrap()
+    }
+
+    #[test]
+    fn the_module_version_is_its_answer_not_an_urc_or_the_echo_before_it() {
+        // A real module puts URCs between a command's echo and its answer (Quectel's start-up
+        // `+QIND: PB DONE` here, held back during AT+QIACT), and echoes while ATE0 is not in force.
+        let said = b"AT+QGMR\r\r\n+QIND: PB DONE\r\n+CMTI: \"SM\",9\r\n\r\nEC200UCNAAR03A01M08\r\n\r\nOK\r\n";
+        let mut m = modem(said);
+        let clock = Clock::default();
+        embassy_futures::block_on(m.read_version(&clock));
+        assert_eq!(m.version(), "EC200UCNAAR03A01M08");
+        // An answer that is no version at all leaves it unknown rather than wrong.
+        let mut m = modem(b"+QIND: SMS DONE\r\nOK\r\n");
+        embassy_futures::block_on(m.read_version(&clock));
+        assert_eq!(m.version(), "");
+    }
+
+    #[test]
+    fn a_socket_buffer_is_read_until_the_module_says_it_is_empty() {
+        // Quectel: `recv` is reported when the buffer goes from empty to non-empty; the host reads
+        // until `+QIRD: 0`. A module may hand out less than it holds (and less than asked).
+        let said = b"+QIRD: 5\r\nhello\r\n\r\nOK\r\n+QIRD: 3\r\nabc\r\n\r\nOK\r\n+QIRD: 0\r\n\r\nOK\r\n";
+        let mut m = modem(said);
+        let k = &mut m.socks[MQTT];
+        (k.used, k.pending) = (true, true);
+        let shared: Shared<_> = Mutex::new(m);
+        let clock = Clock::default();
+        let mut sock = Socket { modem: &shared, clock: &clock, id: MQTT };
+        let mut buf = [0u8; 16];
+        let by = Some(Instant::from_millis(10_000)); // (the module says nothing more)
+        let n = embassy_futures::block_on(sock.read_until(&mut buf, by));
+        assert_eq!(n.map(|n| &buf[..n]), Ok(&b"hello"[..]));
+        let n = embassy_futures::block_on(sock.read_until(&mut buf, by));
+        assert_eq!(n.map(|n| &buf[..n]), Ok(&b"abc"[..]), "the rest of the module's buffer is read too");
+        assert!(embassy_futures::block_on(sock.read_until(&mut buf, by)).is_err(), "nothing more came");
+        let m = shared.try_lock().unwrap();
+        let reads = told(&m).matches("AT+QIRD=0,").count();
+        assert!(!m.socks[MQTT].pending, "read empty after +QIRD: 0");
+        assert_eq!(reads, 3, "{}", told(&m));
+    }
+
+    #[test]
+    fn send_fail_sends_the_same_bytes_again() {
+        // `SEND FAIL`: the module did not take the data (its send buffer is full). The bytes are
+        // sent again after a short wait: never a hole in the MQTT stream.
+        let said = b"> \nSEND FAIL\r\n> \nSEND OK\r\n";
+        let mut m = modem(said);
+        m.socks[MQTT].used = true;
+        let clock = Clock::default();
+        let r = embassy_futures::block_on(m.send_on(&clock, MQTT, b"hello"));
+        assert_eq!(r, Ok(5));
+        assert_eq!(told(&m), "AT+QISEND=0,5\rhelloAT+QISEND=0,5\rhello");
+    }
+
+    #[test]
+    fn a_module_that_restarts_fails_the_command_at_once() {
+        // `RDY`: the module restarted and never got the command on the way; waiting for its answer
+        // until the deadline (60 s and more) would stall the device for nothing.
+        let mut m = modem(b"RDY\r\n");
+        let clock = Clock::default();
+        let r = embassy_futures::block_on(m.command(&clock, "AT+CPIN?", Some("+CPIN: "), 60_000));
+        assert_eq!(r, Err(ModemError::Restarted));
+        assert!(clock.0.get() < 60_000, "failed at once, not at its deadline");
+    }
+
+    #[test]
+    fn a_deactivated_context_is_deactivated_before_it_is_activated_again() {
+        // Quectel TCP/IP AN: after `+QIURC: "pdpdeact"` the host must send AT+QIDEACT before
+        // AT+QIACT can succeed; on a context that is simply down AT+QIDEACT is a harmless OK.
+        let mut m = modem(b"OK\r\nOK\r\nOK\r\n");
+        let clock = Clock::default();
+        assert_eq!(embassy_futures::block_on(m.activate(&clock)), Ok(()));
+        assert_eq!(told(&m), "AT+QIACT?\rAT+QIDEACT=1\rAT+QIACT=1\r");
+        // Active already: nothing else.
+        let mut m = modem(b"+QIACT: 1,1,1,\"10.0.0.2\"\r\nOK\r\n");
+        assert_eq!(embassy_futures::block_on(m.activate(&clock)), Ok(()));
+        assert_eq!(told(&m), "AT+QIACT?\r");
     }
 
     #[test]

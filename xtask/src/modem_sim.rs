@@ -1,5 +1,6 @@
 //! `cargo xtask modem-sim`: the Quectel-style AT modem simulator (`testbed::modem_sim`) on a TCP
-//! port, printing the commands and URCs it sees.
+//! port, printing the commands and URCs it sees. `--realistic` turns on every behaviour of a real
+//! module (`SimOptions::realistic`); the flags for each turn it on alone or override its number.
 
 use anyhow::Result;
 use std::time::Duration;
@@ -31,6 +32,29 @@ pub struct Args {
     /// The initial module firmware version (AT+QGMR).
     #[arg(long, default_value = "EC200UCNAAR03A01M08")]
     qgmr: String,
+    /// Turn on every real-module behaviour below (SimOptions::realistic); a flag below given as
+    /// well overrides its number.
+    #[arg(long)]
+    realistic: bool,
+    /// The network deactivates the PDP context (+QIURC: "pdpdeact",1; AT+QIACT=1 refused until
+    /// AT+QIDEACT=1) once the device has read this many bytes in total (once).
+    #[arg(long, value_name = "BYTES")]
+    pdp_deact_after: Option<u64>,
+    /// AT+QIRD / AT+QSSLRECV hand out at most 512 bytes per read.
+    #[arg(long)]
+    partial_reads: bool,
+    /// Every Nth AT+QISEND / AT+QSSLSEND is answered SEND FAIL (the data dropped).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    send_fail_every: Option<u32>,
+    /// Start-up URCs (RDY, +CPIN: READY, +QIND: SMS DONE, +QIND: PB DONE) after power-on, and a
+    /// URC between the echo and the answer of AT+QGMR, ATI, AT+CPIN?, AT+CEREG?, AT+CREG?,
+    /// AT+QIACT?.
+    #[arg(long)]
+    urc_noise: bool,
+    /// The module restarts unprompted (RDY) once the device has read this many bytes in total
+    /// (once).
+    #[arg(long, value_name = "BYTES")]
+    restart_after: Option<u64>,
 }
 
 fn parse_drop(s: &str) -> Result<(u8, u64), String> {
@@ -39,6 +63,7 @@ fn parse_drop(s: &str) -> Result<(u8, u64), String> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let base = if a.realistic { SimOptions::realistic() } else { SimOptions::default() };
     let o = SimOptions {
         no_sim: a.no_sim,
         register_after_polls: a.register_after_polls,
@@ -47,6 +72,11 @@ pub fn run(a: Args) -> Result<()> {
         slow_ms: a.slow_ms,
         fota_refuse: a.fota_refuse,
         qgmr: a.qgmr,
+        pdp_deact_after: a.pdp_deact_after.or(base.pdp_deact_after),
+        partial_reads: a.partial_reads || base.partial_reads,
+        send_fail_every: a.send_fail_every.or(base.send_fail_every),
+        urc_noise: a.urc_noise || base.urc_noise,
+        restart_after: a.restart_after.or(base.restart_after),
     };
     let sim = ModemSim::start_on(a.port, o)?;
     println!("modem simulator: UART on 127.0.0.1:{} (device.toml: modem = \"127.0.0.1:{}\")", sim.port, sim.port);

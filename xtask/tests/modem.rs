@@ -117,6 +117,8 @@ fn an_upgrade_through_the_modem_survives_a_link_drop() {
         "AT+CREG?".into(),
         "AT+QICSGP=1,1,\"CMNET\",\"\",\"\",1".into(),
         "AT+QIACT?".into(),
+        // (The context is down: deactivated first, as Quectel requires after a pdpdeact.)
+        "AT+QIDEACT=1".into(),
         "AT+QIACT=1".into(),
         "AT+QGMR".into(),
         format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{port},0,0"),
@@ -125,12 +127,47 @@ fn an_upgrade_through_the_modem_survives_a_link_drop() {
     // After the socket closed the device brings the link up again on the same UART: AT
     // answered, the PDP context still up, the socket reopened.
     let second = &s.commands[want.len()..];
-    let reopen = second.iter().position(|c| c == &want[15]).expect("a second QIOPEN");
+    let reopen = second.iter().position(|c| Some(c) == want.last()).expect("a second QIOPEN");
     let between = &second[..reopen];
     assert!(between.iter().any(|c| c == "AT") && between.iter().any(|c| c == "AT+QIACT?"), "{second:#?}");
     assert!(!between.iter().any(|c| c == "AT+QIACT=1"), "the context stayed up: {second:#?}");
     let dlog = std::fs::read_to_string(&log).unwrap();
     assert!(dlog.contains("modem: TCP socket to 127.0.0.1"), "{dlog}");
+}
+
+#[test]
+fn an_upgrade_through_a_module_that_behaves_as_the_manuals_say() {
+    // The simulator's realistic mode: echo and start-up URCs, URCs between a command's echo
+    // and its answer, at most 512 bytes per AT+QIRD, every 4th send answered SEND FAIL, the
+    // network deactivating the PDP context after 20 KiB, the module restarting after 60 KiB.
+    let dir = scratch("modem-realistic");
+    let c =
+        Console::start(Options { devices: vec![console::device(PK, "r1", "s")], quiet: true, ..Default::default() })
+            .unwrap();
+    let sim = ModemSim::start(SimOptions::realistic()).unwrap();
+    let (_d, log) = device(&dir, "r1", sim.port, c.mqtt_port, false);
+    online(&c, "r1", "1.3", &log);
+    let id = (PK.to_string(), "r1".to_string());
+    let modem_version = |e: &console::engine::Engine| e.device(&id).and_then(|d| d.versions.get("modem").cloned());
+    c.wait(Duration::from_secs(30), "the module's version informed", |e| modem_version(e).is_some())
+        .unwrap_or_else(|e| panic!("{e}\n{:#?}", sim.log()));
+    let (rel, _) = setup();
+    let job = c.add_job(JobSpec::new(Package::load(&rel.join("1.4")).unwrap(), Protocol::Mqtt)).unwrap();
+    let t = outcome(&c, "r1", job, 300, &log);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", text());
+    c.wait(Duration::from_secs(60), "1.4 informed", |e| e.device(&id).is_some_and(|d| d.version() == Some("1.4")))
+        .unwrap_or_else(|e| panic!("{e}\n{}", text()));
+    let s = sim.log();
+    // After the network's pdpdeact the context came back: deactivated by the device, then
+    // activated again.
+    let t = &s.transcript;
+    let lost = t.iter().position(|l| l.contains("+QIURC: \"pdpdeact\"")).expect("a pdpdeact");
+    let deact = t[lost..].iter().position(|l| l == "> AT+QIDEACT=1").expect("AT+QIDEACT=1 after it") + lost;
+    assert!(t[deact..].iter().any(|l| l == "> AT+QIACT=1"), "{t:#?}");
+    assert!(s.urcs.iter().filter(|u| *u == "RDY").count() >= 2, "power-on and the restart: {:?}", s.urcs);
+    // The module's version is the AT+QGMR answer, never a URC that came before it.
+    assert_eq!(c.with(modem_version).as_deref(), Some("EC200UCNAAR03A01M08"));
 }
 
 #[test]

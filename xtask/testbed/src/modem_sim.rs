@@ -1,6 +1,11 @@
 //! A Quectel-style cellular modem simulator: speaks the AT subset of `app/src/modem.rs` on a TCP
 //! port on 127.0.0.1 (the device's "UART"). Commands end with `\r`; every line the simulator sends
-//! is framed `\r\n<line>\r\n`; it echoes commands until `ATE0`.
+//! is framed `\r\n<line>\r\n`; it echoes commands until `ATE0` (echo is on at power-on and after
+//! every restart, Quectel AT Commands Manual, `ATE`), the echo always first, before any URC and
+//! the answer. It models Quectel's manuals (AT Commands Manual; TCP/IP and SSL Application Notes
+//! of the EC200U/EC800/BG95 series), not any host firmware: see "A real module's ways" below for
+//! the behaviours a host must cope with, each switched on alone by a [`SimOptions`] field (all
+//! off by default) or together by [`SimOptions::realistic`].
 //!
 //! **Transparent mode** (as `app/src/modem.rs` uses it): `AT+QIOPEN=1,0,"TCP","host",port,0,2` or
 //! `AT+QSSLOPEN=1,1,4,"host",port,2` answer `CONNECT` and bridge the byte stream to the target
@@ -34,6 +39,9 @@
 //!      \r\nERROR\r\n (no prompt) when not open
 //! AT+QICLOSE=<id> / AT+QSSLCLOSE=<id>              -> OK (either closes a socket of either kind;
 //!                                                 closing a closed or unknown id is OK too)
+//! AT+QIACT=1 / AT+QIACT?                           -> OK (context 1 up) / +QIACT: 1,1,1,"10.0.0.2"
+//!                                                 and OK while it is up, just OK while down
+//! AT+QIDEACT=1                                     -> OK: context 1 down, every socket closed
 //! ```
 //!
 //! SSL contexts 0..5 each have `AT+QSSLCFG="seclevel",<ctx>,<0|1|2>`, `"cacert",<ctx>,"<file>"`,
@@ -76,13 +84,55 @@
 //! UART connection too). After HTTPEND != 0 or END != 0 nothing restarts. Commands and sockets keep
 //! working during the FOTA.
 //!
+//! **A real module's ways** (each off by default; [`SimOptions::realistic`] turns all on):
+//!
+//! - *Echo at power-on* (always): `ATE1` is the default of a module that starts (AT Commands
+//!   Manual, `ATE`); the echo of a command comes before anything else the command brings.
+//! - [`SimOptions::urc_noise`]: a module reports events whenever they happen, not as answers to
+//!   commands (AT Commands Manual: URCs; `RDY`, `+CPIN: READY`, `+QIND: SMS DONE` / `PB DONE`
+//!   at start-up, `+CMTI` for a new SMS). After power-on (a new UART
+//!   connection) and after a restart the start-up URCs [`BOOT_URCS`] come unprompted: `RDY`
+//!   first, before the module answers anything (a module that answered and then says `RDY` has
+//!   restarted), the others 100 ms apart among the host's first commands (only `RDY` without a
+//!   SIM); and between the
+//!   echo and the answer of [`NOISY_COMMANDS`] (`AT+QGMR`, `ATI`, `AT+CPIN?`, `AT+CEREG?`,
+//!   `AT+CREG?`, `AT+QIACT?`) comes one of [`NOISE_URCS`] in turn (`+QIND: PB DONE`,
+//!   `+QIND: SMS DONE`, `+CMTI: "SM",9`).
+//! - Recv URCs (always): TCP/IP Application Note, `+QIURC: "recv"` (SSL Application Note,
+//!   `+QSSLURC: "recv"`): "if the buffer is not empty, and the module receives data again, it does
+//!   not report a new URC until all the received data has been retrieved" — one URC when a
+//!   socket's buffer goes from empty to non-empty, none while data remains.
+//! - [`SimOptions::partial_reads`]: `AT+QIRD=<id>,<read_length>` answers
+//!   `+QIRD: <read_actual_length>`, which the TCP/IP Application Note (`AT+QIRD`) only bounds by
+//!   `<read_length>` (likewise `AT+QSSLRECV`, SSL Application Note): at most [`PARTIAL_READ`]
+//!   (512) bytes per read, the rest stays buffered. With the URC rule above, a host that reads
+//!   once per URC leaves data stranded.
+//! - [`SimOptions::send_fail_every`]: TCP/IP Application Note, `AT+QISEND` ("SEND FAIL indicates
+//!   the sending buffer is full. In this case, data can be resent"; SSL Application Note,
+//!   `AT+QSSLSEND`): every Nth data transfer (after `> `, counted over the simulator's life, TCP
+//!   and SSL together) is answered `SEND FAIL` and its bytes do not reach the far end.
+//! - [`SimOptions::pdp_deact_after`]: TCP/IP Application Note, `+QIURC: "pdpdeact",<contextID>`
+//!   (the network deactivated the context; the host must send `AT+QIDEACT` to deactivate it and
+//!   reset all connections before `AT+QIACT` can work again) with `AT+QIACT` / `AT+QIDEACT`. Once
+//!   the device has read N bytes in total (`AT+QIRD` / `AT+QSSLRECV`), right after that read's
+//!   answer: `+QIURC: "pdpdeact",1`; every socket's far end is dropped (no `closed` URCs; what a
+//!   socket buffered stays readable until `AT+QICLOSE` / `AT+QIDEACT`; `AT+QISEND` answers
+//!   `ERROR`, no prompt, as for a connection "abnormally closed"; a socket still connecting fails with `+QIOPEN: <id>,570`, PDP context broken down);
+//!   `AT+QIACT?` answers just OK, `AT+QIACT=1` and every open ERROR, until `AT+QIDEACT=1` (OK:
+//!   context down, sockets closed); then `AT+QIACT=1` works again. Once per simulator.
+//! - [`SimOptions::restart_after`]: a module restarts by itself (AT Commands Manual, `RDY`: the
+//!   module is ready after it started). Once the device has read N bytes in total, right after
+//!   that read's answer, the module restarts as after its FOTA (above) on the same firmware:
+//!   sockets gone without URCs, context down, echo on, SSL contexts reset, input during the
+//!   restart discarded, `RDY` (then the other start-up URCs with `urc_noise`). Once per simulator.
+//!
 //! Faults for tests: no SIM, slow network registration, a transparent link that drops after N
 //! bytes, a buffer socket cut after N bytes, a slow module, a module refusing FOTA.
 
 use anyhow::{Context, Result};
 use md5::{Digest, Md5};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -109,6 +159,25 @@ pub struct SimOptions {
     pub fota_refuse: bool,
     /// The module firmware version `AT+QGMR` answers until a FOTA replaces it.
     pub qgmr: String,
+    /// Once this many bytes in total went to the device over `AT+QIRD` / `AT+QSSLRECV`, the
+    /// network deactivates the PDP context (once per simulator): `+QIURC: "pdpdeact",1`, every
+    /// socket loses its far end (what it buffered stays readable until closed), and
+    /// `AT+QIACT=1` answers ERROR until the host sends `AT+QIDEACT=1`.
+    pub pdp_deact_after: Option<u64>,
+    /// `AT+QIRD` / `AT+QSSLRECV` hand out at most [`PARTIAL_READ`] bytes per read, however many
+    /// were asked for and are buffered (the rest stays buffered, with no new recv URC).
+    pub partial_reads: bool,
+    /// Every Nth data transfer of `AT+QISEND` / `AT+QSSLSEND` (counted per simulator) is answered
+    /// `SEND FAIL` and its bytes are dropped (the module's send buffer was full).
+    pub send_fail_every: Option<u32>,
+    /// Unsolicited lines where a host least wants them: the start-up URCs (`RDY`, `+CPIN: READY`,
+    /// `+QIND: SMS DONE`, `+QIND: PB DONE`) after power-on and restarts, and one of
+    /// [`NOISE_URCS`] between the echo and the answer of [`NOISY_COMMANDS`].
+    pub urc_noise: bool,
+    /// Once this many bytes in total went to the device over `AT+QIRD` / `AT+QSSLRECV`, the
+    /// module restarts unprompted (once per simulator), as after its FOTA but on the same
+    /// firmware: sockets gone, context down, echo on, input discarded, `RDY`.
+    pub restart_after: Option<u64>,
 }
 
 impl Default for SimOptions {
@@ -121,9 +190,42 @@ impl Default for SimOptions {
             slow_ms: 0,
             fota_refuse: false,
             qgmr: "EC200UCNAAR03A01M08".to_string(),
+            pdp_deact_after: None,
+            partial_reads: false,
+            send_fail_every: None,
+            urc_noise: false,
+            restart_after: None,
         }
     }
 }
+
+impl SimOptions {
+    /// Every behaviour of a real module on: the context deactivated by the network after 20 KiB
+    /// read, then a module restart after 60 KiB, every 4th send refused, partial reads, URC noise.
+    pub fn realistic() -> Self {
+        SimOptions {
+            pdp_deact_after: Some(20 * 1024),
+            partial_reads: true,
+            send_fail_every: Some(4),
+            urc_noise: true,
+            restart_after: Some(60 * 1024),
+            ..Default::default()
+        }
+    }
+}
+
+/// Most bytes one `AT+QIRD` / `AT+QSSLRECV` hands out with [`SimOptions::partial_reads`].
+pub const PARTIAL_READ: usize = 512;
+
+/// The URCs a module sends as it starts ([`SimOptions::urc_noise`]; `RDY` also without it after
+/// a restart), 100 ms apart.
+pub const BOOT_URCS: [&str; 4] = ["RDY", "+CPIN: READY", "+QIND: SMS DONE", "+QIND: PB DONE"];
+
+/// The unsolicited lines [`SimOptions::urc_noise`] puts before answers, in turn.
+pub const NOISE_URCS: [&str; 3] = ["+QIND: PB DONE", "+QIND: SMS DONE", "+CMTI: \"SM\",9"];
+
+/// The commands whose answers [`SimOptions::urc_noise`] precedes with a URC.
+pub const NOISY_COMMANDS: [&str; 6] = ["AT+QGMR", "ATI", "AT+CPIN?", "AT+CEREG?", "AT+CREG?", "AT+QIACT?"];
 
 /// What the simulator saw.
 #[derive(Clone, Debug, Default)]
@@ -153,10 +255,18 @@ pub struct ModemSim {
 }
 
 /// The module state that outlives a UART connection.
+#[derive(Default)]
 struct Module {
     version: Mutex<String>,
     /// `drop_socket_after` was applied.
     drop_used: AtomicBool,
+    /// Bytes handed to the device by AT+QIRD / AT+QSSLRECV.
+    delivered: AtomicU64,
+    /// `pdp_deact_after` / `restart_after` fired.
+    deact_used: AtomicBool,
+    restart_used: AtomicBool,
+    /// AT+QISEND / AT+QSSLSEND data transfers (`send_fail_every`).
+    sends: AtomicU64,
 }
 
 impl ModemSim {
@@ -169,7 +279,7 @@ impl ModemSim {
         let listener = rt.block_on(TcpListener::bind(("127.0.0.1", port))).context("binding the UART port")?;
         let port = listener.local_addr()?.port();
         let log = Arc::new(Mutex::new(SimLog::default()));
-        let module = Arc::new(Module { version: Mutex::new(o.qgmr.clone()), drop_used: AtomicBool::new(false) });
+        let module = Arc::new(Module { version: Mutex::new(o.qgmr.clone()), ..Default::default() });
         let (l, o) = (log.clone(), Arc::new(o));
         rt.spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
@@ -182,6 +292,8 @@ impl ModemSim {
                         echo: true,
                         polls: 0,
                         active: false,
+                        pdp_lost: false,
+                        noise: 0,
                         files: HashMap::new(),
                         ctx: Default::default(),
                         line: Vec::new(),
@@ -324,7 +436,12 @@ struct Session {
     uart: TcpStream,
     echo: bool,
     polls: u32,
+    /// The PDP context is active.
     active: bool,
+    /// The network deactivated the context (`pdpdeact`): AT+QIACT=1 fails until AT+QIDEACT=1.
+    pdp_lost: bool,
+    /// The next of [`NOISE_URCS`].
+    noise: usize,
     /// The module's file system (AT+QFUPL / AT+QFDEL).
     files: HashMap<String, Vec<u8>>,
     /// SSL contexts 0..5 (AT+QSSLCFG).
@@ -351,6 +468,13 @@ enum Input {
 
 impl Session {
     async fn run(mut self) -> Result<()> {
+        if self.o.urc_noise {
+            // A module says RDY once it is up, before it answers anything (a module that answered
+            // and then says RDY restarted); the other start-up URCs follow among the host's first
+            // commands.
+            self.urc("RDY").await?;
+            self.boot_urcs();
+        }
         loop {
             let mut b = [0u8; 1];
             // URCs go out only here: between commands, never inside a response.
@@ -447,18 +571,22 @@ impl Session {
             Ev::FotaEnd(v) => {
                 self.fota = false;
                 match v {
-                    Some(v) => self.restart(v).await,
+                    Some(v) => self.restart(Some(v)).await,
                     None => Ok(()),
                 }
             }
         }
     }
 
-    /// The module restarts on its new firmware.
-    async fn restart(&mut self, version: String) -> Result<()> {
-        *self.module.version.lock().unwrap() = version;
+    /// The module restarts: on its new firmware after a FOTA, or unprompted on the same one
+    /// (`restart_after`).
+    async fn restart(&mut self, version: Option<String>) -> Result<()> {
+        if let Some(v) = version {
+            *self.module.version.lock().unwrap() = v;
+        }
         self.socks.clear();
         self.active = false;
+        self.pdp_lost = false;
         self.echo = true;
         self.polls = 0;
         self.ctx = Default::default();
@@ -471,11 +599,78 @@ impl Session {
             }
         }
         self.line.clear();
-        self.urc("RDY").await
+        self.urc("RDY").await?;
+        if self.o.urc_noise {
+            self.boot_urcs();
+        }
+        Ok(())
+    }
+
+    /// The start-up URCs after `RDY` ([`BOOT_URCS`]), 100 ms apart, as events (so they go out
+    /// between responses, among the host's first commands). Without a SIM: none.
+    fn boot_urcs(&self) {
+        let lines = if self.o.no_sim { &[][..] } else { &BOOT_URCS[1..] };
+        let ev = self.ev_tx.clone();
+        tokio::spawn(async move {
+            for l in lines {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if ev.send(Ev::Line(l.to_string())).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The network deactivates the PDP context (`pdp_deact_after`): the sockets lose their far
+    /// ends (no closed URCs: `pdpdeact` stands for them; what they buffered stays readable until
+    /// closed), sockets still connecting fail with 570 (PDP context broken down).
+    async fn pdp_deact(&mut self) -> Result<()> {
+        self.active = false;
+        self.pdp_lost = true;
+        let connecting: Vec<(u8, bool)> =
+            self.socks.iter().filter(|(_, s)| !s.opened).map(|(&id, s)| (id, s.tls)).collect();
+        self.socks.retain(|_, s| s.opened);
+        for s in self.socks.values_mut() {
+            s.task.abort(); // the far-end connection goes with the task
+            s.shared.st.lock().unwrap().closed = true;
+            s.closed_reported = true;
+        }
+        self.urc("+QIURC: \"pdpdeact\",1").await?;
+        for (id, tls) in connecting {
+            self.urc(&format!("{}: {id},570", if tls { "+QSSLOPEN" } else { "+QIOPEN" })).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts `n` more bytes handed to the device; fires `pdp_deact_after` / `restart_after`
+    /// (each once per simulator) when the total reaches them.
+    async fn delivered(&mut self, n: usize) -> Result<()> {
+        let m = self.module.clone();
+        let total = m.delivered.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+        let due = |after: Option<u64>, used: &AtomicBool| {
+            after.is_some_and(|a| total >= a) && !used.swap(true, Ordering::SeqCst)
+        };
+        if due(self.o.pdp_deact_after, &m.deact_used) {
+            self.pdp_deact().await?;
+        }
+        if due(self.o.restart_after, &m.restart_used) {
+            self.restart(None).await?;
+        }
+        Ok(())
+    }
+
+    /// With `urc_noise`, the next of [`NOISE_URCS`] (before the answer of [`NOISY_COMMANDS`]).
+    async fn noise(&mut self) -> Result<()> {
+        let l = NOISE_URCS[self.noise % NOISE_URCS.len()];
+        self.noise += 1;
+        self.urc(l).await
     }
 
     /// Answers one command; returns the link when it opened one.
     async fn command(&mut self, cmd: &str) -> Result<Option<Box<dyn Link>>> {
+        if self.o.urc_noise && NOISY_COMMANDS.contains(&cmd) {
+            self.noise().await?;
+        }
         match cmd {
             "AT" => self.reply(&["OK"]).await?,
             "ATE0" => {
@@ -500,8 +695,15 @@ impl Session {
             }
             "AT+QIACT?" if self.active => self.reply(&["+QIACT: 1,1,1,\"10.0.0.2\"", "OK"]).await?,
             "AT+QIACT?" => self.reply(&["OK"]).await?,
+            "AT+QIACT=1" if self.pdp_lost => self.reply(&["ERROR"]).await?,
             "AT+QIACT=1" => {
                 self.active = true;
+                self.reply(&["OK"]).await?
+            }
+            "AT+QIDEACT=1" => {
+                self.socks.clear();
+                self.active = false;
+                self.pdp_lost = false;
                 self.reply(&["OK"]).await?
             }
             c if c.starts_with("AT+QICSGP=1,1,\"") => self.reply(&["OK"]).await?,
@@ -676,9 +878,10 @@ impl Session {
             return self.reply(&["ERROR"]).await;
         };
         let s = &self.socks[&id];
+        let most = if self.o.partial_reads { PARTIAL_READ } else { len };
         let data: Vec<u8> = {
             let mut st = s.shared.st.lock().unwrap();
-            let n = len.min(st.buf.len());
+            let n = len.min(most).min(st.buf.len());
             let d = st.buf.drain(..n).collect();
             if st.buf.is_empty() {
                 st.urc_outstanding = false;
@@ -699,12 +902,13 @@ impl Session {
         }
         out.extend_from_slice(b"\r\nOK\r\n");
         self.uart.write_all(&out).await?;
-        Ok(())
+        self.delivered(data.len()).await
     }
 
     /// AT+QISEND / AT+QSSLSEND.
     async fn send_cmd(&mut self, cmd: &str) -> Result<()> {
-        let Some((id, len)) = self.sock_arg(cmd, 1460) else {
+        // After `pdpdeact` every socket left is one whose connection broke.
+        let Some((id, len)) = self.sock_arg(cmd, 1460).filter(|_| !self.pdp_lost) else {
             return self.reply(&["ERROR"]).await;
         };
         self.uart.write_all(b"\r\n> ").await?;
@@ -712,8 +916,11 @@ impl Session {
         self.uart.read_exact(&mut data).await?;
         let s = &self.socks[&id];
         let closed = s.shared.st.lock().unwrap().closed;
+        let nth = self.module.sends.fetch_add(1, Ordering::SeqCst) + 1;
+        // (nth >= 1 is a multiple of 0 never: Some(0) fails nothing.)
+        let full = self.o.send_fail_every.is_some_and(|k| nth.is_multiple_of(u64::from(k)));
         let mut ok = false;
-        if !closed {
+        if !closed && !full {
             let (otx, orx) = oneshot::channel();
             if s.wtx.send((data, otx)).await.is_ok() {
                 ok = matches!(tokio::time::timeout(Duration::from_secs(10), orx).await, Ok(Ok(true)));
@@ -1211,7 +1418,8 @@ mod tests {
     // ---- the device side ----
 
     fn is_urc(l: &str) -> bool {
-        ["+QIURC:", "+QSSLURC:", "+QIOPEN:", "+QSSLOPEN:", "+QIND:"].iter().any(|p| l.starts_with(p)) || l == "RDY"
+        ["+QIURC:", "+QSSLURC:", "+QIOPEN:", "+QSSLOPEN:", "+QIND:", "+CMTI:"].iter().any(|p| l.starts_with(p))
+            || l == "RDY"
     }
 
     struct Dev {
@@ -1221,10 +1429,15 @@ mod tests {
     }
 
     impl Dev {
-        fn new(sim: &ModemSim) -> Dev {
+        /// Connected (the module powers on), nothing sent.
+        fn connect(sim: &ModemSim) -> Dev {
             let s = std::net::TcpStream::connect(("127.0.0.1", sim.port)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            let mut d = Dev { s, buf: Vec::new(), urcs: Vec::new() };
+            Dev { s, buf: Vec::new(), urcs: Vec::new() }
+        }
+
+        fn new(sim: &ModemSim) -> Dev {
+            let mut d = Dev::connect(sim);
             assert_eq!(d.cmd("ATE0"), ["ATE0", "OK"]);
             assert_eq!(d.cmd("AT+QIACT=1"), ["OK"]);
             d
@@ -1715,5 +1928,178 @@ mod tests {
         assert!(got.iter().all(|&b| b == 3));
         std::thread::sleep(Duration::from_millis(300));
         assert!(sent.load(Ordering::SeqCst) > s1);
+    }
+
+    #[test]
+    fn realistic_turns_every_behaviour_on() {
+        let r = SimOptions::realistic();
+        assert!(r.partial_reads && r.urc_noise);
+        assert!(r.pdp_deact_after.is_some() && r.restart_after.is_some() && r.send_fail_every.is_some());
+        let d = SimOptions::default();
+        assert!(!d.partial_reads && !d.urc_noise);
+        assert!(d.pdp_deact_after.is_none() && d.restart_after.is_none() && d.send_fail_every.is_none());
+        assert_eq!((r.qgmr, r.no_sim, r.slow_ms), (d.qgmr, d.no_sim, d.slow_ms));
+    }
+
+    #[test]
+    fn pdp_deact_after_needs_qideact_before_qiact() {
+        let big = serve(None, |mut s, _| {
+            let _ = s.write_all(&[5u8; 4000]);
+            std::thread::sleep(Duration::from_secs(20));
+        });
+        let (tx, rx) = smpsc::channel();
+        let tx = Mutex::new(tx);
+        let quiet = serve(None, move |mut s, _| {
+            let mut b = [0u8; 64];
+            while s.read(&mut b).unwrap_or(0) > 0 {}
+            let _ = tx.lock().unwrap().send(());
+        });
+        let m = sim(SimOptions { pdp_deact_after: Some(2000), ..Default::default() });
+        let mut d = Dev::new(&m);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{big},0,0")), ["OK"]);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,1,\"TCP\",\"127.0.0.1\",{quiet},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 0,"), "+QIOPEN: 0,0");
+        assert_eq!(d.urc("+QIOPEN: 1,"), "+QIOPEN: 1,0");
+        d.urc("+QIURC: \"recv\",0");
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(d.read(false, 0, 1500), Some(vec![5u8; 1500]));
+        d.sync();
+        assert!(!d.urcs.iter().any(|u| u.contains("pdpdeact")), "{:?}", d.urcs);
+        // 3000 bytes read: the network takes the context down.
+        assert_eq!(d.read(false, 0, 1500), Some(vec![5u8; 1500]));
+        assert_eq!(d.urc("+QIURC: \"pdpdeact\""), "+QIURC: \"pdpdeact\",1");
+        rx.recv_timeout(Duration::from_secs(10)).expect("socket 1's far end dropped");
+        // What socket 0 buffered is still there; nothing goes out.
+        assert_eq!(d.read_all(false, 0), vec![5u8; 1000]);
+        assert_eq!(d.send(false, 1, b"x"), "ERROR");
+        // Down, and refused until deactivated.
+        assert_eq!(d.cmd("AT+QIACT?"), ["OK"]);
+        assert_eq!(d.cmd("AT+QIACT=1"), ["ERROR"]);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,2,\"TCP\",\"127.0.0.1\",{big},0,0")), ["ERROR"]);
+        assert_eq!(d.cmd("AT+QIACT=1"), ["ERROR"]);
+        assert_eq!(d.cmd("AT+QIDEACT=1"), ["OK"]);
+        assert_eq!(d.read(false, 0, 10), None);
+        assert_eq!(d.cmd("AT+QIACT?"), ["OK"]);
+        assert_eq!(d.cmd("AT+QIACT=1"), ["OK"]);
+        assert_eq!(d.cmd("AT+QIACT?"), ["+QIACT: 1,1,1,\"10.0.0.2\"", "OK"]);
+        // Once per simulator.
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{big},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 0,"), "+QIOPEN: 0,0");
+        assert_eq!(d.read_n(false, 0, 4000), vec![5u8; 4000]);
+        d.sync();
+        let urcs = m.log().urcs;
+        assert_eq!(urcs.iter().filter(|u| u.contains("pdpdeact")).count(), 1, "{urcs:?}");
+        assert!(!urcs.iter().any(|u| u.contains("closed")), "{urcs:?}");
+    }
+
+    #[test]
+    fn partial_reads_hand_out_512_bytes_and_one_urc() {
+        let data: Vec<u8> = (0..2000u32).map(|i| (i * 13) as u8).collect();
+        let d2 = data.clone();
+        let srv = serve(None, move |mut s, _| {
+            let _ = s.write_all(&d2);
+            std::thread::sleep(Duration::from_secs(20));
+        });
+        let m = sim(SimOptions { partial_reads: true, ..Default::default() });
+        let mut d = Dev::new(&m);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,2,\"TCP\",\"127.0.0.1\",{srv},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 2,"), "+QIOPEN: 2,0");
+        d.urc("+QIURC: \"recv\",2");
+        std::thread::sleep(Duration::from_millis(500));
+        let mut got = d.read(false, 2, 1500).unwrap();
+        assert_eq!(got.len(), 512);
+        // A host that reads once per URC waits in vain: no URC while data remains.
+        d.sync();
+        std::thread::sleep(Duration::from_millis(300));
+        d.sync();
+        assert!(d.urcs.is_empty(), "{:?}", d.urcs);
+        let mut sizes = vec![got.len()];
+        loop {
+            let r = d.read(false, 2, 1500).unwrap();
+            if r.is_empty() {
+                break;
+            }
+            sizes.push(r.len());
+            got.extend(r);
+        }
+        assert_eq!(sizes, [512, 512, 512, 464]);
+        assert_eq!(got, data);
+        assert_eq!(d.read(false, 2, 100), Some(vec![]));
+        let recvs = m.log().urcs.iter().filter(|u| u.starts_with("+QIURC: \"recv\"")).count();
+        assert_eq!(recvs, 1);
+    }
+
+    #[test]
+    fn send_fail_every_nth_transfer() {
+        let tcp = serve(None, |s, _| echo(s));
+        let m = sim(SimOptions { send_fail_every: Some(2), ..Default::default() });
+        let mut d = Dev::new(&m);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{tcp},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 0,"), "+QIOPEN: 0,0");
+        assert_eq!(d.send(false, 0, b"one"), "SEND OK");
+        assert_eq!(d.send(false, 0, b"two"), "SEND FAIL");
+        assert_eq!(d.send(false, 0, b"three"), "SEND OK");
+        assert_eq!(d.send(false, 0, b"four"), "SEND FAIL");
+        // Only what was answered SEND OK reached the far end (and came back).
+        assert_eq!(d.read_n(false, 0, 8), b"onethree");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(d.read_all(false, 0), b"");
+        assert_eq!(m.log().sent_bytes[&0], 8);
+    }
+
+    #[test]
+    fn urc_noise_at_start_up_and_before_answers() {
+        let m = sim(SimOptions { urc_noise: true, ..Default::default() });
+        let mut d = Dev::connect(&m);
+        // Unprompted, right after power-on.
+        for u in BOOT_URCS {
+            assert_eq!(d.line(), u);
+        }
+        fn said(d: &mut Dev, c: &str, n: usize) -> Vec<String> {
+            d.write(format!("{c}\r").as_bytes());
+            (0..n).map(|_| d.line()).collect()
+        }
+        // Echo on: the echo, then the URC, then the answer.
+        assert_eq!(said(&mut d, "AT+QGMR", 4), ["AT+QGMR", "+QIND: PB DONE", "EC200UCNAAR03A01M08", "OK"]);
+        assert_eq!(said(&mut d, "ATE0", 2), ["ATE0", "OK"]);
+        assert_eq!(said(&mut d, "AT+CPIN?", 3), ["+QIND: SMS DONE", "+CPIN: READY", "OK"]);
+        assert_eq!(said(&mut d, "AT+QIACT?", 2), ["+CMTI: \"SM\",9", "OK"]);
+        assert_eq!(said(&mut d, "AT", 1), ["OK"]);
+        assert_eq!(said(&mut d, "AT+QGMR", 3), ["+QIND: PB DONE", "EC200UCNAAR03A01M08", "OK"]);
+        let urcs = m.log().urcs;
+        assert_eq!(urcs.len(), BOOT_URCS.len() + 4, "{urcs:?}");
+    }
+
+    #[test]
+    fn restart_after_bytes_read() {
+        let big = serve(None, |mut s, _| {
+            let _ = s.write_all(&[1u8; 3000]);
+            std::thread::sleep(Duration::from_secs(20));
+        });
+        let m = sim(SimOptions { restart_after: Some(1000), ..Default::default() });
+        let mut d = Dev::new(&m);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{big},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 0,"), "+QIOPEN: 0,0");
+        d.urc("+QIURC: \"recv\",0");
+        std::thread::sleep(Duration::from_millis(500));
+        // A command right behind the read that crosses 1000 bytes is lost in the restart.
+        d.write(b"AT+QIRD=0,1500\rAT+QGMR\r");
+        assert_eq!(d.answer(), "+QIRD: 1500");
+        assert_eq!(d.raw(1500), vec![1u8; 1500]);
+        assert_eq!(d.raw(8), b"\r\n\r\nOK\r\n");
+        assert_eq!(d.urc("RDY"), "RDY");
+        // Restarted: echo on, no PDP context, no sockets, the same firmware.
+        assert_eq!(d.cmd("AT"), ["AT", "OK"]);
+        assert_eq!(d.cmd("AT+QIACT?"), ["AT+QIACT?", "OK"]);
+        assert_eq!(d.cmd("ATE0"), ["ATE0", "OK"]);
+        assert_eq!(d.read(false, 0, 10), None);
+        assert_eq!(d.cmd("AT+QGMR"), ["EC200UCNAAR03A01M08", "OK"]);
+        // Once per simulator.
+        assert_eq!(d.cmd("AT+QIACT=1"), ["OK"]);
+        assert_eq!(d.cmd(&format!("AT+QIOPEN=1,0,\"TCP\",\"127.0.0.1\",{big},0,0")), ["OK"]);
+        assert_eq!(d.urc("+QIOPEN: 0,"), "+QIOPEN: 0,0");
+        assert_eq!(d.read_n(false, 0, 3000), vec![1u8; 3000]);
+        d.sync();
+        assert_eq!(m.log().urcs.iter().filter(|u| *u == "RDY").count(), 1);
     }
 }
