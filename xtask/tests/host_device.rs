@@ -451,7 +451,8 @@ fn a_counter_raised_by_a_confirm_refuses_a_lower_image_before_downloading_it() {
     let downgrade = Some(shared::ota::FailureKind::Downgrade);
     assert_eq!((t.state, t.failure), (TaskState::Failed, downgrade), "{t:?}\n{}", dev.log());
     assert!(t.desc.contains("security counter 3 is below the device's 5"), "{t:?}");
-    assert!(t.blocks < 10, "refused early, not after downloading 200 KB: {} blocks", t.blocks);
+    // (Refused only after the whole download, it took 99 blocks.)
+    assert!(t.blocks < 40, "refused early, not after downloading 200 KB: {} blocks", t.blocks);
     dev.runs(&c, "3.5", 30);
 }
 
