@@ -41,8 +41,9 @@ pub enum Action<'a> {
         range: Range<usize>,
     },
     /// Write bytes `range` of the payload last handed in, at `offset` of DFU. Report
-    /// [`super::Event::FlashFailed`] with this `offset` if it fails; success needs no event. Take every `Write` and
-    /// `Patch` before handing in the next payload: the machine checks it, and a payload that
+    /// [`super::Event::FlashFailed`] with this `offset` if it fails (at once: the machine then
+    /// drops what the download still had queued); success needs no event. Take every `Write`
+    /// and `Patch` before handing in the next payload: the machine checks it, and a payload that
     /// comes first drops them and fails the download as a flash write (step -4).
     Write {
         /// offset in DFU
