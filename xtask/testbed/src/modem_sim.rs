@@ -137,6 +137,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod line;
+pub use line::{agree, POWER_ON_RATE, RATES};
+use line::{Rate, Uart, Wire};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// How the simulated modem behaves.
@@ -178,6 +182,13 @@ pub struct SimOptions {
     /// module restarts unprompted (once per simulator), as after its FOTA but on the same
     /// firmware: sockets gone, context down, echo on, input discarded, `RDY`.
     pub restart_after: Option<u64>,
+    /// `AT+IPR=<rate>` is stored at once (the module powers on at that rate), as some manuals
+    /// say; without it only `AT&W` stores it (the reading of others). UNCERTAIN for the
+    /// EC200U: a device must find the module either way.
+    pub ipr_saved: bool,
+    /// The module restarts (once per simulator) right after it acknowledged the first
+    /// `AT+IPR=<rate>`, before the host could follow: it comes back at its stored rate.
+    pub restart_after_ipr: bool,
 }
 
 impl Default for SimOptions {
@@ -195,6 +206,8 @@ impl Default for SimOptions {
             send_fail_every: None,
             urc_noise: false,
             restart_after: None,
+            ipr_saved: false,
+            restart_after_ipr: false,
         }
     }
 }
@@ -213,6 +226,9 @@ impl SimOptions {
         }
     }
 }
+
+/// The longest command line the module keeps (longer ones, or noise without an end, dropped).
+const LINE_MAX: usize = 4096;
 
 /// Most bytes one `AT+QIRD` / `AT+QSSLRECV` hands out with [`SimOptions::partial_reads`].
 pub const PARTIAL_READ: usize = 512;
@@ -246,11 +262,21 @@ pub struct SimLog {
     pub urcs: Vec<String>,
     /// Commands (`> `), answers and URCs (`< `) as they went, interleaved (data as byte counts).
     pub transcript: Vec<String>,
+    /// Bytes that crossed the UART while the device's rate and the module's disagreed (only a
+    /// pty line has a rate: [`ModemSim::start_tty`]).
+    pub garbled: u64,
+    /// The module's UART rate now.
+    pub rate: u32,
 }
 
 pub struct ModemSim {
+    /// The TCP port of the UART ([`ModemSim::start`]; 0 with a pty).
     pub port: u16,
+    /// The serial port the device opens ([`ModemSim::start_tty`]).
+    pub tty: Option<std::path::PathBuf>,
     pub log: Arc<Mutex<SimLog>>,
+    module: Arc<Module>,
+    garbled: Arc<AtomicU64>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -265,8 +291,11 @@ struct Module {
     /// `pdp_deact_after` / `restart_after` fired.
     deact_used: AtomicBool,
     restart_used: AtomicBool,
+    ipr_restart_used: AtomicBool,
     /// AT+QISEND / AT+QSSLSEND data transfers (`send_fail_every`).
     sends: AtomicU64,
+    /// The module's UART rate (AT+IPR).
+    rate: Arc<Rate>,
 }
 
 impl ModemSim {
@@ -278,44 +307,59 @@ impl ModemSim {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let listener = rt.block_on(TcpListener::bind(("127.0.0.1", port))).context("binding the UART port")?;
         let port = listener.local_addr()?.port();
-        let log = Arc::new(Mutex::new(SimLog::default()));
-        let module = Arc::new(Module { version: Mutex::new(o.qgmr.clone()), ..Default::default() });
-        let (l, o) = (log.clone(), Arc::new(o));
-        rt.spawn(async move {
+        let mut sim = ModemSim::new(rt, o.qgmr.clone());
+        sim.port = port;
+        let (l, o, m, g) = (sim.log.clone(), Arc::new(o), sim.module.clone(), sim.garbled.clone());
+        sim._rt.spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 let _ = s.set_nodelay(true);
-                let (l, o, m) = (l.clone(), o.clone(), module.clone());
-                tokio::spawn(async move {
-                    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-                    let _ = Session {
-                        uart: s,
-                        echo: true,
-                        polls: 0,
-                        active: false,
-                        pdp_lost: false,
-                        noise: 0,
-                        files: HashMap::new(),
-                        ctx: Default::default(),
-                        line: Vec::new(),
-                        socks: HashMap::new(),
-                        next_gen: 0,
-                        ev_tx,
-                        ev_rx,
-                        fota: false,
-                        module: m,
-                        log: l,
-                        o,
-                    }
-                    .run()
-                    .await;
-                });
+                // A new connection is a module that powers on: at its stored rate.
+                m.rate.now.store(m.rate.saved.load(Ordering::SeqCst), Ordering::SeqCst);
+                let uart = Uart { io: Box::new(s), wire: None, rate: m.rate.clone(), garbled: g.clone() };
+                tokio::spawn(Session::new(uart, l.clone(), o.clone(), m.clone()).run());
             }
         });
-        Ok(ModemSim { port, log, _rt: rt })
+        Ok(sim)
+    }
+
+    /// The simulator on a pseudo-terminal: the device opens [`ModemSim::tty`] as a serial port
+    /// and the line has a rate (see `line`). One module for the simulator's life: it keeps
+    /// running while the device restarts, as a module beside an MCU does.
+    pub fn start_tty(o: SimOptions) -> Result<ModemSim> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let (master, slave) = {
+            let _g = rt.enter();
+            tokio_serial::SerialStream::pair().context("opening a pseudo-terminal")?
+        };
+        let path = tokio_serial::SerialPort::name(&slave).context("the pty has no name")?;
+        let mut sim = ModemSim::new(rt, o.qgmr.clone());
+        sim.tty = Some(path.into());
+        let uart = Uart { io: Box::new(master), wire: Some(Wire::new(slave)), rate: sim.module.rate.clone(), garbled: sim.garbled.clone() };
+        let session = Session::new(uart, sim.log.clone(), Arc::new(o), sim.module.clone());
+        sim._rt.spawn(session.run());
+        Ok(sim)
+    }
+
+    fn new(rt: tokio::runtime::Runtime, qgmr: String) -> ModemSim {
+        let module = Arc::new(Module { version: Mutex::new(qgmr), ..Default::default() });
+        let log = Arc::new(Mutex::new(SimLog::default()));
+        ModemSim { port: 0, tty: None, log, module, garbled: Arc::default(), _rt: rt }
+    }
+
+    /// What a device's configuration names as the modem UART: the pty's path, or
+    /// `127.0.0.1:<port>`.
+    pub fn uart(&self) -> String {
+        match &self.tty {
+            Some(p) => p.display().to_string(),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn log(&self) -> SimLog {
-        self.log.lock().unwrap().clone()
+        let mut l = self.log.lock().unwrap().clone();
+        l.garbled = self.garbled.load(Ordering::Relaxed);
+        l.rate = self.module.rate.now.load(Ordering::SeqCst);
+        l
     }
 }
 
@@ -433,7 +477,7 @@ enum Ev {
 }
 
 struct Session {
-    uart: TcpStream,
+    uart: Uart,
     echo: bool,
     polls: u32,
     /// The PDP context is active.
@@ -467,6 +511,29 @@ enum Input {
 }
 
 impl Session {
+    fn new(uart: Uart, log: Arc<Mutex<SimLog>>, o: Arc<SimOptions>, module: Arc<Module>) -> Session {
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        Session {
+            uart,
+            echo: true,
+            polls: 0,
+            active: false,
+            pdp_lost: false,
+            noise: 0,
+            files: HashMap::new(),
+            ctx: Default::default(),
+            line: Vec::new(),
+            socks: HashMap::new(),
+            next_gen: 0,
+            ev_tx,
+            ev_rx,
+            fota: false,
+            module,
+            log,
+            o,
+        }
+    }
+
     async fn run(mut self) -> Result<()> {
         if self.o.urc_noise {
             // A module says RDY once it is up, before it answers anything (a module that answered
@@ -491,13 +558,26 @@ impl Session {
                 Input::Byte(_, b) => b,
             };
             if b != b'\r' && b != b'\n' {
+                if self.line.len() >= LINE_MAX {
+                    self.line.clear(); // noise without an end: dropped
+                }
                 self.line.push(b);
                 continue;
             }
             if self.line.is_empty() {
                 continue;
             }
-            let cmd = String::from_utf8_lossy(&self.line).trim().to_string();
+            // A command starts with AT: what came before (bytes at a wrong rate) is not one.
+            let at = self.line.windows(2).position(|w| w.eq_ignore_ascii_case(b"AT"));
+            let cmd = match at {
+                Some(i) => String::from_utf8_lossy(&self.line[i..]).trim().to_string(),
+                None if self.line.trim_ascii() == b"+++" => "+++".to_string(),
+                None => {
+                    self.log.lock().unwrap().transcript.push(format!("> ({} bytes of noise)", self.line.len()));
+                    self.line.clear();
+                    continue;
+                }
+            };
             self.line.clear();
             if cmd == "+++" {
                 continue; // an escape while already in command mode
@@ -591,13 +671,10 @@ impl Session {
         self.polls = 0;
         self.ctx = Default::default();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // What the device sent while the module was down is lost.
-        let mut junk = [0u8; 1024];
-        while let Ok(n) = self.uart.try_read(&mut junk) {
-            if n == 0 {
-                break;
-            }
-        }
+        // What the device sent while the module was down is lost; it comes back at its stored rate.
+        self.uart.discard(Duration::from_millis(10)).await;
+        let r = &self.module.rate;
+        r.now.store(r.saved.load(Ordering::SeqCst), Ordering::SeqCst);
         self.line.clear();
         self.urc("RDY").await?;
         if self.o.urc_noise {
@@ -673,6 +750,31 @@ impl Session {
         }
         match cmd {
             "AT" => self.reply(&["OK"]).await?,
+            "AT+IPR?" => {
+                let r = self.module.rate.now.load(Ordering::SeqCst);
+                self.reply(&[&format!("+IPR: {r}"), "OK"]).await?
+            }
+            c if c.starts_with("AT+IPR=") => match c["AT+IPR=".len()..].parse::<u32>() {
+                Ok(r) if RATES.contains(&r) => {
+                    // The OK goes out at the old rate; the new one holds from then on.
+                    self.reply(&["OK"]).await?;
+                    self.module.rate.now.store(r, Ordering::SeqCst);
+                    if self.o.ipr_saved {
+                        self.module.rate.saved.store(r, Ordering::SeqCst);
+                    }
+                    if self.o.restart_after_ipr && !self.module.ipr_restart_used.swap(true, Ordering::SeqCst) {
+                        self.restart(None).await?;
+                    }
+                }
+                _ => self.reply(&["ERROR"]).await?,
+            },
+            "AT&W" => {
+                let r = &self.module.rate;
+                r.saved.store(r.now.load(Ordering::SeqCst), Ordering::SeqCst);
+                self.reply(&["OK"]).await?
+            }
+            // Hardware flow control (RTS/CTS) both ways; the pty's buffer is the flow control.
+            "AT+IFC=2,2" | "AT+IFC=0,0" => self.reply(&["OK"]).await?,
             "ATE0" => {
                 self.echo = false;
                 self.reply(&["OK"]).await?
@@ -1422,8 +1524,13 @@ mod tests {
             || l == "RDY"
     }
 
+    trait Port: Read + Write + Send {}
+    impl<T: Read + Write + Send + ?Sized> Port for T {}
+
     struct Dev {
-        s: std::net::TcpStream,
+        s: Box<dyn Port>,
+        /// With a pty: the serial port, to set its rate.
+        tty: Option<Box<dyn tokio_serial::SerialPort>>,
         buf: Vec<u8>,
         urcs: Vec<String>,
     }
@@ -1433,7 +1540,31 @@ mod tests {
         fn connect(sim: &ModemSim) -> Dev {
             let s = std::net::TcpStream::connect(("127.0.0.1", sim.port)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            Dev { s, buf: Vec::new(), urcs: Vec::new() }
+            Dev { s: Box::new(s), tty: None, buf: Vec::new(), urcs: Vec::new() }
+        }
+
+        /// The pty of [`ModemSim::start_tty`] opened at `rate`, nothing sent.
+        fn open(sim: &ModemSim, rate: u32) -> Dev {
+            let path = sim.tty.as_ref().unwrap().display().to_string();
+            let s = tokio_serial::new(path, rate).timeout(Duration::from_millis(500)).open().unwrap();
+            let tty = Some(s.try_clone().unwrap());
+            Dev { s: Box::new(s), tty, buf: Vec::new(), urcs: Vec::new() }
+        }
+
+        fn set_rate(&mut self, rate: u32) {
+            self.tty.as_mut().unwrap().set_baud_rate(rate).unwrap();
+        }
+
+        /// Whatever comes within the port's timeout.
+        fn pending(&mut self) -> Vec<u8> {
+            let mut b = [0u8; 4096];
+            while let Ok(n) = self.s.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                self.buf.extend_from_slice(&b[..n]);
+            }
+            std::mem::take(&mut self.buf)
         }
 
         fn new(sim: &ModemSim) -> Dev {
@@ -1703,7 +1834,7 @@ mod tests {
         assert_eq!(d.urc("+QIOPEN: 2,"), "+QIOPEN: 2,566");
         assert_eq!(d.read(false, 2, 10), None);
         assert_eq!(d.cmd("AT+QIOPEN=1,2,\"TCP\",\"10.1.2.3\",80,0,0"), ["ERROR"]);
-        let mut d2 = Dev { s: std::net::TcpStream::connect(("127.0.0.1", m.port)).unwrap(), buf: vec![], urcs: vec![] };
+        let mut d2 = Dev::connect(&m);
         assert_eq!(d2.cmd("ATE0"), ["ATE0", "OK"]);
         assert_eq!(d2.cmd(&format!("AT+QIOPEN=1,2,\"TCP\",\"127.0.0.1\",{bye},0,0")), ["ERROR"]);
     }
@@ -1928,6 +2059,59 @@ mod tests {
         assert!(got.iter().all(|&b| b == 3));
         std::thread::sleep(Duration::from_millis(300));
         assert!(sent.load(Ordering::SeqCst) > s1);
+    }
+
+    #[test]
+    fn over_a_pty_the_rates_must_agree_and_at_ipr_moves_the_module() {
+        let sim = ModemSim::start_tty(SimOptions::default()).unwrap();
+        // The device at 921,600, the module at its power-on 115,200: nothing understood.
+        let mut d = Dev::open(&sim, 921_600);
+        d.write(b"AT\r");
+        assert_eq!(d.pending(), b"", "a command at the wrong rate is no command");
+        assert!(sim.log().commands.is_empty());
+        // At the module's rate the next AT is read whole, the noise before it dropped.
+        d.set_rate(115_200);
+        assert_eq!(d.cmd("AT"), ["AT", "OK"]);
+        assert_eq!(d.cmd("ATE0"), ["ATE0", "OK"]);
+        assert_eq!(d.cmd("AT+IPR?"), ["+IPR: 115200", "OK"]);
+        assert_eq!(d.cmd("AT+IPR=12345"), ["ERROR"]);
+        // The OK comes at the old rate, then the module runs at the new one.
+        assert_eq!(d.cmd("AT+IPR=921600"), ["OK"]);
+        d.write(b"AT\r");
+        let g = d.pending();
+        assert!(g.iter().all(|&b| b >= 0x80), "garbage, never a character: {g:?}");
+        d.set_rate(921_600);
+        assert_eq!(d.cmd("AT"), ["OK"]);
+        assert_eq!(d.cmd("AT+IFC=2,2"), ["OK"]);
+        assert_eq!(d.cmd("AT+IPR?"), ["+IPR: 921600", "OK"]);
+        let log = sim.log();
+        assert_eq!(log.rate, 921_600);
+        assert!(log.garbled >= 3, "{} bytes garbled", log.garbled);
+        // The device restarts (closes and opens its port at its own power-on rate); the module
+        // keeps running at 921,600.
+        drop(d);
+        let mut d = Dev::open(&sim, 115_200);
+        d.write(b"AT\r");
+        assert!(d.pending().iter().all(|&b| b >= 0x80));
+        d.set_rate(921_600);
+        assert_eq!(d.cmd("AT"), ["OK"]);
+    }
+
+    #[test]
+    fn the_line_carries_no_more_than_its_rate() {
+        let sim = ModemSim::start_tty(SimOptions::default()).unwrap();
+        let mut d = Dev::open(&sim, 115_200);
+        assert_eq!(d.cmd("ATE0"), ["ATE0", "OK"]);
+        assert_eq!(d.cmd("AT+IPR=9600"), ["OK"]);
+        d.set_rate(9600);
+        // 100 commands of 3 bytes and their 6-byte answers: 900 bytes, 0.94 s at 960 bytes/s
+        // (a lower bound: the model never carries more than the rate, however fast the host).
+        let t = std::time::Instant::now();
+        for _ in 0..100 {
+            assert_eq!(d.cmd("AT"), ["OK"]);
+        }
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(900), "900 bytes at 9600 baud in {took:?}");
     }
 
     #[test]
