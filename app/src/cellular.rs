@@ -13,7 +13,7 @@ use crate::driver::{Clock, Http, Link, Module, ModuleNews};
 use crate::http::{head, split_url, Head};
 use crate::modem::{FotaUrc, Modem, ModemConfig, ModemError, Shared, Socket, DOWNLOAD, MQTT, SEND_MAX};
 use core::fmt::Write as _;
-use embedded_io_async::{Read, Write};
+use embedded_io_async::Write;
 use heapless::String;
 use shared::ota::HttpError;
 use shared::ota::{ModuleError, ModulePhase};
@@ -40,7 +40,7 @@ pub struct ModemHttp<'a, U, C> {
     last: Instant,
 }
 
-impl<'a, U: Read + Write, C: Clock> ModemHttp<'a, U, C> {
+impl<'a, U: crate::modem::ModemUart, C: Clock> ModemHttp<'a, U, C> {
     pub fn new(modem: &'a Shared<U>, clock: &'a C, ca: &'a [u8]) -> Self {
         ModemHttp { modem, clock, ca, open: false, head: [0; HEAD], at: 0, len: 0, left: None, last: clock.now() }
     }
@@ -58,7 +58,7 @@ fn connect_error(e: ModemError, tls: bool) -> HttpError {
     }
 }
 
-impl<U: Read + Write, C: Clock> Http for ModemHttp<'_, U, C> {
+impl<U: crate::modem::ModemUart, C: Clock> Http for ModemHttp<'_, U, C> {
     async fn get(&mut self, url: &str, from: u32) -> Result<(u16, Option<u32>), HttpError> {
         self.close();
         let (tls, host, port, path) = split_url(url).ok_or(HttpError::Protocol)?;
@@ -154,7 +154,7 @@ pub struct ModemLink<'a, U, C> {
     pub cfg: ModemConfig<'a>,
 }
 
-impl<U: Read + Write, C: Clock> Link for ModemLink<'_, U, C> {
+impl<U: crate::modem::ModemUart, C: Clock> Link for ModemLink<'_, U, C> {
     type Io<'b>
         = Socket<'b, U, C>
     where
@@ -184,7 +184,7 @@ pub struct ModemModule<'a, U, C> {
     updating: bool,
 }
 
-impl<'a, U: Read + Write, C: Clock> ModemModule<'a, U, C> {
+impl<'a, U: crate::modem::ModemUart, C: Clock> ModemModule<'a, U, C> {
     pub fn new(modem: &'a Shared<U>, clock: &'a C, name: &'a str, ca: &'a [u8]) -> Self {
         ModemModule { modem, clock, name, ca, updating: false }
     }
@@ -220,7 +220,7 @@ impl<'a, U: Read + Write, C: Clock> ModemModule<'a, U, C> {
     }
 }
 
-impl<U: Read + Write, C: Clock> Module for ModemModule<'_, U, C> {
+impl<U: crate::modem::ModemUart, C: Clock> Module for ModemModule<'_, U, C> {
     fn name(&self) -> Option<&str> {
         Some(self.name)
     }
@@ -299,6 +299,6 @@ pub fn aliyun_version(v: &str) -> Option<heapless::String<64>> {
 }
 
 /// Makes the shared modem on `uart`.
-pub fn shared<U: Read + Write>(uart: U) -> Shared<U> {
+pub fn shared<U: crate::modem::ModemUart>(uart: U) -> Shared<U> {
     Shared::new(Modem::new(uart))
 }

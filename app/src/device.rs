@@ -4,9 +4,8 @@
 
 use crate::cellular::{ModemHttp, ModemLink, ModemModule};
 use crate::driver::{self, Buffers, Clock, Exit, Settings};
-use crate::modem::{ModemConfig, Shared};
+use crate::modem::{ModemConfig, Shared, UartConfig};
 use core::mem::MaybeUninit;
-use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use memory_layouts::Layout;
 use shared::alink::SignMethod;
@@ -99,6 +98,8 @@ pub struct BoardSetup<'a, C> {
     pub clock: &'a C,
     /// The PROVISION page (or its first bytes).
     pub provision: &'a [u8],
+    /// The module's UART: the rate to bring it to, RTS/CTS wired or not.
+    pub uart: UartConfig,
     /// The self-test result (reaching the broker is the rest of it).
     pub self_test: bool,
     /// Prints a line the user must see (semihosting on QEMU, defmt on the embassy boards).
@@ -113,7 +114,7 @@ pub async fn run<U, A, R, S, D, C>(
     b: BoardSetup<'_, C>,
 ) -> Result<Exit, &'static str>
 where
-    U: Read + Write,
+    U: crate::modem::ModemUart,
     A: ReadNorFlash,
     R: ReadNorFlash,
     S: NorFlash,
@@ -142,6 +143,7 @@ where
             host: prov.host,
             port: prov.port,
             tls: prov.tls,
+            uart: b.uart,
             register_timeout: Duration::from_secs(60),
             // The module verifies the broker with the root its endpoint chains to.
             ca: Some(crate::root_ca(prov.port)),

@@ -5,7 +5,6 @@
 
 use crate::device::{self, OtaState};
 use crate::driver::{Clock, Exit};
-use embedded_io_async::{Read, Write};
 use embedded_storage::nor_flash::NorFlash;
 use memory_layouts::{Layout, Region};
 use shared::boot::Slots;
@@ -19,10 +18,16 @@ pub fn say(args: core::fmt::Arguments<'_>) {
 /// Runs the device over the board's flash (`part` cuts a region out of it) and the modem on
 /// `uart` until it must reset, waits when the broker refused the credentials or the device cannot
 /// start, then resets.
-pub async fn run<F, U>(state: &'static mut OtaState<U>, l: &'static Layout, part: impl Fn(Region) -> F, uart: U) -> !
+pub async fn run<F, U>(
+    state: &'static mut OtaState<U>,
+    l: &'static Layout,
+    part: impl Fn(Region) -> F,
+    uart: U,
+    uart_cfg: crate::modem::UartConfig,
+) -> !
 where
     F: NorFlash,
-    U: Read + Write,
+    U: crate::modem::ModemUart,
 {
     let mut provision = [0u8; shared::provision::HEADER + shared::provision::MAX_PAYLOAD];
     let _ = part(l.provision).read(0, &mut provision);
@@ -33,6 +38,7 @@ where
         layout: l,
         clock: &clock,
         provision: &provision,
+        uart: uart_cfg,
         self_test: !cfg!(feature = "self-test-fails"),
         say,
     };

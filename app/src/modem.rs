@@ -66,6 +66,8 @@ const SEND_RETRIES: u32 = 3;
 const SEND_RETRY_WAIT: Duration = Duration::from_millis(300);
 /// `want` of a command whose answer has no prefix (`AT+QGMR`): see [`bare_answer`].
 const BARE: &str = "";
+/// How long a probe waits for `AT`'s OK (a module at another rate never answers).
+const PROBE_MS: u64 = 300;
 /// Most bytes asked for per `AT+QIRD` (Quectel's limit).
 const READ_MAX: usize = 1500;
 /// A line from the module (URC, answer): longer ones are noise, dropped.
@@ -79,8 +81,33 @@ pub const SLICE: Duration = Duration::from_millis(50);
 /// The modem shared by the MQTT socket, the download and the module-update watcher.
 pub type Shared<U> = Mutex<NoopRawMutex, Modem<U>>;
 
+/// A module's UART rate at power-on until `AT+IPR` changed it (Quectel's default).
+pub const POWER_ON_RATE: u32 = 115_200;
+
+/// A UART whose line rate the modem driver sets (to find the module, then to raise the rate).
+pub trait LineRate {
+    /// Runs the line at `baud` from now on (bytes in flight may arrive as garbage).
+    fn set_rate(&mut self, baud: u32);
+}
+
+/// What the modem driver needs of the module's UART: bytes both ways and a settable rate.
+pub trait ModemUart: Read + Write + LineRate {}
+impl<T: Read + Write + LineRate> ModemUart for T {}
+
+/// The board's side of the module's UART.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UartConfig {
+    /// The rate to run the module at (`AT+IPR`), the fastest both sides support.
+    pub rate: u32,
+    /// The board wires RTS/CTS to the module: ask the module for hardware flow control
+    /// (`AT+IFC=2,2`), without which a fast line overruns a busy receiver.
+    pub rtscts: bool,
+}
+
 /// Where to connect, and how long to wait.
 pub struct ModemConfig<'a> {
+    /// The module's UART (rate, flow control).
+    pub uart: UartConfig,
     pub apn: &'a str,
     pub host: &'a str,
     pub port: u16,
@@ -264,9 +291,11 @@ pub struct Modem<U> {
     pkg_ca_uploaded: bool,
     /// The module's firmware version (`AT+QGMR`), read at each bring-up.
     version: String<64>,
+    /// The rate the UART runs at (0: not set by the driver yet).
+    rate: u32,
 }
 
-impl<U: Read + Write> Modem<U> {
+impl<U: ModemUart> Modem<U> {
     pub fn new(uart: U) -> Self {
         Modem {
             uart,
@@ -288,7 +317,96 @@ impl<U: Read + Write> Modem<U> {
             ca_uploaded: false,
             pkg_ca_uploaded: false,
             version: String::new(),
+            rate: 0,
         }
+    }
+
+    /// The UART's rate now (0 before the first bring-up).
+    #[cfg(test)]
+    fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    fn set_rate(&mut self, baud: u32) {
+        if self.rate != baud {
+            log::info!("modem: UART at {} baud", baud);
+            self.uart.set_rate(baud);
+            self.rate = baud;
+        }
+        // What came at the old rate is noise.
+        self.len = 0;
+    }
+
+    /// Whether the module answers `AT` at the UART's rate now (two tries).
+    async fn answers<C: Clock>(&mut self, clock: &C) -> bool {
+        for _ in 0..2 {
+            if self.command(clock, "AT", None, PROBE_MS).await.is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Finds the module and brings the line to `cfg.rate`: however either side was reset, the
+    /// module runs at the rate it last ran at (it did not restart), at the rate it stored, or at
+    /// its power-on default; the device at whatever it was last set to. So it probes the rate
+    /// now, then `cfg.rate`, then [`POWER_ON_RATE`] (and a module left in data mode by an old
+    /// firmware, after `+++`). Found at another rate than `cfg.rate`, it asks the module for it
+    /// (`AT+IPR`; the OK comes at the old rate), follows, and checks with `AT`; a module that
+    /// did not follow (it restarted in between, or refused the rate) is looked for again, three
+    /// rounds at most, and a rate the module refuses (`ERROR`) is given up for the one that
+    /// works. Never `AT&W`: a module that powers on at its default stays reachable by any
+    /// firmware (one that stores `AT+IPR` by itself is found by the probe of `cfg.rate`).
+    async fn find<C: Clock>(&mut self, clock: &C, cfg: &UartConfig) -> Result<(), ModemError> {
+        for _round in 0..3 {
+            let now = if self.rate == 0 { cfg.rate } else { self.rate };
+            let mut found = None;
+            for (i, &r) in [now, cfg.rate, POWER_ON_RATE].iter().enumerate() {
+                if [now, cfg.rate][..i].contains(&r) {
+                    continue;
+                }
+                self.set_rate(r);
+                if self.answers(clock).await {
+                    found = Some(r);
+                    break;
+                }
+            }
+            if found.is_none() {
+                // A module still in data mode (a transparent link of an older firmware).
+                for r in [cfg.rate, POWER_ON_RATE] {
+                    self.set_rate(r);
+                    self.escape(clock).await?;
+                    if self.answers(clock).await {
+                        found = Some(r);
+                        break;
+                    }
+                }
+            }
+            let Some(at) = found else {
+                continue;
+            };
+            if at == cfg.rate {
+                return Ok(());
+            }
+            let mut cmd: String<24> = String::new();
+            write(&mut cmd, format_args!("AT+IPR={}", cfg.rate))?;
+            match self.command(clock, &cmd, None, 1000).await {
+                Ok(_) => {
+                    self.set_rate(cfg.rate);
+                    // The module switches after its OK; give it a moment.
+                    clock.sleep_until(clock.now() + Duration::from_millis(50)).await;
+                    if self.answers(clock).await {
+                        return Ok(());
+                    }
+                }
+                Err(ModemError::Refused(_)) => {
+                    log::warn!("modem: the module refuses {} baud; staying at {}", cfg.rate, at);
+                    return Ok(());
+                }
+                Err(_) => {}
+            }
+        }
+        Err(ModemError::Timeout("AT"))
     }
 
     /// The module's firmware version as the last bring-up read it (empty if it did not answer).
@@ -324,22 +442,12 @@ impl<U: Read + Write> Modem<U> {
         for s in self.socks.iter_mut() {
             s.reset();
         }
-        // A modem still in data mode (a transparent link of an older firmware) does not answer
-        // AT: leave data mode then.
-        if self.command(clock, "AT", None, 500).await.is_err() {
-            self.escape(clock).await?;
-            let mut alive = false;
-            for _ in 0..10 {
-                if self.command(clock, "AT", None, 1000).await.is_ok() {
-                    alive = true;
-                    break;
-                }
-            }
-            if !alive {
-                return Err(ModemError::Timeout("AT"));
-            }
-        }
+        self.find(clock, &cfg.uart).await?;
         self.command(clock, "ATE0", None, 1000).await?;
+        if cfg.uart.rtscts {
+            // Some modules have no such setting: flow control is then the module's default.
+            let _ = self.command(clock, "AT+IFC=2,2", None, 1000).await;
+        }
         // The sockets of a previous session (harmless when there are none).
         for c in ["AT+QICLOSE=0", "AT+QSSLCLOSE=0", "AT+QICLOSE=1", "AT+QSSLCLOSE=1"] {
             let _ = self.command(clock, c, None, 10_000).await;
@@ -946,7 +1054,9 @@ fn write<const N: usize>(s: &mut String<N>, args: core::fmt::Arguments<'_>) -> R
 
 /// The command's name for errors (`AT+QIOPEN=...` -> `AT+QIOPEN`).
 fn static_name(cmd: &str) -> &'static str {
-    const NAMES: [&str; 20] = [
+    const NAMES: [&str; 22] = [
+        "AT+IPR",
+        "AT+IFC",
         "AT+QICSGP",
         "AT+QIACT?",
         "AT+QIACT=1",
@@ -1019,7 +1129,7 @@ impl<U, C> ErrorType for Socket<'_, U, C> {
     type Error = LinkError;
 }
 
-impl<U: Read + Write, C: Clock> Socket<'_, U, C> {
+impl<U: ModemUart, C: Clock> Socket<'_, U, C> {
     /// Reads what socket `id` has (`Ok(0)`: `Err(Dropped)` is the end), stepping the modem one
     /// step per lock so the other users of the modem get their turn.
     pub async fn read_until(&mut self, out: &mut [u8], deadline: Option<Instant>) -> Result<usize, LinkError> {
@@ -1044,13 +1154,13 @@ impl<U: Read + Write, C: Clock> Socket<'_, U, C> {
     }
 }
 
-impl<U: Read + Write, C: Clock> Read for Socket<'_, U, C> {
+impl<U: ModemUart, C: Clock> Read for Socket<'_, U, C> {
     async fn read(&mut self, out: &mut [u8]) -> Result<usize, LinkError> {
         self.read_until(out, None).await
     }
 }
 
-impl<U: Read + Write, C: Clock> Write for Socket<'_, U, C> {
+impl<U: ModemUart, C: Clock> Write for Socket<'_, U, C> {
     async fn write(&mut self, data: &[u8]) -> Result<usize, LinkError> {
         if data.is_empty() {
             return Ok(0);
@@ -1097,6 +1207,166 @@ mod tests {
         async fn flush(&mut self) -> Result<(), Self::Error> {
             Ok(())
         }
+    }
+
+    impl LineRate for Said<'_> {
+        fn set_rate(&mut self, _baud: u32) {}
+    }
+
+    /// A module on a line with a rate: it understands (and is understood) only while both ends
+    /// run at the same rate; `AT+IPR=<r>` answers OK at the old rate, then takes `r` (unless it
+    /// refuses `r`); with `restart`, it restarts right after that OK, back at 115,200.
+    struct Line {
+        device: u32,
+        module: u32,
+        refuse: Option<u32>,
+        restart: bool,
+        cmd: std::vec::Vec<u8>,
+        out: std::collections::VecDeque<u8>,
+        /// Commands the module understood, with the rate they came at.
+        heard: std::vec::Vec<(u32, std::string::String)>,
+    }
+
+    impl Line {
+        fn at(module: u32) -> Line {
+            Line {
+                device: 0,
+                module,
+                refuse: None,
+                restart: false,
+                cmd: std::vec::Vec::new(),
+                out: Default::default(),
+                heard: std::vec::Vec::new(),
+            }
+        }
+        fn say(&mut self, l: &str) {
+            let b = format!("\r\n{l}\r\n");
+            if self.device == self.module {
+                self.out.extend(b.bytes());
+            } else {
+                self.out.extend(b.bytes().map(|b| 0x80 | b));
+            }
+        }
+    }
+
+    impl ErrorType for Line {
+        type Error = embedded_io_async::ErrorKind;
+    }
+
+    impl Read for Line {
+        async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+            let mut n = 0;
+            while n < buf.len() {
+                let Some(b) = self.out.pop_front() else { break };
+                buf[n] = b;
+                n += 1;
+            }
+            if n == 0 {
+                return core::future::pending().await;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Line {
+        async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+            for &b in buf {
+                if self.device != self.module {
+                    continue; // garbage to the module: never a command
+                }
+                if b != b'\r' {
+                    self.cmd.push(b);
+                    continue;
+                }
+                let c = std::string::String::from_utf8(core::mem::take(&mut self.cmd)).unwrap();
+                self.heard.push((self.module, c.clone()));
+                match c.strip_prefix("AT+IPR=").map(|r| r.parse::<u32>().unwrap()) {
+                    Some(r) if Some(r) == self.refuse => self.say("ERROR"),
+                    Some(r) => {
+                        self.say("OK");
+                        self.module = r;
+                        if core::mem::take(&mut self.restart) {
+                            self.module = POWER_ON_RATE;
+                            self.say("RDY");
+                        }
+                    }
+                    None => self.say("OK"),
+                }
+            }
+            Ok(buf.len())
+        }
+        async fn flush(&mut self) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    impl LineRate for Line {
+        fn set_rate(&mut self, baud: u32) {
+            self.device = baud;
+        }
+    }
+
+    const FAST: UartConfig = UartConfig { rate: 921_600, rtscts: true };
+
+    fn heard(m: &Modem<Line>) -> std::vec::Vec<std::string::String> {
+        m.uart.heard.iter().map(|(r, c)| format!("{r} {c}")).collect()
+    }
+
+    #[test]
+    fn a_module_left_at_the_fast_rate_is_found_there_at_once() {
+        // The device restarted (its UART back at its own default), the module kept running.
+        let mut m = Modem::new(Line::at(921_600));
+        let clock = Clock::default();
+        assert_eq!(embassy_futures::block_on(m.find(&clock, &FAST)), Ok(()));
+        assert_eq!(heard(&m), ["921600 AT"]);
+        assert_eq!(m.rate(), 921_600);
+    }
+
+    #[test]
+    fn a_module_at_its_power_on_rate_is_found_and_raised() {
+        let mut m = Modem::new(Line::at(115_200));
+        let clock = Clock::default();
+        assert_eq!(embassy_futures::block_on(m.find(&clock, &FAST)), Ok(()));
+        assert_eq!(heard(&m), ["115200 AT", "115200 AT+IPR=921600", "921600 AT"]);
+        assert_eq!((m.rate(), m.uart.module), (921_600, 921_600));
+        // A second bring-up (a new MQTT session) costs one AT.
+        assert_eq!(embassy_futures::block_on(m.find(&clock, &FAST)), Ok(()));
+        assert_eq!(heard(&m).len(), 4);
+    }
+
+    #[test]
+    fn a_module_that_restarts_in_the_middle_of_the_switch_is_found_again() {
+        // The OK of AT+IPR came, then the module restarted (back at its power-on rate) before
+        // the device followed: the device at 921,600 hears nothing, looks again, raises again.
+        let mut line = Line::at(115_200);
+        line.restart = true;
+        let mut m = Modem::new(line);
+        let clock = Clock::default();
+        assert_eq!(embassy_futures::block_on(m.find(&clock, &FAST)), Ok(()));
+        assert_eq!(
+            heard(&m),
+            ["115200 AT", "115200 AT+IPR=921600", "115200 AT", "115200 AT+IPR=921600", "921600 AT"]
+        );
+        assert_eq!((m.rate(), m.uart.module), (921_600, 921_600));
+    }
+
+    #[test]
+    fn a_rate_the_module_refuses_leaves_the_line_at_the_one_that_works() {
+        let mut line = Line::at(115_200);
+        line.refuse = Some(921_600);
+        let mut m = Modem::new(line);
+        let clock = Clock::default();
+        assert_eq!(embassy_futures::block_on(m.find(&clock, &FAST)), Ok(()));
+        assert_eq!(heard(&m), ["115200 AT", "115200 AT+IPR=921600"]);
+        assert_eq!((m.rate(), m.uart.module), (115_200, 115_200));
+    }
+
+    #[test]
+    fn a_module_at_no_rate_tried_is_a_timeout_not_a_hang() {
+        let mut m = Modem::new(Line::at(9600));
+        let clock = Clock::default();
+        assert_eq!(embassy_futures::block_on(m.find(&clock, &FAST)), Err(ModemError::Timeout("AT")));
+        assert!(m.uart.heard.is_empty());
     }
 
     /// Time that passes only when somebody sleeps.

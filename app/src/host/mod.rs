@@ -55,9 +55,13 @@ pub struct Config {
     /// How long a new image may try to reach the broker before it is reverted.
     #[serde(default = "default_confirm")]
     confirm_deadline_s: u64,
-    /// Reach the broker through a Quectel-style AT modem whose UART is this TCP address (the
-    /// modem simulator, `cargo xtask modem-sim`); `tls` then asks the modem for AT+QSSLOPEN.
+    /// Reach the broker through a Quectel-style AT modem whose UART is this serial port (a path:
+    /// the modem simulator's pty, `cargo xtask modem-sim --tty`) or TCP address (the simulator
+    /// without a line rate); `tls` then asks the modem for AT+QSSLOPEN.
     modem: Option<String>,
+    /// With `modem`: the UART rate to run the module at (AT+IPR; a serial port only).
+    #[serde(default = "default_modem_rate")]
+    modem_rate: u32,
     /// The modem's APN.
     #[serde(default = "default_apn")]
     apn: String,
@@ -71,6 +75,10 @@ pub struct Config {
 
 fn default_module_name() -> String {
     "modem".into()
+}
+
+fn default_modem_rate() -> u32 {
+    921_600
 }
 
 fn default_apn() -> String {
@@ -240,6 +248,8 @@ async fn power_on(
                 modem: &modem,
                 clock,
                 cfg: crate::modem::ModemConfig {
+                    // A pty has its own flow control; a module on a real port wants RTS/CTS.
+                    uart: crate::modem::UartConfig { rate: cfg.modem_rate, rtscts: true },
                     apn: &cfg.apn,
                     host,
                     port: cfg.port,

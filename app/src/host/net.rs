@@ -73,20 +73,74 @@ impl crate::driver::Link for HostLink<'_> {
     }
 }
 
-/// The modem's "UART": a TCP connection to the modem simulator (retried while it starts).
-pub async fn modem_uart(addr: &str) -> Result<FromTokio<TcpStream>, String> {
+/// The modem's UART: a serial port (a path: the modem simulator's pty, or a real module's USB
+/// serial port), opened at the MCU's power-on rate and then set by the modem driver; or a TCP
+/// connection to the simulator (`host:port`), a line without a rate.
+pub enum ModemPort {
+    Serial(FromTokio<tokio_serial::SerialStream>),
+    Tcp(FromTokio<TcpStream>),
+}
+
+/// Opens the modem's UART (a TCP one retried while the simulator starts).
+pub async fn modem_uart(addr: &str) -> Result<ModemPort, String> {
+    if addr.starts_with('/') {
+        use tokio_serial::SerialPortBuilderExt;
+        let port = tokio_serial::new(addr, crate::modem::POWER_ON_RATE)
+            .open_native_async()
+            .map_err(|e| format!("cannot open the modem UART {addr}: {e}"))?;
+        return Ok(ModemPort::Serial(FromTokio::new(port)));
+    }
     let mut last = String::new();
     for _ in 0..50 {
         match TcpStream::connect(addr).await {
             Ok(tcp) => {
                 tcp.set_nodelay(true).ok();
-                return Ok(FromTokio::new(tcp));
+                return Ok(ModemPort::Tcp(FromTokio::new(tcp)));
             }
             Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Err(format!("cannot reach the modem UART {addr}: {last}"))
+}
+
+impl embedded_io_async::ErrorType for ModemPort {
+    type Error = std::io::Error;
+}
+
+impl embedded_io_async::Read for ModemPort {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, std::io::Error> {
+        match self {
+            ModemPort::Serial(p) => p.read(buf).await,
+            ModemPort::Tcp(p) => p.read(buf).await,
+        }
+    }
+}
+
+impl embedded_io_async::Write for ModemPort {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, std::io::Error> {
+        match self {
+            ModemPort::Serial(p) => p.write(buf).await,
+            ModemPort::Tcp(p) => p.write(buf).await,
+        }
+    }
+    async fn flush(&mut self) -> Result<(), std::io::Error> {
+        match self {
+            ModemPort::Serial(p) => p.flush().await,
+            ModemPort::Tcp(p) => p.flush().await,
+        }
+    }
+}
+
+impl crate::modem::LineRate for ModemPort {
+    fn set_rate(&mut self, baud: u32) {
+        if let ModemPort::Serial(p) = self {
+            use tokio_serial::SerialPort;
+            if let Err(e) = p.inner_mut().set_baud_rate(baud) {
+                log::warn!("modem UART: cannot set {baud} baud: {e}");
+            }
+        }
+    }
 }
 
 pub struct TokioClock(pub tokio::time::Instant);

@@ -103,5 +103,26 @@ async fn main(spawner: Spawner) {
     crate::attack::run(l, &part, crate::embassy::say);
     // SAFETY: main runs once; nothing else takes OTA_STATE.
     let state = unsafe { &mut *core::ptr::addr_of_mut!(OTA_STATE) };
-    crate::embassy::run(state, l, part, uart).await
+    crate::embassy::run(state, l, part, uart, MODEM_UART).await
+}
+
+/// The module's line: 921,600 baud with RTS/CTS (P1.03/P1.04); the UARTE runs up to 1 Mbaud.
+const MODEM_UART: crate::modem::UartConfig = crate::modem::UartConfig { rate: 921_600, rtscts: true };
+
+impl crate::modem::LineRate for BufferedUarte<'_> {
+    fn set_rate(&mut self, baud: u32) {
+        use uarte::Baudrate as B;
+        let b = match baud {
+            9600 => B::Baud9600,
+            19_200 => B::Baud19200,
+            38_400 => B::Baud38400,
+            57_600 => B::Baud57600,
+            230_400 => B::Baud230400,
+            460_800 => B::Baud460800,
+            921_600 => B::Baud921600,
+            1_000_000 => B::Baud1m,
+            _ => B::Baud115200,
+        };
+        self.set_baudrate(b);
+    }
 }

@@ -70,6 +70,7 @@ fn main() -> ! {
         layout: l,
         clock: &clock,
         provision,
+        uart: uart::MODEM_UART,
         // A build with `self-test-fails` fails it, to show the rollback.
         self_test: !cfg!(feature = "self-test-fails"),
         say: |args| hprintln!("{}", args),

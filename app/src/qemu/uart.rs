@@ -101,13 +101,25 @@ pub(super) fn on_rx_interrupt() {
     super::rt::wake();
 }
 
+/// The module's line: 921,600 baud; the CMSDK UART has no RTS/CTS.
+pub const MODEM_UART: crate::modem::UartConfig = crate::modem::UartConfig { rate: 921_600, rtscts: false };
+
+/// The UART's clock (PCLK of the AN386).
+const PCLK: u32 = 25_000_000;
+
+/// The divisor for `baud`, rounded up so the line never runs faster than asked (QEMU hands the
+/// rate it gives on to a serial backend: `-chardev serial` sets the host tty to it).
+fn divisor(baud: u32) -> u32 {
+    PCLK.div_ceil(baud.max(1)).max(16)
+}
+
 /// UART0.
 pub struct Uart(());
 
 impl Uart {
     /// Enables UART0 with its receive interrupt. Call once.
     pub fn init(nvic: &mut cortex_m::peripheral::NVIC) -> Uart {
-        write_reg(BAUDDIV, 25_000_000 / 115_200);
+        write_reg(BAUDDIV, divisor(crate::modem::POWER_ON_RATE));
         // SAFETY: TIMER0's RELOAD and CTRL (enable, no interrupt): see `kick_qemu`.
         unsafe {
             core::ptr::write_volatile(0x4000_0008 as *mut u32, u32::MAX);
@@ -122,6 +134,14 @@ impl Uart {
         // A byte that arrived before the interrupt was enabled raises none: take it now.
         free(drain);
         Uart(())
+    }
+}
+
+impl crate::modem::LineRate for Uart {
+    fn set_rate(&mut self, baud: u32) {
+        // Let the last byte leave at the old rate first.
+        while read_reg(STATE) & STATE_TX_FULL != 0 {}
+        write_reg(BAUDDIV, divisor(baud));
     }
 }
 

@@ -140,5 +140,17 @@ async fn main(spawner: Spawner) {
     crate::attack::run(l, &part, crate::embassy::say);
     // SAFETY: main runs once; nothing else takes OTA_STATE.
     let state = unsafe { &mut *core::ptr::addr_of_mut!(OTA_STATE) };
-    crate::embassy::run(state, l, part, uart).await
+    crate::embassy::run(state, l, part, uart, MODEM_UART).await
+}
+
+/// The module's line: 921,600 baud with RTS/CTS (PA15/PB7); UART4 at 80 MHz divides it exactly
+/// enough (0.06 %).
+const MODEM_UART: crate::modem::UartConfig = crate::modem::UartConfig { rate: 921_600, rtscts: true };
+
+impl crate::modem::LineRate for BufferedUart<'_> {
+    fn set_rate(&mut self, baud: u32) {
+        if self.set_baudrate(baud).is_err() {
+            defmt::warn!("UART4: {} baud is out of reach", baud);
+        }
+    }
 }
