@@ -66,6 +66,9 @@ const SEND_RETRIES: u32 = 3;
 const SEND_RETRY_WAIT: Duration = Duration::from_millis(300);
 /// `want` of a command whose answer has no prefix (`AT+QGMR`): see [`bare_answer`].
 const BARE: &str = "";
+/// The longest the module may leave a read, a send or an internal close unanswered before it
+/// is given up (a live module answers them in well under a second).
+const STALL: Duration = Duration::from_secs(10);
 /// How long a probe waits for `AT`'s OK (a module at another rate never answers).
 const PROBE_MS: u64 = 300;
 /// Most bytes asked for per `AT+QIRD` (Quectel's limit).
@@ -273,6 +276,8 @@ pub struct Modem<U> {
     send: Vec<u8, SEND_MAX>,
     send_at: usize,
     txn: Txn,
+    /// When a step first saw the transaction in progress (`None`: not seen yet).
+    txn_since: Option<Instant>,
     /// The outcome of the last command / send (kept until the next one starts).
     outcome: Option<bool>,
     sent: Option<bool>,
@@ -306,6 +311,7 @@ impl<U: ModemUart> Modem<U> {
             send: Vec::new(),
             send_at: 0,
             txn: Txn::Idle,
+            txn_since: None,
             outcome: None,
             sent: None,
             send_fail: false,
@@ -634,7 +640,18 @@ impl<U: ModemUart> Modem<U> {
     }
 
     /// Sends `data` on socket `s` (at most [`SEND_MAX`] bytes of it: the count is returned).
+    /// A send that fails ends the socket: the bytes may be half out (a hole in the stream), or
+    /// the module no longer answers (it restarted, at its power-on rate the device cannot hear):
+    /// either way the session is rebuilt, and the bring-up finds the module again.
     pub async fn send_on<C: Clock>(&mut self, clock: &C, s: usize, data: &[u8]) -> Result<usize, LinkError> {
+        let r = self.send_tries(clock, s, data).await;
+        if r.is_err() {
+            self.socks[s].closed = true;
+        }
+        r
+    }
+
+    async fn send_tries<C: Clock>(&mut self, clock: &C, s: usize, data: &[u8]) -> Result<usize, LinkError> {
         let deadline = clock.now() + Duration::from_secs(20);
         for attempt in 0..=SEND_RETRIES {
             let k = &self.socks[s];
@@ -663,7 +680,6 @@ impl<U: ModemUart> Modem<U> {
             clock.sleep_until(clock.now() + SEND_RETRY_WAIT).await;
         }
         // Refused again and again, or an error: the socket is no use; the session is rebuilt.
-        self.socks[s].closed = true;
         Err(LinkError::Dropped)
     }
 
@@ -692,6 +708,36 @@ impl<U: ModemUart> Modem<U> {
         self.connect = false;
         self.queue(cmd);
         self.txn = Txn::Cmd { want, got: false, internal };
+        self.txn_since = None;
+    }
+
+    /// Gives up a read, send or internal close the module has not answered for [`STALL`]: it
+    /// restarted at a rate the device does not hear, or lost the command. A read or send ends
+    /// its socket (the session is rebuilt, the bring-up finds the module). (A caller's command
+    /// has its own deadline.)
+    fn stalled(&mut self, now: Instant) {
+        if matches!(self.txn, Txn::Idle | Txn::Cmd { internal: false, .. }) {
+            self.txn_since = None;
+            return;
+        }
+        let since = *self.txn_since.get_or_insert(now);
+        if now < since + STALL {
+            return;
+        }
+        log::warn!("modem: no answer in {} s; giving the command up", STALL.as_millis() / 1000);
+        match self.txn {
+            Txn::Read { s, .. } | Txn::Send { s, .. } => {
+                let k = &mut self.socks[s];
+                (k.closed, k.pending) = (true, false);
+                self.sent = Some(false);
+            }
+            _ => {}
+        }
+        self.txn = Txn::Idle;
+        self.txn_since = None;
+        self.tx.clear();
+        self.tx_at = 0;
+        self.len = 0;
     }
 
     /// Steps until the command channel is free.
@@ -732,6 +778,7 @@ impl<U: ModemUart> Modem<U> {
     /// a future dropped in here loses nothing.
     pub async fn step<C: Clock>(&mut self, clock: &C, deadline: Option<Instant>) -> Result<(), ModemError> {
         self.parse();
+        self.stalled(clock.now());
         if self.tx_at < self.tx.len() {
             let n = self.uart.write(&self.tx[self.tx_at..]).await.map_err(|_| ModemError::Io)?;
             self.tx_at += n;
@@ -770,6 +817,7 @@ impl<U: ModemUart> Modem<U> {
                 let _ = core::fmt::Write::write_fmt(&mut cmd, format_args!("{verb}={s},{asked}"));
                 self.queue(&cmd);
                 self.txn = Txn::Read { s, asked, left: None };
+                self.txn_since = None;
                 return Ok(());
             }
         }
@@ -884,6 +932,14 @@ impl<U: ModemUart> Modem<U> {
                 ("\"END\"", Some(e)) => Some(FotaUrc::End(e)),
                 _ => None,
             };
+            if urc == Some(FotaUrc::End(0)) {
+                // The module restarts on its new firmware now, at its stored rate, which may
+                // not be the line's: its RDY may never be heard. Its sockets are gone either
+                // way: the session is rebuilt, and the bring-up finds the module.
+                self.socks.iter_mut().for_each(|k| k.closed = true);
+                self.ca_uploaded = false;
+                self.pkg_ca_uploaded = false;
+            }
             if let Some(u) = urc {
                 self.note(u);
             }
@@ -1483,6 +1539,36 @@ mod tests {
         let r = embassy_futures::block_on(m.send_on(&clock, MQTT, b"hello"));
         assert_eq!(r, Ok(5));
         assert_eq!(told(&m), "AT+QISEND=0,5\rhelloAT+QISEND=0,5\rhello");
+    }
+
+    #[test]
+    fn a_send_the_module_never_answers_ends_the_socket() {
+        // A module that restarted comes back at its power-on rate: the device hears garbage, no
+        // prompt. The socket ends (the session is rebuilt and the bring-up finds the module)
+        // rather than each later send waiting its 20 s while the session looks alive.
+        let mut m = modem(b"\xC7\xD2\xE5");
+        m.socks[MQTT].used = true;
+        let clock = Clock::default();
+        let r = embassy_futures::block_on(m.send_on(&clock, MQTT, b"hello"));
+        assert_eq!(r, Err(LinkError::Dropped));
+        assert!(m.socks[MQTT].closed);
+        assert!(m.take(MQTT, &mut [0u8; 8]).is_some_and(|r| r.is_err()), "the reader sees the end");
+    }
+
+    #[test]
+    fn a_read_the_module_never_answers_ends_the_socket() {
+        // Found with the simulator's rate model: the module restarted at its power-on rate while
+        // an AT+QIRD was out; the read waited for ever and the session looked alive until the
+        // MQTT keep-alive ran out (minutes).
+        let mut m = modem(b"\xC7\xD2\xE5");
+        let k = &mut m.socks[MQTT];
+        (k.used, k.pending) = (true, true);
+        let shared: Shared<_> = Mutex::new(m);
+        let clock = Clock::default();
+        let mut sock = Socket { modem: &shared, clock: &clock, id: MQTT };
+        let r = embassy_futures::block_on(sock.read_until(&mut [0u8; 16], None));
+        assert_eq!(r, Err(LinkError::Dropped));
+        assert!(clock.0.get() >= STALL.as_millis(), "given up after {} ms", clock.0.get());
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! The AT modem of app/src/modem.rs (line splitting, responses to every command of the bring-up,
 //! `+QFUPL`, the socket URCs, `+QIRD`/`+QSSLRECV` framing, the send prompt, FOTA URCs) against a
 //! modem that answers with the input. A 0x00 byte is a pause (the next read waits past the command's timeout).
-//! Never panics, always ends. First byte: bit 0 TLS, bit 1 upload a CA, the high nibble seeds the
-//! read sizes; the rest is what the modem says.
+//! Never panics, always ends. First byte: bit 0 TLS, bit 1 upload a CA, bit 2 RTS/CTS (AT+IFC),
+//! the high nibble seeds the read sizes; the rest is what the modem says.
 #![no_main]
 use embassy_futures::block_on;
 use embedded_io_async::{Read, Write};
-use fuzz::modem::{Modem, ModemConfig, Shared, Socket, MQTT};
+use fuzz::modem::{Modem, ModemConfig, Shared, Socket, UartConfig, MQTT};
 use fuzz::{FakeClock, Script};
 use libfuzzer_sys::fuzz_target;
 use shared::time::Duration;
@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&ctl, said)) = data.split_first() else { return };
     let clock = FakeClock::default();
     let cfg = ModemConfig {
+        uart: UartConfig { rate: 921_600, rtscts: ctl & 4 != 0 },
         apn: "CMNET",
         host: "iot-06z00.mqtt.iothub.aliyuncs.com",
         port: if ctl & 1 == 1 { 8883 } else { 1883 },

@@ -109,6 +109,11 @@ impl Read for Script<'_> {
     }
 }
 
+/// A line whose rate the script ignores: what the modem says comes through at any rate.
+impl modem::LineRate for Script<'_> {
+    fn set_rate(&mut self, _baud: u32) {}
+}
+
 impl Write for Script<'_> {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, ErrorKind> {
         self.written += buf.len();

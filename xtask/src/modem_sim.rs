@@ -1,5 +1,5 @@
 //! `cargo xtask modem-sim`: the Quectel-style AT modem simulator (`testbed::modem_sim`) on a TCP
-//! port, printing the commands and URCs it sees. `--realistic` turns on every behaviour of a real
+//! port or (`--tty`) a pseudo-terminal with a line rate, printing the commands and URCs it sees. `--realistic` turns on every behaviour of a real
 //! module (`SimOptions::realistic`); the flags for each turn it on alone or override its number.
 
 use anyhow::Result;
@@ -9,8 +9,20 @@ use testbed::modem_sim::{ModemSim, SimOptions};
 #[derive(clap::Args)]
 pub struct Args {
     /// TCP port on 127.0.0.1 for the device's UART (0: pick one and print it).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "tty")]
     port: u16,
+    /// A pseudo-terminal instead (its path printed): the device opens it as a serial port, the
+    /// line runs at the module's rate (AT+IPR; 115,200 at power-on) and a device at another
+    /// rate reads garbage.
+    #[arg(long)]
+    tty: bool,
+    /// AT+IPR is stored at once (without AT&W), so the module powers on at the last rate set.
+    #[arg(long)]
+    ipr_saved: bool,
+    /// The module restarts right after it acknowledged the first AT+IPR (a reset in the middle
+    /// of the rate switch).
+    #[arg(long)]
+    restart_after_ipr: bool,
     /// Answer AT+CPIN? with "SIM not inserted".
     #[arg(long)]
     no_sim: bool,
@@ -77,9 +89,11 @@ pub fn run(a: Args) -> Result<()> {
         send_fail_every: a.send_fail_every.or(base.send_fail_every),
         urc_noise: a.urc_noise || base.urc_noise,
         restart_after: a.restart_after.or(base.restart_after),
+        ipr_saved: a.ipr_saved,
+        restart_after_ipr: a.restart_after_ipr,
     };
-    let sim = ModemSim::start_on(a.port, o)?;
-    println!("modem simulator: UART on 127.0.0.1:{} (device.toml: modem = \"127.0.0.1:{}\")", sim.port, sim.port);
+    let sim = if a.tty { ModemSim::start_tty(o)? } else { ModemSim::start_on(a.port, o)? };
+    println!("modem simulator: UART on {} (device.toml: modem = \"{}\")", sim.uart(), sim.uart());
     let (mut seen, mut seen_urcs) = (0, 0);
     loop {
         std::thread::sleep(Duration::from_millis(200));

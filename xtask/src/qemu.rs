@@ -53,10 +53,10 @@ pub fn run(a: Args) -> Result<()> {
     };
     let rig = Rig::start(&dir, &factory, false)?;
     eprintln!(
-        "QEMU device {DN} on {} (log: {}), modem simulator on 127.0.0.1:{}, console MQTT on 127.0.0.1:{}",
+        "QEMU device {DN} on {} (log: {}), modem simulator on {}, console MQTT on 127.0.0.1:{}",
         rig.dev.flash().display(),
         rig.dev.log().display(),
-        rig.modem.port,
+        rig.modem.uart(),
         rig.console.mqtt_port
     );
     let mut printed = 0;

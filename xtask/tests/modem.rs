@@ -38,16 +38,16 @@ fn setup() -> &'static (PathBuf, PathBuf) {
     })
 }
 
-fn device(dir: &Path, name: &str, uart: u16, port: u16, tls: bool) -> (HostDevice, PathBuf) {
+fn device(dir: &Path, name: &str, uart: &ModemSim, port: u16, tls: bool) -> (HostDevice, PathBuf) {
     device_with(dir, name, uart, port, tls, "")
 }
 
-/// A host device on factory 1.3 with its modem on the simulator at `uart`, powered on (testbed's
-/// harness; dropping it cuts the power); and its log.
-fn device_with(dir: &Path, name: &str, uart: u16, port: u16, tls: bool, extra: &str) -> (HostDevice, PathBuf) {
+/// A host device on factory 1.3 with its modem on the simulator `uart` (its pty: a line with a
+/// rate), powered on (testbed's harness; dropping it cuts the power); and its log.
+fn device_with(dir: &Path, name: &str, uart: &ModemSim, port: u16, tls: bool, extra: &str) -> (HostDevice, PathBuf) {
     let (rel, bin) = setup();
     let flash = dir.join(format!("{name}.flash"));
-    let extra = format!("modem = \"127.0.0.1:{uart}\"\napn = \"CMNET\"\nblock_size = 4096\n{extra}");
+    let extra = format!("modem = \"{}\"\napn = \"CMNET\"\nblock_size = 4096\n{extra}", uart.uart());
     let c =
         HostConfig { product_key: PK, device_name: name, device_secret: "s", port, tls, flash: &flash, extra: &extra };
     let log = dir.join(format!("{name}.log"));
@@ -75,13 +75,13 @@ fn an_upgrade_through_the_modem_survives_a_link_drop() {
     let c =
         Console::start(Options { devices: vec![console::device(PK, "m1", "s")], quiet: true, ..Default::default() })
             .unwrap();
-    let sim = ModemSim::start(SimOptions {
+    let sim = ModemSim::start_tty(SimOptions {
         register_after_polls: 3,
         drop_socket_after: Some((0, 60_000)),
         ..Default::default()
     })
     .unwrap();
-    let (_d, log) = device(&dir, "m1", sim.port, c.mqtt_port, false);
+    let (_d, log) = device(&dir, "m1", &sim, c.mqtt_port, false);
     let id = (PK.to_string(), "m1".to_string());
     c.wait(Duration::from_secs(60), "m1 online on 1.3", |e| {
         e.device(&id).is_some_and(|d| d.online && d.version() == Some("1.3"))
@@ -104,8 +104,13 @@ fn an_upgrade_through_the_modem_survives_a_link_drop() {
     // The first bring-up, as sent.
     let port = c.mqtt_port;
     let want = [
+        // The first AT went at 921,600 to a module at its power-on 115,200 (noise to it); found
+        // at 115,200, raised, checked.
         "AT".to_string(),
+        "AT+IPR=921600".into(),
+        "AT".into(),
         "ATE0".into(),
+        "AT+IFC=2,2".into(),
         "AT+QICLOSE=0".into(),
         "AT+QSSLCLOSE=0".into(),
         "AT+QICLOSE=1".into(),
@@ -144,8 +149,8 @@ fn an_upgrade_through_a_module_that_behaves_as_the_manuals_say() {
     let c =
         Console::start(Options { devices: vec![console::device(PK, "r1", "s")], quiet: true, ..Default::default() })
             .unwrap();
-    let sim = ModemSim::start(SimOptions::realistic()).unwrap();
-    let (_d, log) = device(&dir, "r1", sim.port, c.mqtt_port, false);
+    let sim = ModemSim::start_tty(SimOptions::realistic()).unwrap();
+    let (_d, log) = device(&dir, "r1", &sim, c.mqtt_port, false);
     online(&c, "r1", "1.3", &log);
     let id = (PK.to_string(), "r1".to_string());
     let modem_version = |e: &console::engine::Engine| e.device(&id).and_then(|d| d.versions.get("modem").cloned());
@@ -184,8 +189,8 @@ fn tls_in_the_modem_verifies_the_broker_with_the_uploaded_ca() {
     let tls_port = c.tls_port.unwrap();
 
     // The console's CA uploaded to the module: the broker verifies, the device comes online.
-    let sim = ModemSim::start(SimOptions::default()).unwrap();
-    let (_d, log) = device_with(&dir, "m2", sim.port, tls_port, true, &format!("ca = \"{}\"\n", ca.display()));
+    let sim = ModemSim::start_tty(SimOptions::default()).unwrap();
+    let (_d, log) = device_with(&dir, "m2", &sim, tls_port, true, &format!("ca = \"{}\"\n", ca.display()));
     let id = (PK.to_string(), "m2".to_string());
     c.wait(Duration::from_secs(60), "m2 online on 1.3", |e| {
         e.device(&id).is_some_and(|d| d.online && d.version() == Some("1.3"))
@@ -208,8 +213,8 @@ fn tls_in_the_modem_verifies_the_broker_with_the_uploaded_ca() {
     // Without `ca` the module gets the root its endpoint chains to (a TLS port other than 8883:
     // GlobalSign Root CA R1), which did not sign the console's certificate: the TLS handshake
     // fails and the device says so instead of talking to an unverified broker.
-    let sim = ModemSim::start(SimOptions::default()).unwrap();
-    let (_d, log) = device(&dir, "m4", sim.port, tls_port, true);
+    let sim = ModemSim::start_tty(SimOptions::default()).unwrap();
+    let (_d, log) = device(&dir, "m4", &sim, tls_port, true);
     let text = wait_log(&log, "the socket did not open");
     assert!(text.contains("modem: the socket did not open (error -1)"), "{text}");
     assert!(!c.with(|e| e.device(&(PK.to_string(), "m4".to_string())).is_some_and(|d| d.online)));
@@ -227,8 +232,8 @@ fn crate_ca_len(file: &str) -> usize {
 #[test]
 fn a_missing_sim_is_said_clearly() {
     let dir = scratch("modem-nosim");
-    let sim = ModemSim::start(SimOptions { no_sim: true, ..Default::default() }).unwrap();
-    let (_d, log) = device(&dir, "m3", sim.port, 1, false);
+    let sim = ModemSim::start_tty(SimOptions { no_sim: true, ..Default::default() }).unwrap();
+    let (_d, log) = device(&dir, "m3", &sim, 1, false);
     let text = wait_log(&log, "SIM missing");
     assert!(text.contains("AT+CPIN? is not READY"), "{text}");
 }
@@ -279,9 +284,9 @@ fn an_https_batch_downloads_on_a_second_socket_while_the_mqtt_session_stays_up()
     let https = c.https_port.unwrap();
     // A slow module (every answer 150 ms late), so that the download outlasts half the
     // keep-alive (30 s): the session's PINGREQ must go out on socket 0 meanwhile.
-    let sim = ModemSim::start(SimOptions { slow_ms: 150, ..Default::default() }).unwrap();
+    let sim = ModemSim::start_tty(SimOptions { slow_ms: 150, ..Default::default() }).unwrap();
     let extra = format!("download_ca = \"{}\"\nkeep_alive = 30\n", ca.display());
-    let (_d, log) = device_with(&dir, "h1", sim.port, c.mqtt_port, false, &extra);
+    let (_d, log) = device_with(&dir, "h1", &sim, c.mqtt_port, false, &extra);
     online(&c, "h1", "1.3", &log);
     let job = c.add_job(https_job("1.4")).unwrap();
     let t = outcome(&c, "h1", job, 240, &log);
@@ -321,9 +326,9 @@ fn a_download_socket_cut_mid_body_resumes_with_range() {
     let dir = scratch("modem-cut");
     let (c, ca) = https_console(&dir, &["h2"]);
     // The third socket 1 of the module (the head, the tail, then the body) is cut at 80 kB.
-    let sim = ModemSim::start(SimOptions { drop_socket_after: Some((1, 80_000)), ..Default::default() }).unwrap();
+    let sim = ModemSim::start_tty(SimOptions { drop_socket_after: Some((1, 80_000)), ..Default::default() }).unwrap();
     let extra = format!("download_ca = \"{}\"\n", ca.display());
-    let (_d, log) = device_with(&dir, "h2", sim.port, c.mqtt_port, false, &extra);
+    let (_d, log) = device_with(&dir, "h2", &sim, c.mqtt_port, false, &extra);
     online(&c, "h2", "1.3", &log);
     let job = c.add_job(https_job("1.4")).unwrap();
     let t = outcome(&c, "h2", job, 120, &log);
@@ -391,8 +396,8 @@ fn bad_downloads_through_the_modem_fail_with_a_reason_and_the_device_keeps_worki
         ..Default::default()
     })
     .unwrap();
-    let sim = ModemSim::start(SimOptions::default()).unwrap();
-    let (_d, log) = device(&dir, "b1", sim.port, c.mqtt_port, false);
+    let sim = ModemSim::start_tty(SimOptions::default()).unwrap();
+    let (_d, log) = device(&dir, "b1", &sim, c.mqtt_port, false);
     online(&c, "b1", "1.3", &log);
     for (m, step, phrase) in
         [("404", -2, "HTTP 404"), ("403", -2, "HTTP 403"), ("chunked", -2, "chunked"), ("longer", -2, "the task says")]
@@ -426,8 +431,8 @@ fn bad_downloads_through_the_modem_fail_with_a_reason_and_the_device_keeps_worki
 
     // A host the download CA does not cover: the module's TLS handshake fails, said as such.
     let (c2, _ca) = https_console(&dir, &["b2"]);
-    let sim2 = ModemSim::start(SimOptions::default()).unwrap();
-    let (_d2, log2) = device(&dir, "b2", sim2.port, c2.mqtt_port, false);
+    let sim2 = ModemSim::start_tty(SimOptions::default()).unwrap();
+    let (_d2, log2) = device(&dir, "b2", &sim2, c2.mqtt_port, false);
     online(&c2, "b2", "1.3", &log2);
     let job = c2.add_job(https_job("1.4")).unwrap();
     let t = outcome(&c2, "b2", job, 120, &log2);
@@ -448,9 +453,9 @@ fn modem_job(version: &str, from: &str, bytes: Vec<u8>) -> JobSpec {
 fn the_module_s_own_firmware_is_upgraded_as_module_modem() {
     let dir = scratch("modem-fota");
     let (c, ca) = https_console(&dir, &["f1"]);
-    let sim = ModemSim::start(SimOptions { qgmr: "EC200UCNAAR03A01M08".into(), ..Default::default() }).unwrap();
+    let sim = ModemSim::start_tty(SimOptions { qgmr: "EC200UCNAAR03A01M08".into(), ..Default::default() }).unwrap();
     let extra = format!("download_ca = \"{}\"\n", ca.display());
-    let (_d, log) = device_with(&dir, "f1", sim.port, c.mqtt_port, false, &extra);
+    let (_d, log) = device_with(&dir, "f1", &sim, c.mqtt_port, false, &extra);
     online(&c, "f1", "1.3", &log);
     let id = (PK.to_string(), "f1".to_string());
     let modem_version = |e: &console::engine::Engine| e.device(&id).and_then(|d| d.versions.get("modem").cloned());
@@ -493,9 +498,9 @@ fn the_module_s_own_firmware_is_upgraded_as_module_modem() {
 fn a_module_that_refuses_the_fota_command_is_reported_and_the_device_keeps_working() {
     let dir = scratch("modem-fota-refused");
     let (c, ca) = https_console(&dir, &["f2"]);
-    let sim = ModemSim::start(SimOptions { fota_refuse: true, ..Default::default() }).unwrap();
+    let sim = ModemSim::start_tty(SimOptions { fota_refuse: true, ..Default::default() }).unwrap();
     let extra = format!("download_ca = \"{}\"\n", ca.display());
-    let (_d, log) = device_with(&dir, "f2", sim.port, c.mqtt_port, false, &extra);
+    let (_d, log) = device_with(&dir, "f2", &sim, c.mqtt_port, false, &extra);
     online(&c, "f2", "1.3", &log);
     let good = testbed::modem_sim::fota_package("EC200UCNAAR03A01M09", &[7u8; 1000]);
     // A URL longer than AT+QFOTADL takes (255 bytes): refused before the module hears of it.

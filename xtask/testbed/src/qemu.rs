@@ -1,6 +1,6 @@
 //! The real firmware (bootloader + app for qemu-an386) under `qemu-system-arm -M mps2-an386`,
-//! reaching the local console through the modem simulator: UART0 is a QEMU socket chardev to the
-//! simulator's port, flash is a file-backed `mps.ram` (survives reset and `kill -9`), the log is
+//! reaching the local console through the modem simulator: UART0 is a QEMU serial chardev on the
+//! simulator's pseudo-terminal (the rate the firmware sets reaches the simulator's line), flash is a file-backed `mps.ram` (survives reset and `kill -9`), the log is
 //! semihosting on QEMU's stdout.
 //!
 //! [`Rig`] is one such device with its console and modem simulator (`cargo xtask qemu`, `demo
@@ -25,8 +25,10 @@ pub const PK: &str = "a1QemuPk001";
 pub const DN: &str = "qemu-01";
 pub const SECRET: &str = "qemu-secret-0123456789abcdef";
 
-/// The QEMU command line for a device on `flash` whose modem UART is 127.0.0.1:`uart`.
-pub fn command(flash: &Path, uart: Option<u16>) -> Result<Command> {
+/// The QEMU command line for a device on `flash` whose modem UART is `uart` (the modem
+/// simulator's [`ModemSim::uart`]: a pty path, opened as a serial port, so that the rate the
+/// firmware writes to the UART's divisor reaches the line; or `127.0.0.1:<port>`).
+pub fn command(flash: &Path, uart: Option<&str>) -> Result<Command> {
     let mut c = Command::new(tools::qemu()?);
     c.args(["-M", "mps2-an386", "-nographic", "-monitor", "none"])
         .args(["-semihosting-config", "enable=on,target=native"])
@@ -34,11 +36,16 @@ pub fn command(flash: &Path, uart: Option<u16>) -> Result<Command> {
         .arg(format!("memory-backend-file,id=flash,size=16M,mem-path={},share=on", flash.display()))
         .args(["-M", "memory-backend=flash", "-global", "armv7m.init-nsvtor=0x21000000"]);
     match uart {
+        Some(tty) if tty.starts_with('/') => {
+            c.arg("-chardev").arg(format!("serial,id=modem,path={tty}")).args(["-serial", "chardev:modem"])
+        }
         // Without nodelay every small write (an MQTT request) waits ~40 ms for Nagle.
-        Some(p) => c
-            .arg("-chardev")
-            .arg(format!("socket,id=modem,host=127.0.0.1,port={p},nodelay=on"))
-            .args(["-serial", "chardev:modem"]),
+        Some(addr) => {
+            let p = addr.rsplit(':').next().unwrap_or(addr);
+            c.arg("-chardev")
+                .arg(format!("socket,id=modem,host=127.0.0.1,port={p},nodelay=on"))
+                .args(["-serial", "chardev:modem"])
+        }
         None => c.args(["-serial", "null"]),
     };
     Ok(c)
@@ -48,12 +55,12 @@ pub fn command(flash: &Path, uart: Option<u16>) -> Result<Command> {
 /// only on a semihosting exit or an error.
 pub struct QemuDevice {
     unit: Unit,
-    uart: u16,
+    uart: String,
 }
 
 impl QemuDevice {
-    /// The device `id` on `flash`, its modem UART on 127.0.0.1:`uart`. Powered off.
-    pub fn new(id: DeviceId, flash: PathBuf, log: PathBuf, uart: u16) -> QemuDevice {
+    /// The device `id` on `flash`, its modem UART `uart` (see [`command`]). Powered off.
+    pub fn new(id: DeviceId, flash: PathBuf, log: PathBuf, uart: String) -> QemuDevice {
         QemuDevice { unit: Unit::new(id, flash, log), uart }
     }
 }
@@ -68,7 +75,7 @@ impl Device for QemuDevice {
     }
 
     fn command(&self) -> Result<Command> {
-        command(&self.unit.flash, Some(self.uart))
+        command(&self.unit.flash, Some(&self.uart))
     }
 }
 
@@ -101,14 +108,15 @@ impl Rig {
             tls: Some(TlsOptions { cert: pki.cert, key: pki.key, port: 0, https_port: 0 }),
             ..Default::default()
         })?;
-        let modem = ModemSim::start(SimOptions::default())?;
+        // A module with a real one's manners, on a line with a rate.
+        let modem = ModemSim::start_tty(SimOptions::realistic())?;
         let flash = dir.join(format!("{DN}.flash"));
         std::fs::copy(factory.join("factory.bin"), &flash)
             .with_context(|| format!("{} is not a release folder (no factory.bin)", factory.display()))?;
         provision::into_flash_file(Board::QemuAn386, &fields(console.mqtt_port), &flash)?;
         let log = dir.join(format!("{DN}.log"));
         let _ = std::fs::remove_file(&log);
-        let mut dev = QemuDevice::new((PK.to_string(), DN.to_string()), flash, log, modem.port);
+        let mut dev = QemuDevice::new((PK.to_string(), DN.to_string()), flash, log, modem.uart());
         dev.start()?;
         Ok(Rig { console, modem, dev, dir: dir.to_path_buf() })
     }
