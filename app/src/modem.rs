@@ -754,6 +754,12 @@ impl<U: ModemUart> Modem<U> {
             if let Err(e) = self.step(clock, Some(deadline)).await {
                 // Forget the command: a late answer is taken for a URC or noise.
                 self.txn = Txn::Idle;
+                if let ModemError::Timeout(_) = e {
+                    // Not even an ERROR: the module is gone, or restarted at a rate the device
+                    // does not hear. Every socket ends, so the session is rebuilt and the
+                    // bring-up finds the module.
+                    self.socks.iter_mut().for_each(|k| k.closed = true);
+                }
                 return Err(e.named(name));
             }
         }

@@ -9,6 +9,9 @@
 //! `cargo xtask bench qemu-download`: the real app under QEMU downloading through the modem
 //! simulator from the local console, over MQTT stream and over HTTPS, alternating, in one run.
 //! `cargo xtask bench delta`: differential packages, ours against detools and bsdiff4.
+//! `cargo xtask bench modem`: downloads through the modem simulator's rate-limited line at
+//! 115,200 and 921,600 baud, with MCU flash timings and 100 / 300 ms round trips, against
+//! their limits.
 
 use anyhow::{bail, Result};
 use core::cell::RefCell;
@@ -23,7 +26,7 @@ use shared::sim::{SimFlash, Wear};
 #[derive(clap::Args)]
 pub struct Args {
     /// What to measure.
-    #[arg(value_parser = ["boot", "ota", "qemu", "qemu-download", "delta"])]
+    #[arg(value_parser = ["boot", "ota", "qemu", "qemu-download", "delta", "modem"])]
     what: String,
     /// Image size in KiB (default: 64 for boot, 1024 for ota, 256 for qemu and qemu-download).
     #[arg(long)]
@@ -122,6 +125,7 @@ pub fn run(a: Args) -> Result<()> {
         "qemu" => crate::bench_qemu::run(a.image_kib.unwrap_or(256)),
         "qemu-download" => crate::bench_qemu::download(a.image_kib.unwrap_or(256), a.rounds),
         "delta" => crate::bench_delta::run(a.sweep),
+        "modem" => crate::bench_modem::run(a.image_kib.unwrap_or(128)),
         _ => boot(a.image_kib.unwrap_or(64)),
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod bench_delta;
+pub mod bench_modem;
 pub mod bench_ota;
 pub mod bench_qemu;
 pub mod build;

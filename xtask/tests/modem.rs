@@ -78,7 +78,10 @@ fn an_upgrade_through_the_modem_survives_a_link_drop() {
     let sim = ModemSim::start_tty(SimOptions {
         register_after_polls: 3,
         drop_socket_after: Some((0, 60_000)),
-        ..Default::default()
+        // (This one is about a socket cut: the network and the module stay up.)
+        pdp_deact_after: None,
+        restart_after: None,
+        ..SimOptions::realistic()
     })
     .unwrap();
     let (_d, log) = device(&dir, "m1", &sim, c.mqtt_port, false);
@@ -189,7 +192,7 @@ fn tls_in_the_modem_verifies_the_broker_with_the_uploaded_ca() {
     let tls_port = c.tls_port.unwrap();
 
     // The console's CA uploaded to the module: the broker verifies, the device comes online.
-    let sim = ModemSim::start_tty(SimOptions::default()).unwrap();
+    let sim = ModemSim::start_tty(SimOptions::realistic()).unwrap();
     let (_d, log) = device_with(&dir, "m2", &sim, tls_port, true, &format!("ca = \"{}\"\n", ca.display()));
     let id = (PK.to_string(), "m2".to_string());
     c.wait(Duration::from_secs(60), "m2 online on 1.3", |e| {
@@ -213,7 +216,7 @@ fn tls_in_the_modem_verifies_the_broker_with_the_uploaded_ca() {
     // Without `ca` the module gets the root its endpoint chains to (a TLS port other than 8883:
     // GlobalSign Root CA R1), which did not sign the console's certificate: the TLS handshake
     // fails and the device says so instead of talking to an unverified broker.
-    let sim = ModemSim::start_tty(SimOptions::default()).unwrap();
+    let sim = ModemSim::start_tty(SimOptions::realistic()).unwrap();
     let (_d, log) = device(&dir, "m4", &sim, tls_port, true);
     let text = wait_log(&log, "the socket did not open");
     assert!(text.contains("modem: the socket did not open (error -1)"), "{text}");
@@ -232,7 +235,7 @@ fn crate_ca_len(file: &str) -> usize {
 #[test]
 fn a_missing_sim_is_said_clearly() {
     let dir = scratch("modem-nosim");
-    let sim = ModemSim::start_tty(SimOptions { no_sim: true, ..Default::default() }).unwrap();
+    let sim = ModemSim::start_tty(SimOptions { no_sim: true, ..SimOptions::realistic() }).unwrap();
     let (_d, log) = device(&dir, "m3", &sim, 1, false);
     let text = wait_log(&log, "SIM missing");
     assert!(text.contains("AT+CPIN? is not READY"), "{text}");
@@ -284,7 +287,7 @@ fn an_https_batch_downloads_on_a_second_socket_while_the_mqtt_session_stays_up()
     let https = c.https_port.unwrap();
     // A slow module (every answer 150 ms late), so that the download outlasts half the
     // keep-alive (30 s): the session's PINGREQ must go out on socket 0 meanwhile.
-    let sim = ModemSim::start_tty(SimOptions { slow_ms: 150, ..Default::default() }).unwrap();
+    let sim = ModemSim::start_tty(SimOptions { slow_ms: 150, ..SimOptions::realistic() }).unwrap();
     let extra = format!("download_ca = \"{}\"\nkeep_alive = 30\n", ca.display());
     let (_d, log) = device_with(&dir, "h1", &sim, c.mqtt_port, false, &extra);
     online(&c, "h1", "1.3", &log);
@@ -326,7 +329,7 @@ fn a_download_socket_cut_mid_body_resumes_with_range() {
     let dir = scratch("modem-cut");
     let (c, ca) = https_console(&dir, &["h2"]);
     // The third socket 1 of the module (the head, the tail, then the body) is cut at 80 kB.
-    let sim = ModemSim::start_tty(SimOptions { drop_socket_after: Some((1, 80_000)), ..Default::default() }).unwrap();
+    let sim = ModemSim::start_tty(SimOptions { drop_socket_after: Some((1, 80_000)), ..SimOptions::realistic() }).unwrap();
     let extra = format!("download_ca = \"{}\"\n", ca.display());
     let (_d, log) = device_with(&dir, "h2", &sim, c.mqtt_port, false, &extra);
     online(&c, "h2", "1.3", &log);
@@ -396,7 +399,7 @@ fn bad_downloads_through_the_modem_fail_with_a_reason_and_the_device_keeps_worki
         ..Default::default()
     })
     .unwrap();
-    let sim = ModemSim::start_tty(SimOptions::default()).unwrap();
+    let sim = ModemSim::start_tty(SimOptions::realistic()).unwrap();
     let (_d, log) = device(&dir, "b1", &sim, c.mqtt_port, false);
     online(&c, "b1", "1.3", &log);
     for (m, step, phrase) in
@@ -431,7 +434,7 @@ fn bad_downloads_through_the_modem_fail_with_a_reason_and_the_device_keeps_worki
 
     // A host the download CA does not cover: the module's TLS handshake fails, said as such.
     let (c2, _ca) = https_console(&dir, &["b2"]);
-    let sim2 = ModemSim::start_tty(SimOptions::default()).unwrap();
+    let sim2 = ModemSim::start_tty(SimOptions::realistic()).unwrap();
     let (_d2, log2) = device(&dir, "b2", &sim2, c2.mqtt_port, false);
     online(&c2, "b2", "1.3", &log2);
     let job = c2.add_job(https_job("1.4")).unwrap();
@@ -453,7 +456,7 @@ fn modem_job(version: &str, from: &str, bytes: Vec<u8>) -> JobSpec {
 fn the_module_s_own_firmware_is_upgraded_as_module_modem() {
     let dir = scratch("modem-fota");
     let (c, ca) = https_console(&dir, &["f1"]);
-    let sim = ModemSim::start_tty(SimOptions { qgmr: "EC200UCNAAR03A01M08".into(), ..Default::default() }).unwrap();
+    let sim = ModemSim::start_tty(SimOptions { qgmr: "EC200UCNAAR03A01M08".into(), ..SimOptions::realistic() }).unwrap();
     let extra = format!("download_ca = \"{}\"\n", ca.display());
     let (_d, log) = device_with(&dir, "f1", &sim, c.mqtt_port, false, &extra);
     online(&c, "f1", "1.3", &log);
@@ -498,7 +501,7 @@ fn the_module_s_own_firmware_is_upgraded_as_module_modem() {
 fn a_module_that_refuses_the_fota_command_is_reported_and_the_device_keeps_working() {
     let dir = scratch("modem-fota-refused");
     let (c, ca) = https_console(&dir, &["f2"]);
-    let sim = ModemSim::start_tty(SimOptions { fota_refuse: true, ..Default::default() }).unwrap();
+    let sim = ModemSim::start_tty(SimOptions { fota_refuse: true, ..SimOptions::realistic() }).unwrap();
     let extra = format!("download_ca = \"{}\"\n", ca.display());
     let (_d, log) = device_with(&dir, "f2", &sim, c.mqtt_port, false, &extra);
     online(&c, "f2", "1.3", &log);
@@ -521,4 +524,40 @@ fn a_module_that_refuses_the_fota_command_is_reported_and_the_device_keeps_worki
     let job = c.add_job(https_job("1.4")).unwrap();
     let t = outcome(&c, "f2", job, 120, &log);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", std::fs::read_to_string(&log).unwrap());
+}
+
+#[test]
+fn the_module_is_found_at_whatever_rate_either_side_was_left_in() {
+    // The line has a rate (the simulator's pty): the device starts at 115,200, wants 921,600.
+    // The module restarts right after it acknowledged the switch (a reset in the middle of it);
+    // whether AT+IPR is stored without AT&W is UNCERTAIN, so both readings. Then the device
+    // loses power and comes back at its own power-on rate while the module runs on at 921,600.
+    for stored in [false, true] {
+        let name = if stored { "n2" } else { "n1" };
+        let dir = scratch(&format!("modem-rates-{name}"));
+        let c = Console::start(Options { devices: vec![console::device(PK, name, "s")], quiet: true, ..Default::default() })
+            .unwrap();
+        let o = SimOptions { ipr_saved: stored, restart_after_ipr: true, ..SimOptions::realistic() };
+        let sim = ModemSim::start_tty(o).unwrap();
+        let (d, log) = device(&dir, name, &sim, c.mqtt_port, false);
+        online(&c, name, "1.3", &log);
+        let s = sim.log();
+        assert_eq!(s.rate, 921_600, "{:#?}", s.transcript);
+        assert!(s.garbled > 0, "the first probe went at 921,600 to a module at 115,200");
+        let asked = s.commands.iter().filter(|c| *c == "AT+IPR=921600").count();
+        // Not stored: the module came back at 115,200 and was asked again; stored: it came back
+        // at 921,600 and was found there.
+        assert_eq!(asked, if stored { 1 } else { 2 }, "{:#?}", s.transcript);
+        let id = (PK.to_string(), name.to_string());
+        let connects = c.with(|e| e.device(&id).unwrap().connects);
+        drop(d);
+        let before = sim.log().commands.len();
+        let (_d, log) = device(&dir, name, &sim, c.mqtt_port, false);
+        c.wait(Duration::from_secs(60), "a new connect", |e| e.device(&id).is_some_and(|d| d.connects > connects))
+            .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+        let after = sim.log().commands[before..].to_vec();
+        assert_eq!(after.first().map(String::as_str), Some("AT"), "{after:#?}");
+        assert!(!after.iter().any(|c| c.starts_with("AT+IPR")), "found at 921,600 at once: {after:#?}");
+        assert_eq!(sim.log().rate, 921_600);
+    }
 }

@@ -15,6 +15,29 @@ pub struct FileFlash {
     len: usize,
     /// `ALIYUN_OTA_HOST_FLASH_DELAY_MS`: slow flash, so tests can cut the power mid-swap.
     delay: Option<std::time::Duration>,
+    /// `ALIYUN_OTA_HOST_FLASH_TIMING`: an MCU's program and erase times (see [`Timing`]).
+    timing: Option<Timing>,
+}
+
+/// An MCU flash's speed, `ALIYUN_OTA_HOST_FLASH_TIMING=<us>/<bytes>,<ms>/<bytes>`: programming
+/// takes `<us>` per word of `<bytes>`, erasing `<ms>` per page of `<bytes>` (nRF52840:
+/// `41/4,85/4096`; STM32L4: `82/8,22/2048`), applied to every write and erase (`cargo xtask
+/// bench modem`).
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    write_ns_per_byte: u64,
+    erase_ns_per_byte: u64,
+}
+
+impl Timing {
+    fn parse(v: &str) -> Option<Timing> {
+        let rate = |s: &str, unit: u64| -> Option<u64> {
+            let (t, n) = s.split_once('/')?;
+            Some(t.trim().parse::<u64>().ok()? * unit / n.trim().parse::<u64>().ok()?.max(1))
+        };
+        let (w, e) = v.split_once(',')?;
+        Some(Timing { write_ns_per_byte: rate(w, 1_000)?, erase_ns_per_byte: rate(e, 1_000_000)? })
+    }
 }
 
 impl FileFlash {
@@ -31,12 +54,27 @@ impl FileFlash {
             .ok()
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_millis);
-        Ok(FileFlash { file, len, delay })
+        let timing = match std::env::var("ALIYUN_OTA_HOST_FLASH_TIMING") {
+            Ok(v) => Some(Timing::parse(&v).ok_or_else(|| {
+                std::io::Error::other(format!("ALIYUN_OTA_HOST_FLASH_TIMING={v}: want <us>/<bytes>,<ms>/<bytes>"))
+            })?),
+            Err(_) => None,
+        };
+        Ok(FileFlash { file, len, delay, timing })
     }
 
     fn slow(&self) {
         if let Some(d) = self.delay {
             std::thread::sleep(d);
+        }
+    }
+
+    /// Takes as long as the MCU's flash would for `n` bytes (`erase`: of erasing, else of
+    /// programming).
+    fn take_time(&self, n: usize, erase: bool) {
+        if let Some(t) = self.timing {
+            let per = if erase { t.erase_ns_per_byte } else { t.write_ns_per_byte };
+            std::thread::sleep(std::time::Duration::from_nanos(per * n as u64));
         }
     }
 
@@ -73,6 +111,7 @@ impl NorFlash for FileFlash {
         }
         self.check(from, (to - from) as usize)?;
         self.slow();
+        self.take_time((to - from) as usize, true);
         let page = [ERASED; ERASE];
         for at in (from..to).step_by(ERASE) {
             self.file.write_all_at(&page, at as u64).map_err(|_| NorFlashErrorKind::Other)?;
@@ -85,6 +124,7 @@ impl NorFlash for FileFlash {
         }
         self.check(off, bytes.len())?;
         self.slow();
+        self.take_time(bytes.len(), false);
         let mut cur = vec![0u8; bytes.len()];
         self.read(off, &mut cur)?;
         if cur.iter().any(|&b| b != ERASED) {

@@ -171,6 +171,9 @@ pub struct HostDevice {
     pub flash_delay_ms: Option<u64>,
     /// `RUST_LOG` from the next power-on.
     pub log_level: String,
+    /// An MCU's flash speed from the next power-on (`ALIYUN_OTA_HOST_FLASH_TIMING`,
+    /// `<us>/<bytes>,<ms>/<bytes>`: program time per word, erase time per page).
+    pub flash_timing: Option<String>,
 }
 
 impl HostDevice {
@@ -184,6 +187,7 @@ impl HostDevice {
             bin: bin.into(),
             config,
             flash_delay_ms: None,
+            flash_timing: None,
             log_level: "info".into(),
         })
     }
@@ -232,6 +236,9 @@ impl Device for HostDevice {
         cmd.arg("--config").arg(&self.config).env("RUST_LOG", &self.log_level);
         if let Some(ms) = self.flash_delay_ms {
             cmd.env("ALIYUN_OTA_HOST_FLASH_DELAY_MS", ms.to_string());
+        }
+        if let Some(t) = &self.flash_timing {
+            cmd.env("ALIYUN_OTA_HOST_FLASH_TIMING", t);
         }
         Ok(cmd)
     }
