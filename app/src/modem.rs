@@ -711,12 +711,17 @@ impl<U: ModemUart> Modem<U> {
         self.txn_since = None;
     }
 
+    /// Whether the transaction in progress is one [`Modem::stalled`] gives up.
+    fn stallable(&self) -> bool {
+        !matches!(self.txn, Txn::Idle | Txn::Cmd { internal: false, .. })
+    }
+
     /// Gives up a read, send or internal close the module has not answered for [`STALL`]: it
     /// restarted at a rate the device does not hear, or lost the command. A read or send ends
     /// its socket (the session is rebuilt, the bring-up finds the module). (A caller's command
     /// has its own deadline.)
     fn stalled(&mut self, now: Instant) {
-        if matches!(self.txn, Txn::Idle | Txn::Cmd { internal: false, .. }) {
+        if !self.stallable() {
             self.txn_since = None;
             return;
         }
@@ -731,7 +736,9 @@ impl<U: ModemUart> Modem<U> {
                 (k.closed, k.pending) = (true, false);
                 self.sent = Some(false);
             }
-            _ => {}
+            // A close: the id is free again (a module that hears again has no such socket, or
+            // answers the next open of the id with 563, in use, and the session is rebuilt).
+            _ => self.socks.iter_mut().filter(|k| k.closing).for_each(Sock::reset),
         }
         self.txn = Txn::Idle;
         self.txn_since = None;
@@ -831,10 +838,22 @@ impl<U: ModemUart> Modem<U> {
             self.len = 0; // a line longer than any answer: noise
         }
         let len = self.len;
-        let n = match deadline {
+        // Wait for the caller's deadline, or until a read, send or close in progress stalls
+        // (then it is given up and the caller goes on).
+        let stall = self.txn_since.filter(|_| self.stallable()).map(|t| t + STALL);
+        let until = match (deadline, stall) {
+            (Some(d), Some(s)) if s < d => Some((s, true)),
+            (Some(d), _) => Some((d, false)),
+            (None, s) => s.map(|s| (s, true)),
+        };
+        let n = match until {
             None => self.uart.read(&mut self.rx[len..]).await.map_err(|_| ModemError::Io)?,
-            Some(d) => match select(self.uart.read(&mut self.rx[len..]), clock.sleep_until(d)).await {
+            Some((t, stalls)) => match select(self.uart.read(&mut self.rx[len..]), clock.sleep_until(t)).await {
                 Either::First(r) => r.map_err(|_| ModemError::Io)?,
+                Either::Second(()) if stalls => {
+                    self.stalled(clock.now());
+                    return Ok(());
+                }
                 Either::Second(()) => return Err(ModemError::Timeout("AT")),
             },
         };
@@ -1575,6 +1594,31 @@ mod tests {
         let r = embassy_futures::block_on(sock.read_until(&mut [0u8; 16], None));
         assert_eq!(r, Err(LinkError::Dropped));
         assert!(clock.0.get() >= STALL.as_millis(), "given up after {} ms", clock.0.get());
+    }
+
+    #[test]
+    fn a_close_the_module_never_answers_frees_the_socket_id_after_the_stall_not_the_deadline() {
+        // Found with the simulator's rate model: a socket's AT+QSSLCLOSE went to a module that had
+        // restarted at another rate; opening the socket again waited for that close until its
+        // own 60 s deadline, while the MQTT session looked alive.
+        let mut m = modem(b"\xC7\xD2\xE5");
+        let k = &mut m.socks[DOWNLOAD];
+        (k.used, k.ssl) = (true, true);
+        m.close_socket(DOWNLOAD);
+        let clock = Clock::default();
+        let r = embassy_futures::block_on(m.open_socket(
+            &clock,
+            DOWNLOAD,
+            Some(2),
+            "127.0.0.1",
+            443,
+            Duration::from_secs(60),
+        ));
+        assert!(r.is_err());
+        let told = told(&m);
+        assert!(told.starts_with("AT+QSSLCLOSE=1\rAT+QSSLOPEN=1,2,1,"), "{told}");
+        assert!(m.socks[MQTT].closed, "no answer at all: every socket ends");
+        assert!(clock.0.get() < 60_000, "the open was tried after the close stalled ({} ms)", clock.0.get());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! A Quectel-style cellular modem simulator: speaks the AT subset of `app/src/modem.rs` on a TCP
-//! port on 127.0.0.1 (the device's "UART"). Commands end with `\r`; every line the simulator sends
+//! port on 127.0.0.1 or a pseudo-terminal (the device's UART). Commands end with `\r`; every line the simulator sends
 //! is framed `\r\n<line>\r\n`; it echoes commands until `ATE0` (echo is on at power-on and after
 //! every restart, Quectel AT Commands Manual, `ATE`), the echo always first, before any URC and
 //! the answer. It models Quectel's manuals (AT Commands Manual; TCP/IP and SSL Application Notes
@@ -126,8 +126,21 @@
 //!   sockets gone without URCs, context down, echo on, SSL contexts reset, input during the
 //!   restart discarded, `RDY` (then the other start-up URCs with `urc_noise`). Once per simulator.
 //!
+//! **The UART line** ([`ModemSim::start_tty`]; AT Commands Manual, `AT+IPR`, `AT+IFC`, `AT&W`): a
+//! pseudo-terminal the device opens as a serial port, whose rate the simulator reads from the
+//! device's termios; bytes cross at the module's rate and arrive as garbage (never a character)
+//! while the two disagree (see `line`). The module runs at 115,200 at power-on and after a
+//! restart unless a rate was stored; `AT+IPR?` -> `+IPR: <rate>`; `AT+IPR=<rate>` (4,800 ..
+//! 921,600) -> OK at the old rate, then the new one; stored by `AT&W` (or at once with
+//! [`SimOptions::ipr_saved`], the other reading of the manuals); `AT+IFC=2,2` / `AT+IFC=0,0` ->
+//! OK (the pty's buffer is the flow control). What precedes `AT` on a command line (garbage) is
+//! not part of the command; a line without `AT` is noise, not answered. Over a pty the module keeps
+//! running while the device restarts (one module for the simulator's life); over TCP a new
+//! connection is a module powering on.
+//!
 //! Faults for tests: no SIM, slow network registration, a transparent link that drops after N
-//! bytes, a buffer socket cut after N bytes, a slow module, a module refusing FOTA.
+//! bytes, a buffer socket cut after N bytes, a slow module, a module refusing FOTA, a restart
+//! right after `AT+IPR`.
 
 use anyhow::{Context, Result};
 use md5::{Digest, Md5};
