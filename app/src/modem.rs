@@ -1424,10 +1424,7 @@ mod tests {
         let mut m = Modem::new(line);
         let clock = Clock::default();
         assert_eq!(embassy_futures::block_on(m.find(&clock, &FAST)), Ok(()));
-        assert_eq!(
-            heard(&m),
-            ["115200 AT", "115200 AT+IPR=921600", "115200 AT", "115200 AT+IPR=921600", "921600 AT"]
-        );
+        assert_eq!(heard(&m), ["115200 AT", "115200 AT+IPR=921600", "115200 AT", "115200 AT+IPR=921600", "921600 AT"]);
         assert_eq!((m.rate(), m.uart.module), (921_600, 921_600));
     }
 

@@ -25,8 +25,10 @@ const PK: &str = "a1BenchMdm1";
 const SECRET: &str = "bench-secret";
 
 /// An MCU's flash: name, `ALIYUN_OTA_HOST_FLASH_TIMING`, ns per byte (program + erase).
-const FLASHES: [(&str, &str, f64); 2] =
-    [("nRF52840", "41/4,85/4096", 41_000.0 / 4.0 + 85e6 / 4096.0), ("STM32L4", "82/8,22/2048", 82_000.0 / 8.0 + 22e6 / 2048.0)];
+const FLASHES: [(&str, &str, f64); 2] = [
+    ("nRF52840", "41/4,85/4096", 41_000.0 / 4.0 + 85e6 / 4096.0),
+    ("STM32L4", "82/8,22/2048", 82_000.0 / 8.0 + 22e6 / 2048.0),
+];
 
 struct Run<'a> {
     dir: &'a Path,
@@ -55,7 +57,8 @@ impl Run<'_> {
             extra: &extra,
         };
         let log = self.dir.join(format!("{name}.log"));
-        let mut d = HostDevice::new(self.device, &c, self.dir.join("device.toml"), log, &self.dir.join("1.3/factory.bin"))?;
+        let mut d =
+            HostDevice::new(self.device, &c, self.dir.join("device.toml"), log, &self.dir.join("1.3/factory.bin"))?;
         d.log_level = std::env::var("BENCH_DEVICE_LOG").unwrap_or_else(|_| "warn".into());
         d.flash_timing = Some(timing.into());
         d.start().context("starting the host device")?;
@@ -96,7 +99,10 @@ pub fn run(image_kib: usize) -> Result<()> {
          ({} B blocks, window {}); bytes/s against the limit min(line, flash, window x block / RTT):",
         block, window
     );
-    println!("  {:<8} {:>7} {:>9} {:>5} {:>10} {:>10} {:>6}", "flash", "baud", "protocol", "RTT", "measured", "limit", "of it");
+    println!(
+        "  {:<8} {:>7} {:>9} {:>5} {:>10} {:>10} {:>6}",
+        "flash", "baud", "protocol", "RTT", "measured", "limit", "of it"
+    );
     for rtt in [100u64, 300] {
         // The console's HTTP server behind its own proxy: download URLs point at the proxy.
         let http_port = free_port()?;
@@ -109,7 +115,13 @@ pub fn run(image_kib: usize) -> Result<()> {
             ..Default::default()
         })?;
         let mqtt_proxy = Proxy::start(console.mqtt_port, Duration::from_millis(rtt / 2))?;
-        let mut r = Run { dir: &dir, device: &device, console: &console, mqtt_port: mqtt_proxy.port, n: (rtt / 100 * 16) as u32 };
+        let mut r = Run {
+            dir: &dir,
+            device: &device,
+            console: &console,
+            mqtt_port: mqtt_proxy.port,
+            n: (rtt / 100 * 16) as u32,
+        };
         for (flash, timing, ns_per_byte) in FLASHES {
             for rate in [115_200u32, 921_600] {
                 for protocol in [Protocol::Mqtt, Protocol::Https] {

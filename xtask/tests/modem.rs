@@ -329,7 +329,8 @@ fn a_download_socket_cut_mid_body_resumes_with_range() {
     let dir = scratch("modem-cut");
     let (c, ca) = https_console(&dir, &["h2"]);
     // The third socket 1 of the module (the head, the tail, then the body) is cut at 80 kB.
-    let sim = ModemSim::start_tty(SimOptions { drop_socket_after: Some((1, 80_000)), ..SimOptions::realistic() }).unwrap();
+    let sim =
+        ModemSim::start_tty(SimOptions { drop_socket_after: Some((1, 80_000)), ..SimOptions::realistic() }).unwrap();
     let extra = format!("download_ca = \"{}\"\n", ca.display());
     let (_d, log) = device_with(&dir, "h2", &sim, c.mqtt_port, false, &extra);
     online(&c, "h2", "1.3", &log);
@@ -456,7 +457,8 @@ fn modem_job(version: &str, from: &str, bytes: Vec<u8>) -> JobSpec {
 fn the_module_s_own_firmware_is_upgraded_as_module_modem() {
     let dir = scratch("modem-fota");
     let (c, ca) = https_console(&dir, &["f1"]);
-    let sim = ModemSim::start_tty(SimOptions { qgmr: "EC200UCNAAR03A01M08".into(), ..SimOptions::realistic() }).unwrap();
+    let sim =
+        ModemSim::start_tty(SimOptions { qgmr: "EC200UCNAAR03A01M08".into(), ..SimOptions::realistic() }).unwrap();
     let extra = format!("download_ca = \"{}\"\n", ca.display());
     let (_d, log) = device_with(&dir, "f1", &sim, c.mqtt_port, false, &extra);
     online(&c, "f1", "1.3", &log);
@@ -535,8 +537,12 @@ fn the_module_is_found_at_whatever_rate_either_side_was_left_in() {
     for stored in [false, true] {
         let name = if stored { "n2" } else { "n1" };
         let dir = scratch(&format!("modem-rates-{name}"));
-        let c = Console::start(Options { devices: vec![console::device(PK, name, "s")], quiet: true, ..Default::default() })
-            .unwrap();
+        let c = Console::start(Options {
+            devices: vec![console::device(PK, name, "s")],
+            quiet: true,
+            ..Default::default()
+        })
+        .unwrap();
         let o = SimOptions { ipr_saved: stored, restart_after_ipr: true, ..SimOptions::realistic() };
         let sim = ModemSim::start_tty(o).unwrap();
         let (d, log) = device(&dir, name, &sim, c.mqtt_port, false);

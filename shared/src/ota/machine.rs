@@ -147,6 +147,11 @@ struct Https {
     tail: Tail,
     /// Why the last try failed (named when the retries run out).
     last: Option<HttpError>,
+    /// The next GET after a break: at this time (a back-off), or (`None` with `waiting`) once
+    /// the MQTT session is up again.
+    retry_at: Option<Instant>,
+    /// The GET waits for the MQTT session: the link (the same modem, the same network) is down.
+    waiting: bool,
 }
 
 // One download at a time, kept in place: no allocator to box the URL into.
@@ -793,7 +798,7 @@ impl OtaMachine {
                 let deadlines = s.in_flight.iter().chain(s.peek.iter()).map(|r| r.deadline);
                 deadlines.chain(s.retry_at).min()
             }
-            State::Downloading(Download { via: Via::Https(h), .. }) => h.refresh_by,
+            State::Downloading(Download { via: Via::Https(h), .. }) => h.refresh_by.into_iter().chain(h.retry_at).min(),
             State::ModuleUpdating(j) | State::ModuleRestarting(j) => Some(j.deadline),
             _ => None,
         }
@@ -807,6 +812,7 @@ impl OtaMachine {
         }
         enum Then {
             Nothing,
+            Get,
             Reset,
             Pull,
             Expired,
@@ -824,6 +830,16 @@ impl OtaMachine {
             State::AwaitTask => Then::Nothing,
             State::Downloading(Download { via: Via::Https(h), .. }) if h.refresh_by.is_some_and(|t| t <= now) => {
                 Then::Expired
+            }
+            State::Downloading(Download { via: Via::Https(h), .. }) if h.retry_at.is_some_and(|t| t <= now) => {
+                h.retry_at = None;
+                // The session down meanwhile: the link is; the GET waits for it.
+                h.waiting = !self.connected;
+                if h.waiting {
+                    Then::Nothing
+                } else {
+                    Then::Get
+                }
             }
             State::ModuleUpdating(j) if j.deadline <= now => Then::ModuleSilent,
             State::ModuleRestarting(j) if j.deadline <= now => Then::ModuleGone,
@@ -843,6 +859,7 @@ impl OtaMachine {
         };
         match then {
             Then::Nothing => {}
+            Then::Get => self.get_again(),
             Then::Reset => self.reset_now(),
             Then::Pull => self.pull(),
             Then::Expired => self.fail(Failure::UrlExpired),
@@ -948,14 +965,14 @@ impl OtaMachine {
             }
             Event::HttpResponse { status, length } => self.http_response(now, status, length),
             Event::HttpBody(data) => self.http_body(now, data),
-            Event::HttpEnd => self.http_end(HttpError::Closed),
+            Event::HttpEnd => self.http_end(now, HttpError::Closed),
             Event::HttpFailed(HttpError::Chunked) => {
                 // No retry brings a Content-Length.
                 if matches!(self.state, State::Downloading(Download { via: Via::Https(_), .. })) {
                     self.fail(Failure::HttpChunked);
                 }
             }
-            Event::HttpFailed(e) => self.http_end(e),
+            Event::HttpFailed(e) => self.http_end(now, e),
             Event::Marked(r) => self.marked(now, r),
             Event::PatchFailed(e) => {
                 if matches!(self.state, State::Downloading(Download { patch: Some(_), .. })) {
@@ -1033,6 +1050,11 @@ impl OtaMachine {
                 if let State::Downloading(Download { via: Via::Mqtt(s), .. }) = &mut self.state {
                     s.window = 1;
                     self.fetch(now);
+                }
+                if let State::Downloading(Download { via: Via::Https(h), .. }) = &mut self.state {
+                    if core::mem::take(&mut h.waiting) {
+                        self.get_again();
+                    }
                 }
             }
         }
@@ -1321,6 +1343,8 @@ impl OtaMachine {
                     refresh_by: None,
                     tail: if task.diff { Tail::Done } else { Tail::Unknown },
                     last: None,
+                    retry_at: None,
+                    waiting: false,
                 }),
                 Err(()) => return self.refuse(Failure::UrlTooLong),
             },
@@ -1774,9 +1798,13 @@ impl OtaMachine {
         self.plain(Plain::HttpGet(at));
     }
 
-    /// The GET in progress ended: the body is complete, or it broke off (`why`).
-    fn http_end(&mut self, why: HttpError) {
+    /// The GET in progress ended: the body is complete, or it broke off (`why`). A break is
+    /// tried again after a back-off (at once, 1 s, 2 s, ...), or once the MQTT session is up
+    /// again when it is down (the link is: the same modem and network); `retries` breaks in a
+    /// row without a byte of progress fail the download.
+    fn http_end(&mut self, now: Instant, why: HttpError) {
         let retries = self.cfg.retries;
+        let connected = self.connected;
         let State::Downloading(d) = &mut self.state else { return };
         let Via::Https(h) = &mut d.via else { return };
         if d.written < d.size {
@@ -1796,11 +1824,31 @@ impl OtaMachine {
         if d.written >= d.size {
             return;
         }
+        if d.written > h.from {
+            h.tries = 0; // the last GET got somewhere: a new run of tries
+        }
+        h.from = d.written;
+        if !connected {
+            h.waiting = true;
+            return;
+        }
         if h.tries >= retries {
             let (at, last) = (d.written, h.last.unwrap_or(why));
             return self.fail(Failure::HttpBroke { at, retries, last });
         }
         h.tries += 1;
+        let wait = retry_delay(h.tries);
+        if wait.as_millis() == 0 {
+            self.get_again();
+        } else {
+            h.retry_at = Some(now + wait);
+        }
+    }
+
+    /// The GET of an HTTPS download again, from what was written.
+    fn get_again(&mut self) {
+        let State::Downloading(d) = &mut self.state else { return };
+        let Via::Https(h) = &mut d.via else { return };
         h.from = d.written;
         let w = d.written;
         self.plain(Plain::HttpGet(w));

@@ -347,7 +347,12 @@ impl ModemSim {
         let path = tokio_serial::SerialPort::name(&slave).context("the pty has no name")?;
         let mut sim = ModemSim::new(rt, o.qgmr.clone());
         sim.tty = Some(path.into());
-        let uart = Uart { io: Box::new(master), wire: Some(Wire::new(slave)), rate: sim.module.rate.clone(), garbled: sim.garbled.clone() };
+        let uart = Uart {
+            io: Box::new(master),
+            wire: Some(Wire::new(slave)),
+            rate: sim.module.rate.clone(),
+            garbled: sim.garbled.clone(),
+        };
         let session = Session::new(uart, sim.log.clone(), Arc::new(o), sim.module.clone());
         sim._rt.spawn(session.run());
         Ok(sim)

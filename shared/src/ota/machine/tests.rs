@@ -551,10 +551,37 @@ fn a_chunked_body_fails_the_download_at_once() {
 }
 
 #[test]
+fn a_get_that_breaks_while_the_session_is_down_waits_for_it_and_progress_renews_the_tries() {
+    let mut t = app_https();
+    t.ev(Event::HttpResponse { status: 200, length: Some(1000) });
+    t.ev(Event::Disconnected);
+    // The link is down (the same modem): no GET, no try counted, however long.
+    assert!(others(&t.ev(Event::HttpFailed(HttpError::Connect))).is_empty());
+    assert!(others(&t.advance(600_000)).is_empty());
+    let did = t.ev(Event::Connected);
+    assert!(others(&did).iter().any(|a| *a == "HttpGet { from: 0 }"), "the GET once the session is up: {did:?}");
+    // Breaks in a row fail the download only without progress in between.
+    for i in 0..10u32 {
+        t.ev(Event::HttpResponse { status: if i == 0 { 200 } else { 206 }, length: Some(1000 - 64 * i) });
+        t.ev(Event::HttpBody(&[0u8; 64]));
+        t.ev(Event::HttpFailed(HttpError::Closed));
+        t.advance(5000);
+    }
+    assert_eq!(t.m.state(), StateName::Downloading, "ten breaks, each after progress");
+}
+
+#[test]
 fn http_broke_names_the_last_error() {
     let mut t = app_https();
-    for e in [HttpError::Connect, HttpError::Closed, HttpError::Protocol] {
-        let did = t.ev(Event::HttpFailed(e));
+    // At once, then after 1 s, then after 2 s (a back-off lets the driver see a link that is
+    // down, whose GET then waits for the session).
+    for (e, wait) in [(HttpError::Connect, 0), (HttpError::Closed, 1000), (HttpError::Protocol, 2000)] {
+        let mut did = t.ev(Event::HttpFailed(e));
+        if wait > 0 {
+            assert!(others(&did).is_empty(), "no GET at once after {e:?}: {did:?}");
+            assert!(others(&t.advance(wait - 1)).is_empty());
+            did = t.advance(1);
+        }
         assert_eq!(others(&did), ["HttpGet { from: 0 }"], "retried after {e:?}");
     }
     let did = t.ev(Event::HttpFailed(HttpError::Tls));
@@ -568,6 +595,7 @@ fn http_broke_names_the_last_error() {
     t.ev(Event::HttpResponse { status: 200, length: Some(1000) });
     for _ in 0..3 {
         t.ev(Event::HttpEnd);
+        t.advance(5000);
     }
     let p = one(msgs(&t.ev(Event::HttpEnd), "progress"));
     assert_eq!(p.desc, "download broke off at 0 bytes after 3 retries: the connection closed before the body ended");
