@@ -377,6 +377,10 @@ impl<U: ModemUart> Modem<U> {
                     break;
                 }
             }
+            if found != Some(now) {
+                // Not where it was: it restarted (its contexts and files with it) or was reset.
+                self.gone();
+            }
             if found.is_none() {
                 // A module still in data mode (a transparent link of an older firmware).
                 for r in [cfg.rate, POWER_ON_RATE] {
@@ -711,6 +715,15 @@ impl<U: ModemUart> Modem<U> {
         self.txn_since = None;
     }
 
+    /// The module restarted (or may have: it stopped answering): its sockets, SSL contexts and
+    /// (we assume) files are gone. Every socket ends, so the session is rebuilt; the CAs are
+    /// uploaded and the contexts set again.
+    fn gone(&mut self) {
+        self.socks.iter_mut().for_each(|k| k.closed = true);
+        self.ca_uploaded = false;
+        self.pkg_ca_uploaded = false;
+    }
+
     /// Whether the transaction in progress is one [`Modem::stalled`] gives up.
     fn stallable(&self) -> bool {
         !matches!(self.txn, Txn::Idle | Txn::Cmd { internal: false, .. })
@@ -763,9 +776,8 @@ impl<U: ModemUart> Modem<U> {
                 self.txn = Txn::Idle;
                 if let ModemError::Timeout(_) = e {
                     // Not even an ERROR: the module is gone, or restarted at a rate the device
-                    // does not hear. Every socket ends, so the session is rebuilt and the
-                    // bring-up finds the module.
-                    self.socks.iter_mut().for_each(|k| k.closed = true);
+                    // does not hear. The session is rebuilt and the bring-up finds the module.
+                    self.gone();
                 }
                 return Err(e.named(name));
             }
@@ -961,9 +973,7 @@ impl<U: ModemUart> Modem<U> {
                 // The module restarts on its new firmware now, at its stored rate, which may
                 // not be the line's: its RDY may never be heard. Its sockets are gone either
                 // way: the session is rebuilt, and the bring-up finds the module.
-                self.socks.iter_mut().for_each(|k| k.closed = true);
-                self.ca_uploaded = false;
-                self.pkg_ca_uploaded = false;
+                self.gone();
             }
             if let Some(u) = urc {
                 self.note(u);
@@ -982,9 +992,7 @@ impl<U: ModemUart> Modem<U> {
                 self.restarted = true;
                 self.txn = Txn::Idle;
             }
-            self.socks.iter_mut().for_each(|k| k.closed = true);
-            self.ca_uploaded = false;
-            self.pkg_ca_uploaded = false;
+            self.gone();
             self.note(FotaUrc::Ready);
             return;
         }
