@@ -69,6 +69,8 @@ const BARE: &str = "";
 /// The longest the module may leave a read, a send or an internal close unanswered before it
 /// is given up (a live module answers them in well under a second).
 const STALL: Duration = Duration::from_secs(10);
+/// Silence that ends what a cut-short transaction still had on the way.
+const QUIET: Duration = Duration::from_millis(300);
 /// How long a probe waits for `AT`'s OK (a module at another rate never answers).
 const PROBE_MS: u64 = 300;
 /// Most bytes asked for per `AT+QIRD` (Quectel's limit).
@@ -445,6 +447,12 @@ impl<U: ModemUart> Modem<U> {
 
     /// Brings the modem up and opens the MQTT socket ([`MQTT`]).
     pub async fn open<C: Clock>(&mut self, clock: &C, cfg: &ModemConfig<'_>) -> Result<(), ModemError> {
+        if self.txn != Txn::Idle {
+            // A read or command was cut short (the session failed in the middle of it): the
+            // rest of its answer is still on the way, and an `OK` of it taken for the next
+            // command's would put every answer after it one command late.
+            self.settle(clock).await?;
+        }
         self.len = 0;
         self.tx.clear();
         self.tx_at = 0;
@@ -1065,6 +1073,20 @@ impl<U: ModemUart> Modem<U> {
         self.drain(clock, Duration::from_millis(1000)).await
     }
 
+    /// Reads and drops what arrives until the line has been quiet for [`QUIET`] (3 s at most).
+    async fn settle<C: Clock>(&mut self, clock: &C) -> Result<(), ModemError> {
+        let give_up = clock.now() + Duration::from_secs(3);
+        let mut scratch = [0u8; 64];
+        loop {
+            let quiet = (clock.now() + QUIET).min(give_up);
+            match select(self.uart.read(&mut scratch), clock.sleep_until(quiet)).await {
+                Either::First(Ok(0)) | Either::First(Err(_)) => return Err(ModemError::Io),
+                Either::First(Ok(_)) if clock.now() < give_up => {}
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Reads and drops whatever arrives for `d`.
     async fn drain<C: Clock>(&mut self, clock: &C, d: Duration) -> Result<(), ModemError> {
         let until = clock.now() + d;
@@ -1624,6 +1646,23 @@ mod tests {
         assert!(told.starts_with("AT+QSSLCLOSE=1\rAT+QSSLOPEN=1,2,1,"), "{told}");
         assert!(m.socks[MQTT].closed, "no answer at all: every socket ends");
         assert!(clock.0.get() < 60_000, "the open was tried after the close stalled ({} ms)", clock.0.get());
+    }
+
+    #[test]
+    fn the_rest_of_a_read_cut_short_is_not_taken_for_the_next_answer() {
+        // Found with the realistic simulator: the session failed while an AT+QSSLRECV's data
+        // was on the way; its OK was then taken for the bring-up's AT, and every answer after
+        // it for the command before (AT+CPIN? got ATE0's OK: "SIM missing", for ever).
+        let said = b"hello\r\n\r\nOK\r\n\r\nOK\r\n\r\n+CPIN: READY\r\n\r\nOK\r\n";
+        let mut m = modem(said);
+        m.txn = Txn::Read { s: DOWNLOAD, asked: 1500, left: Some(5) };
+        let clock = Clock::default();
+        embassy_futures::block_on(m.settle(&clock)).unwrap();
+        assert_eq!(m.uart.said, b"", "the rest of the read dropped");
+        // (What the module says after the quiet belongs to what is asked after it.)
+        let mut m = modem(b"\r\n+CPIN: READY\r\n\r\nOK\r\n");
+        let r = embassy_futures::block_on(m.command(&clock, "AT+CPIN?", Some("+CPIN: READY"), 5000));
+        assert!(r.is_ok());
     }
 
     #[test]

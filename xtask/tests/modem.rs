@@ -53,6 +53,8 @@ fn device_with(dir: &Path, name: &str, uart: &ModemSim, port: u16, tls: bool, ex
     let log = dir.join(format!("{name}.log"));
     let factory = rel.join("1.3/factory.bin");
     let mut d = HostDevice::new(bin, &c, dir.join(format!("{name}.toml")), log.clone(), &factory).unwrap();
+    // MODEM_TEST_LOG=info,app::modem=trace: every AT line in the device's log.
+    d.log_level = std::env::var("MODEM_TEST_LOG").unwrap_or_else(|_| "info".into());
     d.start().unwrap();
     (d, log)
 }
@@ -161,7 +163,7 @@ fn an_upgrade_through_a_module_that_behaves_as_the_manuals_say() {
         .unwrap_or_else(|e| panic!("{e}\n{:#?}", sim.log()));
     let (rel, _) = setup();
     let job = c.add_job(JobSpec::new(Package::load(&rel.join("1.4")).unwrap(), Protocol::Mqtt)).unwrap();
-    let t = outcome(&c, "r1", job, 300, &log);
+    let t = outcome(&c, "r1", job, 300, &log, &sim);
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", text());
     c.wait(Duration::from_secs(60), "1.4 informed", |e| e.device(&id).is_some_and(|d| d.version() == Some("1.4")))
@@ -263,13 +265,17 @@ fn online(c: &Console, name: &str, version: &str, log: &Path) {
     .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(log).unwrap_or_default()));
 }
 
-/// Waits for the task of `job` on `name` to end; returns it.
-fn outcome(c: &Console, name: &str, job: u32, secs: u64, log: &Path) -> console::engine::TaskRecord {
+/// Waits for the task of `job` on `name` to end; returns it. (On a timeout: the device's log
+/// and the end of what the module saw.)
+fn outcome(c: &Console, name: &str, job: u32, secs: u64, log: &Path, sim: &ModemSim) -> console::engine::TaskRecord {
     let id = (PK.to_string(), name.to_string());
     let done =
         |e: &console::engine::Engine| e.device(&id).and_then(|d| d.tasks.get(&job)).is_some_and(|t| t.state.done());
-    c.wait(Duration::from_secs(secs), "the task to end", done)
-        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(log).unwrap_or_default()));
+    c.wait(Duration::from_secs(secs), "the task to end", done).unwrap_or_else(|e| {
+        let t = sim.log().transcript;
+        let tail = t[t.len().saturating_sub(120)..].join("\n");
+        panic!("{e}\n{}\nthe module saw (last 120):\n{tail}", std::fs::read_to_string(log).unwrap_or_default())
+    });
     c.with(|e| e.device(&id).unwrap().tasks[&job].clone())
 }
 
@@ -287,12 +293,14 @@ fn an_https_batch_downloads_on_a_second_socket_while_the_mqtt_session_stays_up()
     let https = c.https_port.unwrap();
     // A slow module (every answer 150 ms late), so that the download outlasts half the
     // keep-alive (30 s): the session's PINGREQ must go out on socket 0 meanwhile.
-    let sim = ModemSim::start_tty(SimOptions { slow_ms: 150, ..SimOptions::realistic() }).unwrap();
+    // (The network and the module stay up: the session must not drop for the download.)
+    let o = SimOptions { slow_ms: 150, pdp_deact_after: None, restart_after: None, ..SimOptions::realistic() };
+    let sim = ModemSim::start_tty(o).unwrap();
     let extra = format!("download_ca = \"{}\"\nkeep_alive = 30\n", ca.display());
     let (_d, log) = device_with(&dir, "h1", &sim, c.mqtt_port, false, &extra);
     online(&c, "h1", "1.3", &log);
     let job = c.add_job(https_job("1.4")).unwrap();
-    let t = outcome(&c, "h1", job, 240, &log);
+    let t = outcome(&c, "h1", job, 240, &log, &sim);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", std::fs::read_to_string(&log).unwrap());
     let id = (PK.to_string(), "h1".to_string());
     c.wait(Duration::from_secs(60), "1.4 informed", |e| e.device(&id).is_some_and(|d| d.version() == Some("1.4")))
@@ -335,7 +343,7 @@ fn a_download_socket_cut_mid_body_resumes_with_range() {
     let (_d, log) = device_with(&dir, "h2", &sim, c.mqtt_port, false, &extra);
     online(&c, "h2", "1.3", &log);
     let job = c.add_job(https_job("1.4")).unwrap();
-    let t = outcome(&c, "h2", job, 120, &log);
+    let t = outcome(&c, "h2", job, 120, &log, &sim);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", std::fs::read_to_string(&log).unwrap());
     let s = sim.log();
     assert!(s.urcs.iter().any(|u| u == "+QSSLURC: \"closed\",1"), "{:?}", s.urcs);
@@ -410,7 +418,7 @@ fn bad_downloads_through_the_modem_fail_with_a_reason_and_the_device_keeps_worki
         let mut j = https_job("1.4");
         j.devices = Some(vec!["b1".into()]);
         let job = c.add_job(j).unwrap();
-        let t = outcome(&c, "b1", job, 120, &log);
+        let t = outcome(&c, "b1", job, 120, &log, &sim);
         assert_eq!(t.state, TaskState::Failed, "{m}: {t:?}");
         assert_eq!(t.step, step, "{m}: {t:?}");
         assert!(t.desc.contains(phrase), "{m}: {:?} does not say {phrase:?}", t.desc);
@@ -422,7 +430,7 @@ fn bad_downloads_through_the_modem_fail_with_a_reason_and_the_device_keeps_worki
     let mut j = https_job("1.4");
     j.devices = Some(vec!["b1".into()]);
     let job = c.add_job(j).unwrap();
-    let t = outcome(&c, "b1", job, 120, &log);
+    let t = outcome(&c, "b1", job, 120, &log, &sim);
     c.with_mut(|e| e.http_base = base);
     assert_eq!((t.state, t.step), (TaskState::Failed, -1), "{t:?}");
     assert!(t.desc.contains("download URL too long"), "{:?}", t.desc);
@@ -430,7 +438,7 @@ fn bad_downloads_through_the_modem_fail_with_a_reason_and_the_device_keeps_worki
     let mut j = https_job("1.4");
     j.devices = Some(vec!["b1".into()]);
     let job = c.add_job(j).unwrap();
-    let t = outcome(&c, "b1", job, 120, &log);
+    let t = outcome(&c, "b1", job, 120, &log, &sim);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", std::fs::read_to_string(&log).unwrap());
 
     // A host the download CA does not cover: the module's TLS handshake fails, said as such.
@@ -439,7 +447,7 @@ fn bad_downloads_through_the_modem_fail_with_a_reason_and_the_device_keeps_worki
     let (_d2, log2) = device(&dir, "b2", &sim2, c2.mqtt_port, false);
     online(&c2, "b2", "1.3", &log2);
     let job = c2.add_job(https_job("1.4")).unwrap();
-    let t = outcome(&c2, "b2", job, 120, &log2);
+    let t = outcome(&c2, "b2", job, 120, &log2, &sim2);
     assert_eq!((t.state, t.step), (TaskState::Failed, -2), "{t:?}");
     assert!(t.desc.contains("TLS handshake failed"), "{:?}", t.desc);
     drop(c);
@@ -473,7 +481,7 @@ fn the_module_s_own_firmware_is_upgraded_as_module_modem() {
     let mut bad = testbed::modem_sim::fota_package("EC200UCNAAR03A01M09", &[7u8; 30_000]);
     bad[100] ^= 0xFF;
     let job = c.add_job(modem_job("EC200UCNAAR03A01M09", "EC200UCNAAR03A01M08", bad)).unwrap();
-    let t = outcome(&c, "f1", job, 120, &log);
+    let t = outcome(&c, "f1", job, 120, &log, &sim);
     assert_eq!((t.state, t.step), (TaskState::Failed, -3), "{t:?}");
     assert!(t.desc.starts_with("modem: ") && t.desc.contains("504"), "{:?}", t.desc);
 
@@ -481,7 +489,7 @@ fn the_module_s_own_firmware_is_upgraded_as_module_modem() {
     // again and informs the new version: the platform's success.
     let good = testbed::modem_sim::fota_package("EC200UCNAAR03A01M09", &[7u8; 30_000]);
     let job = c.add_job(modem_job("EC200UCNAAR03A01M09", "EC200UCNAAR03A01M08", good)).unwrap();
-    let t = outcome(&c, "f1", job, 120, &log);
+    let t = outcome(&c, "f1", job, 120, &log, &sim);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", std::fs::read_to_string(&log).unwrap());
     c.wait(Duration::from_secs(30), "the new module version", |e| {
         modem_version(e).as_deref() == Some("EC200UCNAAR03A01M09")
@@ -512,19 +520,19 @@ fn a_module_that_refuses_the_fota_command_is_reported_and_the_device_keeps_worki
     let base = c.with(|e| e.http_base.clone());
     c.with_mut(|e| e.http_base = format!("{base}/{}", "u".repeat(256)));
     let job = c.add_job(modem_job("EC200UCNAAR03A01M09", "EC200UCNAAR03A01M08", good.clone())).unwrap();
-    let t = outcome(&c, "f2", job, 120, &log);
+    let t = outcome(&c, "f2", job, 120, &log, &sim);
     c.with_mut(|e| e.http_base = base);
     assert_eq!((t.state, t.step), (TaskState::Failed, -1), "{t:?}");
     assert!(t.desc.starts_with("modem: URL of ") && t.desc.contains("at most 255"), "{:?}", t.desc);
     assert!(!sim.log().commands.iter().any(|c| c.starts_with("AT+QFOTADL")), "the module was asked");
     // The module answers ERROR to AT+QFOTADL.
     let job = c.add_job(modem_job("EC200UCNAAR03A01M09", "EC200UCNAAR03A01M08", good)).unwrap();
-    let t = outcome(&c, "f2", job, 120, &log);
+    let t = outcome(&c, "f2", job, 120, &log, &sim);
     assert_eq!((t.state, t.step), (TaskState::Failed, -1), "{t:?}");
     assert!(t.desc.starts_with("modem: "), "{:?}", t.desc);
     // The app still takes its own tasks.
     let job = c.add_job(https_job("1.4")).unwrap();
-    let t = outcome(&c, "f2", job, 120, &log);
+    let t = outcome(&c, "f2", job, 120, &log, &sim);
     assert_eq!(t.state, TaskState::Succeeded, "{t:?}\n{}", std::fs::read_to_string(&log).unwrap());
 }
 
