@@ -559,7 +559,7 @@ fn a_get_that_breaks_while_the_session_is_down_waits_for_it_and_progress_renews_
     assert!(others(&t.ev(Event::HttpFailed(HttpError::Connect))).is_empty());
     assert!(others(&t.advance(600_000)).is_empty());
     let did = t.ev(Event::Connected);
-    assert!(others(&did).iter().any(|a| *a == "HttpGet { from: 0 }"), "the GET once the session is up: {did:?}");
+    assert!(others(&did).contains(&"HttpGet { from: 0 }"), "the GET once the session is up: {did:?}");
     // Breaks in a row fail the download only without progress in between.
     for i in 0..10u32 {
         t.ev(Event::HttpResponse { status: if i == 0 { 200 } else { 206 }, length: Some(1000 - 64 * i) });
