@@ -99,6 +99,13 @@ impl Rig {
     /// Writes `factory` (a qemu-an386 release folder's factory.bin) into `dir/qemu-01.flash`,
     /// provisions it for the console, and powers the device on.
     pub fn start(dir: &Path, factory: &Path, quiet: bool) -> Result<Rig> {
+        // A module with a real one's manners, on a line with a rate.
+        Rig::start_with(dir, factory, quiet, SimOptions::realistic())
+    }
+
+    /// [`Rig::start`] with the modem simulator's behaviour given (the line has its rate either
+    /// way): a bench measures the line with a module that has no faults to inject.
+    pub fn start_with(dir: &Path, factory: &Path, quiet: bool, sim: SimOptions) -> Result<Rig> {
         let pki = tls::dev()?;
         let console = Console::start(Options {
             devices: vec![ota_console::device(PK, DN, SECRET)],
@@ -108,8 +115,7 @@ impl Rig {
             tls: Some(TlsOptions { cert: pki.cert, key: pki.key, port: 0, https_port: 0 }),
             ..Default::default()
         })?;
-        // A module with a real one's manners, on a line with a rate.
-        let modem = ModemSim::start_tty(SimOptions::realistic())?;
+        let modem = ModemSim::start_tty(sim)?;
         let flash = dir.join(format!("{DN}.flash"));
         std::fs::copy(factory.join("factory.bin"), &flash)
             .with_context(|| format!("{} is not a release folder (no factory.bin)", factory.display()))?;
