@@ -494,6 +494,12 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
             if let Some(Exit::Reset) = self.act(Some(&mut mqtt), &last).await {
                 return End::Reset;
             }
+            // Outside the select below, which drops `mqtt.next()` whenever another branch wins.
+            if let Err(e) = mqtt.send_acks().await {
+                self.machine.handle(clock.now(), Event::Disconnected);
+                log::warn!("MQTT: {}", e);
+                return End::Lost;
+            }
             let wake = self.machine.poll_timeout().map_or(next_ping, |t| t.min(next_ping));
             let next =
                 select4(mqtt.next(), clock.sleep_until(wake), self.http.read(self.body), self.module.next()).await;

@@ -138,6 +138,10 @@ pub struct Mqtt<'b, T> {
     discard: usize,
     tx: [u8; 512],
     pid: u16,
+    /// PUBACKs due for QoS 1 PUBLISHes handed out: sent by [`Mqtt::send_acks`], never from
+    /// inside [`Mqtt::next`] (which a caller may drop at any await: a PUBACK cut there would lose
+    /// its PUBLISH, or be sent twice).
+    acks: heapless::Deque<u16, 16>,
     /// Bytes received so far (wrapping): whether the broker said anything lately.
     pub received: u32,
 }
@@ -154,7 +158,17 @@ impl<'b, T: Read + Write> Mqtt<'b, T> {
         keep_alive: u16,
     ) -> Result<Self, MqttError> {
         assert!(rx.len() >= 512, "the MQTT receive buffer holds at least a topic and a packet header");
-        let mut s = Mqtt { io, rx, have: 0, current: 0, discard: 0, tx: [0; 512], pid: 0, received: 0 };
+        let mut s = Mqtt {
+            io,
+            rx,
+            have: 0,
+            current: 0,
+            discard: 0,
+            tx: [0; 512],
+            pid: 0,
+            acks: heapless::Deque::new(),
+            received: 0,
+        };
         let p = Packet::Connect(Connect {
             protocol: Protocol::MQTT311,
             keep_alive,
@@ -189,6 +203,21 @@ impl<'b, T: Read + Write> Mqtt<'b, T> {
         let n = encode_slice(p, &mut self.tx).map_err(|_| MqttError::Protocol)?;
         self.io.write_all(&self.tx[..n]).await.map_err(|_| MqttError::Io)?;
         self.io.flush().await.map_err(|_| MqttError::Io)
+    }
+
+    fn ack_later(&mut self, pid: u16) -> Result<(), MqttError> {
+        // More unacknowledged than the broker's window: the caller never sent them.
+        self.acks.push_back(pid).map_err(|_| MqttError::Protocol)
+    }
+
+    /// Sends the PUBACKs due (call it where it is not cancelled: a PUBACK leaves the queue only
+    /// once written).
+    pub async fn send_acks(&mut self) -> Result<(), MqttError> {
+        while let Some(&pid) = self.acks.front() {
+            self.send(&Packet::Puback(Pid::try_from(pid).map_err(|_| MqttError::Protocol)?)).await?;
+            self.acks.pop_front();
+        }
+        Ok(())
     }
 
     async fn read_more(&mut self) -> Result<(), MqttError> {
@@ -286,7 +315,7 @@ impl<'b, T: Read + Write> Mqtt<'b, T> {
                         self.consume(n);
                         self.discard = len - n;
                         if let Some(pid) = pid {
-                            self.send(&Packet::Puback(Pid::try_from(pid).map_err(|_| MqttError::Protocol)?)).await?;
+                            self.ack_later(pid)?;
                         }
                         return Ok(Got::Oversized(t, payload as u32));
                     }
@@ -318,7 +347,7 @@ impl<'b, T: Read + Write> Mqtt<'b, T> {
                         _ => (Got::Other, None), // PINGRESP, ...
                     };
                     if let Some(pid) = got.1 {
-                        self.send(&Packet::Puback(pid)).await?;
+                        self.ack_later(pid.get())?;
                     }
                     return Ok(got.0);
                 }
@@ -352,6 +381,57 @@ enum Got {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A broker that says `said` and keeps what it was told.
+    struct Broker<'a> {
+        said: &'a [u8],
+        told: std::vec::Vec<u8>,
+    }
+
+    impl embedded_io_async::ErrorType for Broker<'_> {
+        type Error = embedded_io_async::ErrorKind;
+    }
+
+    impl Read for Broker<'_> {
+        async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+            let n = self.said.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.said[..n]);
+            self.said = &self.said[n..];
+            Ok(n)
+        }
+    }
+
+    impl Write for Broker<'_> {
+        async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+            self.told.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        async fn flush(&mut self) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_qos1_publish_is_handed_out_without_writing_and_acknowledged_by_send_acks() {
+        // `next()` runs inside the driver's select, which drops it whenever the download or a
+        // timer wins: a PUBACK written from inside it could be cut (its PUBLISH then released
+        // without being handed out) or written twice. It only queues the PUBACK.
+        let mut said = std::vec![0x20, 0x02, 0x00, 0x00]; // CONNACK
+        said.extend_from_slice(&[0x32, 0x08, 0x00, 0x03, b'a', b'/', b'b', 0x12, 0x34, b'x']); // QoS 1, pid 0x1234
+        let mut rx = [0u8; 512];
+        embassy_futures::block_on(async {
+            let mut m = Mqtt::connect(Broker { said: &said, told: std::vec::Vec::new() }, &mut rx, "c", "u", "p", 60)
+                .await
+                .unwrap();
+            let connect_len = m.io.told.len();
+            assert!(matches!(m.next().await, Ok(Incoming::Publish { .. })));
+            assert_eq!(m.io.told.len(), connect_len, "next() wrote nothing");
+            m.send_acks().await.unwrap();
+            assert_eq!(&m.io.told[connect_len..], &[0x40, 0x02, 0x12, 0x34], "the PUBACK");
+            m.send_acks().await.unwrap();
+            assert_eq!(m.io.told.len(), connect_len + 4, "sent once");
+        });
+    }
 
     #[test]
     fn remaining_length_is_decoded() {

@@ -23,6 +23,10 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
         for i in 0..256u16 {
+            // As the driver does: the PUBACKs due go out outside `next()`.
+            if s.send_acks().await.is_err() {
+                return;
+            }
             match s.next().await {
                 Ok(Incoming::Publish { topic, payload }) => {
                     assert!(topic.start <= topic.end && topic.end <= len, "topic {topic:?} outside the buffer");

@@ -293,16 +293,8 @@ fn an_https_batch_downloads_on_a_second_socket_while_the_mqtt_session_stays_up()
     let https = c.https_port.unwrap();
     // A slow module (every answer 150 ms late), so that the download outlasts half the
     // keep-alive (30 s): the session's PINGREQ must go out on socket 0 meanwhile.
-    // (The network and the module stay up: the session must not drop for the download. With
-    // `send_fail_every` as well, the broker closed the session in some runs right after a
-    // PUBACK sent again beside the download: an open defect, see issue 26's notes.)
-    let o = SimOptions {
-        slow_ms: 150,
-        pdp_deact_after: None,
-        restart_after: None,
-        send_fail_every: None,
-        ..SimOptions::realistic()
-    };
+    // (The network and the module stay up: the session must not drop for the download.)
+    let o = SimOptions { slow_ms: 150, pdp_deact_after: None, restart_after: None, ..SimOptions::realistic() };
     let sim = ModemSim::start_tty(o).unwrap();
     let extra = format!("download_ca = \"{}\"\nkeep_alive = 30\n", ca.display());
     let (_d, log) = device_with(&dir, "h1", &sim, c.mqtt_port, false, &extra);
