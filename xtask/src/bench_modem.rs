@@ -13,7 +13,7 @@
 use crate::{build::host_device_profile, keys};
 use anyhow::{ensure, Context, Result};
 use machine::proc::{free_port, xtask};
-use ota_console::engine::{JobSpec, Package, Protocol};
+use ota_console::engine::Protocol;
 use ota_console::{self as console, Console, Options};
 use std::path::Path;
 use std::time::Duration;
@@ -64,21 +64,10 @@ impl Run<'_> {
         d.start().context("starting the host device")?;
         let id = d.id();
         d.runs(self.console, "1.3", Duration::from_secs(60))?;
-        let mut spec = JobSpec::new(Package::load(release)?, protocol);
-        spec.from = vec!["1.3".into()];
-        spec.devices = Some(vec![name.clone()]);
-        let j = self.console.add_job(spec)?;
-        let mut took = None;
-        self.console.wait(Duration::from_secs(900), "progress 100", |e| {
-            let t = e.device(&id).and_then(|d| d.tasks.get(&j));
-            took = t.and_then(|t| t.downloaded_ms);
-            took.is_some() || t.is_some_and(|t| t.state.done())
-        })?;
-        let t = self.console.with(|e| e.device(&id).unwrap().tasks[&j].clone());
-        ensure!(took.is_some(), "{name}: the download ended {:?} step {} ({})", t.state, t.step, t.desc);
+        let (took, t) = crate::bench_ota::timed_download(self.console, release, protocol, &id)?;
         ensure!(sim.log().rate == rate, "the line ran at {} baud, not {rate}", sim.log().rate);
         let len = std::fs::metadata(release.join(format!("firmware-{}.bin", t.to)))?.len();
-        Ok(len as f64 / (took.unwrap() as f64 / 1000.0))
+        Ok(len as f64 / took.as_secs_f64())
     }
 }
 

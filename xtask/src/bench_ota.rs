@@ -12,7 +12,7 @@
 //! received, CRC-checked, hashed, written to the flash file, its signature verified).
 
 use crate::{build::host_device_profile, keys};
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use machine::proc::xtask;
 use ota_console::engine::{BlockService, JobSpec, Package, Protocol};
 use ota_console::{self as console, Console, Options};
@@ -70,19 +70,7 @@ impl Bench {
                 BlockService::All
             }
         });
-        let mut spec = JobSpec::new(Package::load(release)?, Protocol::Mqtt);
-        spec.from = vec!["1.3".into()];
-        spec.devices = Some(vec![name.clone()]);
-        let j = self.console.add_job(spec)?;
-        let mut took = None;
-        self.console.wait(Duration::from_secs(900), "progress 100", |e| {
-            let t = e.device(&id).and_then(|d| d.tasks.get(&j));
-            took = t.and_then(|t| t.downloaded_ms);
-            took.is_some() || t.is_some_and(|t| t.state.done())
-        })?;
-        let t = self.console.with(|e| e.device(&id).unwrap().tasks[&j].clone());
-        ensure!(took.is_some(), "{name}: the download ended {:?} step {} ({})", t.state, t.step, t.desc);
-        Ok(Duration::from_millis(took.unwrap()))
+        Ok(timed_download(&self.console, release, Protocol::Mqtt, &id)?.0)
     }
 
     /// `bytes` from a device to its own topic and back through the front door, in PUBLISHes of
@@ -129,6 +117,31 @@ impl Bench {
         ensure!(len == bytes.len(), "raw messages of {len} bytes");
         Ok(t1 - t0)
     }
+}
+
+/// A job of `release` over `protocol` for the device `id` alone (from 1.3), and the console's
+/// time from the job to its progress 100, with the task as it ended or went on.
+pub(crate) fn timed_download(
+    console: &Console,
+    release: &Path,
+    protocol: Protocol,
+    id: &(String, String),
+) -> Result<(Duration, ota_console::engine::TaskRecord)> {
+    let mut spec = JobSpec::new(Package::load(release)?, protocol);
+    spec.from = vec!["1.3".into()];
+    spec.devices = Some(vec![id.1.clone()]);
+    let j = console.add_job(spec)?;
+    let mut took = None;
+    console.wait(Duration::from_secs(900), "progress 100", |e| {
+        let t = e.device(id).and_then(|d| d.tasks.get(&j));
+        took = t.and_then(|t| t.downloaded_ms);
+        took.is_some() || t.is_some_and(|t| t.state.done())
+    })?;
+    let t = console.with(|e| e.device(id).unwrap().tasks[&j].clone());
+    let Some(ms) = took else {
+        bail!("{}: the download ended {:?} step {} ({})", id.1, t.state, t.step, t.desc);
+    };
+    Ok((Duration::from_millis(ms), t))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
