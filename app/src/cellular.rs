@@ -249,6 +249,13 @@ impl<U: crate::modem::ModemUart, C: Clock> Module for ModemModule<'_, U, C> {
             }
         }
     }
+    async fn ahead(&mut self) {
+        // Whoever holds the modem steps it anyway.
+        if let Ok(mut m) = self.modem.try_lock() {
+            // An error shows in the session's next read.
+            let _ = m.ahead(self.clock).await;
+        }
+    }
     fn poll(&mut self) -> Option<ModuleNews> {
         loop {
             let u = self.modem.try_lock().ok()?.next_fota()?;

@@ -15,12 +15,12 @@ use shared::ota::OtaMachine;
 use shared::provision::{self, Provision};
 use shared::time::Duration;
 
-/// The largest MQTT packet taken: a 5 KiB download block with its header and topic, or a push of
-/// up to 8 KiB (an HTTPS URL with an STS token, `_package_udi` and batch tags); a larger one is
-/// read, discarded and refused with a reason.
+/// The largest MQTT packet taken: a download block (4 KiB by default; up to 8 KiB fits) with its
+/// header and topic, or a push of up to 8 KiB (an HTTPS URL with an STS token, `_package_udi` and
+/// batch tags); a larger one is read, discarded and refused with a reason.
 pub const MQTT_RX: usize = 8192 + 512;
 /// HTTPS body bytes handed to the machine at a time (one modem read at most).
-const HTTP_CHUNK: usize = crate::modem::SOCK_BUF;
+const HTTP_CHUNK: usize = 1536;
 /// The Aliyun module name of the cellular module's own firmware.
 pub const MODEM_MODULE: &str = "modem";
 /// MQTT keep-alive (s): short enough for cellular NAT timeouts.

@@ -58,7 +58,7 @@ pub const MQTT: usize = 0;
 /// The socket id of HTTP(S) downloads.
 pub const DOWNLOAD: usize = 1;
 /// Bytes buffered per socket on our side (one `AT+QIRD` fills at most this).
-pub const SOCK_BUF: usize = 1536;
+pub const SOCK_BUF: usize = 6144;
 /// Most bytes per `AT+QISEND` (Quectel's limit).
 pub const SEND_MAX: usize = 1460;
 /// Sends of the same bytes after `SEND FAIL`, and the wait before each.
@@ -75,6 +75,8 @@ const QUIET: Duration = Duration::from_millis(300);
 const PROBE_MS: u64 = 300;
 /// Most bytes asked for per `AT+QIRD` (Quectel's limit).
 const READ_MAX: usize = 1500;
+/// Most things [`Modem::ahead`] does at once.
+const AHEAD_STEPS: usize = 16;
 /// A line from the module (URC, answer): longer ones are noise, dropped.
 const RX: usize = 256;
 /// One command line (the longest: `AT+QFOTADL="<255-byte URL>"`).
@@ -812,47 +814,8 @@ impl<U: ModemUart> Modem<U> {
     pub async fn step<C: Clock>(&mut self, clock: &C, deadline: Option<Instant>) -> Result<(), ModemError> {
         self.parse();
         self.stalled(clock.now());
-        if self.tx_at < self.tx.len() {
-            let n = self.uart.write(&self.tx[self.tx_at..]).await.map_err(|_| ModemError::Io)?;
-            self.tx_at += n;
-            if self.tx_at == self.tx.len() {
-                self.uart.flush().await.map_err(|_| ModemError::Io)?;
-            }
+        if self.start().await? {
             return Ok(());
-        }
-        if let Txn::Send { stage: SendStage::Body, s } = self.txn {
-            let n = self.uart.write(&self.send[self.send_at..]).await.map_err(|_| ModemError::Io)?;
-            self.send_at += n;
-            if self.send_at == self.send.len() {
-                self.uart.flush().await.map_err(|_| ModemError::Io)?;
-                self.txn = Txn::Send { s, stage: SendStage::Result };
-            }
-            return Ok(());
-        }
-        if self.txn == Txn::Idle {
-            if let Some(s) = (0..self.socks.len()).find(|&s| self.socks[s].close) {
-                let verb = if self.socks[s].ssl { "AT+QSSLCLOSE" } else { "AT+QICLOSE" };
-                let mut cmd: String<24> = String::new();
-                let _ = core::fmt::Write::write_fmt(&mut cmd, format_args!("{verb}={s}"));
-                let k = &mut self.socks[s];
-                (k.close, k.closing, k.pending, k.at, k.len) = (false, true, false, 0, 0);
-                self.begin(&cmd, None, true);
-                return Ok(());
-            }
-            let room = |k: &Sock| SOCK_BUF - k.len;
-            if let Some(s) = (0..self.socks.len()).find(|&s| self.socks[s].pending && room(&self.socks[s]) >= 64) {
-                let k = &mut self.socks[s];
-                k.buf.copy_within(k.at..k.at + k.len, 0);
-                k.at = 0;
-                let asked = room(k).min(READ_MAX);
-                let verb = if k.ssl { "AT+QSSLRECV" } else { "AT+QIRD" };
-                let mut cmd: String<32> = String::new();
-                let _ = core::fmt::Write::write_fmt(&mut cmd, format_args!("{verb}={s},{asked}"));
-                self.queue(&cmd);
-                self.txn = Txn::Read { s, asked, left: None };
-                self.txn_since = None;
-                return Ok(());
-            }
         }
         if self.len == RX {
             self.len = 0; // a line longer than any answer: noise
@@ -883,6 +846,84 @@ impl<U: ModemUart> Modem<U> {
         self.len += n;
         self.parse();
         Ok(())
+    }
+
+    /// Moves on what needs no waiting, without waiting for the module: writes what is queued,
+    /// asks for the bytes a socket holds (when its buffer has room), takes what the UART already
+    /// received. Called between slices of flash work, so that the module's answer crosses the
+    /// line into the UART's receive buffer while the CPU programs flash (an nRF52840's CPU
+    /// stalls while its flash erases or programs; the UART's DMA does not).
+    pub async fn ahead<C: Clock>(&mut self, clock: &C) -> Result<(), ModemError> {
+        for _ in 0..AHEAD_STEPS {
+            self.parse();
+            self.stalled(clock.now());
+            if self.start().await? {
+                continue;
+            }
+            if self.len == RX {
+                self.len = 0;
+            }
+            let len = self.len;
+            // What is there now; `yield_now` ends the wait (and lets a host runtime look at
+            // its sockets first).
+            match select(self.uart.read(&mut self.rx[len..]), embassy_futures::yield_now()).await {
+                Either::First(Ok(0)) | Either::First(Err(_)) => return Err(ModemError::Io),
+                Either::First(Ok(n)) => {
+                    self.len += n;
+                    self.parse();
+                }
+                Either::Second(()) => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Does what needs no answer from the module, one thing: writes queued bytes (a command, a
+    /// send's data), or starts a pending close or read. `Ok(false)`: nothing to do.
+    async fn start(&mut self) -> Result<bool, ModemError> {
+        if self.tx_at < self.tx.len() {
+            let n = self.uart.write(&self.tx[self.tx_at..]).await.map_err(|_| ModemError::Io)?;
+            self.tx_at += n;
+            if self.tx_at == self.tx.len() {
+                self.uart.flush().await.map_err(|_| ModemError::Io)?;
+            }
+            return Ok(true);
+        }
+        if let Txn::Send { stage: SendStage::Body, s } = self.txn {
+            let n = self.uart.write(&self.send[self.send_at..]).await.map_err(|_| ModemError::Io)?;
+            self.send_at += n;
+            if self.send_at == self.send.len() {
+                self.uart.flush().await.map_err(|_| ModemError::Io)?;
+                self.txn = Txn::Send { s, stage: SendStage::Result };
+            }
+            return Ok(true);
+        }
+        if self.txn == Txn::Idle {
+            if let Some(s) = (0..self.socks.len()).find(|&s| self.socks[s].close) {
+                let verb = if self.socks[s].ssl { "AT+QSSLCLOSE" } else { "AT+QICLOSE" };
+                let mut cmd: String<24> = String::new();
+                let _ = core::fmt::Write::write_fmt(&mut cmd, format_args!("{verb}={s}"));
+                let k = &mut self.socks[s];
+                (k.close, k.closing, k.pending, k.at, k.len) = (false, true, false, 0, 0);
+                self.begin(&cmd, None, true);
+                return Ok(true);
+            }
+            let room = |k: &Sock| SOCK_BUF - k.len;
+            if let Some(s) = (0..self.socks.len()).find(|&s| self.socks[s].pending && room(&self.socks[s]) >= 64) {
+                let k = &mut self.socks[s];
+                k.buf.copy_within(k.at..k.at + k.len, 0);
+                k.at = 0;
+                let asked = room(k).min(READ_MAX);
+                let verb = if k.ssl { "AT+QSSLRECV" } else { "AT+QIRD" };
+                let mut cmd: String<32> = String::new();
+                let _ = core::fmt::Write::write_fmt(&mut cmd, format_args!("{verb}={s},{asked}"));
+                self.queue(&cmd);
+                self.txn = Txn::Read { s, asked, left: None };
+                self.txn_since = None;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Parses what was read: raw socket data of a read, the send prompt, lines.
@@ -1578,6 +1619,30 @@ mod tests {
         let reads = told(&m).matches("AT+QIRD=0,").count();
         assert!(!m.socks[MQTT].pending, "read empty after +QIRD: 0");
         assert_eq!(reads, 3, "{}", told(&m));
+    }
+
+    #[test]
+    fn ahead_asks_for_what_the_module_holds_and_takes_what_came_without_waiting() {
+        // Between slices of flash work: the next `AT+QIRD` goes out, what the UART already has
+        // is parsed into the socket's buffer and the next read asked for, and nothing waits for
+        // the module (a silent module ends the call, here `block_on` would hang otherwise).
+        let said = b"+QIRD: 5\r\nhello\r\n\r\nOK\r\n+QIRD: 3\r\nabc\r\n\r\nOK\r\n";
+        let mut m = modem(said);
+        let k = &mut m.socks[MQTT];
+        (k.used, k.pending) = (true, true);
+        let clock = Clock::default();
+        embassy_futures::block_on(m.ahead(&clock)).unwrap();
+        assert_eq!(told(&m), "AT+QIRD=0,1500\rAT+QIRD=0,1500\rAT+QIRD=0,1500\r", "a third read is out");
+        assert!(matches!(m.txn, Txn::Read { s: MQTT, .. }));
+        let mut buf = [0u8; 16];
+        assert_eq!(m.take(MQTT, &mut buf), Some(Ok(8)));
+        assert_eq!(&buf[..8], b"helloabc");
+        // A full buffer asks for nothing more.
+        let mut m = modem(b"");
+        let k = &mut m.socks[MQTT];
+        (k.used, k.pending, k.len) = (true, true, SOCK_BUF - 10);
+        embassy_futures::block_on(m.ahead(&clock)).unwrap();
+        assert_eq!(told(&m), "");
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct Args {
     /// What to measure.
     #[arg(value_parser = ["boot", "ota", "qemu", "qemu-download", "delta", "modem"])]
     what: String,
-    /// Image size in KiB (default: 64 for boot, 1024 for ota, 256 for qemu and qemu-download).
+    /// Image size in KiB (default: 64 for boot, 1024 for ota, 256 for qemu, qemu-download and modem).
     #[arg(long)]
     image_kib: Option<usize>,
     /// qemu-download: downloads per protocol (alternating MQTT and HTTPS).
@@ -37,6 +37,9 @@ pub struct Args {
     /// delta: our patch's size for every heatshrink window and lookahead, instead of the table.
     #[arg(long)]
     sweep: bool,
+    /// modem: only these cases, and other block and window settings.
+    #[command(flatten)]
+    modem: crate::bench_modem::Cases,
 }
 
 /// qemu-an386's flash, simulated with its geometry.
@@ -125,7 +128,7 @@ pub fn run(a: Args) -> Result<()> {
         "qemu" => crate::bench_qemu::run(a.image_kib.unwrap_or(256)),
         "qemu-download" => crate::bench_qemu::download(a.image_kib.unwrap_or(256), a.rounds),
         "delta" => crate::bench_delta::run(a.sweep),
-        "modem" => crate::bench_modem::run(a.image_kib.unwrap_or(128)),
+        "modem" => crate::bench_modem::run(a.image_kib.unwrap_or(256), &a.modem),
         _ => boot(a.image_kib.unwrap_or(64)),
     }
 }

@@ -30,23 +30,60 @@ const FLASHES: [(&str, &str, f64); 2] = [
     ("STM32L4", "82/8,22/2048", 82_000.0 / 8.0 + 22e6 / 2048.0),
 ];
 
+/// Which cases `bench modem` runs (all by default), and the block and window the device uses.
+#[derive(clap::Args, Debug, Default)]
+pub struct Cases {
+    /// modem: only this line rate (115200 or 921600).
+    #[arg(long)]
+    baud: Option<u32>,
+    /// modem: only this round trip, ms (100 or 300).
+    #[arg(long)]
+    rtt: Option<u64>,
+    /// modem: only this flash (nRF52840 or STM32L4).
+    #[arg(long)]
+    flash: Option<String>,
+    /// modem: only this protocol (mqtt or https).
+    #[arg(long)]
+    protocol: Option<String>,
+    /// modem: bytes per block request instead of the MCU default.
+    #[arg(long)]
+    block: Option<u32>,
+    /// modem: block requests in flight instead of the MCU default.
+    #[arg(long)]
+    window: Option<usize>,
+}
+
+impl Cases {
+    fn wants(&self, flash: &str, rate: u32, rtt: u64, protocol: Protocol) -> bool {
+        let p = format!("{protocol:?}");
+        self.baud.is_none_or(|b| b == rate)
+            && self.rtt.is_none_or(|r| r == rtt)
+            && self.flash.as_deref().is_none_or(|f| f.eq_ignore_ascii_case(flash))
+            && self.protocol.as_deref().is_none_or(|q| q.eq_ignore_ascii_case(&p))
+    }
+}
+
 struct Run<'a> {
     dir: &'a Path,
     device: &'a Path,
     console: &'a Console,
     mqtt_port: u16,
     n: u32,
+    /// device.toml's block_size and window.
+    settings: String,
 }
 
 impl Run<'_> {
     /// One download of `release` by a fresh device through a fresh module, at `rate` baud, with
     /// `timing` flash; bytes per second.
-    fn download(&mut self, release: &Path, rate: u32, timing: &str, protocol: Protocol) -> Result<f64> {
+    /// Bytes per second from the job, and from the device's first request (the download
+    /// itself: without the push and the device's taking of the task).
+    fn download(&mut self, release: &Path, rate: u32, timing: &str, protocol: Protocol) -> Result<(f64, f64)> {
         self.n += 1;
         let name = format!("m{:03}", self.n);
         let sim = ModemSim::start_tty(SimOptions::default())?;
         let flash = self.dir.join("flash.bin");
-        let extra = format!("modem = \"{}\"\nmodem_rate = {rate}\napn = \"CMNET\"\n", sim.uart());
+        let extra = format!("modem = \"{}\"\nmodem_rate = {rate}\napn = \"CMNET\"\n{}", sim.uart(), self.settings);
         let c = HostConfig {
             product_key: PK,
             device_name: &name,
@@ -67,11 +104,13 @@ impl Run<'_> {
         let (took, t) = crate::bench_ota::timed_download(self.console, release, protocol, &id)?;
         ensure!(sim.log().rate == rate, "the line ran at {} baud, not {rate}", sim.log().rate);
         let len = std::fs::metadata(release.join(format!("firmware-{}.bin", t.to)))?.len();
-        Ok(len as f64 / took.as_secs_f64())
+        let first = Duration::from_millis(t.first_request_ms.context("no request was recorded")?);
+        let len = len as f64;
+        Ok((len / took.as_secs_f64(), len / (took.saturating_sub(first)).as_secs_f64()))
     }
 }
 
-pub fn run(image_kib: usize) -> Result<()> {
+pub fn run(image_kib: usize, cases: &Cases) -> Result<()> {
     let dir = crate::root().join("target/bench-modem");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -82,17 +121,24 @@ pub fn run(image_kib: usize) -> Result<()> {
     xtask(&["release", "--board", "host", "--version", "1.4", "--body-size", &body, "--out", &out("1.4")])?;
     let device = host_device_profile(&[keys::load_public_key(&key)?], "host-bench")?;
     let release = dir.join("1.4");
-    let (block, window) = (shared::ota::DEFAULT_BLOCK as f64, shared::ota::DEFAULT_WINDOW as f64);
+    let block = cases.block.unwrap_or(shared::ota::DEFAULT_BLOCK);
+    let window = cases.window.unwrap_or(shared::ota::DEFAULT_WINDOW);
+    let settings = format!("block_size = {block}\nwindow = {window}\n");
+    let defaults = (block, window) == (shared::ota::DEFAULT_BLOCK, shared::ota::DEFAULT_WINDOW);
     println!(
-        "{image_kib} KiB image, host device through the modem simulator's rate-limited line, MCU defaults \
-         ({} B blocks, window {}); bytes/s against the limit min(line, flash, window x block / RTT):",
-        block, window
+        "{image_kib} KiB image, host device through the modem simulator's rate-limited line, {} \
+         ({block} B blocks, window {window}); bytes/s against the limit min(line, flash, window x block / RTT):",
+        if defaults { "MCU defaults" } else { "not the MCU defaults" }
     );
+    let (block, window) = (f64::from(block), window as f64);
     println!(
-        "  {:<8} {:>7} {:>9} {:>5} {:>10} {:>10} {:>6}",
-        "flash", "baud", "protocol", "RTT", "measured", "limit", "of it"
+        "  {:<8} {:>7} {:>9} {:>5} {:>17} {:>22} {:>11}",
+        "flash", "baud", "protocol", "RTT", "from the job", "from the first request", "limit"
     );
     for rtt in [100u64, 300] {
+        if cases.rtt.is_some_and(|r| r != rtt) {
+            continue;
+        }
         // The console's HTTP server behind its own proxy: download URLs point at the proxy.
         let http_port = free_port()?;
         let http_proxy = Proxy::start(http_port, Duration::from_millis(rtt / 2))?;
@@ -110,11 +156,15 @@ pub fn run(image_kib: usize) -> Result<()> {
             console: &console,
             mqtt_port: mqtt_proxy.port,
             n: (rtt / 100 * 16) as u32,
+            settings: settings.clone(),
         };
         for (flash, timing, ns_per_byte) in FLASHES {
             for rate in [115_200u32, 921_600] {
                 for protocol in [Protocol::Mqtt, Protocol::Https] {
-                    let got = r.download(&release, rate, timing, protocol)?;
+                    if !cases.wants(flash, rate, rtt, protocol) {
+                        continue;
+                    }
+                    let (got, from_request) = r.download(&release, rate, timing, protocol)?;
                     let line = f64::from(rate) / 10.0;
                     let flash_rate = 1e9 / ns_per_byte;
                     let window_rate = window * block / (rtt as f64 / 1000.0);
@@ -123,11 +173,13 @@ pub fn run(image_kib: usize) -> Result<()> {
                         _ => line.min(flash_rate),
                     };
                     println!(
-                        "  {flash:<8} {rate:>7} {:>9} {rtt:>3}ms {:>8.1} kB/s {:>6.1} kB/s {:>5.0}%",
+                        "  {flash:<8} {rate:>7} {:>9} {rtt:>3}ms {:>6.1} kB/s {:>5.0}% {:>9.1} kB/s {:>5.0}% {:>6.1} kB/s",
                         format!("{protocol:?}"),
                         got / 1000.0,
+                        100.0 * got / limit,
+                        from_request / 1000.0,
+                        100.0 * from_request / limit,
                         limit / 1000.0,
-                        100.0 * got / limit
                     );
                 }
             }

@@ -73,7 +73,7 @@ pub fn run(_: Args) -> Result<()> {
     };
     let (session, patcher, head) = (word("OTA_MQTT_SESSION")?, word("OTA_DELTA_PATCHER")?, word("OTA_DELTA_HEAD")?);
     println!(
-        "OTA path RAM on qemu-an386 (5 KiB blocks): {ota} bytes static (OtaMachine, MQTT receive buffer, modem, delta patcher, work buffer) + {session} bytes MQTT session in the task = {} bytes",
+        "OTA path RAM on qemu-an386: {ota} bytes static (OtaMachine, MQTT receive buffer, modem, delta patcher, work buffer) + {session} bytes MQTT session in the task = {} bytes",
         ota + session
     );
     println!(

@@ -1384,10 +1384,12 @@ impl OtaMachine {
                 self.plain(Plain::Rehash(r.written));
             }
             None => {
-                self.plain(Plain::ClearResume);
+                // The first request goes out before the flash work: its round trip runs while
+                // the resume page erases (its reply is taken only after these actions).
                 self.plain(Plain::BeginDownload(0));
                 self.state = State::Downloading(d);
                 self.fetch(now);
+                self.plain(Plain::ClearResume);
             }
         }
     }

@@ -259,6 +259,8 @@ pub struct TaskRecord {
     pub elapsed_ms: u64,
     /// Task made to the device's progress 100 (downloaded and verified).
     pub downloaded_ms: Option<u64>,
+    /// Task made to the first block or Range GET the device asked for.
+    pub first_request_ms: Option<u64>,
     pub pushes: u32,
     pub get_replies: u32,
     /// For each push that was followed by a download, the lowest offset requested after it: a
@@ -276,8 +278,10 @@ pub struct TaskRecord {
 
 impl TaskRecord {
     /// Records a download of `off..` (a block request or a Range GET).
-    fn requested(&mut self, off: u32) {
+    fn requested(&mut self, off: u32, now: Instant) {
         self.blocks += 1;
+        let ms = now.saturating_duration_since(self.created).as_millis() as u64;
+        self.first_request_ms.get_or_insert(ms);
         if let Some(l) = self.lowest_offsets.last_mut() {
             *l = (*l).min(off);
         }
@@ -669,6 +673,7 @@ impl Engine {
                 failure: None,
                 elapsed_ms: 0,
                 downloaded_ms: None,
+                first_request_ms: None,
                 pushes: 0,
                 get_replies: 0,
                 lowest_offsets: Vec::new(),
@@ -924,7 +929,7 @@ impl Engine {
         self.counts.download_replies += 1;
         self.counts.download_bytes += data.len() as u64;
         if let Some(t) = d.tasks.get_mut(&j.id) {
-            t.requested(off as u32);
+            t.requested(off as u32, now);
         }
         self.outbox.push(SentMessage { topic, payload: out });
     }
@@ -955,7 +960,7 @@ impl Engine {
         self.counts.http_bytes += len.min(bytes.len() as u64 - first.min(bytes.len() as u64));
         let device = param("device").and_then(|d| self.devices.keys().find(|k| k.1 == d).cloned());
         if let Some(t) = device.and_then(|id| self.devices.get_mut(&id)).and_then(|d| d.tasks.get_mut(&job)) {
-            t.requested(first as u32);
+            t.requested(first as u32, now);
         }
         Ok(bytes)
     }

@@ -787,3 +787,21 @@ fn a_payload_handed_in_before_the_last_one_was_written_fails_the_download_not_th
     assert!(!others(&did).iter().any(|a| a.starts_with("VerifyAndMark")), "never marked: {did:?}");
     assert_eq!(t.m.state(), StateName::AwaitTask);
 }
+
+#[test]
+fn the_first_block_request_goes_out_before_the_resume_page_is_erased() {
+    // Its round trip then runs while the flash erases (an nRF52840 page: 85 ms); its reply is
+    // taken only after the erase, so the order of the flash work is unchanged.
+    let mut t = T::new();
+    let did = t.push(&app_offer(false));
+    let order: V<&str> = did
+        .iter()
+        .filter_map(|d| match d {
+            Did::Pub { topic, .. } if topic.ends_with("/thing/file/download") => Some("request"),
+            Did::Other(s) if s.starts_with("ClearResume") => Some("erase"),
+            Did::Other(s) if s.starts_with("BeginDownload") => Some("begin"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["begin", "request", "erase"], "{did:?}");
+}
