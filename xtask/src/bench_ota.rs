@@ -1,8 +1,9 @@
 //! `cargo xtask bench ota`: the real host device downloading over MQTT stream from the local
 //! console (its broker behind the front door, the strict Aliyun twin), in one run, side by side:
 //!
-//! - on loopback, a 1 MiB image: host defaults (64 KiB blocks, window 4), MCU defaults (5 KiB,
-//!   window 4), stop-and-wait with 5 KiB blocks (the C LinkSDK default), and the raw broker (the
+//! - on loopback, a 1 MiB image: host defaults (64 KiB blocks, window 4), MCU defaults
+//!   ([`shared::ota::DEFAULT_BLOCK`], [`shared::ota::DEFAULT_WINDOW`]), stop-and-wait with 5 KiB
+//!   blocks (the C LinkSDK default), and the raw broker (the
 //!   same bytes in 128 KiB PUBLISHes through the front door and rumqttd, and back);
 //! - through a delay proxy with a 100 ms and a 300 ms round trip, a 256 KiB image: MCU defaults
 //!   against stop-and-wait, and both against a console that serves one block request at a time
@@ -194,9 +195,14 @@ pub fn run(image_kib: usize) -> Result<()> {
          progress 100: received, CRC-checked, hashed, written, signature verified):",
         len / 1024
     );
+    let mcu_name = format!(
+        "MCU defaults: {} KiB blocks, window up to {}",
+        shared::ota::DEFAULT_BLOCK / 1024,
+        shared::ota::DEFAULT_WINDOW
+    );
     for (name, d) in [
         ("host defaults: 64 KiB blocks, window up to 4", ours),
-        ("MCU defaults: 5 KiB blocks, window up to 4", mcu_l),
+        (mcu_name.as_str(), mcu_l),
         ("stop-and-wait: 5 KiB blocks (C LinkSDK default)", saw_l),
         ("raw broker: 128 KiB PUBLISHes, front door and back", raw),
     ] {
@@ -221,7 +227,7 @@ pub fn run(image_kib: usize) -> Result<()> {
         let [mcu_d, saw_d, mcu_one, saw_one] = t.map(median);
         println!("{} KiB image through a {rtt} ms round trip (median of 3):", small_len / 1024);
         for (name, d) in [
-            ("MCU defaults: 5 KiB blocks, window up to 4", mcu_d),
+            (mcu_name.as_str(), mcu_d),
             ("stop-and-wait: 5 KiB blocks", saw_d),
             ("MCU defaults, one-at-a-time console", mcu_one),
             ("stop-and-wait, one-at-a-time console", saw_one),
