@@ -15,7 +15,7 @@ use shared::ota::OtaMachine;
 use shared::provision::{self, Provision};
 use shared::time::Duration;
 
-/// The largest MQTT packet taken: a download block (4 KiB by default; up to 8 KiB fits) with its
+/// The largest MQTT packet taken: a download block (5 KiB by default; up to 8 KiB fits) with its
 /// header and topic, or a push of up to 8 KiB (an HTTPS URL with an STS token, `_package_udi` and
 /// batch tags); a larger one is read, discarded and refused with a reason.
 pub const MQTT_RX: usize = 8192 + 512;

@@ -5,7 +5,7 @@
 //! image, and an update of that image (verify DFU, swap, verify ACTIVE).
 //!
 //! `download`: the real app under QEMU (real time, no -icount) downloading a padded image through
-//! the modem simulator from the local console, alternately over MQTT stream (4 KiB blocks on the
+//! the modem simulator from the local console, alternately over MQTT stream (5 KiB blocks on the
 //! module's MQTT socket) and HTTPS (Range GET on its second socket, TLS in the module), each
 //! download timed by the console from the push to the device's progress 100 (downloaded and
 //! verified), in one run so the two share the machine's load.

@@ -14,14 +14,15 @@ pub const MAX_BLOCK: u32 = 131_072;
 /// may be shorter).
 pub const BLOCK_SIZES: core::ops::RangeInclusive<u32> = MIN_BLOCK..=MAX_BLOCK;
 
-/// Default bytes per block request, chosen with `cargo xtask bench modem` (a module's UART at
-/// 115,200 and 921,600 baud, nRF52840 and STM32L4 flash, 100 and 300 ms round trips): 4 KiB beat
-/// the C LinkSDK's 5 KiB in every case measured (by 2-5 %: the next block fits whole in the
-/// modem's read-ahead while the flash works) and 8 KiB lost 8-10 %.
-pub const DEFAULT_BLOCK: u32 = 4096;
-/// Default most block requests in flight, chosen the same way: 6 kept an STM32L4 at 921,600 baud
-/// as fast over a 300 ms round trip as an HTTPS download (4 made it 8 % slower); 8 gained nothing
-/// more.
+/// Default bytes per block request: the C LinkSDK's, kept after `cargo xtask bench modem` (a
+/// module's UART at 115,200 and 921,600 baud, nRF52840 and STM32L4 flash, 100 and 300 ms round
+/// trips): 4 KiB was 2-5 % faster through the modem line but, against a platform that serves one
+/// request at a time (stop-and-wait, more round trips), 24 % slower in `cargo xtask bench ota`;
+/// 8 KiB was 8-10 % slower (a block no longer fits whole in the modem's read-ahead).
+pub const DEFAULT_BLOCK: u32 = 5120;
+/// Default most block requests in flight, chosen with the same bench: 6 kept an STM32L4 at
+/// 921,600 baud over a 300 ms round trip as fast as an HTTPS download (4 made it 8 % slower); 8
+/// gained nothing more.
 pub const DEFAULT_WINDOW: usize = 6;
 /// Default time between two `firmware/get`.
 pub const DEFAULT_PULL: Duration = Duration::from_secs(24 * 3600);
@@ -169,7 +170,7 @@ pub fn check_keep_alive(s: u16) -> Result<(), ConfigError> {
 }
 
 impl OtaConfig {
-    /// Defaults for a device: 4 KiB blocks, up to 6 in flight, 10 s timeout, 3 retries, progress
+    /// Defaults for a device: 5 KiB blocks, up to 6 in flight, 10 s timeout, 3 retries, progress
     /// every 5 % and at most once a second, a pull every 24 h, 10 minutes for a new image to reach
     /// the broker, no HTTPS, no differential packages, no external modules (30 minutes for their
     /// FOTA once there are).
