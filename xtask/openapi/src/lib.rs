@@ -13,6 +13,8 @@
 //! and the IoT "Signature method" documents, and the darabonba-openapi-util unit tests; the four
 //! published test vectors are this crate's tests.
 
+pub mod gateway;
+
 use hmac::{Hmac, Mac};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
