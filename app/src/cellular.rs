@@ -252,7 +252,7 @@ impl<U: crate::modem::ModemUart, C: Clock> Module for ModemModule<'_, U, C> {
     async fn ahead(&mut self) {
         // Whoever holds the modem steps it anyway.
         if let Ok(mut m) = self.modem.try_lock() {
-            // An error shows in the session's next read.
+            // An error ends the sockets: the session's next read sees it.
             let _ = m.ahead(self.clock).await;
         }
     }

@@ -729,7 +729,6 @@ impl<H: Http, M: Module, C: Clock, A: ReadNorFlash, D: NorFlash, S: NorFlash> Co
     }
 }
 
-/// The URL without its query (pre-signed URLs carry credentials).
 /// Bytes of flash work between two [`Module::ahead`] calls (on an nRF52840 about 5 ms of
 /// programming, 90 ms when it starts a page's erase).
 const AHEAD_SLICE: usize = 512;
@@ -751,6 +750,7 @@ async fn write_ahead<D: NorFlash, S: NorFlash, M: Module>(
     Ok(())
 }
 
+/// The URL without its query (pre-signed URLs carry credentials).
 fn redact(url: &str) -> &str {
     url.split('?').next().unwrap_or(url)
 }

@@ -853,7 +853,17 @@ impl<U: ModemUart> Modem<U> {
     /// received. Called between slices of flash work, so that the module's answer crosses the
     /// line into the UART's receive buffer while the CPU programs flash (an nRF52840's CPU
     /// stalls while its flash erases or programs; the UART's DMA does not).
+    /// A UART error here ends the sockets, as it ends the session when a step meets it (a UART
+    /// may report an overrun once only, and bytes lost inside a read's data would go unnoticed).
     pub async fn ahead<C: Clock>(&mut self, clock: &C) -> Result<(), ModemError> {
+        let r = self.ahead_steps(clock).await;
+        if r.is_err() {
+            self.socks.iter_mut().for_each(|k| (k.closed, k.pending) = (true, false));
+        }
+        r
+    }
+
+    async fn ahead_steps<C: Clock>(&mut self, clock: &C) -> Result<(), ModemError> {
         for _ in 0..AHEAD_STEPS {
             self.parse();
             self.stalled(clock.now());
@@ -1643,6 +1653,36 @@ mod tests {
         (k.used, k.pending, k.len) = (true, true, SOCK_BUF - 10);
         embassy_futures::block_on(m.ahead(&clock)).unwrap();
         assert_eq!(told(&m), "");
+    }
+
+    #[test]
+    fn a_uart_error_met_ahead_ends_the_sockets() {
+        // Nobody reads the result of `ahead` (the flash work goes on): the sockets end, so the
+        // session's next read sees it and the session is rebuilt.
+        struct Broken;
+        impl ErrorType for Broken {
+            type Error = embedded_io_async::ErrorKind;
+        }
+        impl Read for Broken {
+            async fn read(&mut self, _: &mut [u8]) -> Result<usize, Self::Error> {
+                Err(embedded_io_async::ErrorKind::Other)
+            }
+        }
+        impl Write for Broken {
+            async fn write(&mut self, b: &[u8]) -> Result<usize, Self::Error> {
+                Ok(b.len())
+            }
+            async fn flush(&mut self) -> Result<(), Self::Error> {
+                Ok(())
+            }
+        }
+        impl LineRate for Broken {
+            fn set_rate(&mut self, _baud: u32) {}
+        }
+        let mut m = Modem::new(Broken);
+        m.socks[MQTT].used = true;
+        assert!(embassy_futures::block_on(m.ahead(&Clock::default())).is_err());
+        assert!(m.take(MQTT, &mut [0u8; 8]).is_some_and(|r| r.is_err()), "the reader sees the end");
     }
 
     #[test]

@@ -58,14 +58,18 @@ pub struct Accepted {
     pub params: Vec<(String, String)>,
 }
 
-/// The AccessKey pairs it knows and the nonces it has seen.
+/// The AccessKey pairs it knows and the nonces it has seen (each until no request with it can
+/// be in time any more).
 pub struct Gateway {
     keys: HashMap<String, String>,
     nonces: HashMap<String, SystemTime>,
 }
 
 /// The V1 parameters that belong to the signature, not to the action.
-const V1_COMMON: [&str; 9] = [
+const V1_COMMON: [&str; 12] = [
+    "Format",
+    "RegionId",
+    "SecurityToken",
     "Signature",
     "SignatureMethod",
     "SignatureVersion",
@@ -114,10 +118,13 @@ impl Gateway {
             ));
         }
         let nonce = nonce.ok_or_else(|| refuse(400, "MissingParameter", "the signature nonce is missing"))?;
-        self.nonces.retain(|_, at| now.duration_since(*at).map_or(true, |d| d <= WINDOW));
-        if self.nonces.insert(nonce.to_string(), now).is_some() {
+        // A request with this nonce and time is in time until `t + WINDOW` (a client whose clock
+        // runs ahead sends a `t` later than now): the nonce is kept that long.
+        self.nonces.retain(|_, until| *until >= now);
+        if self.nonces.contains_key(nonce) {
             return Err(refuse(400, "SignatureNonceUsed", "Specified signature nonce was used already."));
         }
+        self.nonces.insert(nonce.to_string(), t.max(now) + WINDOW);
         Ok(())
     }
 
@@ -157,7 +164,8 @@ impl Gateway {
         self.fresh(r.header("x-acs-date"), r.header("x-acs-signature-nonce"), now)?;
         let action =
             r.header("x-acs-action").ok_or_else(|| refuse(400, "MissingParameter", "x-acs-action is missing"))?;
-        let version = r.header("x-acs-version").unwrap_or_default();
+        let version =
+            r.header("x-acs-version").ok_or_else(|| refuse(400, "MissingParameter", "x-acs-version is missing"))?;
         Ok(Accepted {
             style: Style::V3,
             action: action.into(),
@@ -196,7 +204,7 @@ impl Gateway {
         }
         self.fresh(get("Timestamp").as_deref(), get("SignatureNonce").as_deref(), now)?;
         let action = get("Action").ok_or_else(|| refuse(400, "MissingAction", "Action is mandatory."))?;
-        let version = get("Version").unwrap_or_default();
+        let version = get("Version").ok_or_else(|| refuse(400, "MissingVersion", "Version is mandatory."))?;
         params.retain(|(k, _)| !V1_COMMON.contains(&k.as_str()));
         Ok(Accepted { style: Style::V1, action, version, access_key_id: id, params })
     }
@@ -298,6 +306,13 @@ mod tests {
         let late = now + Duration::from_secs(16 * 60);
         assert_eq!(gateway().check(&r, late).unwrap_err().code, "InvalidTimeStamp.Expired");
         assert!(gateway().check(&r, now + Duration::from_secs(14 * 60)).is_ok(), "14 minutes off is in time");
+        // A client 10 minutes ahead: its nonce is still remembered 16 minutes later, when its
+        // time is 6 minutes off.
+        let ahead = sign_v3(KEY, "h", "A", "2018-01-20", &[], b"", now + Duration::from_secs(600), "n9");
+        let r3 = Incoming { method: "POST", path: "/", query: "", headers: &ahead, body: b"" };
+        let mut g = gateway();
+        assert!(g.check(&r3, now).is_ok());
+        assert_eq!(g.check(&r3, now + Duration::from_secs(16 * 60)).unwrap_err().code, "SignatureNonceUsed");
         let other = Gateway::new([("LTAI-other".to_string(), "x".to_string())]).check(&r, now).unwrap_err();
         assert_eq!((other.status, other.code), (404, "InvalidAccessKeyId.NotFound"));
         let body = Incoming { body: b"x", ..r };
@@ -317,11 +332,9 @@ mod tests {
         let r = Incoming { method: "POST", path: "/", query: &query, headers: &[], body: b"" };
         let a = gateway().check(&r, now).unwrap();
         assert_eq!((a.style, a.action.as_str(), a.version.as_str()), (Style::V1, "RegisterDevice", "2018-01-20"));
-        let mut p = a.params.clone();
-        p.retain(|(k, _)| k != "Format");
         let mut want = params.clone();
         want.sort();
-        assert_eq!(p, want, "the signature's own parameters are not the action's");
+        assert_eq!(a.params, want, "the signature's own parameters are not the action's");
         let wrong = sign_v1((KEY.0, "not-the-secret"), "RegisterDevice", "2018-01-20", &params, now, "n3");
         let r = Incoming { query: &wrong, ..r };
         assert_eq!(gateway().check(&r, now).unwrap_err().code, "SignatureDoesNotMatch");
